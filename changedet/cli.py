@@ -1,0 +1,227 @@
+"""The ``changedet`` command line: thin typer commands over the library.
+
+Errors a user can cause (:class:`~changedet.errors.ChangedetError`) print one
+line and exit 2; anything else is a bug: exit 1, traceback with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from . import __version__
+from .config import list_presets, load_config
+from .errors import ChangedetError
+
+app = typer.Typer(
+    name="changedet",
+    help="Find what is new between two satellite images of the same site.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"debug": False, "quiet": False}
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (see configs/).")]
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help=f"Named preset: {', '.join(list_presets())}.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override one key, e.g. --set decide.min_area_m2=10 (repeatable).")]
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"changedet: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Map library errors to exit codes: user error 2, bug 1."""
+    try:
+        yield
+    except ChangedetError as exc:
+        _fail(str(exc), 2)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the last line of defence
+        if _state["debug"]:
+            raise
+        _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar per stage on a terminal; silent otherwise."""
+    if _state["quiet"] or not sys.stderr.isatty():
+        yield lambda stage, done, total: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True, console=None) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield update
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"changedet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or result lines.")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv for debug).")] = 0,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """Find what is new between two satellite images of the same site."""
+    _state["debug"], _state["quiet"] = debug, quiet
+    logging.basicConfig(stream=sys.stderr, level=max(10, 30 - 10 * verbose), format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def detect(
+    before: Annotated[Path, typer.Argument(help="Reference image (any GDAL raster); its grid is the output grid.")],
+    after: Annotated[Path, typer.Argument(help="Later image of the same site.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created when the run completes).")],
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    site: Annotated[Optional[str], typer.Option("--site", help="Site name for the record (default: --out's name).")] = None,
+    gsd: Annotated[Optional[float], typer.Option("--gsd", help="Ground sample distance in metres (for images without georeferencing).")] = None,
+    require_registration: Annotated[bool, typer.Option("--require-registration", help="Exit 1 when registration confidence is low.")] = False,
+) -> None:
+    """Detect changes between BEFORE and AFTER and write the output contract to --out.
+
+    Example: changedet detect before.tif after.tif --out runs/site1 --preset vhr-0.5m
+    """
+    from .errors import RegistrationError
+    from .pipeline import detect_pair
+
+    with _errors():
+        cfg = load_config(config, preset=preset, sets=set_ or [])
+        if gsd is not None and gsd <= 0:
+            _fail(f"--gsd {gsd}: must be a positive number of metres", 2)
+        try:
+            with _progress() as progress:
+                result = detect_pair(before, after, out, cfg, site=site, gsd_m=gsd,
+                                     require_registration=require_registration, progress=progress)
+        except RegistrationError as exc:
+            _fail(str(exc), 1)
+        s = result.summary
+        if not _state["quiet"]:
+            reg = s["registration"]
+            typer.echo(f"{s['site']}: {len(s['detections'])} detections "
+                       f"({', '.join(f'{k} {v}' for k, v in s['counts'].items() if v) or 'none'}), "
+                       f"changed {s['changed_area_m2']:.0f} m², shift {reg['shift_px']} px "
+                       f"(confidence {reg['confidence']:.2f}) -> {result.out_dir}")
+            for w in s["warnings"]:
+                typer.echo(f"warning: {w}", err=True)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the scene into.")],
+    scenario: Annotated[str, typer.Option("--scenario", help="trenches, camp or port.")] = "trenches",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    size: Annotated[int, typer.Option("--size", help="Side of the square tile, pixels.")] = 512,
+    difficulty: Annotated[str, typer.Option("--difficulty", help="easy, medium or hard.")] = "medium",
+) -> None:
+    """Write a synthetic before/after pair with ground truth.
+
+    Example: changedet synth --out scenes/port1 --scenario port --seed 7
+    """
+    from . import synth as synth_mod
+
+    with _errors():
+        if scenario not in synth_mod.SCENARIOS:
+            _fail(f"--scenario {scenario!r}: choose one of {', '.join(synth_mod.SCENARIOS)}", 2)
+        if difficulty not in synth_mod.DIFFICULTIES:
+            _fail(f"--difficulty {difficulty!r}: choose one of {', '.join(synth_mod.DIFFICULTIES)}", 2)
+        try:
+            scene = synth_mod.make_scene(scenario, seed=seed, size=size, difficulty=difficulty)
+        except ValueError as exc:
+            _fail(str(exc), 2)
+        files = synth_mod.write_scene(scene, out)
+        if not _state["quiet"]:
+            typer.echo(f"{scenario} seed {seed}: {len(scene.objects)} objects, shift {list(scene.shift_px)} px -> {out}")
+            for name in sorted(files):
+                typer.echo(f"  {files[name]}")
+
+
+@app.command("eval")
+def eval_(
+    outdir: Annotated[Path, typer.Argument(help="Output folder of changedet detect.")],
+    truth: Annotated[Path, typer.Option("--truth", "-t", help="Truth folder from synth, or a 0/255 label image.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Score an output folder against ground truth.
+
+    Example: changedet eval runs/site1 --truth sample_tiles/trenches
+    """
+    from .evaluate import evaluate, format_table
+
+    with _errors():
+        ev = evaluate(outdir, truth)
+        typer.echo(json.dumps(ev.to_json(), indent=2) if as_json else format_table(ev))
+
+
+@app.command()
+def batch(
+    manifest: Annotated[Path, typer.Argument(help="YAML manifest: sites with name, before, after, optional config.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder; each site goes to OUT/<name>/.")],
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run every site of a manifest; failures are recorded and the rest go on (exit 1 if any failed).
+
+    Example: changedet batch sites.yaml --out runs/
+    """
+    from .batch import run_batch
+    from .config import _read_yaml
+
+    with _errors():
+        base = _read_yaml(config) if config else {}
+
+        def said(name: str, status: str) -> None:
+            if not _state["quiet"]:
+                typer.echo(f"{name}: {status}")
+
+        with _progress() as progress:
+            result = run_batch(manifest, out, base, sets=set_ or [], preset=preset, progress=progress,
+                               site_callback=said)
+        if not _state["quiet"]:
+            typer.echo(f"{result['n_ok']} ok, {result['n_skipped']} skipped, {result['n_failed']} failed "
+                       f"-> {Path(out) / 'batch_summary.json'}")
+        if result["n_failed"]:
+            raise typer.Exit(1)
+
+
+@app.command()
+def presets() -> None:
+    """List the shipped configuration presets."""
+    for name in list_presets():
+        typer.echo(name)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

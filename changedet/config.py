@@ -1,0 +1,216 @@
+"""Configuration: pydantic models, YAML presets and ``--set`` overrides.
+
+Precedence, lowest first: model defaults (= ``configs/default.yaml``) < preset
+< user YAML < ``--set key=value``. Unknown keys and wrong types are errors that
+name the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RegisterConfig(_Section):
+    """Image-based fine registration of ``after`` onto ``before``."""
+
+    enabled: bool = True
+    chip_px: int = Field(256, ge=32, description="side of a correlation chip, pixels")
+    grid: int = Field(5, ge=1, le=16, description="chips per side of the chip grid")
+    upsample: int = Field(100, ge=1, description="subpixel upsampling factor")
+    coarse_max_px: int = Field(1024, ge=64, description="long side of the decimated image for the coarse search")
+    max_shift_frac: float = Field(0.125, gt=0, le=0.5, description="largest shift searched, as a fraction of the tile")
+    min_chip_std: float = Field(1e-3, ge=0, description="chips whose relative std is below this are skipped")
+    min_confidence: float = Field(0.3, ge=0, le=1, description="below this the registration is flagged")
+
+
+class NormalizeConfig(_Section):
+    """Relative radiometric normalization of ``after`` to ``before``."""
+
+    method: Literal["linear", "none"] = "linear"
+    iterations: int = Field(4, ge=1, le=20, description="reweighting rounds of the robust fit")
+    reject_sigma: float = Field(3.0, gt=0, description="residuals beyond this many robust sigmas are dropped")
+
+
+class MeasureConfig(_Section):
+    """Pixel and structural differencing, fused into one 0..1 score."""
+
+    cva_weight: float = Field(0.6, ge=0, le=1, description="weight of the change-vector score; SSIM gets the rest")
+    cva_k: float = Field(4.0, gt=0, description="noise sigmas of change at which the CVA score is 0.5")
+    ssim_sigma_px: float = Field(1.5, gt=0, description="Gaussian window sigma of local SSIM")
+    ssim_noise_k: float = Field(2.0, ge=0, description="SSIM stabiliser, in noise sigmas")
+    smooth_sigma_px: float = Field(1.0, ge=0, description="Gaussian smoothing of the fused score")
+
+
+class DecideConfig(_Section):
+    """Threshold, hysteresis and clean-up."""
+
+    method: Literal["otsu", "zscore"] = "otsu"
+    zscore_k: float = Field(6.0, gt=0, description="zscore method: median + k * robust sigma")
+    min_score: float = Field(0.4, ge=0, le=1, description="the threshold never goes below this")
+    max_score: float = Field(0.9, ge=0, le=1, description="the threshold never goes above this")
+    hysteresis_low_ratio: float = Field(0.75, gt=0, le=1, description="low threshold = ratio * high threshold")
+    open_px: int = Field(1, ge=0, description="radius of the morphological opening")
+    close_px: int = Field(1, ge=0, description="radius of the morphological closing")
+    min_area_m2: float = Field(4.0, ge=0, description="smaller changed regions are dropped")
+    fill_holes_m2: float = Field(4.0, ge=0, description="holes smaller than this are filled")
+
+
+class ObjectsConfig(_Section):
+    """Connected components, geometry and rule-based typing (thresholds in metres)."""
+
+    trench_min_elongation: float = Field(4.0, gt=1)
+    trench_max_width_m: float = Field(6.0, gt=0)
+    trench_min_length_m: float = Field(8.0, gt=0)
+    hut_min_side_m: float = Field(2.0, gt=0)
+    hut_max_side_m: float = Field(40.0, gt=0)
+    hut_max_elongation: float = Field(4.0, gt=1)
+    hut_min_rectangularity: float = Field(0.6, gt=0, le=1)
+    vessel_min_length_m: float = Field(8.0, gt=0)
+    vessel_max_length_m: float = Field(400.0, gt=0)
+    vessel_min_elongation: float = Field(2.0, gt=1)
+    vessel_min_water_frac: float = Field(0.35, ge=0, le=1, description="share of the ring around it that is water")
+    water_max_brightness: float = Field(0.3, gt=0, le=1, description="water is darker than this quantile-normalised level")
+    water_max_texture: float = Field(0.08, gt=0, description="and smoother than this local std")
+    water_min_area_m2: float = Field(2000.0, ge=0)
+    ring_px: int = Field(6, ge=1, description="width of the context ring around an object")
+    max_objects: int = Field(5000, ge=1, description="objects beyond this many (smallest first) are not described")
+
+
+class ProcessingConfig(_Section):
+    """How the work is cut up; does not change results."""
+
+    window_px: int = Field(512, ge=64, description="side of a processing window")
+    quicklook_max_px: int = Field(1000, ge=128, description="long side of each quick-look panel")
+
+
+class Config(_Section):
+    """The whole effective configuration of a run."""
+
+    gsd_m: float | None = Field(None, gt=0, description="ground sample distance override, metres")
+    registration: RegisterConfig = RegisterConfig()
+    normalize: NormalizeConfig = NormalizeConfig()
+    measure: MeasureConfig = MeasureConfig()
+    decide: DecideConfig = DecideConfig()
+    objects: ObjectsConfig = ObjectsConfig()
+    processing: ProcessingConfig = ProcessingConfig()
+
+
+def list_presets() -> list[str]:
+    """Names of the shipped presets (``configs/*.yaml`` without ``default``)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if p.stem != "default")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror}); check the path") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
+    return data
+
+
+def _preset_data(name: str) -> dict[str, Any]:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(list_presets())}")
+    return _read_yaml(path)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_set(item: str) -> dict[str, Any]:
+    """Turn ``"decide.min_area_m2=10"`` into ``{"decide": {"min_area_m2": 10}}``."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set decide.min_area_m2=10")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    node: dict[str, Any] = {}
+    cursor = node
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cursor[part] = {}
+        cursor = cursor[part]
+    cursor[parts[-1]] = value
+    return node
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown config key {key!r}; see configs/default.yaml for the valid keys"
+    return f"{source}: config key {key!r}: {first['msg']} (got {first.get('input')!r})"
+
+
+def build_config(
+    data: dict[str, Any] | None = None,
+    *,
+    preset: str | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+    source: str = "config",
+) -> Config:
+    """Resolve a :class:`Config` from a preset, a mapping and ``key=value`` overrides."""
+    merged: dict[str, Any] = {}
+    data = dict(data or {})
+    file_preset = data.pop("preset", None)
+    preset = preset or file_preset
+    if preset:
+        merged = _merge(merged, _preset_data(str(preset)))
+    merged = _merge(merged, data)
+    for item in sets:
+        merged = _merge(merged, parse_set(item))
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, source)) from None
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    preset: str | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+) -> Config:
+    """Load the effective configuration.
+
+    Parameters
+    ----------
+    path : path to a user YAML file, optional. It may name a base ``preset:``.
+    preset : name of a shipped preset (see :func:`list_presets`), optional.
+    sets : ``key=value`` overrides with dotted keys, applied last.
+    """
+    data = _read_yaml(Path(path)) if path is not None else {}
+    return build_config(data, preset=preset, sets=sets, source=str(path) if path else "--set")

@@ -1,0 +1,35 @@
+"""Exceptions and warnings raised by changedet.
+
+Every error a user can cause derives from :class:`ChangedetError`; the CLI maps
+those to exit code 2 and one line. Anything else is a bug (exit code 1).
+"""
+
+from __future__ import annotations
+
+
+class ChangedetError(Exception):
+    """Base class of the errors a user can cause (bad input, bad config, ...)."""
+
+
+class InputError(ChangedetError):
+    """An input raster cannot be opened or used."""
+
+
+class NoOverlapError(InputError):
+    """The before and after images do not overlap."""
+
+
+class ConfigError(ChangedetError):
+    """The configuration is invalid (unknown key, wrong type, bad value)."""
+
+
+class OutputError(ChangedetError):
+    """The output location cannot be written."""
+
+
+class RegistrationError(ChangedetError):
+    """Registration failed and the user asked for it to be required."""
+
+
+class ChangedetWarning(UserWarning):
+    """A soft problem; recorded in ``summary.json`` ``warnings``."""

@@ -1,0 +1,432 @@
+"""Everything that touches files: open and validate rasters, put ``after`` on the
+grid of ``before``, read windows, and write outputs atomically.
+
+The stages (registration, radiometry, differencing, threshold, objects) never
+import this module; :mod:`changedet.pipeline` composes the two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+
+from .errors import InputError, NoOverlapError, OutputError
+
+#: Windows are (row0, col0, height, width) tuples on the output grid.
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What ``summary.json`` records of one input."""
+
+    path: str
+    sha256: str
+    crs: str | None
+    width: int
+    height: int
+    resolution: tuple[float, float]
+    bands: int
+    dtype: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "sha256": self.sha256,
+            "crs": self.crs,
+            "width": self.width,
+            "height": self.height,
+            "resolution": list(self.resolution),
+            "bands": self.bands,
+            "dtype": self.dtype,
+        }
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def open_raster(path: str | Path) -> rasterio.DatasetReader:
+    """Open a raster for reading, turning GDAL's failures into one clear :class:`InputError`."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a raster file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            ds = rasterio.open(path)
+    except RasterioIOError:
+        raise InputError(
+            f"{path}: not a raster GDAL can read (corrupt, or not an image); give a GeoTIFF, PNG, JPEG or other GDAL raster"
+        ) from None
+    if ds.count == 0 or ds.width < 8 or ds.height < 8:
+        ds.close()
+        raise InputError(f"{path}: has no bands or is smaller than 8x8 pixels; give a real image")
+    return ds
+
+
+def is_georeferenced(ds: Any) -> bool:
+    """True when the dataset has a CRS and a non-identity geotransform."""
+    return ds.crs is not None and ds.transform != Affine.identity()
+
+
+def data_band_indexes(ds: Any) -> list[int]:
+    """1-based band indexes without alpha bands."""
+    idx = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci != ColorInterp.alpha]
+    return idx or [1]
+
+
+def raster_info(ds: Any, path: str | Path) -> RasterInfo:
+    """Describe an opened input for the run record."""
+    res = (float(abs(ds.transform.a)), float(abs(ds.transform.e))) if is_georeferenced(ds) else (1.0, 1.0)
+    return RasterInfo(
+        path=str(path),
+        sha256=sha256_file(path),
+        crs=ds.crs.to_string() if ds.crs else None,
+        width=ds.width,
+        height=ds.height,
+        resolution=res,
+        bands=len(data_band_indexes(ds)),
+        dtype=str(ds.dtypes[0]),
+    )
+
+
+def gsd_from_grid(crs: Any, transform: Affine, height: int) -> float | None:
+    """Ground sample distance in metres of a georeferenced grid, None when unknown.
+
+    A geographic CRS gets metres per degree at the grid's centre latitude.
+    """
+    if crs is None:
+        return None
+    px = math.sqrt(abs(transform.a * transform.e))
+    if crs.is_projected:
+        factor = crs.linear_units_factor[1] if hasattr(crs, "linear_units_factor") else 1.0
+        return float(px * factor)
+    lat = transform.f + transform.e * height / 2.0
+    m_per_deg = 111_320.0 * math.sqrt(abs(math.cos(math.radians(lat))))
+    return float(px * m_per_deg)
+
+
+@dataclass
+class PairSource:
+    """``before`` and ``after`` opened, with ``after`` on ``before``'s grid.
+
+    The output grid is the window of ``before`` that ``after`` overlaps.
+    Read methods take boxes on that grid and may run past its edge; pixels
+    outside it come back invalid.
+    """
+
+    before: Any
+    after: Any
+    grid_window: Window
+    before_bands: list[int]
+    after_bands: list[int]
+    georeferenced: bool
+    gsd_m: float
+    warnings: list[str] = field(default_factory=list)
+    _closers: list[Any] = field(default_factory=list)
+
+    @property
+    def height(self) -> int:
+        return int(self.grid_window.height)
+
+    @property
+    def width(self) -> int:
+        return int(self.grid_window.width)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+    @property
+    def n_bands(self) -> int:
+        return len(self.before_bands)
+
+    @property
+    def transform(self) -> Affine:
+        return self.before.window_transform(self.grid_window)
+
+    @property
+    def crs(self) -> Any:
+        return self.before.crs if self.georeferenced else None
+
+    def close(self) -> None:
+        for obj in reversed(self._closers):
+            obj.close()
+        self._closers.clear()
+
+    def __enter__(self) -> PairSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read_before(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
+        """Read a box of ``before``: (bands, h, w) float32 and a (h, w) bool validity mask."""
+        return _read_box(self.before, self.before_bands, box, self.grid_window)
+
+    def read_after(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
+        """Read a box of ``after`` on the grid, before image-based registration."""
+        return _read_box(self.after, self.after_bands, box, self.grid_window)
+
+    def read_decimated(self, which: str, max_px: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """Read the whole grid decimated so that its long side is at most ``max_px``.
+
+        Returns (bands, h, w) float32, (h, w) bool validity and the decimation factor.
+        """
+        ds, bands = (self.before, self.before_bands) if which == "before" else (self.after, self.after_bands)
+        factor = max(1.0, max(self.height, self.width) / float(max_px))
+        out_h = max(1, int(round(self.height / factor)))
+        out_w = max(1, int(round(self.width / factor)))
+        data = ds.read(bands, window=self.grid_window, out_shape=(len(bands), out_h, out_w),
+                       resampling=Resampling.average, out_dtype="float32")
+        mask = ds.dataset_mask(window=self.grid_window, out_shape=(out_h, out_w), resampling=Resampling.nearest)
+        return data, mask > 0, factor
+
+
+def _read_box(ds: Any, bands: list[int], box: Box, grid: Window) -> tuple[np.ndarray, np.ndarray]:
+    row0, col0, h, w = box
+    data = np.zeros((len(bands), h, w), dtype=np.float32)
+    valid = np.zeros((h, w), dtype=bool)
+    r_lo, c_lo = max(row0, 0), max(col0, 0)
+    r_hi, c_hi = min(row0 + h, int(grid.height)), min(col0 + w, int(grid.width))
+    if r_hi <= r_lo or c_hi <= c_lo:
+        return data, valid
+    win = Window(grid.col_off + c_lo, grid.row_off + r_lo, c_hi - c_lo, r_hi - r_lo)
+    sub = (slice(r_lo - row0, r_hi - row0), slice(c_lo - col0, c_hi - col0))
+    data[(slice(None),) + sub] = ds.read(bands, window=win, out_dtype="float32")
+    valid[sub] = ds.dataset_mask(window=win) > 0
+    return data, valid
+
+
+def _same_grid(a: Any, b: Any) -> bool:
+    return a.crs == b.crs and a.transform.almost_equals(b.transform) and a.shape == b.shape
+
+
+def _overlap_window(before: Any, after: Any, georef: bool) -> Window:
+    if not georef:
+        return Window(0, 0, min(before.width, after.width), min(before.height, after.height))
+    left, bottom, right, top = transform_bounds(after.crs, before.crs, *after.bounds, densify_pts=21)
+    b = before.bounds
+    left, right = max(left, b.left), min(right, b.right)
+    bottom, top = max(bottom, b.bottom), min(top, b.top)
+    if right <= left or top <= bottom:
+        raise NoOverlapError(
+            f"{after.name}: does not overlap {before.name}; give two images of the same site"
+        )
+    win = rasterio.windows.from_bounds(left, bottom, right, top, transform=before.transform)
+    win = win.round_offsets(op="ceil").round_lengths(op="floor")
+    win = win.intersection(Window(0, 0, before.width, before.height))
+    if win.width < 16 or win.height < 16:
+        raise NoOverlapError(
+            f"{after.name}: overlaps {before.name} by less than 16x16 pixels; give two images of the same site"
+        )
+    return win
+
+
+def open_pair(before_path: str | Path, after_path: str | Path, gsd_m: float | None = None) -> PairSource:
+    """Open both inputs, validate them and put ``after`` on ``before``'s grid.
+
+    Parameters
+    ----------
+    before_path, after_path : any raster GDAL reads. ``before`` is the reference grid.
+    gsd_m : ground sample distance in metres; overrides the grid's (needed for
+        images without georeferencing, where it defaults to 1 with a warning).
+    """
+    before = open_raster(before_path)
+    closers: list[Any] = [before]
+    try:
+        after = open_raster(after_path)
+        closers.append(after)
+        notes: list[str] = []
+        geo_b, geo_a = is_georeferenced(before), is_georeferenced(after)
+        if geo_b != geo_a:
+            raise InputError(
+                f"{after_path if geo_b else before_path}: has no georeferencing but the other image has; "
+                "give both with or both without georeferencing"
+            )
+        georef = geo_b and geo_a
+        if not georef:
+            notes.append("inputs have no georeferencing: outputs are in pixel coordinates")
+            if before.shape != after.shape:
+                notes.append(
+                    f"images differ in size ({before.width}x{before.height} vs {after.width}x{after.height}); "
+                    "using their top-left-aligned overlap"
+                )
+        grid = _overlap_window(before, after, georef)
+        after_src: Any = after
+        if georef and not _same_grid(before, after):
+            after_src = WarpedVRT(after, crs=before.crs, transform=before.transform, width=before.width,
+                                  height=before.height, resampling=Resampling.cubic)
+            closers.append(after_src)
+            notes.append("after was warped onto the grid of before (CRS, resolution or extent differ)")
+        b_bands, a_bands = data_band_indexes(before), data_band_indexes(after)
+        if len(b_bands) != len(a_bands):
+            n = min(len(b_bands), len(a_bands))
+            notes.append(f"band counts differ ({len(b_bands)} vs {len(a_bands)}); using the first {n}")
+            b_bands, a_bands = b_bands[:n], a_bands[:n]
+        gsd = gsd_m or (gsd_from_grid(before.crs, before.transform, before.height) if georef else None)
+        if gsd is None:
+            gsd = 1.0
+            notes.append("no ground sample distance known: areas and lengths are in pixels (give --gsd)")
+        return PairSource(before=before, after=after_src, grid_window=grid, before_bands=b_bands,
+                          after_bands=a_bands, georeferenced=georef, gsd_m=float(gsd), warnings=notes,
+                          _closers=closers)
+    except RasterioError as exc:
+        for obj in reversed(closers):
+            obj.close()
+        raise InputError(f"{after_path}: cannot be put on the grid of {before_path} ({exc}); check both files") from None
+    except BaseException:
+        for obj in reversed(closers):
+            obj.close()
+        raise
+
+
+def iter_windows(shape: tuple[int, int], size: int) -> Iterator[Box]:
+    """Tile a (rows, cols) grid into boxes of at most ``size`` pixels, row by row."""
+    rows, cols = shape
+    for r in range(0, rows, size):
+        for c in range(0, cols, size):
+            yield (r, c, min(size, rows - r), min(size, cols - c))
+
+
+def grow(box: Box, halo: int) -> Box:
+    """The box with ``halo`` pixels more on every side (may run past the grid)."""
+    r, c, h, w = box
+    return (r - halo, c - halo, h + 2 * halo, w + 2 * halo)
+
+
+# --------------------------------------------------------------------------- output
+
+
+class OutputStage:
+    """A private folder beside the output folder; moved into place only when complete.
+
+    Use as a context manager: on an exception the staging folder is removed and
+    nothing is left behind.
+    """
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out_dir = Path(out_dir).absolute()
+        anchor = self.out_dir.parent
+        while not anchor.exists():
+            anchor = anchor.parent
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise OutputError(f"{self.out_dir}: exists and is not a folder; choose another --out")
+        target = self.out_dir if self.out_dir.exists() else anchor
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise OutputError(f"{target}: not writable; choose an --out folder you can write to")
+        self._anchor = anchor
+        self.path: Path | None = None
+
+    def __enter__(self) -> OutputStage:
+        try:
+            self.path = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.changedet-", dir=self._anchor))
+            umask = os.umask(0)
+            os.umask(umask)
+            self.path.chmod(0o777 & ~umask)  # mkdtemp makes it private; the output folder should not be
+        except OSError as exc:
+            raise OutputError(f"{self._anchor}: cannot create files there ({exc.strerror}); choose another --out") from None
+        return self
+
+    def file(self, name: str) -> Path:
+        assert self.path is not None
+        return self.path / name
+
+    def commit(self, names: list[str]) -> None:
+        """Move the finished files into the output folder."""
+        assert self.path is not None
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        if not self.out_dir.exists():
+            for extra in self.path.iterdir():
+                if extra.name not in names:
+                    extra.unlink()
+            os.rename(self.path, self.out_dir)
+            self.path = None
+            return
+        for name in names:
+            os.replace(self.path / name, self.out_dir / name)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.path = None
+
+
+def _profile(height: int, width: int, dtype: str, nodata: float | None, crs: Any, transform: Affine) -> dict[str, Any]:
+    prof: dict[str, Any] = {
+        "driver": "GTiff", "height": height, "width": width, "count": 1, "dtype": dtype,
+        "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
+    }
+    if nodata is not None:
+        prof["nodata"] = nodata
+    if crs is not None:
+        prof["crs"] = crs
+        prof["transform"] = transform
+    return prof
+
+
+class BandWriter:
+    """A single-band tiled GeoTIFF written window by window (a scratch file)."""
+
+    def __init__(self, path: Path, shape: tuple[int, int], dtype: str, nodata: float | None,
+                 crs: Any, transform: Affine) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            self._ds = rasterio.open(path, "w", **_profile(shape[0], shape[1], dtype, nodata, crs, transform))
+        self.path = path
+
+    def write(self, box: Box, array: np.ndarray) -> None:
+        r, c, h, w = box
+        self._ds.write(array, 1, window=Window(c, r, w, h))
+
+    def close(self) -> None:
+        self._ds.close()
+
+
+def write_band(path: Path, array: np.ndarray, nodata: float | None, crs: Any, transform: Affine) -> None:
+    """Write a whole (h, w) array as a single-band tiled GeoTIFF scratch file."""
+    writer = BandWriter(path, array.shape, str(array.dtype), nodata, crs, transform)
+    try:
+        writer.write((0, 0, array.shape[0], array.shape[1]), array)
+    finally:
+        writer.close()
+
+
+def to_cog(src: Path, dst: Path, resampling: str = "nearest", predictor: str = "STANDARD") -> None:
+    """Copy a scratch GeoTIFF to a Cloud-Optimized GeoTIFF (GDAL's COG driver)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        rasterio.shutil.copy(str(src), str(dst), driver="COG", COMPRESS="DEFLATE", PREDICTOR=predictor,
+                             BLOCKSIZE="512", OVERVIEW_RESAMPLING=resampling.upper(), NUM_THREADS="1")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON with stable key order."""
+    path.write_text(json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n", encoding="utf-8")

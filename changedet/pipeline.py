@@ -1,0 +1,404 @@
+"""Compose the stages into one run over a site: ``detect_pair``.
+
+load -> align -> register -> normalize -> measure -> decide -> objects -> write.
+Global quantities (registration, radiometric fit, noise, threshold) are
+estimated first from decimated reads and chips; the per-pixel stages then run
+window by window with a halo, so memory stays flat as tiles grow. Only uint8
+products (quantised score, water, mask) are held whole.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from . import __version__, differencing, objects, quicklook, radiometry, registration, threshold, vector
+from .arrays import crop, luminance
+from .config import Config
+from .errors import RegistrationError
+from .io import (
+    BandWriter,
+    Box,
+    OutputStage,
+    PairSource,
+    grow,
+    iter_windows,
+    open_pair,
+    raster_info,
+    to_cog,
+    write_band,
+    write_json,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "1.0"
+OUTPUT_FILES = ["change_mask.tif", "change_class.tif", "change_score.tif", "detections.geojson",
+                "summary.json", "quicklook.png"]
+
+#: progress(stage, done, total)
+ProgressFn = Callable[[str, int, int], None]
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What ``detect_pair`` produced."""
+
+    out_dir: Path
+    summary: dict[str, Any]
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+
+# --------------------------------------------------------------------------- reading the pair
+
+
+def read_registered(pair: PairSource, reg: registration.Registration, box: Box) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Before, registered after and their joint validity for one box of the grid."""
+    b, vb = pair.read_before(box)
+    sbox = registration.source_box(reg.matrix, box)
+    a_raw, va_raw = pair.read_after(sbox)
+    a, va = registration.resample(a_raw, va_raw, sbox, reg.matrix, box)
+    return b, a, vb & va
+
+
+def estimate_registration(pair: PairSource, cfg: Config, progress: ProgressFn) -> registration.Registration:
+    """Coarse shift from decimated images, then chip vectors at full resolution and a vote."""
+    params = cfg.registration
+    if not params.enabled:
+        return registration.identity()
+    b, bv, factor = pair.read_decimated("before", params.coarse_max_px)
+    a, av, _ = pair.read_decimated("after", params.coarse_max_px)
+    cdx, cdy = registration.phase_shift(luminance(b), luminance(a), 10, bv, av)
+    notes: list[str] = []
+    limit = registration.coarse_limit_px(pair.shape, params)
+    if np.hypot(cdx * factor, cdy * factor) > limit:
+        notes.append(f"registration: coarse shift beyond {limit:.0f} px ignored")
+        cdx = cdy = 0.0
+    ox, oy = int(round(cdx * factor)), int(round(cdy * factor))
+    boxes = registration.chip_boxes(pair.shape, params.chip_px, params.grid)
+    chips: list[registration.ChipVector] = []
+    for i, box in enumerate(boxes):
+        rb, vb = pair.read_before(box)
+        ra, va = pair.read_after((box[0] + oy, box[1] + ox, box[2], box[3]))
+        lb, la = luminance(rb), luminance(ra)
+        progress("register", i + 1, len(boxes))
+        if not (registration.chip_is_usable(lb, vb, params.min_chip_std)
+                and registration.chip_is_usable(la, va, params.min_chip_std)):
+            continue
+        centre = (box[0] + box[2] / 2.0, box[1] + box[3] / 2.0)
+        chips.append(registration.measure_chip(lb, la, vb, va, (ox, oy), centre, params.upsample))
+    reg = registration.consensus(chips)
+    return registration.Registration(reg.matrix, reg.method, reg.confidence, reg.residual_px, reg.n_tiepoints,
+                                     reg.chips, tuple(notes) + reg.warnings)
+
+
+def sample_pair(pair: PairSource, reg: registration.Registration, cfg: Config,
+                max_px: int = 1_000_000) -> tuple[np.ndarray, np.ndarray]:
+    """Co-located valid samples (bands, n) of before and registered after, from full-resolution chips."""
+    boxes = registration.chip_boxes(pair.shape, cfg.registration.chip_px, cfg.registration.grid)
+    bs, as_ = [], []
+    for box in boxes:
+        b, a, v = read_registered(pair, reg, box)
+        bs.append(b[:, v])
+        as_.append(a[:, v])
+    before = np.concatenate(bs, axis=1)
+    after = np.concatenate(as_, axis=1)
+    step = max(1, before.shape[1] // max_px)
+    return before[:, ::step], after[:, ::step]
+
+
+# --------------------------------------------------------------------------- per-window pass
+
+
+@dataclass(frozen=True)
+class _Models:
+    reg: registration.Registration
+    fit: radiometry.RadiometricFit
+    noise: differencing.NoiseModel
+    water: objects.WaterModel
+
+
+def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
+               progress: ProgressFn) -> tuple[np.ndarray, np.ndarray]:
+    """Score every window; write the float score, return the quantised score and water (uint8, whole)."""
+    halo = differencing.halo_px(cfg.measure)
+    shape = pair.shape
+    q = np.full(shape, threshold.NODATA, dtype=np.uint8)
+    water = np.zeros(shape, dtype=np.uint8)
+    boxes = list(iter_windows(shape, cfg.processing.window_px))
+    writer = BandWriter(score_path, shape, "float32", float("nan"), pair.crs, pair.transform)
+    try:
+        for i, box in enumerate(boxes):
+            b, a, v = read_registered(pair, models.reg, grow(box, halo))
+            a = radiometry.apply(a, models.fit)
+            s = differencing.change_score(b, a, v, models.noise, cfg.measure)
+            w = objects.water_mask(b, a, v, models.water, cfg.objects)
+            s, v, w = crop(s, halo), crop(v, halo), crop(w, halo)
+            r, c, h, wd = box
+            writer.write(box, np.where(v, s, np.float32(np.nan)).astype(np.float32))
+            q[r:r + h, c:c + wd] = threshold.quantize(s, v)
+            water[r:r + h, c:c + wd] = w
+            progress("measure", i + 1, len(boxes))
+    finally:
+        writer.close()
+    return q, objects.keep_large_water(water, cfg.objects, pair.gsd_m)
+
+
+# --------------------------------------------------------------------------- objects
+
+
+def describe_objects(pair: PairSource, models: _Models, cfg: Config, labels: np.ndarray,
+                     comps: list[objects.Component], q: np.ndarray, water: np.ndarray,
+                     progress: ProgressFn) -> tuple[list[objects.Detection], list[str]]:
+    """Measure, put in context and type every component (reads a crop around each)."""
+    params = cfg.objects
+    notes: list[str] = []
+    if len(comps) > params.max_objects:
+        keep = sorted(comps, key=lambda c: -c.area_px)[: params.max_objects]
+        notes.append(f"objects: {len(comps)} regions, only the {params.max_objects} largest were described")
+        comps = sorted(keep, key=lambda c: c.label)
+    margin = params.ring_px + 2
+    sigma = np.asarray(models.noise.band_sigma)
+    dets = []
+    for i, comp in enumerate(comps):
+        box = (comp.row_min - margin, comp.col_min - margin, comp.row_max - comp.row_min + 1 + 2 * margin,
+               comp.col_max - comp.col_min + 1 + 2 * margin)
+        b, a, v = read_registered(pair, models.reg, box)
+        a = radiometry.apply(a, models.fit)
+        obj = _crop_whole(labels, box, 0) == comp.label
+        wat = _crop_whole(water, box, 0) > 0
+        sc = _crop_whole(q, box, threshold.NODATA).astype(np.float32) / threshold.LEVELS
+        shape = objects.measure_shape(obj, (box[0], box[1]), pair.gsd_m)
+        ctx = objects.measure_context(obj, b, a, v, wat, np.minimum(sc, 1.0), sigma, params)
+        cls, conf = objects.classify(shape, ctx, params)
+        dets.append(objects.Detection(id=len(dets) + 1, cls=cls, event=objects.event_of(ctx), confidence=conf,
+                                      shape=shape, context=ctx,
+                                      bbox_px=(comp.col_min, comp.row_min, comp.col_max, comp.row_max)))
+        progress("objects", i + 1, len(comps))
+    return dets, notes
+
+
+def _crop_whole(arr: np.ndarray, box: Box, fill: int) -> np.ndarray:
+    """A box of a whole (h, w) array, padded with ``fill`` past its edge."""
+    r, c, h, w = box
+    out = np.full((h, w), fill, dtype=arr.dtype)
+    r0, c0 = max(r, 0), max(c, 0)
+    r1, c1 = min(r + h, arr.shape[0]), min(c + w, arr.shape[1])
+    out[r0 - r:r1 - r, c0 - c:c1 - c] = arr[r0:r1, c0:c1]
+    return out
+
+
+def class_image(labels: np.ndarray, mask: np.ndarray, dets: list[objects.Detection],
+                comps: list[objects.Component]) -> np.ndarray:
+    """The contract's class raster: 0 none, 1..4 by class, 255 nodata."""
+    lut = np.zeros(int(labels.max()) + 1, dtype=np.uint8)
+    by_box = {(c.col_min, c.row_min, c.col_max, c.row_max): c.label for c in comps}
+    for d in dets:
+        lut[by_box[d.bbox_px]] = objects.CLASS_CODES[d.cls]
+    out = lut[labels]
+    out[mask == threshold.NODATA] = threshold.NODATA
+    return out
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def detection_features(pair: PairSource, dets: list[objects.Detection], labels: np.ndarray,
+                       comps: list[objects.Component]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """GeoJSON features and the summary's detection records."""
+    by_box = {(c.col_min, c.row_min, c.col_max, c.row_max): c.label for c in comps}
+    feats, records = [], []
+    for d in dets:
+        c0, r0, c1, r1 = d.bbox_px
+        obj = labels[r0:r1 + 1, c0:c1 + 1] == by_box[d.bbox_px]
+        tr = pair.transform * pair.transform.translation(c0, r0)
+        geom = vector.region_polygon(obj, tr)
+        cx, cy = d.shape.centroid_px
+        if pair.georeferenced:
+            geom = vector.to_wgs84(geom, pair.crs)
+            centroid = vector.point_to_wgs84(*(pair.transform * (cx + 0.5, cy + 0.5)), pair.crs)
+        else:
+            geom = vector.pixel_polygon(geom)
+            centroid = [round(cx + 0.5, 3), round(cy + 0.5, 3)]
+        props = {
+            "id": d.id, "class": d.cls, "event": d.event, "confidence": round(d.confidence, 4),
+            "area_m2": round(d.shape.area_m2, 3), "length_m": round(d.shape.length_m, 3),
+            "width_m": round(d.shape.width_m, 3), "orientation_deg": round(d.shape.orientation_deg, 2),
+            "centroid": centroid, "bbox_px": list(d.bbox_px),
+        }
+        feats.append({"type": "Feature", "id": d.id, "geometry": geom, "properties": props})
+        extra = {"elongation": round(d.shape.elongation, 3), "rectangularity": round(d.shape.rectangularity, 3),
+                 "water_frac": round(d.context.water_frac, 3), "mean_score": round(d.context.mean_score, 4),
+                 "brightness_change": round(d.context.brightness_change, 3)}
+        records.append({**props, **extra})
+    return feats, records
+
+
+def render_quicklook(pair: PairSource, models: _Models, cfg: Config, dets: list[objects.Detection],
+                     labels: np.ndarray, comps: list[objects.Component], site: str) -> np.ndarray:
+    """Decimated before/after panels with the detections drawn."""
+    max_px = cfg.processing.quicklook_max_px
+    b, bv, f = pair.read_decimated("before", max_px)
+    a, av, _ = pair.read_decimated("after", max_px)
+    small = models.reg.matrix.copy()
+    small[:, 2] /= f
+    a, av = registration.resample(a, av, (0, 0) + a.shape[1:], small, (0, 0) + b.shape[1:])
+    a = radiometry.apply(a, models.fit)
+    pb, lohi = quicklook.stretch(b, bv)
+    pa, _ = quicklook.stretch(a, av & bv, lohi)
+    up = max(1.0, 480.0 / max(pb.shape[:2]))  # small tiles are enlarged so an editor can read them
+    if up > 1:
+        size = (int(round(pb.shape[1] * up)), int(round(pb.shape[0] * up)))
+        pb = cv2.resize(pb, size, interpolation=cv2.INTER_NEAREST)
+        pa = cv2.resize(pa, size, interpolation=cv2.INTER_NEAREST)
+    scale = up / f
+    by_box = {(c.col_min, c.row_min, c.col_max, c.row_max): c.label for c in comps}
+    outlines = []
+    for d in dets:
+        c0, r0, c1, r1 = d.bbox_px
+        obj = (labels[r0:r1 + 1, c0:c1 + 1] == by_box[d.bbox_px]).astype(np.uint8)
+        contours, _ = cv2.findContours(obj, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        pts = max(contours, key=len).reshape(-1, 2).astype(np.float64)
+        pts = (pts + [c0 + 0.5, r0 + 0.5]) * scale
+        if len(pts) < 3:
+            pts = np.array([[c0, r0], [c1 + 1, r0], [c1 + 1, r1 + 1], [c0, r1 + 1]], dtype=float) * scale
+        outlines.append(quicklook.Outline(d.id, d.cls, d.event, np.round(pts).astype(np.int32)))
+    counts = {k: sum(d.cls == k for d in dets) for k in objects.CLASS_CODES}
+    return quicklook.render(pb, pa, outlines, counts, site)
+
+
+def _summary(site: str, before: Any, after: Any, pair: PairSource, models: _Models, cfg: Config,
+             thr: threshold.Threshold, mask: np.ndarray, records: list[dict[str, Any]], warns: list[str],
+             timings: dict[str, float], applied: bool) -> dict[str, Any]:
+    counts = {k: sum(r["class"] == k for r in records) for k in objects.CLASS_CODES}
+    reg = models.reg.to_json()
+    reg["applied"] = applied
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "changedet_version": __version__,
+        "site": site,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "inputs": {"before": before.to_json(), "after": after.to_json()},
+        "grid": {
+            "crs": pair.crs.to_string() if pair.crs else None,
+            "transform": [round(v, 10) for v in list(pair.transform)[:6]],
+            "width": pair.width, "height": pair.height, "gsd_m": round(pair.gsd_m, 6),
+            "georeferenced": pair.georeferenced,
+        },
+        "registration": reg,
+        "radiometry": {**models.fit.to_json(), "noise": models.noise.to_json()},
+        "threshold": thr.to_json(),
+        "config": cfg.model_dump(mode="json"),
+        "counts": counts,
+        "changed_area_m2": round(float(np.count_nonzero(mask == 1)) * pair.gsd_m ** 2, 3),
+        "changed_fraction": round(float(np.count_nonzero(mask == 1)) / max(int(np.count_nonzero(mask != 255)), 1), 6),
+        "detections": records,
+        "warnings": warns,
+        "timings_s": timings,
+    }
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def detect_pair(before: str | Path, after: str | Path, out_dir: str | Path, config: Config | None = None, *,
+                site: str | None = None, gsd_m: float | None = None, require_registration: bool = False,
+                progress: ProgressFn | None = None) -> RunResult:
+    """Detect what is new in ``after`` relative to ``before`` and write the output contract.
+
+    Parameters
+    ----------
+    before, after : paths to any GDAL rasters of the same site; ``before`` is the reference grid.
+    out_dir : output folder; created, or its contract files replaced, only when the run completes.
+    config : effective configuration (default: :class:`~changedet.config.Config()`).
+    site : a name for the run record (default: the output folder's name).
+    gsd_m : ground sample distance in metres, overriding the grid's.
+    require_registration : raise :class:`RegistrationError` when registration confidence is low.
+    progress : callback ``(stage, done, total)``.
+
+    Returns
+    -------
+    RunResult with the output folder and the summary written to ``summary.json``.
+    """
+    cfg = config or Config()
+    progress = progress or _no_progress
+    timer = _Timer()
+    out_dir = Path(out_dir)
+    site = site or out_dir.name
+    with timer("load"), open_pair(before, after, gsd_m or cfg.gsd_m) as pair:
+        info_b, info_a = raster_info(pair.before, before), raster_info(pair.after, after)
+        stage = OutputStage(out_dir)
+        warns = list(pair.warnings)
+        with stage:
+            return _run(pair, cfg, stage, site, info_b, info_a, warns, timer, require_registration, progress)
+
+
+def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: Any, info_a: Any,
+         warns: list[str], timer: _Timer, require_registration: bool, progress: ProgressFn) -> RunResult:
+    with timer("register"):
+        reg = estimate_registration(pair, cfg, progress)
+        warns.extend(reg.warnings)
+        applied = reg.method == "none" or reg.confidence >= cfg.registration.min_confidence
+        if not applied:
+            msg = (f"registration confidence {reg.confidence:.2f} is below {cfg.registration.min_confidence}: "
+                   "the images may not match (different scene, clouds, water); no correction applied")
+            if require_registration:
+                raise RegistrationError(f"{info_a.path}: {msg}")
+            warns.append(msg)
+        used = reg if applied else registration.Registration(registration.translation(0, 0), reg.method,
+                                                              reg.confidence, reg.residual_px, reg.n_tiepoints)
+    with timer("normalize"):
+        sb, sa = sample_pair(pair, used, cfg)
+        fit = radiometry.fit_linear(sb, sa, cfg.normalize)
+        noise = differencing.fit_noise(sb, radiometry.apply(sa[:, None, :], fit)[:, 0, :])
+        water_model = objects.fit_water(sb, cfg.objects)
+        models = _Models(used, fit, noise, water_model)
+    with timer("measure"):
+        q, water = score_pass(pair, models, cfg, stage.file("score.scratch.tif"), progress)
+    with timer("decide"):
+        mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m)
+    with timer("objects"):
+        labels, comps = objects.components(mask)
+        dets, notes = describe_objects(pair, models, cfg, labels, comps, q, water, progress)
+        warns.extend(notes)
+        classes = class_image(labels, mask, dets, comps)
+    with timer("write"):
+        feats, records = detection_features(pair, dets, labels, comps)
+        crs, tr = pair.crs, pair.transform
+        write_band(stage.file("mask.scratch.tif"), mask, 255, crs, tr)
+        to_cog(stage.file("mask.scratch.tif"), stage.file("change_mask.tif"))
+        write_band(stage.file("class.scratch.tif"), classes, 255, crs, tr)
+        to_cog(stage.file("class.scratch.tif"), stage.file("change_class.tif"))
+        to_cog(stage.file("score.scratch.tif"), stage.file("change_score.tif"), "average", "FLOATING_POINT")
+        write_json(stage.file("detections.geojson"), vector.feature_collection(feats, pair.georeferenced))
+        picture = render_quicklook(pair, models, cfg, dets, labels, comps, site)
+        if not cv2.imwrite(str(stage.file("quicklook.png")), picture):
+            raise OSError(f"{stage.file('quicklook.png')}: could not write the quick-look")
+    summary = _summary(site, info_b, info_a, pair, _Models(reg, fit, noise, water_model), cfg, thr, mask,
+                       records, warns, timer.timings, applied)
+    write_json(stage.file("summary.json"), summary)
+    stage.commit(OUTPUT_FILES)
+    return RunResult(stage.out_dir, summary)
