@@ -7,7 +7,8 @@
   SSIM (Wang et al. 2004) on luminance, with Gaussian windows (OpenCV) and the
   stabilising constant set from the noise level, so that flat noisy areas do
   not look like change.
-* Fusion: ``score = w * cva + (1 - w) * ssim``, lightly smoothed.
+* Fusion, a probabilistic OR (either kind of evidence can flag change):
+  ``score = 1 - (1 - cva) * (1 - w * ssim)`` with ``w = ssim_weight``, lightly smoothed.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def change_score(before: np.ndarray, after: np.ndarray, valid: np.ndarray, noise
     # noise of one image's luminance is about the difference's spread / sqrt(2)
     c2 = (params.ssim_noise_k * noise.lum_sigma / np.sqrt(2)) ** 2
     ssim = ssim_dissimilarity(luminance(before), luminance(after), params.ssim_sigma_px, float(c2))
-    score = params.cva_weight * cva + (1.0 - params.cva_weight) * ssim
+    score = 1.0 - (1.0 - cva) * (1.0 - params.ssim_weight * ssim)
     score[~valid] = 0.0
     if params.smooth_sigma_px > 0:
         score = _blur(score, params.smooth_sigma_px)

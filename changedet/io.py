@@ -337,6 +337,8 @@ class OutputStage:
         anchor = self.out_dir.parent
         while not anchor.exists():
             anchor = anchor.parent
+        if not anchor.is_dir():
+            raise OutputError(f"{anchor}: is a file, not a folder; choose another --out")
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise OutputError(f"{self.out_dir}: exists and is not a folder; choose another --out")
         target = self.out_dir if self.out_dir.exists() else anchor

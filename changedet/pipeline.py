@@ -402,3 +402,11 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
     write_json(stage.file("summary.json"), summary)
     stage.commit(OUTPUT_FILES)
     return RunResult(stage.out_dir, summary)
+
+
+def summary_schema() -> dict[str, Any]:
+    """The JSON Schema that ``summary.json`` validates against (shipped in the package)."""
+    import json
+    from importlib.resources import files
+
+    return json.loads(files("changedet").joinpath("schema/summary.schema.json").read_text(encoding="utf-8"))

@@ -56,8 +56,10 @@ def otsu(hist: np.ndarray) -> float:
     with np.errstate(divide="ignore", invalid="ignore"):
         between = (mean_all * w0 / total - m0) ** 2 / (w0 * w1)
     between[~np.isfinite(between)] = 0
+    # the criterion is flat across an empty gap between the modes: take the plateau's middle
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
     # threshold between level t and t+1: pixels > t are change
-    return float((np.argmax(between) + 0.5) / LEVELS)
+    return float((0.5 * (best[0] + best[-1]) + 0.5) / LEVELS)
 
 
 def zscore(hist: np.ndarray, k: float) -> float:

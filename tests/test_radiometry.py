@@ -1,0 +1,30 @@
+import numpy as np
+import pytest
+
+from changedet.config import NormalizeConfig
+from changedet.radiometry import apply, fit_linear
+
+
+def test_gain_offset_recovered_despite_changed_pixels():
+    rng = np.random.default_rng(0)
+    before = rng.uniform(100, 2000, size=(3, 50_000))
+    gains, offsets = np.array([1.2, 0.8, 1.05]), np.array([-30.0, 55.0, 0.0])
+    after = (before - offsets[:, None]) / gains[:, None] + rng.normal(0, 3, before.shape)
+    after[:, :5000] = rng.uniform(3000, 4000, size=(3, 5000))  # 10 % changed pixels
+    fit = fit_linear(before, after, NormalizeConfig())
+    assert np.allclose(fit.gains, gains, rtol=0.01)
+    assert np.allclose(fit.offsets, offsets, atol=10)
+    assert 40_000 <= fit.n_pixels <= 46_000
+    mapped = apply(after[:, None, 5000:], fit)[:, 0]
+    assert np.abs(mapped - before[:, 5000:]).mean() < 10
+
+
+def test_method_none_is_identity():
+    x = np.ones((2, 100))
+    fit = fit_linear(x, x * 3, NormalizeConfig(method="none"))
+    assert fit.gains == (1.0, 1.0) and fit.offsets == (0.0, 0.0)
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="shape"):
+        fit_linear(np.ones((2, 10)), np.ones((3, 10)), NormalizeConfig())

@@ -1,0 +1,45 @@
+import numpy as np
+
+from changedet.config import DecideConfig
+from changedet import threshold as T
+
+
+def test_otsu_splits_two_modes():
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.normal(0.1, 0.03, 9000), rng.normal(0.8, 0.05, 1000)])
+    q = T.quantize(scores.reshape(100, 100), np.ones((100, 100), bool))
+    t = T.otsu(T.histogram(q))
+    assert 0.3 < t < 0.65
+
+
+def test_no_change_stays_empty():
+    rng = np.random.default_rng(1)
+    score = np.clip(rng.normal(0.08, 0.03, (200, 200)), 0, 1)
+    mask, thr = T.decide(T.quantize(score, np.ones(score.shape, bool)), DecideConfig(), 0.5)
+    assert thr.high >= DecideConfig().min_score
+    assert (mask == 1).mean() < 0.001
+
+
+def test_hysteresis_keeps_weak_pixels_connected_to_strong_ones():
+    score = np.zeros((20, 20))
+    score[5, 2:10] = 0.5  # weak line
+    score[5, 2] = 0.9  # one strong pixel on it
+    score[15, 2:10] = 0.5  # weak line without a strong pixel
+    q = T.quantize(score, np.ones(score.shape, bool))
+    m = T.hysteresis(q, T.Threshold("x", 0.8, 0.8, 0.4))
+    assert m[5, 2:10].all() and not m[15].any()
+
+
+def test_clean_uses_square_metres_and_keeps_nodata():
+    mask = np.zeros((60, 60), np.uint8)
+    mask[5:8, 5:8] = 1  # 9 px
+    mask[20:40, 20:40] = 1
+    mask[30, 30] = 0  # a one-pixel hole
+    cfg = DecideConfig(open_px=0, close_px=0, min_area_m2=10.0, fill_holes_m2=1.0)
+    out = T.clean(mask, cfg, gsd_m=1.0)
+    assert out[5:8, 5:8].sum() == 0 and out[30, 30] == 1
+    out_coarse = T.clean(mask, cfg, gsd_m=2.0)  # 9 px = 36 m2 now survives
+    assert out_coarse[5:8, 5:8].all()
+    q = T.quantize(np.zeros((10, 10)), np.zeros((10, 10), bool))
+    m, _ = T.decide(q, DecideConfig(), 1.0)
+    assert (m == T.NODATA).all()
