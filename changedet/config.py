@@ -29,7 +29,7 @@ class RegisterConfig(_Section):
     chip_px: int = Field(256, ge=32, description="side of a correlation chip, pixels")
     grid: int = Field(5, ge=1, le=16, description="chips per side of the chip grid")
     upsample: int = Field(100, ge=1, description="subpixel upsampling factor")
-    coarse_max_px: int = Field(1024, ge=64, description="long side of the decimated image for the coarse search")
+    coarse_max_px: int = Field(512, ge=64, description="long side of the decimated image for the coarse search")
     max_shift_frac: float = Field(0.125, gt=0, le=0.5, description="largest shift searched, as a fraction of the tile")
     min_chip_std: float = Field(1e-3, ge=0, description="chips whose relative std is below this are skipped")
     min_confidence: float = Field(0.3, ge=0, le=1, description="below this the registration is flagged")

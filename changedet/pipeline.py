@@ -20,6 +20,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import rasterio
 
 from . import __version__, differencing, objects, quicklook, radiometry, registration, threshold, vector
 from .arrays import crop, luminance
@@ -345,11 +346,20 @@ def detect_pair(before: str | Path, after: str | Path, out_dir: str | Path, conf
     """
     cfg = config or Config()
     progress = progress or _no_progress
+    # GDAL's block cache defaults to 5 % of RAM; windows are read once, so a small cache keeps memory flat
+    with rasterio.Env(GDAL_CACHEMAX=64):
+        return _detect(before, after, out_dir, cfg, site, gsd_m, require_registration, progress)
+
+
+def _detect(before: str | Path, after: str | Path, out_dir: str | Path, cfg: Config, site: str | None,
+            gsd_m: float | None, require_registration: bool, progress: ProgressFn) -> RunResult:
     timer = _Timer()
     out_dir = Path(out_dir)
     site = site or out_dir.name
-    with timer("load"), open_pair(before, after, gsd_m or cfg.gsd_m) as pair:
+    t0 = time.perf_counter()
+    with open_pair(before, after, gsd_m or cfg.gsd_m) as pair:
         info_b, info_a = raster_info(pair.before, before), raster_info(pair.after, after)
+        timer.timings["load"] = round(time.perf_counter() - t0, 3)
         stage = OutputStage(out_dir)
         warns = list(pair.warnings)
         with stage:

@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from changedet.errors import InputError, NoOverlapError, OutputError
+from changedet.io import OutputStage, gsd_from_grid, iter_windows, open_pair, write_band
+
+
+def write(path, data, transform=Affine(0.5, 0, 500000, 0, -0.5, 4000000), crs="EPSG:32637", **kw):
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[None]
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                       dtype=data.dtype, crs=crs, transform=transform, **kw) as ds:
+        ds.write(data)
+    return path
+
+
+@settings(max_examples=20, deadline=None)
+@given(arr=arrays(np.uint16, st.tuples(st.integers(8, 40), st.integers(8, 40))))
+def test_write_then_read_is_lossless(tmp_path_factory, arr):
+    path = tmp_path_factory.mktemp("rt") / "a.tif"
+    write_band(path, arr, None, rasterio.crs.CRS.from_epsg(32637), Affine(1, 0, 0, 0, -1, 0))
+    with rasterio.open(path) as ds:
+        assert np.array_equal(ds.read(1), arr)
+
+
+def test_missing_and_non_raster_inputs(tmp_path):
+    good = write(tmp_path / "good.tif", np.ones((3, 32, 32), np.uint8))
+    with pytest.raises(InputError, match="no such file"):
+        open_pair(tmp_path / "nope.tif", good)
+    text = tmp_path / "text.tif"
+    text.write_text("not an image")
+    with pytest.raises(InputError, match=r"text\.tif: not a raster"):
+        open_pair(good, text)
+
+
+def test_pairs_that_do_not_overlap(tmp_path):
+    a = write(tmp_path / "a.tif", np.ones((1, 32, 32), np.uint8))
+    far = Affine(0.5, 0, 600000, 0, -0.5, 4000000)
+    b = write(tmp_path / "b.tif", np.ones((1, 32, 32), np.uint8), transform=far)
+    with pytest.raises(NoOverlapError, match="does not overlap"):
+        open_pair(a, b)
+
+
+def test_after_on_another_grid_is_warped_onto_before(tmp_path):
+    rows, cols = np.mgrid[0:64, 0:64]
+    img = (rows * 3 + cols).astype(np.uint16)
+    a = write(tmp_path / "a.tif", img)
+    # same ground, 1 m pixels, shifted origin: covers the first 32x32 of before's 0.5 m pixels at 2x
+    coarse = img[::2, ::2]
+    b = write(tmp_path / "b.tif", coarse, transform=Affine(1.0, 0, 500000, 0, -1.0, 4000000))
+    with open_pair(a, b) as pair:
+        assert pair.shape == (64, 64)
+        assert any("warped" in w for w in pair.warnings)
+        data, valid = pair.read_after((10, 10, 20, 20))
+        assert valid.all()
+        assert np.abs(data[0] - img[10:30, 10:30]).mean() < 3
+
+
+def test_reads_past_the_edge_are_invalid(tmp_path):
+    a = write(tmp_path / "a.tif", np.full((2, 40, 40), 7, np.uint16))
+    with open_pair(a, a) as pair:
+        data, valid = pair.read_before((-5, -5, 20, 20))
+        assert not valid[:5].any() and valid[5:, 5:].all()
+        assert (data[:, 5:, 5:] == 7).all()
+
+
+def test_pixel_coordinates_without_georeferencing(tmp_path):
+    import cv2
+
+    img = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), img)
+    cv2.imwrite(str(tmp_path / "b.png"), img[:40])
+    with open_pair(tmp_path / "a.png", tmp_path / "b.png") as pair:
+        assert not pair.georeferenced and pair.crs is None
+        assert pair.shape == (40, 64) and pair.gsd_m == 1.0
+        assert any("pixel coordinates" in w for w in pair.warnings)
+    with open_pair(tmp_path / "a.png", tmp_path / "b.png", gsd_m=0.5) as pair:
+        assert pair.gsd_m == 0.5
+
+
+def test_gsd_of_a_geographic_grid_is_in_metres():
+    crs = rasterio.crs.CRS.from_epsg(4326)
+    gsd = gsd_from_grid(crs, Affine(1e-4, 0, 2.3, 0, -1e-4, 48.9), 100)
+    assert 7.0 < gsd < 11.2
+
+
+def test_windows_tile_the_grid_exactly():
+    boxes = list(iter_windows((1000, 700), 256))
+    cover = np.zeros((1000, 700), int)
+    for r, c, h, w in boxes:
+        cover[r:r + h, c:c + w] += 1
+    assert (cover == 1).all()
+
+
+def test_output_stage_leaves_nothing_on_failure(tmp_path):
+    out = tmp_path / "deep" / "out"
+    with pytest.raises(RuntimeError):
+        with OutputStage(out) as stage:
+            stage.file("x.txt").write_text("partial")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    with OutputStage(out) as stage:
+        stage.file("x.txt").write_text("done")
+        stage.commit(["x.txt"])
+    assert (out / "x.txt").read_text() == "done"
+    assert [p.name for p in tmp_path.iterdir()] == ["deep"]
+
+
+def test_output_under_a_file_is_refused(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(OutputError, match="not a folder"):
+        OutputStage(f / "out")
