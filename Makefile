@@ -38,9 +38,9 @@ benchmarks: install-dev
 
 # Regenerate the bundled fixtures with the project's own generator.
 sample-tiles: install
-	$(BIN)/changedet synth --out sample_tiles/trenches --scenario trenches --seed 11 --size 512
+	$(BIN)/changedet synth --out sample_tiles/trenches --scenario trenches --seed 11 --size 448
 	$(BIN)/changedet synth --out sample_tiles/camp --scenario camp --seed 12 --size 512
-	$(BIN)/changedet synth --out sample_tiles/port --scenario port --seed 13 --size 512
+	$(BIN)/changedet synth --out sample_tiles/port --scenario port --seed 13 --size 448
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .hypothesis

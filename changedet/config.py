@@ -46,11 +46,11 @@ class NormalizeConfig(_Section):
 class MeasureConfig(_Section):
     """Pixel and structural differencing, fused into one 0..1 score."""
 
-    ssim_weight: float = Field(0.5, ge=0, le=1, description="weight of the SSIM evidence in the fusion")
+    ssim_weight: float = Field(0.25, ge=0, le=1, description="weight of the SSIM evidence in the fusion")
     cva_k: float = Field(4.0, gt=0, description="noise sigmas of change at which the CVA score is 0.5")
-    ssim_sigma_px: float = Field(1.5, gt=0, description="Gaussian window sigma of local SSIM")
+    ssim_sigma_px: float = Field(1.0, gt=0, description="Gaussian window sigma of local SSIM")
     ssim_noise_k: float = Field(2.0, ge=0, description="SSIM stabiliser, in noise sigmas")
-    smooth_sigma_px: float = Field(1.0, ge=0, description="Gaussian smoothing of the fused score")
+    smooth_sigma_px: float = Field(0.0, ge=0, description="Gaussian smoothing of the fused score")
 
 
 class DecideConfig(_Section):

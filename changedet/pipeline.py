@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from typing import Any
 import cv2
 import numpy as np
 import rasterio
+from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning
 
 from . import __version__, differencing, objects, quicklook, radiometry, registration, threshold, vector
 from .arrays import crop, luminance
@@ -235,12 +238,12 @@ def detection_features(pair: PairSource, dets: list[objects.Detection], labels: 
     for d in dets:
         c0, r0, c1, r1 = d.bbox_px
         obj = labels[r0:r1 + 1, c0:c1 + 1] == by_box[d.bbox_px]
-        tr = pair.transform * pair.transform.translation(c0, r0)
+        tr = pair.transform @ Affine.translation(c0, r0)
         geom = vector.region_polygon(obj, tr)
         cx, cy = d.shape.centroid_px
         if pair.georeferenced:
             geom = vector.to_wgs84(geom, pair.crs)
-            centroid = vector.point_to_wgs84(*(pair.transform * (cx + 0.5, cy + 0.5)), pair.crs)
+            centroid = vector.point_to_wgs84(*(pair.transform @ (cx + 0.5, cy + 0.5)), pair.crs)
         else:
             geom = vector.pixel_polygon(geom)
             centroid = [round(cx + 0.5, 3), round(cy + 0.5, 3)]
@@ -347,7 +350,9 @@ def detect_pair(before: str | Path, after: str | Path, out_dir: str | Path, conf
     cfg = config or Config()
     progress = progress or _no_progress
     # GDAL's block cache defaults to 5 % of RAM; windows are read once, so a small cache keeps memory flat
-    with rasterio.Env(GDAL_CACHEMAX=64):
+    with rasterio.Env(GDAL_CACHEMAX=64), warnings.catch_warnings():
+        # the missing georeferencing is recorded once, in the summary's warnings
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
         return _detect(before, after, out_dir, cfg, site, gsd_m, require_registration, progress)
 
 

@@ -64,7 +64,7 @@ class Registration:
             "method": self.method,
             "shift_px": [round(dx, 4), round(dy, 4)],
             "rotation_deg": round(self.rotation_deg, 5),
-            "residual_px": round(self.residual_px, 4),
+            "residual_px": round(self.residual_px, 4) if np.isfinite(self.residual_px) else None,
             "confidence": round(self.confidence, 4),
             "n_tiepoints": self.n_tiepoints,
         }
@@ -175,7 +175,7 @@ def chip_boxes(shape: tuple[int, int], chip_px: int, grid: int) -> list[Box]:
     Chips shrink to half the short side on small images; duplicates are removed.
     """
     rows, cols = shape
-    size = int(min(chip_px, rows // 2 * 2, cols // 2 * 2))
+    size = int(min(chip_px, rows // 2, cols // 2))
     size = max(16, size - size % 2)
     boxes: list[Box] = []
     for r in np.linspace(0, max(rows - size, 0), grid):

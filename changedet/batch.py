@@ -1,0 +1,161 @@
+"""Run many sites from a YAML manifest.
+
+One site's failure is recorded and the rest go on. A site whose outputs exist
+for the same input files (SHA-256) and the same effective configuration is
+skipped as current.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import Config, _merge, build_config
+from .errors import ChangedetError, ConfigError
+from .io import sha256_file
+from .pipeline import ProgressFn, detect_pair
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class Site:
+    """One entry of a manifest."""
+
+    name: str
+    before: Path
+    after: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    gsd_m: float | None = None
+
+
+def _site(entry: Any, i: int, base: Path, manifest: Path) -> Site:
+    where = f"{manifest}: site {i + 1}"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: must be a mapping with name, before and after")
+    unknown = set(entry) - {"name", "before", "after", "config", "gsd_m"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}; use name, before, after, config, gsd_m")
+    for key in ("name", "before", "after"):
+        if not entry.get(key):
+            raise ConfigError(f"{where}: missing {key!r}")
+    name = str(entry["name"])
+    if not NAME.match(name):
+        raise ConfigError(f"{where}: name {name!r} must be letters, digits, '-', '_' or '.' (it names a folder)")
+    cfg = entry.get("config") or {}
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{where} ({name}): config must be a mapping of overrides")
+    gsd = entry.get("gsd_m")
+    if gsd is not None and (not isinstance(gsd, (int, float)) or gsd <= 0):
+        raise ConfigError(f"{where} ({name}): gsd_m must be a positive number of metres")
+    return Site(name, base / str(entry["before"]), base / str(entry["after"]), cfg, gsd)
+
+
+def read_manifest(path: str | Path) -> tuple[list[Site], dict[str, Any]]:
+    """Read a manifest: a list of sites, or ``{config: {...}, sites: [...]}``.
+
+    Returns the sites (paths resolved against the manifest's folder) and the
+    manifest-wide configuration overrides.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the manifest ({exc.strerror}); check the path") from None
+    except yaml.YAMLError:
+        raise ConfigError(f"{path}: not valid YAML; fix the manifest's syntax") from None
+    overrides: dict[str, Any] = {}
+    if isinstance(data, dict):
+        extra = set(data) - {"config", "sites"}
+        if extra:
+            raise ConfigError(f"{path}: unknown key {sorted(extra)[0]!r}; a manifest has 'config' and 'sites'")
+        overrides = data.get("config") or {}
+        data = data.get("sites")
+    if not isinstance(data, list) or not data:
+        raise ConfigError(f"{path}: no sites; list them under 'sites:' with name, before and after")
+    sites = [_site(e, i, path.parent, path) for i, e in enumerate(data)]
+    seen: set[str] = set()
+    for s in sites:
+        if s.name in seen:
+            raise ConfigError(f"{path}: site name {s.name!r} is used twice; names must be unique")
+        seen.add(s.name)
+    return sites, overrides
+
+
+def is_current(site: Site, out: Path, cfg: Config) -> bool:
+    """True when ``out`` holds a complete run of this site's inputs with this configuration."""
+    summary_path = out / "summary.json"
+    if not summary_path.is_file():
+        return False
+    try:
+        summary = json.loads(summary_path.read_text())
+        return (summary["config"] == cfg.model_dump(mode="json")
+                and summary["inputs"]["before"]["sha256"] == sha256_file(site.before)
+                and summary["inputs"]["after"]["sha256"] == sha256_file(site.after))
+    except (OSError, KeyError, ValueError, TypeError):
+        return False
+
+
+def run_site(site: Site, out: Path, cfg: Config, progress: ProgressFn | None) -> dict[str, Any]:
+    """Run one site and return its record; never raises for a site's own failure."""
+    t0 = time.perf_counter()
+    record: dict[str, Any] = {"name": site.name, "status": "ok", "error": None, "out_dir": str(out),
+                              "n_detections": None, "changed_area_m2": None}
+    try:
+        if is_current(site, out, cfg):
+            record["status"] = "skipped"
+            summary = json.loads((out / "summary.json").read_text())
+        else:
+            summary = detect_pair(site.before, site.after, out, cfg, site=site.name, gsd_m=site.gsd_m,
+                                  progress=progress).summary
+        record["n_detections"] = len(summary["detections"])
+        record["changed_area_m2"] = summary["changed_area_m2"]
+    except ChangedetError as exc:
+        record.update(status="failed", error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - one site's bug must not stop the batch
+        record.update(status="error", error=f"{type(exc).__name__}: {exc}")
+    record["seconds"] = round(time.perf_counter() - t0, 3)
+    return record
+
+
+def run_batch(manifest_path: str | Path, out_dir: str | Path, base_config_data: dict[str, Any] | None = None, *,
+              sets: list[str] | tuple[str, ...] = (), preset: str | None = None, progress: ProgressFn | None = None,
+              site_callback: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+    """Run every site of a manifest into ``out_dir/<name>/`` and write ``batch_summary.json``.
+
+    Sites run one after another in manifest order, so results are deterministic.
+    """
+    manifest_path, out_dir = Path(manifest_path), Path(out_dir)
+    sites, overrides = read_manifest(manifest_path)
+    configs = {}
+    for s in sites:  # resolve every config first: a bad key fails the batch before any work
+        data = _merge(_merge(dict(base_config_data or {}), overrides), s.config)
+        configs[s.name] = build_config(data, preset=preset, sets=sets, source=f"{manifest_path}: site {s.name}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for s in sites:
+        rec = run_site(s, out_dir / s.name, configs[s.name], progress)
+        records.append(rec)
+        if site_callback:
+            site_callback(s.name, rec["status"] if not rec["error"] else f"{rec['status']}: {rec['error']}")
+    result = {
+        "manifest": str(manifest_path),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "sites": records,
+        "n_ok": sum(r["status"] == "ok" for r in records),
+        "n_skipped": sum(r["status"] == "skipped" for r in records),
+        "n_failed": sum(r["status"] in ("failed", "error") for r in records),
+    }
+    tmp = out_dir / ".batch_summary.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out_dir / "batch_summary.json")
+    return result

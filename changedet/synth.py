@@ -1,0 +1,553 @@
+"""Synthetic before/after scenes with exact ground truth.
+
+A scene is rendered in reflectance (0..1) on the before grid: textured land
+cover, roads, structures present on both dates, water with piers in ports; the
+after date adds the changes (trenches, huts, vessels, cleared ground) and
+removes departing vessels. Both dates are blurred by a sensor PSF; the after
+image then gets the nuisances that are not change (a subpixel shift, per-band
+gain and offset, a seasonal tint on vegetation, haze when hard) and both get
+noise. Truth masks are the rasterised footprints on the before grid.
+
+Shift convention: ``after(x + dx, y + dy) = before(x, y)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import rasterio
+from affine import Affine
+from scipy import ndimage
+
+SCENARIOS = ("trenches", "camp", "port")
+DIFFICULTIES = ("easy", "medium", "hard")
+CLASS_CODES = {"other": 1, "trench": 2, "hut": 3, "vessel": 4}
+
+# reflectance of materials in (red, green, blue, nir)
+SOIL = (0.30, 0.26, 0.21, 0.36)
+GRASS = (0.07, 0.11, 0.06, 0.42)
+SCRUB = (0.14, 0.15, 0.10, 0.30)
+ROAD = (0.42, 0.41, 0.39, 0.38)
+CONCRETE = (0.48, 0.47, 0.45, 0.42)
+WATER = (0.035, 0.06, 0.08, 0.015)
+FRESH_SOIL = (0.13, 0.11, 0.09, 0.15)  # dug earth in shadow
+CLEARED = (0.40, 0.34, 0.27, 0.40)
+ROOFS = ((0.62, 0.62, 0.64, 0.55), (0.55, 0.22, 0.17, 0.35), (0.22, 0.30, 0.45, 0.30), (0.38, 0.36, 0.30, 0.33))
+HULLS = ((0.55, 0.56, 0.58, 0.45), (0.30, 0.31, 0.33, 0.25), (0.68, 0.68, 0.70, 0.60))
+
+# per difficulty: change contrast (blend toward the material), noise sigma, gain spread, size factor
+LEVELS = {
+    "easy": {"contrast": 1.0, "noise": 0.004, "gain": 0.08, "offset": 0.01, "scale": 1.0, "haze": 0.0},
+    "medium": {"contrast": 0.8, "noise": 0.008, "gain": 0.15, "offset": 0.02, "scale": 0.85, "haze": 0.0},
+    "hard": {"contrast": 0.6, "noise": 0.014, "gain": 0.3, "offset": 0.03, "scale": 0.7, "haze": 0.04},
+}
+
+
+@dataclass(frozen=True)
+class TruthObject:
+    """One change in the truth: class, event and geometry on the before grid."""
+
+    id: int
+    cls: str
+    event: str
+    bbox_px: tuple[int, int, int, int]  # col_min, row_min, col_max, row_max (inclusive)
+    area_m2: float
+    length_m: float
+    width_m: float
+    orientation_deg: float
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A rendered pair with its truth."""
+
+    before: np.ndarray
+    after: np.ndarray
+    truth_class: np.ndarray
+    truth_instances: np.ndarray
+    objects: tuple[TruthObject, ...]
+    shift_px: tuple[float, float]
+    transform: Affine
+    crs: str
+    gsd_m: float
+    band_names: tuple[str, ...]
+    scenario: str
+    seed: int
+    difficulty: str
+    nuisances: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Canvas:
+    """Mutable rendering state (reflectance images, masks, truth)."""
+
+    before: np.ndarray  # (4, H, W) float32
+    after: np.ndarray
+    occupied: np.ndarray  # (H, W) bool: where nothing new may be placed
+    water: np.ndarray  # (H, W) bool
+    vegetation: np.ndarray  # (H, W) float 0..1
+    instances: np.ndarray  # (H, W) uint16
+    pending: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _noise_field(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """Smooth zero-mean unit-std noise with correlation length ``sigma`` pixels."""
+    f = cv2.GaussianBlur(rng.standard_normal(shape).astype(np.float32), (0, 0), sigma) if sigma > 0 else \
+        rng.standard_normal(shape).astype(np.float32)
+    return (f - f.mean()) / (f.std() + 1e-9)
+
+
+def _fractal(rng: np.random.Generator, shape: tuple[int, int], scales: tuple[float, ...]) -> np.ndarray:
+    out = np.zeros(shape, np.float32)
+    for s in scales:
+        out += _noise_field(rng, shape, s) * math.sqrt(s)
+    return (out - out.mean()) / (out.std() + 1e-9)
+
+
+def _paint(img: np.ndarray, mask: np.ndarray, colour: tuple[float, ...], alpha: float = 1.0,
+           texture: np.ndarray | None = None) -> None:
+    """Blend ``colour`` into ``img`` where ``mask``; optional multiplicative texture."""
+    for b in range(img.shape[0]):
+        value = colour[b] * (1.0 if texture is None else texture[mask])
+        img[b][mask] = (1 - alpha) * img[b][mask] + alpha * value
+
+
+def _poly_mask(shape: tuple[int, int], pts: np.ndarray) -> np.ndarray:
+    m = np.zeros(shape, np.uint8)
+    cv2.fillPoly(m, [np.round(pts).astype(np.int32)], 1)
+    return m.astype(bool)
+
+
+def _line_mask(shape: tuple[int, int], pts: np.ndarray, width_px: int) -> np.ndarray:
+    m = np.zeros(shape, np.uint8)
+    cv2.polylines(m, [np.round(pts).astype(np.int32)], False, 1, thickness=max(1, int(width_px)))
+    return m.astype(bool)
+
+
+def _rect(cx: float, cy: float, length: float, width: float, angle_deg: float) -> np.ndarray:
+    """Corners of a rotated rectangle; ``angle_deg`` is the long axis, clockwise from north."""
+    a = math.radians(angle_deg)
+    u = np.array([math.sin(a), -math.cos(a)])  # along (x right, y down)
+    v = np.array([math.cos(a), math.sin(a)])  # across
+    c = np.array([cx, cy])
+    return np.array([c + s * length / 2 * u + t * width / 2 * v for s, t in ((1, 1), (1, -1), (-1, -1), (-1, 1))])
+
+
+def _hull(cx: float, cy: float, length: float, width: float, angle_deg: float) -> np.ndarray:
+    """A ship's outline: a pointed bow, a square stern."""
+    a = math.radians(angle_deg)
+    u = np.array([math.sin(a), -math.cos(a)])
+    v = np.array([math.cos(a), math.sin(a)])
+    c = np.array([cx, cy])
+    half_l, half_w = length / 2, width / 2
+    pts = [(-half_l, -half_w), (half_l - 1.2 * width, -half_w), (half_l, 0), (half_l - 1.2 * width, half_w),
+           (-half_l, half_w)]
+    return np.array([c + s * u + t * v for s, t in pts])
+
+
+def _free(canvas: _Canvas, mask: np.ndarray, margin: int = 10) -> bool:
+    """True when ``mask`` stays off occupied ground and ``margin`` px from the edge."""
+    h, w = mask.shape
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return False
+    if rows.min() < margin or cols.min() < margin or rows.max() >= h - margin or cols.max() >= w - margin:
+        return False
+    return not (canvas.occupied & mask).any()
+
+
+def _reserve(canvas: _Canvas, mask: np.ndarray, gap_px: int) -> None:
+    k = np.ones((2 * gap_px + 1, 2 * gap_px + 1), np.uint8)
+    canvas.occupied |= cv2.dilate(mask.astype(np.uint8), k).astype(bool)
+
+
+def _orientation_of(pts: np.ndarray) -> tuple[float, float, float]:
+    """(long side, short side, orientation clockwise from north) of a point set's min-area rectangle."""
+    rect = cv2.minAreaRect(pts.astype(np.float32))
+    box = cv2.boxPoints(rect)
+    e1, e2 = box[1] - box[0], box[2] - box[1]
+    long_vec = e1 if np.hypot(*e1) >= np.hypot(*e2) else e2
+    angle = math.degrees(math.atan2(float(long_vec[0]), -float(long_vec[1]))) % 180.0
+    return max(rect[1]), min(rect[1]), angle
+
+
+def _add_truth(canvas: _Canvas, mask: np.ndarray, cls: str, event: str, length_px: float, width_px: float,
+               angle: float, gap_px: int = 4) -> None:
+    canvas.pending.append({"mask": mask, "cls": cls, "event": event, "length_px": length_px,
+                           "width_px": width_px, "angle": angle})
+    _reserve(canvas, mask, gap_px)
+
+
+# --------------------------------------------------------------------------- base scene
+
+
+def _terrain(rng: np.random.Generator, shape: tuple[int, int], gsd: float) -> tuple[np.ndarray, np.ndarray]:
+    """Land cover (soil / grass / scrub patches) with texture; returns (4, H, W) and vegetation 0..1."""
+    cover = _fractal(rng, shape, (40 / gsd, 15 / gsd))
+    fine = _fractal(rng, shape, (0.8, 2.0, 5.0))
+    veg = np.clip((cover + 0.3) * 1.5, 0, 1)
+    scrub_mask = _noise_field(rng, shape, 6 / gsd) > 0.9
+    img = np.empty((4,) + shape, np.float32)
+    for b in range(4):
+        img[b] = (1 - veg) * SOIL[b] + veg * GRASS[b]
+        img[b][scrub_mask] = SCRUB[b]
+        img[b] *= 1.0 + 0.12 * fine
+    # field parcels: a few rectangles of a distinct, striped crop texture
+    h, w = shape
+    rows = np.arange(h)[:, None]
+    for _ in range(rng.integers(1, 3)):
+        pts = _rect(rng.uniform(0, w), rng.uniform(0, h), rng.uniform(60, 140) / gsd, rng.uniform(40, 90) / gsd,
+                    rng.uniform(0, 180))
+        m = _poly_mask(shape, pts)
+        stripes = (1.0 + 0.08 * np.sin(rows * 2 * math.pi / rng.uniform(4, 8))).astype(np.float32)
+        stripes = np.broadcast_to(stripes, shape)
+        _paint(img, m, GRASS if rng.random() < 0.5 else SCRUB, 1.0, stripes)
+        veg[m] = 1.0
+    return img, veg
+
+
+def _roads(rng: np.random.Generator, canvas: _Canvas, gsd: float, n: int) -> None:
+    h, w = canvas.occupied.shape
+    for _ in range(n):
+        p0 = np.array([rng.uniform(0, w), 0.0]) if rng.random() < 0.5 else np.array([0.0, rng.uniform(0, h)])
+        p2 = np.array([w - p0[0], h]) if p0[1] == 0 else np.array([w, h - p0[1]])
+        p1 = (p0 + p2) / 2 + rng.normal(0, 0.15 * w, 2)
+        t = np.linspace(0, 1, 60)[:, None]
+        pts = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
+        width = max(2, int(round(rng.uniform(3, 8) / gsd)))
+        m = _line_mask(canvas.occupied.shape, pts, width) & ~canvas.water
+        for img in (canvas.before, canvas.after):
+            _paint(img, m, ROAD)
+        canvas.vegetation[m] = 0
+        _reserve(canvas, m, 3)
+
+
+def _buildings(rng: np.random.Generator, canvas: _Canvas, gsd: float, n: int) -> None:
+    """Structures on both dates (not change), each with a shadow."""
+    shape = canvas.occupied.shape
+    placed = tries = 0
+    while placed < n and tries < 40 * n:
+        tries += 1
+        length, width = rng.uniform(6, 25) / gsd, rng.uniform(4, 12) / gsd
+        pts = _rect(rng.uniform(0, shape[1]), rng.uniform(0, shape[0]), length, width, rng.uniform(0, 180))
+        m = _poly_mask(shape, pts)
+        if not _free(canvas, m) or (canvas.water & m).any():
+            continue
+        shadow = _poly_mask(shape, pts + np.array([1.5, 1.5]) / gsd) & ~m
+        roof = ROOFS[rng.integers(len(ROOFS))]
+        for img in (canvas.before, canvas.after):
+            for b in range(4):
+                img[b][shadow] *= 0.45
+            _paint(img, m, roof)
+        canvas.vegetation[m | shadow] = 0
+        _reserve(canvas, m | shadow, 3)
+        placed += 1
+
+
+def _sea(rng: np.random.Generator, canvas: _Canvas, gsd: float) -> None:
+    """Water along one side with a wavy shore, a textured surface, and piers."""
+    h, w = canvas.occupied.shape
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
+    depth = rng.uniform(0.35, 0.5) * w
+    wobble = 0.04 * w * np.sin(rows / h * rng.uniform(2, 5) + rng.uniform(0, 6))
+    water = cols > (w - depth + wobble)
+    canvas.water[:] = water
+    waves = 1.0 + 0.06 * _fractal(rng, (h, w), (1.5, 4.0))
+    for img in (canvas.before, canvas.after):
+        _paint(img, water, WATER, 1.0, waves)
+    canvas.vegetation[water] = 0
+    shore_col = (w - depth + wobble)[:, 0]
+    for _ in range(rng.integers(2, 4)):
+        r = rng.uniform(0.15, 0.85) * h
+        c0 = float(shore_col[int(r)]) - 5
+        length, width = rng.uniform(60, 140) / gsd, rng.uniform(8, 14) / gsd
+        pts = np.array([[c0, r - width / 2], [c0 + length, r - width / 2], [c0 + length, r + width / 2],
+                        [c0, r + width / 2]])
+        m = _poly_mask((h, w), pts)
+        for img in (canvas.before, canvas.after):
+            _paint(img, m, CONCRETE)
+        canvas.water &= ~m
+        _reserve(canvas, m, int(3 / gsd))
+
+
+# --------------------------------------------------------------------------- changes
+
+
+def _blend(level: dict[str, float], colour: tuple[float, ...], background: np.ndarray) -> tuple[float, ...]:
+    """A change colour pulled toward the local background by the difficulty's contrast."""
+    a = level["contrast"]
+    return tuple(a * c + (1 - a) * float(bg) for c, bg in zip(colour, background))
+
+
+def _trenches(rng: np.random.Generator, canvas: _Canvas, gsd: float, level: dict[str, float], n: int) -> None:
+    shape = canvas.occupied.shape
+    placed = tries = 0
+    while placed < n and tries < 60 * n:
+        tries += 1
+        width_m = rng.uniform(1.2, 3.0) * (1.0 if level["scale"] >= 0.85 else 0.85)
+        width_px = max(2, int(round(width_m / gsd)))
+        total_m = rng.uniform(25, 120) * level["scale"]
+        n_seg = int(rng.integers(2, 6))
+        heading = rng.uniform(0, 2 * math.pi)
+        zig = rng.uniform(25, 55)
+        pts = [np.array([rng.uniform(0, shape[1]), rng.uniform(0, shape[0])])]
+        for k in range(n_seg):
+            ang = heading + math.radians(zig if k % 2 == 0 else -zig) + rng.normal(0, 0.15)
+            seg = total_m / n_seg / gsd
+            pts.append(pts[-1] + seg * np.array([math.cos(ang), math.sin(ang)]))
+        pts_a = np.array(pts)
+        m = _line_mask(shape, pts_a, width_px)
+        if not _free(canvas, m) or (canvas.water & m).any():
+            continue
+        bg = canvas.before[:, m].mean(axis=1)
+        _paint(canvas.after, m, _blend(level, FRESH_SOIL, bg))
+        # spoil heaped along one side: lighter soil, part of the earthwork
+        path_px = sum(float(np.hypot(*(b - a))) for a, b in zip(pts_a[:-1], pts_a[1:]))
+        _add_truth(canvas, m, "trench", "appeared", path_px + width_px, width_px, _orientation_of(pts_a)[2])
+        placed += 1
+
+
+def _huts(rng: np.random.Generator, canvas: _Canvas, gsd: float, level: dict[str, float], n: int) -> None:
+    shape = canvas.occupied.shape
+    placed = tries = 0
+    while placed < n and tries < 60 * n:
+        tries += 1
+        side_a = rng.uniform(4, 20) * level["scale"]
+        side_b = rng.uniform(3, min(side_a, 12))
+        length, width = max(side_a, side_b) / gsd, min(side_a, side_b) / gsd
+        angle = rng.uniform(0, 180)
+        pts = _rect(rng.uniform(0, shape[1]), rng.uniform(0, shape[0]), length, width, angle)
+        m = _poly_mask(shape, pts)
+        if not _free(canvas, m) or (canvas.water & m).any():
+            continue
+        bg = canvas.before[:, m].mean(axis=1)
+        roof = ROOFS[rng.integers(len(ROOFS))]
+        shadow = _poly_mask(shape, pts + np.array([0.8, 0.8]) / gsd) & ~m
+        for b in range(4):
+            canvas.after[b][shadow] *= 1 - 0.5 * level["contrast"]
+        _paint(canvas.after, m, _blend(level, roof, bg))
+        _add_truth(canvas, m, "hut", "appeared", length, width, angle % 180)
+        placed += 1
+
+
+def _cleared(rng: np.random.Generator, canvas: _Canvas, gsd: float, level: dict[str, float]) -> None:
+    """An 'other' change: a bulldozed patch of bare ground."""
+    shape = canvas.occupied.shape
+    for _ in range(60):
+        r = rng.uniform(12, 30) / gsd
+        angles = np.sort(rng.uniform(0, 2 * math.pi, 7))
+        radii = r * rng.uniform(0.6, 1.0, 7)
+        c = np.array([rng.uniform(0, shape[1]), rng.uniform(0, shape[0])])
+        pts = c + np.column_stack([np.cos(angles) * radii, np.sin(angles) * radii])
+        m = _poly_mask(shape, pts)
+        if not _free(canvas, m) or (canvas.water & m).any():
+            continue
+        bg = canvas.before[:, m].mean(axis=1)
+        _paint(canvas.after, m, _blend(level, CLEARED, bg))
+        canvas.vegetation[m] = 0
+        long_px, short_px, angle = _orientation_of(pts)
+        _add_truth(canvas, m, "other", "appeared", long_px, short_px, angle)
+        return
+
+
+def _vessels(rng: np.random.Generator, canvas: _Canvas, gsd: float, level: dict[str, float], n_new: int,
+             n_gone: int, n_stay: int) -> None:
+    """Vessels on water: new (after only), departed (before only), and moored on both dates."""
+    shape = canvas.occupied.shape
+    deep = cv2.erode(canvas.water.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    kinds = ["new"] * n_new + ["gone"] * n_gone + ["stay"] * n_stay
+    for kind in kinds:
+        for _ in range(200):
+            length_m = rng.uniform(20, 150) * level["scale"]
+            width_m = length_m / rng.uniform(3.5, 7.0)
+            angle = rng.uniform(0, 180)
+            pts = _hull(rng.uniform(0, shape[1]), rng.uniform(0, shape[0]), length_m / gsd, width_m / gsd, angle)
+            m = _poly_mask(shape, pts)
+            if not _free(canvas, m) or not deep[m].all():
+                continue
+            hull = HULLS[rng.integers(len(HULLS))]
+            bridge = _poly_mask(shape, _rect(*pts[[0, 4]].mean(axis=0) * 0.7 + pts[2] * 0.3, length_m * 0.18 / gsd,
+                                             width_m * 0.6 / gsd, angle)) & m
+            targets = {"new": (canvas.after,), "gone": (canvas.before,), "stay": (canvas.before, canvas.after)}[kind]
+            for img in targets:
+                bg = img[:, m].mean(axis=1)
+                colour = _blend(level, hull, bg) if kind != "stay" else hull
+                _paint(img, m, colour)
+                _paint(img, bridge, tuple(min(1.0, 1.25 * c) for c in colour))
+            if kind == "stay":
+                _reserve(canvas, m, 4)
+            else:
+                event = "appeared" if kind == "new" else "departed"
+                _add_truth(canvas, m, "vessel", event, length_m / gsd, width_m / gsd, angle % 180)
+            break
+
+
+# --------------------------------------------------------------------------- nuisances and output
+
+
+def _nuisances(rng: np.random.Generator, canvas: _Canvas, level: dict[str, float], shape: tuple[int, int]) -> dict[str, Any]:
+    gains = 1.0 + rng.uniform(-level["gain"], level["gain"], 4)
+    offsets = rng.uniform(-level["offset"], level["offset"], 4)
+    tint = float(rng.uniform(-0.12, 0.12))
+    veg = canvas.vegetation
+    canvas.after[1] *= 1 + 0.5 * tint * veg
+    canvas.after[3] *= 1 + tint * veg
+    canvas.after[0] *= 1 - 0.3 * tint * veg
+    haze = 0.0
+    if level["haze"] > 0:
+        haze = float(rng.uniform(0.5, 1.0) * level["haze"])
+        ramp = np.linspace(0, 1, shape[1], dtype=np.float32)[None, :] * np.linspace(0.5, 1, shape[0], dtype=np.float32)[:, None]
+        for b, k in enumerate((1.0, 1.2, 1.5, 0.6)):
+            canvas.after[b] += haze * k * ramp
+    for b in range(4):
+        canvas.after[b] = canvas.after[b] * gains[b] + offsets[b]
+    return {"gain": [round(float(g), 4) for g in gains], "offset_reflectance": [round(float(o), 4) for o in offsets],
+            "vegetation_tint": round(tint, 4), "haze": round(haze, 4), "noise_sigma_reflectance": level["noise"],
+            "psf_sigma_px": 0.7}
+
+
+def _finish(canvas: _Canvas, gsd: float) -> tuple[np.ndarray, np.ndarray, tuple[TruthObject, ...]]:
+    """Rasterise the truth and order objects by position."""
+    shape = canvas.occupied.shape
+    items = []
+    for p in canvas.pending:
+        rows, cols = np.nonzero(p["mask"])
+        items.append((int(rows.min()), int(cols.min()), p, rows, cols))
+    items.sort(key=lambda t: (t[0], t[1]))
+    truth_class = np.zeros(shape, np.uint8)
+    instances = np.zeros(shape, np.uint16)
+    objects = []
+    for i, (_, _, p, rows, cols) in enumerate(items, start=1):
+        instances[p["mask"]] = i
+        truth_class[p["mask"]] = CLASS_CODES[p["cls"]]
+        objects.append(TruthObject(
+            id=i, cls=p["cls"], event=p["event"],
+            bbox_px=(int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())),
+            area_m2=float(rows.size * gsd * gsd), length_m=float(p["length_px"] * gsd),
+            width_m=float(p["width_px"] * gsd), orientation_deg=float(p["angle"] % 180)))
+    return truth_class, instances, tuple(objects)
+
+
+def _to_dn(img: np.ndarray, dtype: str, bands: int) -> np.ndarray:
+    if dtype == "uint8":
+        return np.clip(np.rint(img[:bands] * 320.0), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(img[:bands] * 10000.0), 0, 65535).astype(np.uint16)
+
+
+def make_scene(scenario: str, seed: int = 0, size: int = 512, difficulty: str = "medium") -> Scene:
+    """Render a synthetic before/after pair with ground truth.
+
+    Parameters
+    ----------
+    scenario : ``trenches`` (new trench lines, 0.5 m), ``camp`` (new huts, 0.5 m, 3-band uint8)
+        or ``port`` (vessels arriving and departing, 1 m).
+    seed : random seed; the scene is a pure function of all four arguments.
+    size : side of the square tile in pixels (at least 128).
+    difficulty : ``easy``, ``medium`` or ``hard`` (contrast of changes, noise, gain spread, haze).
+
+    Returns
+    -------
+    Scene with uint16 (4 bands: red, green, blue, nir) or uint8 (3 bands) images.
+    """
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"unknown difficulty {difficulty!r}; choose one of {', '.join(DIFFICULTIES)}")
+    if not isinstance(size, int) or size < 128 or size > 16384:
+        raise ValueError(f"size {size!r}: give a whole number of pixels from 128 to 16384")
+    rng = np.random.default_rng([seed, SCENARIOS.index(scenario), size, DIFFICULTIES.index(difficulty)])
+    level = LEVELS[difficulty]
+    gsd = 1.0 if scenario == "port" else 0.5
+    shape = (size, size)
+    area_factor = (size * gsd / 256.0) ** 2  # scene content scales with the ground area
+    terrain, veg = _terrain(rng, shape, gsd)
+    canvas = _Canvas(before=terrain, after=terrain.copy(), occupied=np.zeros(shape, bool), water=np.zeros(shape, bool),
+                     vegetation=veg, instances=np.zeros(shape, np.uint16))
+    if scenario == "port":
+        _sea(rng, canvas, gsd)
+    _roads(rng, canvas, gsd, int(rng.integers(1, 3)))
+    _buildings(rng, canvas, gsd, max(2, int(round(rng.uniform(3, 8) * area_factor))))
+    n_changes = lambda lo, hi: max(lo, int(round(rng.integers(lo, hi + 1) * min(area_factor, 4))))  # noqa: E731
+    if scenario == "trenches":
+        _trenches(rng, canvas, gsd, level, n_changes(3, 6))
+        if rng.random() < 0.7:
+            _cleared(rng, canvas, gsd, level)
+    elif scenario == "camp":
+        _huts(rng, canvas, gsd, level, n_changes(4, 10))
+        if rng.random() < 0.5:
+            _cleared(rng, canvas, gsd, level)
+    else:
+        _vessels(rng, canvas, gsd, level, n_changes(2, 5), int(rng.integers(1, 3)), int(rng.integers(1, 4)))
+    for img in (canvas.before, canvas.after):
+        for b in range(4):
+            img[b] = cv2.GaussianBlur(img[b], (0, 0), 0.7)
+    nuisances = _nuisances(rng, canvas, level, shape)
+    dx, dy = (float(v) for v in rng.uniform(-3, 3, 2))
+    after = np.stack([ndimage.shift(b, (dy, dx), order=3, mode="reflect") for b in canvas.after])
+    before = canvas.before + rng.normal(0, level["noise"], canvas.before.shape).astype(np.float32)
+    after = after + rng.normal(0, level["noise"], after.shape).astype(np.float32)
+    truth_class, instances, objects = _finish(canvas, gsd)
+    bands, dtype = (3, "uint8") if scenario == "camp" else (4, "uint16")
+    x0 = 400_000.0 + 1000.0 * (seed % 97)
+    y0 = 3_500_000.0 + 1000.0 * (seed % 89)
+    return Scene(before=_to_dn(before, dtype, bands), after=_to_dn(after, dtype, bands), truth_class=truth_class,
+                 truth_instances=instances, objects=objects, shift_px=(round(dx, 6), round(dy, 6)),
+                 transform=Affine(gsd, 0, x0, 0, -gsd, y0), crs="EPSG:32637", gsd_m=gsd,
+                 band_names=("red", "green", "blue", "nir")[:bands], scenario=scenario, seed=seed,
+                 difficulty=difficulty, nuisances=nuisances)
+
+
+def _write_tif(path: Path, data: np.ndarray, scene: Scene, names: tuple[str, ...] | None = None) -> None:
+    data = data if data.ndim == 3 else data[None]
+    tmp = path.with_name(f".{path.name}.tmp")
+    profile = {"driver": "GTiff", "width": data.shape[2], "height": data.shape[1], "count": data.shape[0],
+               "dtype": data.dtype.name, "crs": scene.crs, "transform": scene.transform, "tiled": True,
+               "blockxsize": 256, "blockysize": 256, "compress": "deflate", "predictor": 2, "zlevel": 9}
+    with rasterio.open(tmp, "w", **profile) as ds:
+        ds.write(data)
+        for i, name in enumerate(names or (), start=1):
+            ds.set_band_description(i, name)
+    os.replace(tmp, path)
+
+
+def write_scene(scene: Scene, out_dir: str | Path) -> dict[str, Path]:
+    """Write a scene: before.tif, after.tif, truth_class.tif, truth_instances.tif, truth.json.
+
+    Each file is written to a temporary name and renamed when complete.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {name: out / name for name in ("before.tif", "after.tif", "truth_class.tif", "truth_instances.tif",
+                                           "truth.json")}
+    _write_tif(files["before.tif"], scene.before, scene, scene.band_names)
+    _write_tif(files["after.tif"], scene.after, scene, scene.band_names)
+    _write_tif(files["truth_class.tif"], scene.truth_class, scene)
+    _write_tif(files["truth_instances.tif"], scene.truth_instances, scene)
+    objects = []
+    for o in scene.objects:
+        d = asdict(o)
+        d["class"] = d.pop("cls")
+        d["bbox_px"] = list(o.bbox_px)
+        for k in ("area_m2", "length_m", "width_m", "orientation_deg"):
+            d[k] = round(d[k], 3)
+        objects.append(d)
+    record = {
+        "scenario": scene.scenario, "seed": scene.seed, "size": int(scene.before.shape[1]),
+        "difficulty": scene.difficulty, "gsd_m": scene.gsd_m, "crs": scene.crs, "shift_px": list(scene.shift_px),
+        "nuisances": scene.nuisances, "objects": objects,
+        "counts": {c: sum(o.cls == c for o in scene.objects) for c in CLASS_CODES},
+    }
+    tmp = files["truth.json"].with_name(".truth.json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, files["truth.json"])
+    return files

@@ -1,0 +1,35 @@
+"""Shared fixtures: scenes made by the project's own generator, and runs of detect on them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_TILES = ROOT / "sample_tiles"
+SITES = ("trenches", "camp", "port")
+
+
+@pytest.fixture(scope="session")
+def sample_runs(tmp_path_factory) -> dict[str, Path]:
+    """``detect`` run once on every bundled sample site."""
+    from changedet.pipeline import detect_pair
+
+    out = tmp_path_factory.mktemp("sample_runs")
+    runs = {}
+    for site in SITES:
+        folder = SAMPLE_TILES / site
+        detect_pair(folder / "before.tif", folder / "after.tif", out / site, site=site)
+        runs[site] = out / site
+    return runs
+
+
+@pytest.fixture(scope="session")
+def small_scene(tmp_path_factory) -> Path:
+    """A fresh 256 px camp scene written by synth."""
+    from changedet import synth
+
+    folder = tmp_path_factory.mktemp("scene") / "camp"
+    synth.write_scene(synth.make_scene("camp", seed=101, size=256), folder)
+    return folder

@@ -1,0 +1,128 @@
+"""One test per command through typer's CliRunner, and the error contract (exit 2, one line, nothing left)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from typer.testing import CliRunner
+
+from changedet.cli import app
+
+from .conftest import SAMPLE_TILES
+
+runner = CliRunner()
+CAMP = SAMPLE_TILES / "camp"
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("changedet: error:"), result.output
+    assert "Traceback" not in result.output
+    for n in needles:
+        assert n in lines[0]
+
+
+def test_detect_writes_outputs_and_reports(tmp_path):
+    res = run("detect", CAMP / "before.tif", CAMP / "after.tif", "--out", tmp_path / "o", "--site", "camp-x",
+              "--set", "decide.min_area_m2=3")
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["site"] == "camp-x" and summary["config"]["decide"]["min_area_m2"] == 3
+    assert "detections" in res.output and str(tmp_path / "o") in res.output
+
+
+def test_bad_inputs_exit_2_with_one_line_and_leave_nothing(tmp_path):
+    out = tmp_path / "out"
+    one_line_error(run("detect", tmp_path / "missing.tif", CAMP / "after.tif", "--out", out), "missing.tif")
+    text = tmp_path / "notes.tif"
+    text.write_text("hello")
+    one_line_error(run("detect", text, CAMP / "after.tif", "--out", out), "notes.tif")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("decide:\n  bogus: 1\n")
+    one_line_error(run("detect", CAMP / "before.tif", CAMP / "after.tif", "--out", out, "--config", cfg), "decide.bogus")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    one_line_error(run("detect", CAMP / "before.tif", CAMP / "after.tif", "--out", blocker / "o"), str(blocker))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "file", "notes.tif"]
+
+
+def test_pair_that_does_not_overlap(tmp_path):
+    with rasterio.open(CAMP / "after.tif") as src:
+        profile = src.profile
+        data = src.read()
+    t = profile["transform"]
+    profile["transform"] = Affine(t.a, t.b, t.c + 10_000, t.d, t.e, t.f)
+    with rasterio.open(tmp_path / "far.tif", "w", **profile) as dst:
+        dst.write(data)
+    one_line_error(run("detect", CAMP / "before.tif", tmp_path / "far.tif", "--out", tmp_path / "o"), "overlap")
+    assert not (tmp_path / "o").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["far.tif"]
+
+
+def test_synth_then_eval(tmp_path):
+    res = run("synth", "--out", tmp_path / "s", "--scenario", "port", "--seed", "5", "--size", "256")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "s" / "truth.json").exists()
+    res = run("-q", "detect", tmp_path / "s" / "before.tif", tmp_path / "s" / "after.tif", "--out", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    res = run("eval", tmp_path / "o", "--truth", tmp_path / "s", "--json")
+    assert res.exit_code == 0, res.output
+    scores = json.loads(res.output)
+    assert 0 <= scores["pixel"]["f1"] <= 1
+
+
+def test_synth_rejects_unknown_scenario(tmp_path):
+    one_line_error(run("synth", "--out", tmp_path / "s", "--scenario", "volcano"), "volcano")
+
+
+def test_eval_without_outputs_is_a_user_error(tmp_path):
+    one_line_error(run("eval", tmp_path, "--truth", CAMP), "change_mask.tif")
+
+
+def test_batch_records_a_failure_and_goes_on(tmp_path):
+    manifest = tmp_path / "sites.yaml"
+    manifest.write_text(
+        "sites:\n"
+        f"  - {{name: camp, before: {CAMP / 'before.tif'}, after: {CAMP / 'after.tif'}}}\n"
+        f"  - {{name: broken, before: {tmp_path / 'nope.tif'}, after: {CAMP / 'after.tif'}}}\n"
+    )
+    res = run("batch", manifest, "--out", tmp_path / "runs")
+    assert res.exit_code == 1, res.output
+    summary = json.loads((tmp_path / "runs" / "batch_summary.json").read_text())
+    status = {s["name"]: s["status"] for s in summary["sites"]}
+    assert status == {"camp": "ok", "broken": "failed"}
+    assert (tmp_path / "runs" / "camp" / "summary.json").exists()
+    assert not (tmp_path / "runs" / "broken").exists()
+
+
+def test_presets_and_version():
+    res = run("presets")
+    assert res.exit_code == 0 and "vhr-0.5m" in res.output
+    res = run("--version")
+    assert res.exit_code == 0 and res.output.startswith("changedet ")
+
+
+def test_png_without_georeferencing_works_in_pixel_coordinates(tmp_path):
+    import cv2
+
+    with rasterio.open(CAMP / "before.tif") as b, rasterio.open(CAMP / "after.tif") as a:
+        bb, aa = b.read(), a.read()
+    to8 = lambda x: np.ascontiguousarray(np.clip(x[:3][::-1].transpose(1, 2, 0), 0, 255).astype(np.uint8))  # noqa: E731
+    cv2.imwrite(str(tmp_path / "b.png"), to8(bb))
+    cv2.imwrite(str(tmp_path / "a.png"), to8(aa))
+    res = run("detect", tmp_path / "b.png", tmp_path / "a.png", "--out", tmp_path / "o", "--gsd", "0.5")
+    assert res.exit_code == 0, res.output
+    fc = json.loads((tmp_path / "o" / "detections.geojson").read_text())
+    assert fc["crs"] is None and fc["features"]
+    x, y = fc["features"][0]["geometry"]["coordinates"][0][0]
+    assert 0 <= x <= bb.shape[2] and 0 <= y <= bb.shape[1]
+    assert "pixel coordinates" in res.output

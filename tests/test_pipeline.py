@@ -1,0 +1,131 @@
+"""End-to-end: detect on the sample sites and on fresh synth scenes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.warp import transform_bounds
+
+from changedet.config import Config, build_config
+from changedet.evaluate import evaluate
+from changedet.pipeline import OUTPUT_FILES, detect_pair, summary_schema
+
+from .conftest import SAMPLE_TILES, SITES
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_all_contract_files_are_written(sample_runs, site):
+    out = sample_runs[site]
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+
+
+@pytest.mark.parametrize("site", SITES)
+@pytest.mark.parametrize("name,dtype,nodata", [("change_mask.tif", "uint8", 255), ("change_class.tif", "uint8", 255),
+                                               ("change_score.tif", "float32", None)])
+def test_rasters_are_valid_cogs_on_the_reference_grid(sample_runs, site, name, dtype, nodata):
+    from rio_cogeo.cogeo import cog_validate
+
+    path = sample_runs[site] / name
+    is_valid, errors, _ = cog_validate(str(path), quiet=True)
+    assert is_valid, errors
+    with rasterio.open(path) as ds, rasterio.open(SAMPLE_TILES / site / "before.tif") as ref:
+        assert ds.dtypes[0] == dtype and ds.count == 1
+        assert ds.crs == ref.crs and ds.transform.almost_equals(ref.transform) and ds.shape == ref.shape
+        if nodata is not None:
+            assert ds.nodata == nodata
+        else:
+            assert np.isnan(ds.nodata)
+        data = ds.read(1)
+    if name == "change_mask.tif":
+        assert set(np.unique(data)) <= {0, 1, 255}
+    elif name == "change_class.tif":
+        assert set(np.unique(data)) <= {0, 1, 2, 3, 4, 255}
+    else:
+        finite = data[np.isfinite(data)]
+        assert finite.min() >= 0 and finite.max() <= 1
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_geojson_is_lonlat_inside_the_footprint(sample_runs, site):
+    fc = json.loads((sample_runs[site] / "detections.geojson").read_text())
+    assert fc["type"] == "FeatureCollection" and "crs" not in fc
+    with rasterio.open(SAMPLE_TILES / site / "before.tif") as ref:
+        w, s, e, n = transform_bounds(ref.crs, "EPSG:4326", *ref.bounds)
+    assert fc["features"], "every sample site has changes"
+    for feat in fc["features"]:
+        assert feat["geometry"]["type"] == "Polygon"
+        for lon, lat in feat["geometry"]["coordinates"][0]:
+            assert w - 1e-7 <= lon <= e + 1e-7 and s - 1e-7 <= lat <= n + 1e-7
+        lon, lat = feat["properties"]["centroid"]
+        assert w <= lon <= e and s <= lat <= n
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_summary_validates_against_the_shipped_schema(sample_runs, site):
+    import jsonschema
+
+    summary = json.loads((sample_runs[site] / "summary.json").read_text())
+    jsonschema.validate(summary, summary_schema())
+    assert summary["config"] == Config().model_dump(mode="json")
+    assert sum(summary["counts"].values()) == len(summary["detections"])
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_shift_recovered_within_a_tenth_of_a_pixel(sample_runs, site):
+    summary = json.loads((sample_runs[site] / "summary.json").read_text())
+    truth = json.loads((SAMPLE_TILES / site / "truth.json").read_text())
+    dx, dy = summary["registration"]["shift_px"]
+    tx, ty = truth["shift_px"]
+    assert np.hypot(dx - tx, dy - ty) <= 0.1
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_sample_sites_are_detected(sample_runs, site):
+    ev = evaluate(sample_runs[site], SAMPLE_TILES / site)
+    assert ev.pixel.f1 >= 0.80
+    assert all(v["recall"] == 1.0 for v in ev.objects.per_class.values() if v["n_truth"])
+
+
+def test_two_runs_are_byte_identical(small_scene, tmp_path):
+    a = detect_pair(small_scene / "before.tif", small_scene / "after.tif", tmp_path / "a")
+    b = detect_pair(small_scene / "before.tif", small_scene / "after.tif", tmp_path / "b")
+    for name in ("change_mask.tif", "change_class.tif", "change_score.tif", "detections.geojson"):
+        assert (a.out_dir / name).read_bytes() == (b.out_dir / name).read_bytes(), name
+    strip = lambda s: {k: v for k, v in s.items() if k not in ("created", "timings_s", "site")}  # noqa: E731
+    assert strip(a.summary) == strip(b.summary)
+
+
+def test_windowed_processing_equals_one_window(small_scene, tmp_path):
+    """Windows with a halo give the whole-array result, up to float32 rounding in OpenCV's SIMD paths
+    (about 1e-5 relative), which may flip a pixel sitting exactly on the threshold."""
+    small = build_config({"processing": {"window_px": 64}})
+    big = build_config({"processing": {"window_px": 1024}})
+    a = detect_pair(small_scene / "before.tif", small_scene / "after.tif", tmp_path / "a", small)
+    b = detect_pair(small_scene / "before.tif", small_scene / "after.tif", tmp_path / "b", big)
+    with rasterio.open(a.out_dir / "change_score.tif") as sa, rasterio.open(b.out_dir / "change_score.tif") as sb:
+        assert np.allclose(sa.read(1), sb.read(1), atol=1e-3, equal_nan=True)
+    with rasterio.open(a.out_dir / "change_mask.tif") as ma, rasterio.open(b.out_dir / "change_mask.tif") as mb:
+        assert (ma.read(1) != mb.read(1)).mean() < 1e-4
+
+
+def test_pair_without_change_stays_empty(small_scene, tmp_path):
+    res = detect_pair(small_scene / "before.tif", small_scene / "before.tif", tmp_path / "same")
+    assert res.summary["changed_fraction"] < 0.001
+    assert res.summary["registration"]["shift_px"] == pytest.approx([0, 0], abs=0.01)
+
+
+def test_unrelated_scenes_warn_about_registration(tmp_path):
+    """Two different sites on one grid: registration must say it cannot be trusted."""
+    with rasterio.open(SAMPLE_TILES / "camp" / "before.tif") as ref, \
+            rasterio.open(SAMPLE_TILES / "port" / "after.tif") as other:
+        profile = ref.profile
+        data = other.read(window=rasterio.windows.Window(0, 0, ref.width, ref.height), boundless=True)
+        profile.update(count=data.shape[0], dtype=data.dtype.name)
+        with rasterio.open(tmp_path / "other.tif", "w", **profile) as dst:
+            dst.write(data)
+    res = detect_pair(SAMPLE_TILES / "camp" / "before.tif", tmp_path / "other.tif", tmp_path / "x")
+    assert res.summary["registration"]["confidence"] < 0.3
+    assert any("registration confidence" in w for w in res.summary["warnings"])
