@@ -1,0 +1,93 @@
+import json
+
+import numpy as np
+import pytest
+import rasterio
+
+from changedet.errors import InputError
+from changedet.evaluate import evaluate, load_truth, object_scores, pixel_scores
+
+
+def test_pixel_scores_known_answer():
+    pred = np.array([[1, 1, 0, 0]], bool)
+    truth = np.array([[1, 0, 1, 0]], bool)
+    s = pixel_scores(pred, truth)
+    assert (s.tp, s.fp, s.fn, s.tn) == (1, 1, 1, 1)
+    assert s.precision == s.recall == s.f1 == 0.5 and s.iou == pytest.approx(1 / 3)
+    valid = np.array([[1, 0, 1, 1]], bool)
+    assert pixel_scores(pred, truth, valid).fp == 0
+
+
+def test_pixel_scores_empty_conventions():
+    z = np.zeros((3, 3), bool)
+    s = pixel_scores(z, z)
+    assert s.precision == s.recall == s.f1 == 1.0
+    t = z.copy()
+    t[1, 1] = True
+    s = pixel_scores(z, t)
+    assert s.precision == 1.0 and s.recall == 0.0 and s.f1 == 0.0
+
+
+def test_object_scores_recall_type_precision_departed():
+    truth = np.zeros((10, 10), int)
+    truth[1:3, 1:3] = 1  # hut, found and typed right
+    truth[5:7, 1:3] = 2  # vessel departed, found as departed vessel
+    truth[5:7, 6:8] = 3  # trench, missed
+    pred = np.zeros((10, 10), int)
+    pred[1:3, 1:4] = 1
+    pred[5:7, 1:3] = 2
+    pred[8:10, 8:10] = 3  # false alarm
+    tobj = [{"id": 1, "class": "hut", "event": "appeared", "length_m": 2, "width_m": 2},
+            {"id": 2, "class": "vessel", "event": "departed"},
+            {"id": 3, "class": "trench", "event": "appeared"}]
+    pobj = [{"class": "hut", "event": "appeared", "length_m": 3, "width_m": 2},
+            {"class": "vessel", "event": "departed"}, {"class": "other", "event": "changed"}]
+    s = object_scores(pred, pobj, truth, tobj)
+    assert s.per_class["hut"]["recall"] == 1 and s.per_class["hut"]["type_accuracy"] == 1
+    assert s.per_class["trench"]["recall"] == 0 and s.per_class["trench"]["type_accuracy"] is None
+    assert s.precision == pytest.approx(2 / 3)
+    assert (s.departed_truth, s.departed_recognized) == (1, 1)
+    assert s.size_errors["hut"]["median_rel_error_length"] == pytest.approx(0.5)
+
+
+def _tif(path, arr, **kw):
+    with rasterio.open(path, "w", driver="GTiff", width=arr.shape[1], height=arr.shape[0], count=1,
+                       dtype=arr.dtype, **kw) as ds:
+        ds.write(arr, 1)
+
+
+def test_load_truth_from_a_label_png(tmp_path):
+    import cv2
+
+    lab = np.zeros((8, 8), np.uint8)
+    lab[2:4, 2:4] = 255
+    cv2.imwrite(str(tmp_path / "l.png"), lab)
+    truth, inst, objs, shift = load_truth(tmp_path / "l.png")
+    assert truth.sum() == 4 and inst is None and objs is None and shift is None
+
+
+def test_evaluate_an_output_folder(tmp_path):
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:4, 2:4] = 1
+    mask[7, :] = 255
+    (tmp_path / "out").mkdir()
+    _tif(tmp_path / "out" / "change_mask.tif", mask, nodata=255)
+    summary = {"registration": {"shift_px": [1.0, 0.0]},
+               "detections": [{"bbox_px": [2, 2, 3, 3], "class": "hut", "event": "appeared"}]}
+    (tmp_path / "out" / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "truth").mkdir()
+    cls = np.zeros((8, 8), np.uint8)
+    cls[2:4, 2:5] = 3
+    _tif(tmp_path / "truth" / "truth_class.tif", cls)
+    _tif(tmp_path / "truth" / "truth_instances.tif", (cls > 0).astype(np.uint16))
+    (tmp_path / "truth" / "truth.json").write_text(json.dumps(
+        {"shift_px": [1.0, 0.5], "objects": [{"id": 1, "class": "hut", "event": "appeared"}]}))
+    ev = evaluate(tmp_path / "out", tmp_path / "truth")
+    assert (ev.pixel.tp, ev.pixel.fn, ev.pixel.fp) == (4, 2, 0)
+    assert ev.objects.per_class["hut"]["type_accuracy"] == 1.0
+    assert ev.shift_error_px == pytest.approx(0.5)
+
+
+def test_evaluate_errors_name_the_file(tmp_path):
+    with pytest.raises(InputError, match="change_mask.tif"):
+        evaluate(tmp_path, tmp_path)
