@@ -120,7 +120,7 @@ def estimate_registration(pair: PairSource, cfg: Config, progress: ProgressFn) -
 
 
 def sample_pair(pair: PairSource, reg: registration.Registration, cfg: Config,
-                max_px: int = 1_000_000) -> tuple[np.ndarray, np.ndarray]:
+                max_px: int = 250_000) -> tuple[np.ndarray, np.ndarray]:
     """Co-located valid samples (bands, n) of before and registered after, from full-resolution chips."""
     boxes = registration.chip_boxes(pair.shape, cfg.registration.chip_px, cfg.registration.grid)
     bs, as_ = [], []
