@@ -33,6 +33,13 @@ class RegisterConfig(_Section):
     max_shift_frac: float = Field(0.125, gt=0, le=0.5, description="largest shift searched, as a fraction of the tile")
     min_chip_std: float = Field(1e-3, ge=0, description="chips whose relative std is below this are skipped")
     min_confidence: float = Field(0.3, ge=0, le=1, description="below this the registration is flagged")
+    model: Literal["auto", "translation", "affine"] = Field(
+        "auto", description="global model; auto takes the affine only when the tie points ask for it")
+    inlier_px: float = Field(1.0, gt=0, description="tie points further than this from the model are outliers")
+    local: bool = Field(False, description="add a smooth local displacement field from a tie-point grid")
+    local_grid: int = Field(8, ge=3, le=32, description="tie points per side of the local grid")
+    local_chip_px: int = Field(128, ge=32, description="chip side for the local tie points")
+    write_tiepoints: bool = Field(False, description="also write tiepoints.geojson for inspection")
 
 
 class NormalizeConfig(_Section):

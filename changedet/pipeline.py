@@ -15,7 +15,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 
 from . import __version__, differencing, objects, quicklook, radiometry, registration, threshold, vector
+from .coregistration import estimate_registration, read_registered
 from .arrays import crop, luminance
 from .config import Config
 from .errors import RegistrationError
@@ -77,46 +78,6 @@ class _Timer:
 
 
 # --------------------------------------------------------------------------- reading the pair
-
-
-def read_registered(pair: PairSource, reg: registration.Registration, box: Box) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Before, registered after and their joint validity for one box of the grid."""
-    b, vb = pair.read_before(box)
-    sbox = registration.source_box(reg.matrix, box)
-    a_raw, va_raw = pair.read_after(sbox)
-    a, va = registration.resample(a_raw, va_raw, sbox, reg.matrix, box)
-    return b, a, vb & va
-
-
-def estimate_registration(pair: PairSource, cfg: Config, progress: ProgressFn) -> registration.Registration:
-    """Coarse shift from decimated images, then chip vectors at full resolution and a vote."""
-    params = cfg.registration
-    if not params.enabled:
-        return registration.identity()
-    b, bv, factor = pair.read_decimated("before", params.coarse_max_px)
-    a, av, _ = pair.read_decimated("after", params.coarse_max_px)
-    cdx, cdy = registration.phase_shift(luminance(b), luminance(a), 10, bv, av)
-    notes: list[str] = []
-    limit = registration.coarse_limit_px(pair.shape, params)
-    if np.hypot(cdx * factor, cdy * factor) > limit:
-        notes.append(f"registration: coarse shift beyond {limit:.0f} px ignored")
-        cdx = cdy = 0.0
-    ox, oy = int(round(cdx * factor)), int(round(cdy * factor))
-    boxes = registration.chip_boxes(pair.shape, params.chip_px, params.grid)
-    chips: list[registration.ChipVector] = []
-    for i, box in enumerate(boxes):
-        rb, vb = pair.read_before(box)
-        ra, va = pair.read_after((box[0] + oy, box[1] + ox, box[2], box[3]))
-        lb, la = luminance(rb), luminance(ra)
-        progress("register", i + 1, len(boxes))
-        if not (registration.chip_is_usable(lb, vb, params.min_chip_std)
-                and registration.chip_is_usable(la, va, params.min_chip_std)):
-            continue
-        centre = (box[0] + box[2] / 2.0, box[1] + box[3] / 2.0)
-        chips.append(registration.measure_chip(lb, la, vb, va, (ox, oy), centre, params.upsample))
-    reg = registration.consensus(chips)
-    return registration.Registration(reg.matrix, reg.method, reg.confidence, reg.residual_px, reg.n_tiepoints,
-                                     reg.chips, tuple(notes) + reg.warnings)
 
 
 def sample_pair(pair: PairSource, reg: registration.Registration, cfg: Config,
@@ -261,6 +222,27 @@ def detection_features(pair: PairSource, dets: list[objects.Detection], labels: 
     return feats, records
 
 
+def tiepoint_features(pair: PairSource, reg: registration.Registration) -> dict[str, Any]:
+    """The registration's tie points as GeoJSON points on the before grid, with their vectors."""
+    feats = []
+    model = reg.matrix
+    for i, chip in enumerate(reg.chips):
+        x, y = chip.col, chip.row
+        pred = model @ np.array([x, y, 1.0])
+        props = {"id": i + 1, "x_px": round(x, 3), "y_px": round(y, 3), "dx_px": round(chip.dx, 4),
+                 "dy_px": round(chip.dy, 4), "ncc": round(chip.ncc, 4),
+                 "inlier": bool(reg.inliers[i]) if reg.inliers else None,
+                 "held_back": bool(reg.held_back[i]) if reg.held_back else None,
+                 "model_error_px": round(float(np.hypot(x + chip.dx - pred[0], y + chip.dy - pred[1])), 4)}
+        if pair.georeferenced:
+            coords = vector.point_to_wgs84(*(pair.transform @ (x + 0.5, y + 0.5)), pair.crs)
+        else:
+            coords = [round(x + 0.5, 3), round(y + 0.5, 3)]
+        feats.append({"type": "Feature", "id": i + 1, "geometry": {"type": "Point", "coordinates": coords},
+                      "properties": props})
+    return vector.feature_collection(feats, pair.georeferenced)
+
+
 def render_quicklook(pair: PairSource, models: _Models, cfg: Config, dets: list[objects.Detection],
                      labels: np.ndarray, comps: list[objects.Component], site: str) -> np.ndarray:
     """Decimated before/after panels with the detections drawn."""
@@ -374,7 +356,7 @@ def _detect(before: str | Path, after: str | Path, out_dir: str | Path, cfg: Con
 def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: Any, info_a: Any,
          warns: list[str], timer: _Timer, require_registration: bool, progress: ProgressFn) -> RunResult:
     with timer("register"):
-        reg = estimate_registration(pair, cfg, progress)
+        reg = estimate_registration(pair, cfg.registration, progress)
         warns.extend(reg.warnings)
         applied = reg.method == "none" or reg.confidence >= cfg.registration.min_confidence
         if not applied:
@@ -383,8 +365,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
             if require_registration:
                 raise RegistrationError(f"{info_a.path}: {msg}")
             warns.append(msg)
-        used = reg if applied else registration.Registration(registration.translation(0, 0), reg.method,
-                                                              reg.confidence, reg.residual_px, reg.n_tiepoints)
+        used = reg if applied else replace(reg, matrix=registration.translation(0, 0), field=None)
     with timer("normalize"):
         sb, sa = sample_pair(pair, used, cfg)
         fit = radiometry.fit_linear(sb, sa, cfg.normalize)
@@ -409,13 +390,17 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         to_cog(stage.file("class.scratch.tif"), stage.file("change_class.tif"))
         to_cog(stage.file("score.scratch.tif"), stage.file("change_score.tif"), "average", "FLOATING_POINT")
         write_json(stage.file("detections.geojson"), vector.feature_collection(feats, pair.georeferenced))
+        names = list(OUTPUT_FILES)
+        if cfg.registration.write_tiepoints and reg.chips:
+            write_json(stage.file("tiepoints.geojson"), tiepoint_features(pair, reg))
+            names.append("tiepoints.geojson")
         picture = render_quicklook(pair, models, cfg, dets, labels, comps, site)
         if not cv2.imwrite(str(stage.file("quicklook.png")), picture):
             raise OSError(f"{stage.file('quicklook.png')}: could not write the quick-look")
     summary = _summary(site, info_b, info_a, pair, _Models(reg, fit, noise, water_model), cfg, thr, mask,
                        records, warns, timer.timings, applied)
     write_json(stage.file("summary.json"), summary)
-    stage.commit(OUTPUT_FILES)
+    stage.commit(names)
     return RunResult(stage.out_dir, summary)
 
 

@@ -8,18 +8,23 @@ matrix ``M`` that maps a grid pixel ``(x, y)`` to where it lies in ``after``:
 
 Method: a coarse phase correlation on decimated images finds large shifts;
 then phase correlation (upsampled DFT, Guizar-Sicairos et al. 2008) on a grid
-of full-resolution chips, refined by enhanced correlation coefficient
-maximisation (ECC, Evangelidis & Psarakis 2008), gives one vector per chip. A
-robust vote (median, then the inliers' mean) combines them, and the agreement
-between chips and their correlation after correction give a confidence.
+of full-resolution chips, refined by robust Lucas-Kanade (Fourier-shifted
+chips, gain and offset, Tukey weights), gives one tie point per chip. A robust
+fit (a shift, or an affine transform when the tie points vary systematically)
+combines them; a second pass on chips resampled through that fit refines it,
+and held-back tie points give an honest residual. Optionally a smooth local
+displacement field is interpolated from a denser tie-point grid, outliers
+rejected. The share of chips that agree and their correlation after correction
+give a confidence (AROSICS-style: a poor match is reported, not silently used).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
+from scipy import ndimage
 from skimage.registration import phase_cross_correlation
 
 from .config import RegisterConfig
@@ -40,34 +45,61 @@ class ChipVector:
 
 @dataclass(frozen=True)
 class Registration:
-    """The result of registration: a correction and how far to trust it."""
+    """The result of registration: a correction and how far to trust it.
 
-    matrix: np.ndarray  # (2, 3) float64, grid pixel -> after pixel
+    ``matrix`` maps a grid pixel (x, y) to after: ``[x_a, y_a] = matrix @ [x, y, 1]``;
+    ``field``, when present, adds a smooth local displacement (dx, dy) sampled every
+    ``field_step_px`` pixels of the grid.
+    """
+
+    matrix: np.ndarray  # (2, 3) float64
     method: str
     confidence: float
     residual_px: float
     n_tiepoints: int
     chips: tuple[ChipVector, ...] = field(default_factory=tuple)
     warnings: tuple[str, ...] = ()
+    centre: tuple[float, float] = (0.0, 0.0)  # (x, y) where shift_px is reported: the grid centre
+    field: np.ndarray | None = None  # (2, gh, gw) float32
+    field_step_px: int = 0
+    inliers: tuple[bool, ...] = ()
+    held_back: tuple[bool, ...] = ()
 
     @property
     def shift_px(self) -> tuple[float, float]:
-        return (float(self.matrix[0, 2]), float(self.matrix[1, 2]))
+        """Displacement at the grid centre (for a pure shift: everywhere)."""
+        cx, cy = self.centre
+        x, y = self.matrix @ np.array([cx, cy, 1.0])
+        return (float(x - cx), float(y - cy))
 
     @property
     def rotation_deg(self) -> float:
         return float(np.degrees(np.arctan2(self.matrix[1, 0], self.matrix[0, 0])))
 
+    @property
+    def scale(self) -> float:
+        return float(np.sqrt(abs(np.linalg.det(self.matrix[:, :2]))))
+
+    def with_matrix(self, matrix: np.ndarray, method: str) -> Registration:
+        return replace(self, matrix=matrix, method=method, field=None, field_step_px=0)
+
     def to_json(self) -> dict[str, object]:
         dx, dy = self.shift_px
-        return {
+        out: dict[str, object] = {
             "method": self.method,
             "shift_px": [round(dx, 4), round(dy, 4)],
             "rotation_deg": round(self.rotation_deg, 5),
+            "scale": round(self.scale, 7),
+            "matrix": [[round(float(v), 8) for v in row] for row in self.matrix],
             "residual_px": round(self.residual_px, 4) if np.isfinite(self.residual_px) else None,
             "confidence": round(self.confidence, 4),
             "n_tiepoints": self.n_tiepoints,
         }
+        if self.field is not None:
+            mag = np.hypot(self.field[0], self.field[1])
+            out["local_field"] = {"step_px": self.field_step_px, "max_px": round(float(mag.max()), 4),
+                                  "mean_px": round(float(mag.mean()), 4)}
+        return out
 
 
 def identity() -> Registration:
@@ -195,16 +227,15 @@ def chip_is_usable(img: np.ndarray, valid: np.ndarray, min_std: float) -> bool:
     return float(vals.std()) / scale >= min_std
 
 
-def measure_chip(ref: np.ndarray, tgt: np.ndarray, ref_valid: np.ndarray, tgt_valid: np.ndarray,
-                 offset: tuple[int, int], centre: tuple[float, float], upsample: int) -> ChipVector:
-    """Measure one chip pair; ``tgt`` was read displaced by the integer ``offset`` (dx, dy)."""
+def measure_residual(ref: np.ndarray, tgt: np.ndarray, ref_valid: np.ndarray, tgt_valid: np.ndarray,
+                     upsample: int) -> tuple[float, float, float]:
+    """Residual displacement (dx, dy) of a chip of after (already brought close) and its correlation after correction."""
     dx, dy = phase_shift(ref, tgt, upsample, ref_valid, tgt_valid)
     both = ref_valid & tgt_valid
     refined = refine_lk(ref, tgt, dx, dy, both)
     if refined is not None:
         dx, dy, _ = refined
-    score = ncc(ref, _shift_image(tgt, dx, dy), both)
-    return ChipVector(row=centre[0], col=centre[1], dx=offset[0] + dx, dy=offset[1] + dy, ncc=score)
+    return dx, dy, ncc(ref, _shift_image(tgt, dx, dy), both)
 
 
 def fourier_shift(img: np.ndarray, dx: float, dy: float, pad: int = 16) -> np.ndarray:
@@ -227,49 +258,160 @@ def _shift_image(img: np.ndarray, dx: float, dy: float, interp: int = cv2.INTER_
                           flags=interp | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
 
 
-def consensus(chips: list[ChipVector], inlier_px: float = 1.0, min_ncc: float = 0.2) -> Registration:
-    """Robust vote over chip vectors: median, then the mean of the inliers.
+def fit_translation(p: np.ndarray, q: np.ndarray, inlier_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """Robust shift from tie points ``p`` (before) -> ``q`` (after): median vote, then the inliers' mean."""
+    d = q - p
+    med = np.median(d, axis=0)
+    inl = np.hypot(*(d - med).T) <= inlier_px
+    t = d[inl].mean(axis=0) if inl.any() else med
+    inl = np.hypot(*(d - t).T) <= inlier_px
+    return translation(float(t[0]), float(t[1])), inl
 
-    Confidence is the product of the inlier share and the inliers' median
-    correlation: it is low when chips disagree (an unrelated scene) or when
-    the corrected chips still do not correlate (clouds, water, new scene).
+
+def fit_affine(p: np.ndarray, q: np.ndarray, inlier_px: float, iterations: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Robust affine from tie points: start from the shift's inliers, then Tukey-weighted least squares."""
+    m, inl = fit_translation(p, q, inlier_px)
+    design = np.column_stack([p, np.ones(len(p))])
+    w = inl.astype(float)
+    for _ in range(iterations):
+        if w.sum() < 6:
+            break
+        sw = np.sqrt(w)[:, None]
+        sol, *_ = np.linalg.lstsq(design * sw, q * sw, rcond=None)
+        m = sol.T
+        err = np.hypot(*(design @ sol - q).T)
+        scale = max(1.4826 * float(np.median(err[w > 0])), 0.05)
+        u = err / (4.685 * scale)
+        w = np.where(u < 1, (1 - u * u) ** 2, 0.0)
+    inl = np.hypot(*(design @ m.T - q).T) <= inlier_px
+    return m, inl
+
+
+def _rms(p: np.ndarray, q: np.ndarray, m: np.ndarray, sel: np.ndarray) -> float:
+    if not sel.any():
+        return float("nan")
+    e = np.column_stack([p, np.ones(len(p))]) @ m.T - q
+    return float(np.sqrt(np.mean(np.sum(e[sel] ** 2, axis=1))))
+
+
+def fit_model(p: np.ndarray, q: np.ndarray, kind: str, inlier_px: float = 1.0) -> tuple[np.ndarray, np.ndarray, str]:
+    """Fit ``translation``, ``affine`` or, with ``auto``, the affine only when the points ask for it.
+
+    The affine is kept when there are at least 6 inliers spread over two dimensions
+    and it explains the tie points clearly better than a shift (RMS 1.5x lower and
+    at least 0.03 px less), so noise alone never buys a rotation.
     """
-    good = [c for c in chips if c.ncc >= min_ncc]
-    if not good:
-        return Registration(matrix=translation(0.0, 0.0), method="phase-correlation", confidence=0.0,
-                            residual_px=float("nan"), n_tiepoints=0, chips=tuple(chips),
-                            warnings=("registration: no chip matched; no correction applied",))
-    vec = np.array([[c.dx, c.dy] for c in good])
-    med = np.median(vec, axis=0)
-    dist = np.hypot(*(vec - med).T)
-    inl = dist <= inlier_px
-    shift = vec[inl].mean(axis=0)
-    residual = float(np.sqrt(np.mean(np.sum((vec[inl] - shift) ** 2, axis=1))))
-    share = inl.sum() / max(len(chips), 1)
-    corr = float(np.median([c.ncc for c, ok in zip(good, inl) if ok]))
-    confidence = float(np.clip(share * max(corr, 0.0), 0.0, 1.0))
-    return Registration(matrix=translation(float(shift[0]), float(shift[1])), method="phase-correlation",
-                        confidence=confidence, residual_px=residual, n_tiepoints=int(inl.sum()),
-                        chips=tuple(chips))
+    mt, it = fit_translation(p, q, inlier_px)
+    if kind == "translation" or len(p) < 6:
+        return mt, it, "translation"
+    ma, ia = fit_affine(p, q, inlier_px)
+    spread = np.linalg.svd(p[ia] - p[ia].mean(axis=0), compute_uv=False) if ia.sum() >= 6 else np.zeros(2)
+    if spread.size < 2 or spread[-1] < 1e-6:
+        return mt, it, "translation"
+    if kind == "affine":
+        return ma, ia, "affine"
+    both = it & ia
+    rt, ra = _rms(p, q, mt, both), _rms(p, q, ma, both)
+    if ia.sum() >= it.sum() and rt > 1.5 * ra and rt - ra > 0.03:
+        return ma, ia, "affine"
+    return mt, it, "translation"
+
+
+def confidence_of(ncc_values: np.ndarray, inliers: np.ndarray, n_chips: int) -> float:
+    """Share of chips that agree with the model times their median correlation after correction.
+
+    Low when chips disagree (an unrelated scene) or when corrected chips still do
+    not correlate (clouds, water, a different scene).
+    """
+    if not inliers.any() or n_chips == 0:
+        return 0.0
+    share = inliers.sum() / n_chips
+    return float(np.clip(share * max(float(np.median(ncc_values[inliers])), 0.0), 0.0, 1.0))
+
+
+def holdout_residual(p: np.ndarray, q: np.ndarray, kind: str, inlier_px: float, every: int = 4) -> float:
+    """RMS error on held-back tie points (every ``every``-th) of a model fitted on the others.
+
+    Held-back points that the full model calls outliers (changed ground) are left out.
+    """
+    n = len(p)
+    held = np.zeros(n, bool)
+    held[::every] = True
+    if n < 2 * every or held.all():
+        return float("nan")
+    m, _, _ = fit_model(p[~held], q[~held], kind, inlier_px)
+    _, full_inl, _ = fit_model(p, q, kind, inlier_px)
+    return _rms(p, q, m, held & full_inl)
+
+
+def fit_field(p: np.ndarray, r: np.ndarray, shape: tuple[int, int], step: int, bandwidth_px: float,
+              prior: float = 0.3) -> np.ndarray:
+    """A smooth displacement field from residual tie-point vectors (Nadaraya-Watson, Gaussian kernel).
+
+    Parameters
+    ----------
+    p : (n, 2) tie points (x, y) on the grid.
+    r : (n, 2) residual displacement after the global model, px.
+    shape : (rows, cols) of the grid.
+    step : node spacing of the returned field, px.
+    bandwidth_px : Gaussian kernel sigma.
+    prior : weight of a zero displacement at every node, so the field fades to nothing far from tie points.
+
+    Returns
+    -------
+    (2, gh, gw) float32 field of (dx, dy) at nodes ``(i * step, j * step)``.
+    """
+    gh, gw = shape[0] // step + 2, shape[1] // step + 2
+    ys, xs = np.mgrid[0:gh, 0:gw].astype(np.float64) * step
+    d2 = (xs[..., None] - p[:, 0]) ** 2 + (ys[..., None] - p[:, 1]) ** 2
+    w = np.exp(-0.5 * d2 / bandwidth_px**2)
+    den = w.sum(axis=-1) + prior
+    fx = (w * r[:, 0]).sum(axis=-1) / den
+    fy = (w * r[:, 1]).sum(axis=-1) / den
+    return np.stack([fx, fy]).astype(np.float32)
+
+
+def reject_local_outliers(p: np.ndarray, r: np.ndarray, k: int = 6, limit_px: float = 0.5) -> np.ndarray:
+    """Tie points whose residual differs from their ``k`` nearest neighbours' median by more than
+    ``limit_px`` plus three robust sigmas are outliers (a changed object, a cloud edge)."""
+    n = len(p)
+    if n <= 3:
+        return np.ones(n, bool)
+    d = np.hypot(*(p[:, None, :] - p[None, :, :]).transpose(2, 0, 1))
+    np.fill_diagonal(d, np.inf)
+    nn = np.argsort(d, axis=1)[:, : min(k, n - 1)]
+    dev = np.hypot(*(r - np.median(r[nn], axis=1)).T)
+    sigma = 1.4826 * float(np.median(dev))
+    return dev <= limit_px + 3 * sigma
 
 
 # --------------------------------------------------------------------------- applying
 
 
-def source_box(matrix: np.ndarray, box: Box, margin: int = 3) -> Box:
-    """The box of ``after`` needed to resample ``box`` of the grid through ``matrix``."""
+def _field_at(field_: np.ndarray, step: int, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear samples of a coarse (2, gh, gw) field at grid coordinates."""
+    coords = np.stack([ys / step, xs / step])
+    fx = ndimage.map_coordinates(field_[0], coords, order=1, mode="nearest")
+    fy = ndimage.map_coordinates(field_[1], coords, order=1, mode="nearest")
+    return fx, fy
+
+
+def source_box(matrix: np.ndarray, box: Box, margin: int = 3, field_: np.ndarray | None = None) -> Box:
+    """The box of ``after`` needed to resample ``box`` of the grid through ``matrix`` (and ``field_``)."""
     r, c, h, w = box
     xs = np.array([c, c + w, c, c + w], dtype=float)
     ys = np.array([r, r, r + h, r + h], dtype=float)
     xa = matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2]
     ya = matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2]
+    if field_ is not None:
+        margin += int(np.ceil(np.abs(field_).max()))
     c0, c1 = int(np.floor(xa.min())) - margin, int(np.ceil(xa.max())) + margin
     r0, r1 = int(np.floor(ya.min())) - margin, int(np.ceil(ya.max())) + margin
     return (r0, c0, r1 - r0, c1 - c0)
 
 
 def resample(src: np.ndarray, src_valid: np.ndarray, src_box: Box, matrix: np.ndarray,
-             box: Box) -> tuple[np.ndarray, np.ndarray]:
+             box: Box, field_: np.ndarray | None = None, step: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Resample ``src`` (read at ``src_box`` of after) onto ``box`` of the grid.
 
     Parameters
@@ -277,6 +419,7 @@ def resample(src: np.ndarray, src_valid: np.ndarray, src_box: Box, matrix: np.nd
     src : (bands, h, w) float32.
     src_valid : (h, w) bool.
     matrix : (2, 3) grid pixel -> after pixel.
+    field_, step : optional local displacement field and its node spacing (see :func:`fit_field`).
 
     Returns
     -------
@@ -286,18 +429,34 @@ def resample(src: np.ndarray, src_valid: np.ndarray, src_box: Box, matrix: np.nd
     sr, sc = src_box[0], src_box[1]
     local = matrix.astype(np.float64).copy()
     local[:, 2] = matrix[:, :2] @ np.array([c, r], dtype=float) + matrix[:, 2] - np.array([sc, sr], dtype=float)
-    if np.allclose(local, np.round(local)) and np.allclose(local[:, :2], np.eye(2)):
+    if field_ is None and np.allclose(local, np.round(local)) and np.allclose(local[:, :2], np.eye(2)):
         ox, oy = int(round(local[0, 2])), int(round(local[1, 2]))
         return (np.ascontiguousarray(src[:, oy:oy + h, ox:ox + w]),
                 np.ascontiguousarray(src_valid[oy:oy + h, ox:ox + w]))
-    m = local.astype(np.float32)
-    flags = cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP
     out = np.empty((src.shape[0], h, w), dtype=np.float32)
+    if field_ is None:
+        m = local.astype(np.float32)
+        flags = cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP
+        for i in range(src.shape[0]):
+            out[i] = cv2.warpAffine(src[i], m, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        vmask = cv2.warpAffine(src_valid.astype(np.float32), m, (w, h),
+                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+                               borderValue=0)
+        return out, vmask > 0.999
+    ys, xs = np.mgrid[r:r + h, c:c + w].astype(np.float64)
+    fx, fy = _field_at(field_, step, xs, ys)
+    mx = (matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2] + fx - sc).astype(np.float32)
+    my = (matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2] + fy - sr).astype(np.float32)
     for i in range(src.shape[0]):
-        out[i] = cv2.warpAffine(src[i], m, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    vmask = cv2.warpAffine(src_valid.astype(np.float32), m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        out[i] = cv2.remap(src[i], mx, my, cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    vmask = cv2.remap(src_valid.astype(np.float32), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                      borderValue=0)
     return out, vmask > 0.999
+
+
+def chip_is_clear(saturated: np.ndarray, max_frac: float = 0.1) -> bool:
+    """A chip with many saturated pixels (clouds, glare, snow) measures nothing reliable."""
+    return float(saturated.mean()) <= max_frac
 
 
 def coarse_limit_px(shape: tuple[int, int], params: RegisterConfig) -> float:

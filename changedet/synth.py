@@ -444,7 +444,23 @@ def _to_dn(img: np.ndarray, dtype: str, bands: int) -> np.ndarray:
     return np.clip(np.rint(img[:bands] * 10000.0), 0, 65535).astype(np.uint16)
 
 
-def make_scene(scenario: str, seed: int = 0, size: int = 512, difficulty: str = "medium") -> Scene:
+def _displace(img: np.ndarray, dx: float, dy: float, rotation_deg: float) -> np.ndarray:
+    """Resample one band so that ``after(A(x)) = scene(x)``, A = rotation about the centre, then shift."""
+    if rotation_deg == 0.0:
+        return ndimage.shift(img, (dy, dx), order=3, mode="reflect")
+    h, w = img.shape
+    t = math.radians(rotation_deg)
+    rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])  # (x, y) frame
+    centre = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
+    inv = rot.T  # scene(p) pulled from A^-1(p) = R^T (p - c - d) + c
+    # ndimage works in (row, col): swap axes of the matrix and the offset
+    m_rc = inv[::-1, ::-1]
+    offset_xy = centre - inv @ (centre + np.array([dx, dy]))
+    return ndimage.affine_transform(img, m_rc, offset=offset_xy[::-1], order=3, mode="reflect")
+
+
+def make_scene(scenario: str, seed: int = 0, size: int = 512, difficulty: str = "medium", *,
+               shift_px: tuple[float, float] | None = None, rotation_deg: float = 0.0) -> Scene:
     """Render a synthetic before/after pair with ground truth.
 
     Parameters
@@ -454,6 +470,9 @@ def make_scene(scenario: str, seed: int = 0, size: int = 512, difficulty: str = 
     seed : random seed; the scene is a pure function of all four arguments.
     size : side of the square tile in pixels (at least 128).
     difficulty : ``easy``, ``medium`` or ``hard`` (contrast of changes, noise, gain spread, haze).
+    shift_px : the (dx, dy) displacement of after; random in ±3 px when not given.
+    rotation_deg : rotation of after about the tile centre (counter-clockwise on the map), applied
+        before the shift; the truth then records ``after_from_before``, the 2x3 pixel mapping.
 
     Returns
     -------
@@ -493,7 +512,10 @@ def make_scene(scenario: str, seed: int = 0, size: int = 512, difficulty: str = 
             img[b] = cv2.GaussianBlur(img[b], (0, 0), 0.7)
     nuisances = _nuisances(rng, canvas, level, shape)
     dx, dy = (float(v) for v in rng.uniform(-3, 3, 2))
-    after = np.stack([ndimage.shift(b, (dy, dx), order=3, mode="reflect") for b in canvas.after])
+    if shift_px is not None:
+        dx, dy = float(shift_px[0]), float(shift_px[1])
+    after = np.stack([_displace(b, dx, dy, float(rotation_deg)) for b in canvas.after])
+    nuisances["rotation_deg"] = float(rotation_deg)
     before = canvas.before + rng.normal(0, level["noise"], canvas.before.shape).astype(np.float32)
     after = after + rng.normal(0, level["noise"], after.shape).astype(np.float32)
     truth_class, instances, objects = _finish(canvas, gsd)
@@ -505,6 +527,16 @@ def make_scene(scenario: str, seed: int = 0, size: int = 512, difficulty: str = 
                  transform=Affine(gsd, 0, x0, 0, -gsd, y0), crs="EPSG:32637", gsd_m=gsd,
                  band_names=("red", "green", "blue", "nir")[:bands], scenario=scenario, seed=seed,
                  difficulty=difficulty, nuisances=nuisances)
+
+
+def after_from_before(scene: Scene) -> np.ndarray:
+    """The true 2x3 mapping of a before pixel (x, y) to its place in after."""
+    h, w = scene.truth_class.shape
+    t = math.radians(scene.nuisances.get("rotation_deg", 0.0))
+    rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
+    centre = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
+    shift = centre - rot @ centre + np.array(scene.shift_px)
+    return np.column_stack([rot, shift])
 
 
 def _write_tif(path: Path, data: np.ndarray, scene: Scene, names: tuple[str, ...] | None = None) -> None:
@@ -544,6 +576,7 @@ def write_scene(scene: Scene, out_dir: str | Path) -> dict[str, Path]:
     record = {
         "scenario": scene.scenario, "seed": scene.seed, "size": int(scene.before.shape[1]),
         "difficulty": scene.difficulty, "gsd_m": scene.gsd_m, "crs": scene.crs, "shift_px": list(scene.shift_px),
+        "after_from_before": after_from_before(scene).round(8).tolist(),
         "nuisances": scene.nuisances, "objects": objects,
         "counts": {c: sum(o.cls == c for o in scene.objects) for c in CLASS_CODES},
     }

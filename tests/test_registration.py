@@ -55,19 +55,77 @@ def test_resample_applies_the_convention():
     assert np.abs(out[0] - expect).mean() < 0.02 * expect.std()
 
 
-def test_consensus_rejects_outlier_chips():
-    good = [R.ChipVector(i, i, 1.5 + 0.01 * (i % 3), -0.7, 0.9) for i in range(8)]
-    bad = [R.ChipVector(0, 0, 9.0, 4.0, 0.8), R.ChipVector(0, 0, -6.0, 2.0, 0.5)]
-    reg = R.consensus(good + bad)
-    assert reg.shift_px == pytest.approx((1.51, -0.7), abs=0.01)
-    assert reg.n_tiepoints == 8
-    assert 0.6 < reg.confidence < 0.8
+def grid_points(n=5, size=512):
+    xs, ys = np.meshgrid(np.linspace(64, size - 64, n), np.linspace(64, size - 64, n))
+    return np.column_stack([xs.ravel(), ys.ravel()])
 
 
-def test_consensus_of_unrelated_chips_has_low_confidence():
+def test_translation_fit_rejects_outliers():
+    p = grid_points()
+    q = p + [1.5, -0.7]
+    q[:3] += [[9.0, 4.0], [-6.0, 2.0], [3.0, 3.0]]  # chips on changed ground
+    m, inl, kind = R.fit_model(p, q, "auto")
+    assert kind == "translation" and inl.sum() == len(p) - 3
+    assert m[:, 2] == pytest.approx([1.5, -0.7], abs=1e-9)
+
+
+def test_affine_is_chosen_and_recovered_when_points_rotate():
+    p = grid_points()
+    t = np.radians(0.4)
+    true = np.array([[np.cos(t), -np.sin(t), 2.0], [np.sin(t), np.cos(t), -1.0]])
+    q = np.column_stack([p, np.ones(len(p))]) @ true.T + np.random.default_rng(0).normal(0, 0.02, p.shape)
+    q[5] += [5, 5]
+    m, inl, kind = R.fit_model(p, q, "auto")
+    assert kind == "affine" and not inl[5]
+    corners = np.array([[0, 0, 1], [511, 0, 1], [0, 511, 1], [511, 511, 1]], float)
+    assert np.abs(corners @ m.T - corners @ true.T).max() < 0.05
+
+
+def test_auto_keeps_a_shift_when_noise_is_all_there_is():
+    p = grid_points()
+    q = p + [0.3, 0.2] + np.random.default_rng(1).normal(0, 0.02, p.shape)
+    assert R.fit_model(p, q, "auto")[2] == "translation"
+
+
+def test_confidence_low_for_disagreeing_chips():
     rng = np.random.default_rng(0)
-    chips = [R.ChipVector(0, 0, *rng.uniform(-20, 20, 2), 0.15) for _ in range(16)]
-    assert R.consensus(chips).confidence < 0.3
+    p = grid_points(4)
+    q = p + rng.uniform(-20, 20, p.shape)
+    m, inl, _ = R.fit_model(p, q, "auto")
+    assert R.confidence_of(np.full(len(p), 0.15), inl, len(p)) < 0.3
+
+
+def test_holdout_residual_measures_unseen_points():
+    p = grid_points(6)
+    q = p + [1.0, 1.0] + np.random.default_rng(2).normal(0, 0.05, p.shape)
+    res = R.holdout_residual(p, q, "translation", 1.0)
+    assert 0.02 < res < 0.15
+
+
+def test_local_field_follows_smooth_residuals_and_ignores_outliers():
+    p = grid_points(8, 512)
+    r = np.column_stack([np.sin(p[:, 0] / 512 * np.pi), 0.5 * np.cos(p[:, 1] / 512 * np.pi)])
+    r_bad = r.copy()
+    r_bad[10] += [4, -4]
+    keep = R.reject_local_outliers(p, r_bad)
+    assert not keep[10] and keep.sum() >= len(p) - 2
+    field = R.fit_field(p[keep], r_bad[keep], (512, 512), 16, bandwidth_px=64, prior=0.01)
+    fx, fy = R._field_at(field, 16, p[:, 0], p[:, 1])
+    assert np.abs(fx - r[:, 0]).max() < 0.2 and np.abs(fy - r[:, 1]).max() < 0.2
+
+
+def test_resample_with_a_field_applies_it():
+    img = textured(4).astype(np.float32)
+    src = img[None, 32:-32, 32:-32]
+    field = np.zeros((2, 10, 10), np.float32)
+    field[0] += 1.0  # one pixel to the right everywhere
+    box = (20, 20, 50, 60)
+    sb = R.source_box(R.translation(0, 0), box, field_=field)
+    r0, c0, h, w = sb
+    out, valid = R.resample(src[:, r0:r0 + h, c0:c0 + w], np.ones((h, w), bool), sb, R.translation(0, 0), box,
+                            field, 32)
+    assert valid.all()
+    assert np.allclose(out[0], src[0, 20:70, 21:81], atol=1e-3)
 
 
 def test_chip_boxes_stay_inside_small_images():

@@ -1,0 +1,130 @@
+"""Co-register a pair: the registration stage's functions driven by chip-wise reads.
+
+Registration never reads whole full-resolution bands: a decimated read for the
+coarse search, then chips (a grid of ``grid`` x ``grid``, and for the local field
+a denser grid of smaller chips), each read through the current model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+
+from . import registration as R
+from .arrays import luminance
+from .config import RegisterConfig
+from .io import Box, PairSource
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+def read_registered(pair: PairSource, reg: R.Registration, box: Box) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Before, after resampled through ``reg``, and their joint validity, for one box of the grid."""
+    b, vb = pair.read_before(box)
+    sbox = R.source_box(reg.matrix, box, field_=reg.field)
+    a_raw, va_raw = pair.read_after(sbox)
+    a, va = R.resample(a_raw, va_raw, sbox, reg.matrix, box, reg.field, reg.field_step_px)
+    return b, a, vb & va
+
+
+def _saturation_level(pair: PairSource) -> float | None:
+    dtype = np.dtype(pair.before.dtypes[0])
+    return float(np.iinfo(dtype).max) if dtype.kind in "ui" else None
+
+
+def measure_chips(pair: PairSource, reg: R.Registration, boxes: list[Box], params: RegisterConfig,
+                  progress: ProgressFn, stage: str = "register") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Residual displacement of every usable chip after resampling through ``reg``.
+
+    Returns
+    -------
+    p : (n, 2) chip centres (x, y) on the grid.
+    r : (n, 2) residual (dx, dy) in the resampled chip, pixels.
+    ncc : (n,) correlation after correction.
+    """
+    sat = _saturation_level(pair)
+    ps, rs, cs = [], [], []
+    for i, box in enumerate(boxes):
+        progress(stage, i + 1, len(boxes))
+        b, a, v = read_registered(pair, reg, box)
+        lb, la = luminance(b), luminance(a)
+        if not (R.chip_is_usable(lb, v, params.min_chip_std) and R.chip_is_usable(la, v, params.min_chip_std)):
+            continue
+        if sat is not None and not R.chip_is_clear((b >= sat).any(axis=0) | (a >= sat).any(axis=0)):
+            continue
+        dx, dy, score = R.measure_residual(lb, la, v, v, params.upsample)
+        r0, c0, h, w = box
+        ps.append((c0 + (w - 1) / 2.0, r0 + (h - 1) / 2.0))
+        rs.append((dx, dy))
+        cs.append(score)
+    return np.array(ps, float).reshape(-1, 2), np.array(rs, float).reshape(-1, 2), np.array(cs, float)
+
+
+def _tie_points(reg: R.Registration, p: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Where the chip centres lie in after: the model applied to the centre moved by the residual."""
+    moved = np.column_stack([p + r, np.ones(len(p))])
+    return moved @ reg.matrix.T
+
+
+def coarse_shift(pair: PairSource, params: RegisterConfig) -> tuple[np.ndarray, list[str]]:
+    """Whole-tile phase correlation on decimated images: an integer starting shift."""
+    b, bv, factor = pair.read_decimated("before", params.coarse_max_px)
+    a, av, _ = pair.read_decimated("after", params.coarse_max_px)
+    cdx, cdy = R.phase_shift(luminance(b), luminance(a), 10, bv, av)
+    notes = []
+    limit = R.coarse_limit_px(pair.shape, params)
+    if np.hypot(cdx * factor, cdy * factor) > limit:
+        notes.append(f"registration: coarse shift beyond {limit:.0f} px ignored")
+        cdx = cdy = 0.0
+    return R.translation(round(cdx * factor), round(cdy * factor)), notes
+
+
+def estimate_registration(pair: PairSource, params: RegisterConfig, progress: ProgressFn) -> R.Registration:
+    """Coarse shift, two passes of chip tie points with a robust global fit, optional local field."""
+    if not params.enabled:
+        return R.identity()
+    centre = ((pair.width - 1) / 2.0, (pair.height - 1) / 2.0)
+    m0, notes = coarse_shift(pair, params)
+    reg = R.Registration(m0, "translation", 0.0, float("nan"), 0, centre=centre)
+    boxes = R.chip_boxes(pair.shape, params.chip_px, params.grid)
+    for _ in range(2):  # the second pass measures chips already resampled through the first fit
+        p, r, ncc = measure_chips(pair, reg, boxes, params, progress)
+        good = ncc >= 0.2
+        if good.sum() == 0:
+            return replace(reg, confidence=0.0, warnings=tuple(notes) + (
+                "registration: no chip matched (no texture, nodata or saturation); no correction measured",))
+        q = _tie_points(reg, p, r)
+        m, inl, kind = R.fit_model(p[good], q[good], params.model, params.inlier_px)
+        reg = replace(reg, matrix=m, method=kind)
+    inliers = np.zeros(len(p), bool)
+    inliers[np.flatnonzero(good)[inl]] = True
+    held = np.zeros(len(p), bool)
+    held[np.flatnonzero(good)[::4]] = True
+    residual = R.holdout_residual(p[good], q[good], kind, params.inlier_px)
+    chips = tuple(R.ChipVector(row=float(y), col=float(x), dx=float(qx - x), dy=float(qy - y), ncc=float(c))
+                  for (x, y), (qx, qy), c in zip(p, q, ncc))
+    reg = replace(reg, confidence=R.confidence_of(ncc, inliers, len(boxes)), residual_px=residual,
+                  n_tiepoints=int(inliers.sum()), chips=chips, warnings=tuple(notes),
+                  inliers=tuple(bool(v) for v in inliers), held_back=tuple(bool(v) for v in held))
+    if params.local:
+        reg = add_local_field(pair, reg, params, progress)
+    return reg
+
+
+def add_local_field(pair: PairSource, reg: R.Registration, params: RegisterConfig,
+                    progress: ProgressFn) -> R.Registration:
+    """Residual tie points on a denser grid -> outliers rejected -> a smooth displacement field."""
+    boxes = R.chip_boxes(pair.shape, params.local_chip_px, params.local_grid)
+    p, r, ncc = measure_chips(pair, reg, boxes, params, progress, stage="local")
+    good = ncc >= 0.2
+    r_after = r @ reg.matrix[:, :2].T  # residuals in after's pixel frame
+    if good.sum() >= 4:
+        good[good] = R.reject_local_outliers(p[good], r_after[good])
+    if good.sum() < 4:
+        return replace(reg, warnings=reg.warnings + ("registration: too few local tie points; no local field",))
+    spacing = max(pair.shape) / params.local_grid
+    step = int(max(8, spacing // 4))
+    field_ = R.fit_field(p[good], r_after[good], pair.shape, step, bandwidth_px=spacing)
+    return replace(reg, field=field_, field_step_px=step, method=reg.method + "+local")
