@@ -26,8 +26,8 @@ class RegisterConfig(_Section):
     """Image-based fine registration of ``after`` onto ``before``."""
 
     enabled: bool = True
-    chip_px: int = Field(256, ge=32, description="side of a correlation chip, pixels")
-    grid: int = Field(5, ge=1, le=16, description="chips per side of the chip grid")
+    chip_px: int = Field(160, ge=32, description="side of a correlation chip, pixels")
+    grid: int = Field(6, ge=1, le=16, description="chips per side of the chip grid")
     upsample: int = Field(100, ge=1, description="subpixel upsampling factor")
     coarse_max_px: int = Field(512, ge=64, description="long side of the decimated image for the coarse search")
     max_shift_frac: float = Field(0.125, gt=0, le=0.5, description="largest shift searched, as a fraction of the tile")
@@ -38,7 +38,7 @@ class RegisterConfig(_Section):
     inlier_px: float = Field(1.0, gt=0, description="tie points further than this from the model are outliers")
     local: bool = Field(False, description="add a smooth local displacement field from a tie-point grid")
     local_grid: int = Field(8, ge=3, le=32, description="tie points per side of the local grid")
-    local_chip_px: int = Field(128, ge=32, description="chip side for the local tie points")
+    local_chip_px: int = Field(64, ge=32, description="chip side for the local tie points")
     write_tiepoints: bool = Field(False, description="also write tiepoints.geojson for inspection")
 
 

@@ -34,38 +34,61 @@ def _saturation_level(pair: PairSource) -> float | None:
     return float(np.iinfo(dtype).max) if dtype.kind in "ui" else None
 
 
-def measure_chips(pair: PairSource, reg: R.Registration, boxes: list[Box], params: RegisterConfig,
-                  progress: ProgressFn, stage: str = "register") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Residual displacement of every usable chip after resampling through ``reg``.
+def _read_after_chip(pair: PairSource, box: Box, offset: tuple[int, int],
+                     lin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The chip of after at an integer offset, with the model's rotation/scale about the chip centre removed.
+
+    Only the linear part is resampled, never a common fractional shift: interpolation
+    kernels bias a uniform subpixel shift by a few hundredths of a pixel, while a
+    rotation spreads their error over all phases.
+    """
+    r0, c0, h, w = box
+    ox, oy = offset
+    if np.allclose(lin, np.eye(2), atol=1e-9):
+        return pair.read_after((r0 + oy, c0 + ox, h, w))
+    m = 4 + int(np.ceil(max(h, w) * np.abs(lin - np.eye(2)).max()))
+    big, vbig = pair.read_after((r0 + oy - m, c0 + ox - m, h + 2 * m, w + 2 * m))
+    cl = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
+    local = np.column_stack([lin, cl + m - lin @ cl])
+    return R.resample(big, vbig, (0, 0, h + 2 * m, w + 2 * m), local, (0, 0, h, w))
+
+
+def measure_chips(pair: PairSource, matrix: np.ndarray, boxes: list[Box], params: RegisterConfig,
+                  progress: ProgressFn, stage: str = "register",
+                  trust_model: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Displacement of every usable chip, read at the integer offset the model predicts.
+
+    With ``trust_model`` the subpixel search starts at the model's prediction
+    instead of a fresh phase correlation.
 
     Returns
     -------
     p : (n, 2) chip centres (x, y) on the grid.
-    r : (n, 2) residual (dx, dy) in the resampled chip, pixels.
+    d : (n, 2) displacement (dx, dy) of each centre in after, pixels.
     ncc : (n,) correlation after correction.
     """
     sat = _saturation_level(pair)
-    ps, rs, cs = [], [], []
+    ps, ds, cs = [], [], []
     for i, box in enumerate(boxes):
         progress(stage, i + 1, len(boxes))
-        b, a, v = read_registered(pair, reg, box)
+        r0, c0, h, w = box
+        centre = np.array([c0 + (w - 1) / 2.0, r0 + (h - 1) / 2.0])
+        pred = matrix @ np.append(centre, 1.0) - centre
+        ox, oy = (int(v) for v in np.round(pred))
+        b, vb = pair.read_before(box)
+        lin = matrix[:, :2] if trust_model else np.eye(2)
+        a, va = _read_after_chip(pair, box, (ox, oy), lin)
         lb, la = luminance(b), luminance(a)
-        if not (R.chip_is_usable(lb, v, params.min_chip_std) and R.chip_is_usable(la, v, params.min_chip_std)):
+        if not (R.chip_is_usable(lb, vb, params.min_chip_std) and R.chip_is_usable(la, va, params.min_chip_std)):
             continue
         if sat is not None and not R.chip_is_clear((b >= sat).any(axis=0) | (a >= sat).any(axis=0)):
             continue
-        dx, dy, score = R.measure_residual(lb, la, v, v, params.upsample)
-        r0, c0, h, w = box
-        ps.append((c0 + (w - 1) / 2.0, r0 + (h - 1) / 2.0))
-        rs.append((dx, dy))
+        init = tuple(np.linalg.solve(lin, pred - (ox, oy))) if trust_model else None
+        dx, dy, score = R.measure_residual(lb, la, vb, va, params.upsample, init)
+        ps.append(centre)
+        ds.append(np.array([ox, oy]) + lin @ (dx, dy))
         cs.append(score)
-    return np.array(ps, float).reshape(-1, 2), np.array(rs, float).reshape(-1, 2), np.array(cs, float)
-
-
-def _tie_points(reg: R.Registration, p: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Where the chip centres lie in after: the model applied to the centre moved by the residual."""
-    moved = np.column_stack([p + r, np.ones(len(p))])
-    return moved @ reg.matrix.T
+    return np.array(ps, float).reshape(-1, 2), np.array(ds, float).reshape(-1, 2), np.array(cs, float)
 
 
 def coarse_shift(pair: PairSource, params: RegisterConfig) -> tuple[np.ndarray, list[str]]:
@@ -89,13 +112,13 @@ def estimate_registration(pair: PairSource, params: RegisterConfig, progress: Pr
     m0, notes = coarse_shift(pair, params)
     reg = R.Registration(m0, "translation", 0.0, float("nan"), 0, centre=centre)
     boxes = R.chip_boxes(pair.shape, params.chip_px, params.grid)
-    for _ in range(2):  # the second pass measures chips already resampled through the first fit
-        p, r, ncc = measure_chips(pair, reg, boxes, params, progress)
+    for trust in (False, True):  # the second pass starts every chip at the first fit's prediction
+        p, d, ncc = measure_chips(pair, reg.matrix, boxes, params, progress, trust_model=trust)
         good = ncc >= 0.2
         if good.sum() == 0:
             return replace(reg, confidence=0.0, warnings=tuple(notes) + (
                 "registration: no chip matched (no texture, nodata or saturation); no correction measured",))
-        q = _tie_points(reg, p, r)
+        q = p + d
         m, inl, kind = R.fit_model(p[good], q[good], params.model, params.inlier_px)
         reg = replace(reg, matrix=m, method=kind)
     inliers = np.zeros(len(p), bool)
@@ -103,8 +126,8 @@ def estimate_registration(pair: PairSource, params: RegisterConfig, progress: Pr
     held = np.zeros(len(p), bool)
     held[np.flatnonzero(good)[::4]] = True
     residual = R.holdout_residual(p[good], q[good], kind, params.inlier_px)
-    chips = tuple(R.ChipVector(row=float(y), col=float(x), dx=float(qx - x), dy=float(qy - y), ncc=float(c))
-                  for (x, y), (qx, qy), c in zip(p, q, ncc))
+    chips = tuple(R.ChipVector(row=float(y), col=float(x), dx=float(dx), dy=float(dy), ncc=float(c))
+                  for (x, y), (dx, dy), c in zip(p, d, ncc))
     reg = replace(reg, confidence=R.confidence_of(ncc, inliers, len(boxes)), residual_px=residual,
                   n_tiepoints=int(inliers.sum()), chips=chips, warnings=tuple(notes),
                   inliers=tuple(bool(v) for v in inliers), held_back=tuple(bool(v) for v in held))
@@ -117,14 +140,15 @@ def add_local_field(pair: PairSource, reg: R.Registration, params: RegisterConfi
                     progress: ProgressFn) -> R.Registration:
     """Residual tie points on a denser grid -> outliers rejected -> a smooth displacement field."""
     boxes = R.chip_boxes(pair.shape, params.local_chip_px, params.local_grid)
-    p, r, ncc = measure_chips(pair, reg, boxes, params, progress, stage="local")
+    p, d, ncc = measure_chips(pair, reg.matrix, boxes, params, progress, stage="local", trust_model=True)
     good = ncc >= 0.2
-    r_after = r @ reg.matrix[:, :2].T  # residuals in after's pixel frame
+    r_after = d - (np.column_stack([p, np.ones(len(p))]) @ reg.matrix.T - p)  # what the global model misses
     if good.sum() >= 4:
         good[good] = R.reject_local_outliers(p[good], r_after[good])
     if good.sum() < 4:
         return replace(reg, warnings=reg.warnings + ("registration: too few local tie points; no local field",))
-    spacing = max(pair.shape) / params.local_grid
+    # tie-point spacing: the kernel spans about one neighbour, so the field follows what the grid resolves
+    spacing = max((max(pair.shape) - params.local_chip_px) / max(params.local_grid - 1, 1), 8.0)
     step = int(max(8, spacing // 4))
-    field_ = R.fit_field(p[good], r_after[good], pair.shape, step, bandwidth_px=spacing)
+    field_ = R.fit_field(p[good], r_after[good], pair.shape, step, bandwidth_px=0.8 * spacing, prior=0.05)
     return replace(reg, field=field_, field_step_px=step, method=reg.method + "+local")

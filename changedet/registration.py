@@ -228,13 +228,22 @@ def chip_is_usable(img: np.ndarray, valid: np.ndarray, min_std: float) -> bool:
 
 
 def measure_residual(ref: np.ndarray, tgt: np.ndarray, ref_valid: np.ndarray, tgt_valid: np.ndarray,
-                     upsample: int) -> tuple[float, float, float]:
-    """Residual displacement (dx, dy) of a chip of after (already brought close) and its correlation after correction."""
-    dx, dy = phase_shift(ref, tgt, upsample, ref_valid, tgt_valid)
+                     upsample: int, init: tuple[float, float] | None = None) -> tuple[float, float, float]:
+    """Displacement (dx, dy) of a chip of after relative to before, and their correlation after correction.
+
+    Without ``init`` phase correlation finds the start; with it (a model's prediction)
+    robust Lucas-Kanade starts there, falling back to phase correlation if it fails.
+    The target is never resampled before measuring: interpolation kernels bias
+    subpixel positions by a few hundredths of a pixel.
+    """
     both = ref_valid & tgt_valid
-    refined = refine_lk(ref, tgt, dx, dy, both)
-    if refined is not None:
-        dx, dy, _ = refined
+    refined = refine_lk(ref, tgt, init[0], init[1], both) if init is not None else None
+    if refined is None:
+        dx, dy = phase_shift(ref, tgt, upsample, ref_valid, tgt_valid)
+        refined = refine_lk(ref, tgt, dx, dy, both)
+        if refined is None:
+            refined = (dx, dy, 0.0)
+    dx, dy, _ = refined
     return dx, dy, ncc(ref, _shift_image(tgt, dx, dy), both)
 
 

@@ -126,3 +126,35 @@ def test_png_without_georeferencing_works_in_pixel_coordinates(tmp_path):
     x, y = fc["features"][0]["geometry"]["coordinates"][0][0]
     assert 0 <= x <= bb.shape[2] and 0 <= y <= bb.shape[1]
     assert "pixel coordinates" in res.output
+
+
+def _unrelated_after(tmp_path):
+    """Another site's pixels on the camp grid."""
+    with rasterio.open(CAMP / "before.tif") as ref, rasterio.open(SAMPLE_TILES / "port" / "after.tif") as other:
+        profile = ref.profile
+        data = other.read(window=rasterio.windows.Window(0, 0, ref.width, ref.height), boundless=True)
+        profile.update(count=data.shape[0], dtype=data.dtype.name)
+        with rasterio.open(tmp_path / "other.tif", "w", **profile) as dst:
+            dst.write(data)
+    return tmp_path / "other.tif"
+
+
+def test_require_registration_turns_low_confidence_into_exit_1(tmp_path):
+    other = _unrelated_after(tmp_path)
+    res = run("detect", CAMP / "before.tif", other, "--out", tmp_path / "o", "--require-registration")
+    assert res.exit_code == 1, res.output
+    assert "registration confidence" in res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_tiepoints_are_written_on_request(tmp_path):
+    res = run("detect", CAMP / "before.tif", CAMP / "after.tif", "--out", tmp_path / "o",
+              "--set", "registration.write_tiepoints=true")
+    assert res.exit_code == 0, res.output
+    fc = json.loads((tmp_path / "o" / "tiepoints.geojson").read_text())
+    props = [f["properties"] for f in fc["features"]]
+    assert len(props) >= 4 and all(f["geometry"]["type"] == "Point" for f in fc["features"])
+    assert sum(p["inlier"] for p in props) >= 4 and any(p["held_back"] for p in props)
+    truth = json.loads((CAMP / "truth.json").read_text())["shift_px"]
+    inl = [p for p in props if p["inlier"]]
+    assert np.median([p["dx_px"] for p in inl]) == pytest.approx(truth[0], abs=0.1)

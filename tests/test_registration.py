@@ -131,3 +131,46 @@ def test_resample_with_a_field_applies_it():
 def test_chip_boxes_stay_inside_small_images():
     boxes = R.chip_boxes((100, 300), 256, 5)
     assert boxes and all(r >= 0 and c >= 0 and r + h <= 100 and c + w <= 300 for r, c, h, w in boxes)
+
+
+def test_local_field_corrects_a_smooth_non_rigid_distortion(tmp_path):
+    """after = before warped by a smooth field no single transform fits; the local grid must reduce the error."""
+    import rasterio
+
+    from changedet.config import RegisterConfig
+    from changedet.coregistration import estimate_registration
+    from changedet.io import open_pair
+
+    size = 384
+    rng = np.random.default_rng(5)
+    img = np.zeros((size + 64, size + 64))
+    for s in (1, 2, 4, 8):
+        img += ndimage.gaussian_filter(rng.normal(size=img.shape), s) * s
+    img = ndimage.gaussian_filter(img, 0.7)
+    ys, xs = np.mgrid[0:size, 0:size].astype(float)
+    fx = 1.5 * np.sin(2 * np.pi * xs / size) + 1.0  # after(x + f(x)) = before(x): a full wave, no affine fits
+    fy = 1.0 * np.sin(2 * np.pi * ys / size)
+    before = img[32:-32, 32:-32]
+    # after(p) = img(p - f(p)) approximately (f is smooth and small)
+    after = ndimage.map_coordinates(img, [ys + 32 - fy, xs + 32 - fx], order=3)
+    for name, arr in (("b.tif", before), ("a.tif", after)):
+        with rasterio.open(tmp_path / name, "w", driver="GTiff", width=size, height=size, count=1,
+                           dtype="float32") as ds:
+            ds.write(arr.astype(np.float32), 1)
+
+    def error(reg):
+        pts = np.column_stack([xs[::16, ::16].ravel(), ys[::16, ::16].ravel()])
+        pred = np.column_stack([pts, np.ones(len(pts))]) @ reg.matrix.T
+        if reg.field is not None:
+            gx, gy = R._field_at(reg.field, reg.field_step_px, pts[:, 0], pts[:, 1])
+            pred = pred + np.column_stack([gx, gy])
+        true = pts + np.column_stack([fx[::16, ::16].ravel(), fy[::16, ::16].ravel()])
+        return float(np.median(np.hypot(*(pred - true).T)))
+
+    with open_pair(tmp_path / "b.tif", tmp_path / "a.tif") as pair:
+        glob = estimate_registration(pair, RegisterConfig(), lambda *a: None)
+        local = estimate_registration(pair, RegisterConfig(local=True), lambda *a: None)
+    assert local.method.endswith("+local") and local.field is not None
+    print(f"median error: global {error(glob):.3f} px, with local field {error(local):.3f} px")
+    assert error(local) < 0.5 * error(glob)
+    assert error(local) < 0.3
