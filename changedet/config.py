@@ -45,9 +45,12 @@ class RegisterConfig(_Section):
 class NormalizeConfig(_Section):
     """Relative radiometric normalization of ``after`` to ``before``."""
 
-    method: Literal["linear", "none"] = "linear"
+    method: Literal["linear", "histogram", "none"] = Field(
+        "linear", description="linear (robust gain/offset on no-change pixels), histogram (matching) or none")
     iterations: int = Field(4, ge=1, le=20, description="reweighting rounds of the robust fit")
     reject_sigma: float = Field(3.0, gt=0, description="residuals beyond this many robust sigmas are dropped")
+    by_vegetation: bool = Field(True, description=(
+        "linear: fit vegetated and bare pixels separately and blend by vegetation index (3+ bands)"))
 
 
 class MeasureConfig(_Section):
@@ -58,12 +61,17 @@ class MeasureConfig(_Section):
     ssim_sigma_px: float = Field(1.0, gt=0, description="Gaussian window sigma of local SSIM")
     ssim_noise_k: float = Field(2.0, ge=0, description="SSIM stabiliser, in noise sigmas")
     smooth_sigma_px: float = Field(0.0, ge=0, description="Gaussian smoothing of the fused score")
+    brightness_weight: float = Field(1.0, ge=0, le=1, description=(
+        "weight of change along each pixel's spectral direction (shadow, haze, vegetation vigour); 1 = plain CVA"))
+    tolerance_px: int = Field(0, ge=0, le=3, description=(
+        "compare each pixel with the closest after pixel within this distance (residual misregistration)"))
 
 
 class DecideConfig(_Section):
     """Threshold, hysteresis and clean-up."""
 
-    method: Literal["otsu", "zscore"] = "otsu"
+    method: Literal["otsu", "kittler", "zscore"] = Field(
+        "otsu", description="automatic threshold: otsu, kittler (Kittler-Illingworth minimum error) or zscore")
     zscore_k: float = Field(6.0, gt=0, description="zscore method: median + k * robust sigma")
     min_score: float = Field(0.4, ge=0, le=1, description="the threshold never goes below this")
     max_score: float = Field(0.9, ge=0, le=1, description="the threshold never goes above this")

@@ -3,6 +3,13 @@
 * Change-vector magnitude: per-band differences in units of that band's
   no-change noise (robust sigma of the difference), ``z^2 = mean_b (d_b/s_b)^2``,
   mapped to 0..1 by ``z^2 / (z^2 + k^2)`` (0.5 at ``k`` sigmas).
+  With two or more bands the change vector can be split into its part along
+  the pixel's own spectral direction (brightness: shadow, haze, sun angle,
+  greener or drier vegetation of the same hue) and the part across it (a new
+  material); ``brightness_weight`` < 1 discounts the former.  With
+  ``tolerance_px`` > 0 each pixel takes the smallest change vector over the
+  after pixels within that distance, so the last fraction of a pixel of
+  misregistration (and one-pixel jitter of edges) is not flagged.
 * Structural dissimilarity: one minus the contrast-structure term of local
   SSIM (Wang et al. 2004) on luminance, with Gaussian windows (OpenCV) and the
   stabilising constant set from the noise level, so that flat noisy areas do
@@ -48,13 +55,55 @@ def fit_noise(before: np.ndarray, after: np.ndarray) -> NoiseModel:
 
 def halo_px(params: MeasureConfig) -> int:
     """Pixels of context a window needs on each side for exact results."""
-    return int(np.ceil(4 * params.ssim_sigma_px + 4 * params.smooth_sigma_px)) + 2
+    return int(np.ceil(4 * params.ssim_sigma_px + 4 * params.smooth_sigma_px)) + 2 + params.tolerance_px
 
 
-def cva_score(before: np.ndarray, after: np.ndarray, noise: NoiseModel, k: float) -> np.ndarray:
-    """Change-vector magnitude mapped to 0..1; (bands, h, w) -> (h, w) float32."""
-    sig = np.asarray(noise.band_sigma, dtype=np.float32)[:, None, None]
-    z2 = np.mean(((after - before) / sig) ** 2, axis=0)
+def change_z2(before: np.ndarray, after: np.ndarray, sigma: np.ndarray, brightness_weight: float = 1.0) -> np.ndarray:
+    """Squared change-vector magnitude in noise units, ``mean_b (d_b / s_b)^2``; (bands, h, w) -> (h, w).
+
+    Parameters
+    ----------
+    before, after : (bands, h, w) float arrays, ``after`` normalized to ``before``.
+    sigma : (bands,) no-change noise per band.
+    brightness_weight : weight of the part of the change vector along the pixel's spectral direction
+        (the mean of both dates); 1 is plain CVA. Ignored with one band, where brightness is all there is.
+
+    Notes
+    -----
+    Splitting the change vector into a brightness part and a spectral-angle part is the polar form of
+    change-vector analysis (Johnson & Kasischke 1998, "Change vector analysis: a technique for the
+    multispectral monitoring of land cover and condition").
+    """
+    sig = np.asarray(sigma, dtype=np.float32)[:, None, None]
+    d = (after - before) / sig
+    if brightness_weight >= 1.0 or before.shape[0] < 2:
+        return np.mean(d * d, axis=0)
+    u = (after + before) / sig
+    norm2 = np.sum(u * u, axis=0)
+    par = np.sum(d * u, axis=0) / np.maximum(norm2, np.float32(1e-12))  # d_par = par * u
+    total = np.sum(d * d, axis=0)
+    along2 = par * par * norm2
+    across2 = np.maximum(total - along2, 0.0)
+    return (across2 + np.float32(brightness_weight**2) * along2) / np.float32(before.shape[0])
+
+
+def cva_score(before: np.ndarray, after: np.ndarray, noise: NoiseModel, k: float, brightness_weight: float = 1.0,
+              tolerance_px: int = 0) -> np.ndarray:
+    """Change-vector magnitude mapped to 0..1; (bands, h, w) -> (h, w) float32.
+
+    With ``tolerance_px`` > 0 each pixel of ``before`` is compared with every ``after`` pixel within that
+    many pixels (a square) and keeps the smallest change; pixels near the array edge compare with fewer.
+    """
+    z2 = change_z2(before, after, np.asarray(noise.band_sigma), brightness_weight)
+    t = tolerance_px
+    if t > 0:
+        h, w = z2.shape
+        pad = np.pad(after, ((0, 0), (t, t), (t, t)), mode="edge")
+        for dy in range(-t, t + 1):
+            for dx in range(-t, t + 1):
+                if dx or dy:
+                    moved = pad[:, t + dy:t + dy + h, t + dx:t + dx + w]
+                    np.minimum(z2, change_z2(before, moved, np.asarray(noise.band_sigma), brightness_weight), out=z2)
     return (z2 / (z2 + np.float32(k * k))).astype(np.float32)
 
 
@@ -85,7 +134,7 @@ def change_score(before: np.ndarray, after: np.ndarray, valid: np.ndarray, noise
     """
     # invalid pixels copy the other date so that filters see no false edge next to them
     after = np.where(valid[None], after, before)
-    cva = cva_score(before, after, noise, params.cva_k)
+    cva = cva_score(before, after, noise, params.cva_k, params.brightness_weight, params.tolerance_px)
     # noise of one image's luminance is about the difference's spread / sqrt(2)
     c2 = (params.ssim_noise_k * noise.lum_sigma / np.sqrt(2)) ** 2
     ssim = ssim_dissimilarity(luminance(before), luminance(after), params.ssim_sigma_px, float(c2))

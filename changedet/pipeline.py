@@ -118,7 +118,7 @@ def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
     try:
         for i, box in enumerate(boxes):
             b, a, v = read_registered(pair, models.reg, grow(box, halo))
-            a = radiometry.apply(a, models.fit)
+            a = radiometry.apply(a, models.fit, b)
             s = differencing.change_score(b, a, v, models.noise, cfg.measure)
             w = objects.water_mask(b, a, v, models.water, cfg.objects)
             s, v, w = crop(s, halo), crop(v, halo), crop(w, halo)
@@ -152,7 +152,7 @@ def describe_objects(pair: PairSource, models: _Models, cfg: Config, labels: np.
         box = (comp.row_min - margin, comp.col_min - margin, comp.row_max - comp.row_min + 1 + 2 * margin,
                comp.col_max - comp.col_min + 1 + 2 * margin)
         b, a, v = read_registered(pair, models.reg, box)
-        a = radiometry.apply(a, models.fit)
+        a = radiometry.apply(a, models.fit, b)
         obj = _crop_whole(labels, box, 0) == comp.label
         wat = _crop_whole(water, box, 0) > 0
         sc = _crop_whole(q, box, threshold.NODATA).astype(np.float32) / threshold.LEVELS
@@ -252,7 +252,7 @@ def render_quicklook(pair: PairSource, models: _Models, cfg: Config, dets: list[
     small = models.reg.matrix.copy()
     small[:, 2] /= f
     a, av = registration.resample(a, av, (0, 0) + a.shape[1:], small, (0, 0) + b.shape[1:])
-    a = radiometry.apply(a, models.fit)
+    a = radiometry.apply(a, models.fit, b)
     pb, lohi = quicklook.stretch(b, bv)
     pa, _ = quicklook.stretch(a, av & bv, lohi)
     up = max(1.0, 480.0 / max(pb.shape[:2]))  # small tiles are enlarged so an editor can read them
@@ -368,8 +368,8 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         used = reg if applied else replace(reg, matrix=registration.translation(0, 0), field=None)
     with timer("normalize"):
         sb, sa = sample_pair(pair, used, cfg)
-        fit = radiometry.fit_linear(sb, sa, cfg.normalize)
-        noise = differencing.fit_noise(sb, radiometry.apply(sa[:, None, :], fit)[:, 0, :])
+        fit = radiometry.fit_normalization(sb, sa, cfg.normalize)
+        noise = differencing.fit_noise(sb, radiometry.apply(sa[:, None, :], fit, sb[:, None, :])[:, 0, :])
         water_model = objects.fit_water(sb, cfg.objects)
         models = _Models(used, fit, noise, water_model)
     with timer("measure"):

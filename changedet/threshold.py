@@ -62,6 +62,36 @@ def otsu(hist: np.ndarray) -> float:
     return float((0.5 * (best[0] + best[-1]) + 0.5) / LEVELS)
 
 
+def kittler_illingworth(hist: np.ndarray) -> float:
+    """Minimum-error threshold (Kittler & Illingworth 1986) of a level histogram, as a 0..1 score.
+
+    Models the histogram as two Gaussians (no change, change) and takes the level that minimises
+    ``J(t) = 1 + 2 (P1 ln s1 + P2 ln s2) - 2 (P1 ln P1 + P2 ln P2)``. Unlike Otsu it copes with
+    classes of very different size and spread, the usual case when little has changed.
+    """
+    total = hist.sum()
+    if total == 0:
+        return 1.0
+    p = hist / total
+    levels = np.arange(hist.size, dtype=np.float64)
+    p1 = np.cumsum(p)
+    m1 = np.cumsum(p * levels)
+    q1 = np.cumsum(p * levels**2)
+    p2 = 1.0 - p1
+    m2, q2 = m1[-1] - m1, q1[-1] - q1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mu1, mu2 = m1 / p1, m2 / p2
+        v1 = q1 / p1 - mu1**2
+        v2 = q2 / p2 - mu2**2
+        j = 1 + (p1 * np.log(v1) + p2 * np.log(v2)) - 2 * (p1 * np.log(p1) + p2 * np.log(p2))
+    # a class needs some spread (a variance below a quarter level is a single spike)
+    ok = (p1 > 0) & (p2 > 0) & (v1 > 0.25) & (v2 > 0.25) & np.isfinite(j)
+    if not ok.any():
+        return otsu(hist)
+    best = int(np.flatnonzero(ok)[np.argmin(j[ok])])
+    return float((best + 0.5) / LEVELS)
+
+
 def zscore(hist: np.ndarray, k: float) -> float:
     """``median + k * robust sigma`` of the level histogram, as a 0..1 score."""
     total = hist.sum()
@@ -77,7 +107,12 @@ def zscore(hist: np.ndarray, k: float) -> float:
 
 def choose(hist: np.ndarray, params: DecideConfig) -> Threshold:
     """Pick the high and low thresholds from the score histogram."""
-    raw = otsu(hist) if params.method == "otsu" else zscore(hist, params.zscore_k)
+    if params.method == "otsu":
+        raw = otsu(hist)
+    elif params.method == "kittler":
+        raw = kittler_illingworth(hist)
+    else:
+        raw = zscore(hist, params.zscore_k)
     high = float(np.clip(raw, params.min_score, params.max_score))
     return Threshold(params.method, raw, high, high * params.hysteresis_low_ratio)
 

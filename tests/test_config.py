@@ -9,9 +9,17 @@ from changedet.errors import ConfigError
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
+def _keys(node, prefix=""):
+    out = set()
+    for key, value in node.items():
+        out |= _keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key}
+    return out
+
+
 def test_default_yaml_equals_model_defaults():
     data = yaml.safe_load((CONFIGS / "default.yaml").read_text())
     assert Config.model_validate(data) == Config()
+    assert _keys(data) == _keys(Config().model_dump()), "default.yaml must list every key"
 
 
 @pytest.mark.parametrize("name", ["vhr-0.5m", "highres-3m", "medium-10m"])

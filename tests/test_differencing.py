@@ -46,3 +46,47 @@ def test_invalid_pixels_do_not_raise_the_score_of_their_neighbours():
     s = D.change_score(b, a, valid, noise, MeasureConfig())
     assert s[:, 20:26].max() < 0.35
     assert (s[:, :20] == 0).all()
+
+
+def test_brightness_weight_discounts_shadow_but_not_a_new_material():
+    rng = np.random.default_rng(5)
+    before = (np.array([300.0, 500.0, 400.0])[:, None, None] + rng.normal(0, 5, (3, 60, 60))).astype(np.float32)
+    after = before + rng.normal(0, 5, before.shape).astype(np.float32)
+    after[:, 10:30, 10:30] *= 0.5  # a shadow: same spectrum, half as bright
+    after[:, 35:55, 35:55] += np.array([150.0, -250.0, -50.0], np.float32)[:, None, None]  # a new material
+    noise = D.fit_noise(before.reshape(3, -1), after.reshape(3, -1))
+    plain = D.cva_score(before, after, noise, 4.0)
+    discounted = D.cva_score(before, after, noise, 4.0, brightness_weight=0.1)
+    assert plain[12:28, 12:28].min() > 0.9
+    assert discounted[12:28, 12:28].max() < 0.5
+    assert discounted[37:53, 37:53].min() > 0.9
+    one_band = D.cva_score(before[:1], after[:1], noise, 4.0, brightness_weight=0.1)
+    assert one_band[12:28, 12:28].min() > 0.9  # with one band, brightness is all there is
+
+
+def test_tolerance_absorbs_a_one_pixel_misalignment_of_edges():
+    rng = np.random.default_rng(6)
+    before = rng.uniform(0, 1000, (3, 80, 80)).astype(np.float32)
+    before = np.stack([np.kron(b[::4, ::4], np.ones((4, 4), np.float32)) for b in before])  # blocky texture
+    after = np.roll(before, 1, axis=2) + rng.normal(0, 3, before.shape).astype(np.float32)
+    after[:, 40:60, 40:60] = 3000  # a real change
+    noise = D.NoiseModel((3.0, 3.0, 3.0), 3.0)
+    strict = D.cva_score(before, after, noise, 4.0)[2:-2, 2:-2]
+    tolerant = D.cva_score(before, after, noise, 4.0, tolerance_px=1)[2:-2, 2:-2]
+    assert (strict > 0.5).mean() > 0.1
+    assert (tolerant[:30, :30] > 0.5).mean() < 0.01
+    assert tolerant[40:56, 40:56].min() > 0.9
+
+
+def test_windowed_score_equals_whole_score_with_tolerance_and_brightness_weight():
+    b, a = pair(7)
+    cfg = MeasureConfig(tolerance_px=2, brightness_weight=0.3)
+    noise = D.fit_noise(b.reshape(3, -1), a.reshape(3, -1))
+    valid = np.ones(b.shape[1:], bool)
+    whole = D.change_score(b, a, valid, noise, cfg)
+    halo = D.halo_px(cfg)
+    r, c, h, w = 40, 50, 64, 64
+    win = D.change_score(b[:, r - halo:r + h + halo, c - halo:c + w + halo],
+                         a[:, r - halo:r + h + halo, c - halo:c + w + halo],
+                         valid[r - halo:r + h + halo, c - halo:c + w + halo], noise, cfg)
+    assert np.allclose(crop(win, halo), whole[r:r + h, c:c + w], atol=1e-5)

@@ -129,3 +129,37 @@ def test_unrelated_scenes_warn_about_registration(tmp_path):
     res = detect_pair(SAMPLE_TILES / "camp" / "before.tif", tmp_path / "other.tif", tmp_path / "x")
     assert res.summary["registration"]["confidence"] < 0.3
     assert any("registration confidence" in w for w in res.summary["warnings"])
+
+
+def _radiometric_twin(before: np.ndarray, seed: int) -> np.ndarray:
+    """``before`` with only radiometric change: per-band gain 0.7..1.3, offset, noise and a seasonal tint
+    on vegetation (NDVI from red and NIR), as a different pass, season or sensor would give."""
+    rng = np.random.default_rng(seed)
+    x = before.astype(np.float64)
+    red, nir = x[2], x[3]
+    veg = np.clip((nir - red) / np.maximum(nir + red, 1) * 2, 0, 1)
+    tint = rng.uniform(-0.12, 0.12)
+    x[1] *= 1 + 0.5 * tint * veg
+    x[3] *= 1 + tint * veg
+    x[0] *= 1 - 0.3 * tint * veg
+    gains = rng.uniform(0.7, 1.3, size=(x.shape[0], 1, 1))
+    offsets = rng.uniform(-0.02, 0.02, size=(x.shape[0], 1, 1)) * x.mean()
+    x = x * gains + offsets + rng.normal(0, 0.005 * x.mean(), x.shape)
+    return np.clip(np.rint(x), 0, np.iinfo(before.dtype).max).astype(before.dtype)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_pure_radiometric_change_flags_almost_nothing(tmp_path, seed):
+    """Issue 4, criterion 4: no real change, only gain/offset/noise/season: under 0.1 % flagged."""
+    from changedet import synth
+
+    scene = synth.make_scene("trenches", seed=200 + seed, size=256)
+    folder = tmp_path / "scene"
+    synth.write_scene(scene, folder)
+    with rasterio.open(folder / "before.tif") as src:
+        profile, before = src.profile, src.read()
+    with rasterio.open(folder / "twin.tif", "w", **profile) as dst:
+        dst.write(_radiometric_twin(before, seed))
+    res = detect_pair(folder / "before.tif", folder / "twin.tif", tmp_path / "out")
+    assert res.summary["changed_fraction"] < 0.001
+    assert res.summary["detections"] == []

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from changedet.config import NormalizeConfig
-from changedet.radiometry import apply, fit_linear
+from changedet.radiometry import apply, fit_histogram, fit_linear, fit_normalization
 
 
 def test_gain_offset_recovered_despite_changed_pixels():
@@ -28,3 +28,24 @@ def test_method_none_is_identity():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="shape"):
         fit_linear(np.ones((2, 10)), np.ones((3, 10)), NormalizeConfig())
+
+
+def test_histogram_matching_undoes_a_monotone_non_linear_response():
+    rng = np.random.default_rng(3)
+    before = rng.uniform(50, 1000, size=(2, 40_000))
+    after = np.stack([np.sqrt(before[0]) * 10, (before[1] / 1000) ** 2 * 800 + 20])  # gamma-like responses
+    fit = fit_histogram(before, after)
+    assert fit.method == "histogram" and fit.n_pixels == 40_000
+    mapped = apply(after[:, None, :], fit)[:, 0]
+    assert np.abs(mapped - before).max() < 0.02 * 950  # within the spacing of the 257 quantiles
+    assert fit.to_json()["n_quantiles"] == 257
+    linear = fit_linear(before, after, NormalizeConfig())
+    assert np.abs(apply(after[:, None, :], linear)[:, 0] - before).mean() > 5 * np.abs(mapped - before).mean()
+
+
+def test_the_configured_method_is_used():
+    rng = np.random.default_rng(4)
+    before = rng.uniform(0, 100, size=(1, 1000))
+    assert fit_normalization(before, before * 2, NormalizeConfig(method="histogram")).method == "histogram"
+    assert fit_normalization(before, before * 2, NormalizeConfig()).method == "linear-rma"
+    assert fit_normalization(before, before * 2, NormalizeConfig(method="none")).method == "none"

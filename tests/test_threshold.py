@@ -43,3 +43,26 @@ def test_clean_uses_square_metres_and_keeps_nodata():
     q = T.quantize(np.zeros((10, 10)), np.zeros((10, 10), bool))
     m, _ = T.decide(q, DecideConfig(), 1.0)
     assert (m == T.NODATA).all()
+
+
+def test_kittler_illingworth_finds_a_small_wide_mode_next_to_a_large_narrow_one():
+    """The usual change histogram: most pixels unchanged (narrow), a few changed (wide)."""
+    rng = np.random.default_rng(2)
+    scores = np.clip(np.concatenate([rng.normal(0.1, 0.02, 19_000), rng.normal(0.6, 0.12, 1000)]), 0, 1)
+    q = T.quantize(scores.reshape(100, 200), np.ones((100, 200), bool))
+    t = T.kittler_illingworth(T.histogram(q))
+    assert 0.14 < t < 0.4
+    mask, thr = T.decide(q, DecideConfig(method="kittler", min_score=0.0, open_px=0, close_px=0, min_area_m2=0,
+                                         fill_holes_m2=0), 1.0)
+    truth = np.zeros(20_000, bool)
+    truth[19_000:] = True
+    flagged = mask.ravel() == 1
+    assert thr.method == "kittler"
+    assert (flagged & truth).sum() / truth.sum() > 0.95 and (flagged & ~truth).sum() < 200
+
+
+def test_kittler_illingworth_on_a_single_spike_falls_back_to_otsu():
+    hist = np.zeros(T.LEVELS + 1)
+    hist[20] = 1000
+    assert T.kittler_illingworth(hist) == T.otsu(hist)
+    assert T.kittler_illingworth(np.zeros(T.LEVELS + 1)) == 1.0
