@@ -8,6 +8,12 @@ per dataset with a row for a plain baseline computed in the same run:
 change-vector magnitude of histogram-matched bands + Otsu + 3x3 opening.
 The real data is skipped cleanly when the folder is absent.
 
+Two more checks of issue 4 in the same run: the LEVIR-CD pair without any
+change (``train_386_0512_0768``: the share of its area flagged), and pure
+radiometric change on real images (each image against itself with per-band
+gain 0.7..1.3, offset, noise and a seasonal tint on vegetation: the share
+flagged, which should stay under 0.1 %).
+
     python benchmarks/accuracy.py [--synth-n 20] [--size 384] [--realdata PATH] [--only levir-cd,dsifn]
 """
 
@@ -17,12 +23,14 @@ import argparse
 import glob
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
 import rasterio
 from skimage.exposure import match_histograms
+from rasterio.errors import NotGeoreferencedWarning
 from skimage.filters import threshold_otsu
 
 from changedet import synth
@@ -32,6 +40,8 @@ from changedet.pipeline import detect_pair
 ROOT = Path(__file__).resolve().parents[1]
 REALDATA = ROOT.parent / "shared" / "realdata"
 DATASETS = {"levir-cd": 0.5, "dsifn": 2.0, "levir-cd-1024": 0.5, "whu-cd": 0.3, "sztaki-airchange": 1.5}
+NO_CHANGE_PAIR = ("levir-cd", "train_386_0512_0768")
+warnings.simplefilter("ignore", NotGeoreferencedWarning)
 
 
 def read(path: Path) -> np.ndarray:
@@ -83,6 +93,55 @@ def real_pairs(root: Path, dataset: str) -> list[tuple[str, Path, Path, Path]]:
     return out
 
 
+def radiometric_twin(img: np.ndarray, seed: int) -> np.ndarray:
+    """``img`` with only radiometric change: gain 0.7..1.3 and offset per band, noise, and a seasonal
+    tint on vegetation (excess green with RGB, green NDVI with a NIR band as 4th band)."""
+    rng = np.random.default_rng(seed)
+    x = img.astype(np.float64)
+    if x.shape[0] >= 4:
+        veg = np.clip((x[3] - x[1]) / np.maximum(x[3] + x[1], 1) * 2, 0, 1)
+        tinted = (1, 3)
+    else:
+        veg = np.clip((2 * x[1] - x[0] - x[2]) / np.maximum(x[:3].sum(axis=0), 1) * 5, 0, 1)
+        tinted = (1,)
+    tint = rng.uniform(-0.12, 0.12)
+    for b in tinted:
+        x[b] *= 1 + tint * veg
+    x = x * rng.uniform(0.7, 1.3, (x.shape[0], 1, 1)) + rng.uniform(-0.02, 0.02, (x.shape[0], 1, 1)) * x.mean()
+    x += rng.normal(0, 0.005 * x.mean(), x.shape)
+    return x.astype(np.float32)
+
+
+def run_radiometric(root: Path, work: Path) -> list[str]:
+    """Pure radiometric change on real images: the share of the area flagged (criterion 4)."""
+    images = [("levir-cd-1024", root / "levir-cd-1024" / "A" / "test_12.png", 0.5),
+              ("whu-cd", root / "whu-cd" / "A" / "000121.png", 0.3),
+              ("sztaki-airchange", root / "sztaki-airchange" / "A" / "szada_1.bmp", 1.5)]
+    city = root / "oscd" / "rennes" / "imgs_1"
+    bands = [sorted(city.glob(f"*{b}*"))[:1] for b in ("B02", "B03", "B04", "B08")]
+    rows = []
+    for name, path, gsd in images:
+        if path.exists():
+            rows.append((name, read(path)[:3], gsd))
+    if all(bands):
+        rows.append(("oscd/rennes B2-B8", np.concatenate([read(b[0]) for b in bands]), 10.0))
+    out = []
+    for i, (name, img, gsd) in enumerate(rows):
+        folder = work / f"radiometric_{i}"
+        folder.mkdir(parents=True)
+        paths = []
+        for tag, arr in (("before", img.astype(np.float32)), ("after", radiometric_twin(img, i))):
+            p = folder / f"{tag}.tif"
+            with rasterio.open(p, "w", driver="GTiff", width=arr.shape[2], height=arr.shape[1], count=arr.shape[0],
+                               dtype="float32") as dst:
+                dst.write(arr)
+            paths.append(p)
+        res = detect_pair(paths[0], paths[1], folder / "out", gsd_m=gsd)
+        out.append(f"{'radiometric only':<20} {name:<18} flagged {100 * res.summary['changed_fraction']:.3f} % "
+                   f"(target < 0.1 %), {len(res.summary['detections'])} detections")
+    return out
+
+
 def run_real(root: Path, work: Path, only: set[str] | None) -> list[str]:
     rows = []
     for dataset, gsd in DATASETS.items():
@@ -99,6 +158,9 @@ def run_real(root: Path, work: Path, only: set[str] | None) -> list[str]:
             f_base = base.add(baseline(read(a)[:3], read(b)[:3]), truth)
             print(f"  {dataset}/{pid}: F1 ours {f_ours:.3f} baseline {f_base:.3f} flagged "
                   f"{res.summary['changed_fraction']:.3f} truth {truth.mean():.3f}", file=sys.stderr, flush=True)
+            if (dataset, pid) == NO_CHANGE_PAIR:
+                rows.append(f"{'no-change pair':<20} {pid:<18} flagged {100 * res.summary['changed_fraction']:.2f} % "
+                            f"(target < 1 %)")
         rows += [ours.row(dataset, "changedet"), base.row(dataset, "baseline"),
                  f"{'':<20} {'ratio':<10} {'':>9} {'':>7} {ours.f1 / max(base.f1, 1e-9):>7.2f}"]
     return rows
@@ -136,6 +198,7 @@ def main() -> int:
         rows = []
         if args.realdata.is_dir():
             rows += run_real(args.realdata, work, only)
+            rows += run_radiometric(args.realdata, work)
         else:
             rows.append(f"real data: skipped ({args.realdata} not found)")
         if args.synth_n > 0:
