@@ -63,7 +63,7 @@ class MeasureConfig(_Section):
     smooth_sigma_px: float = Field(0.0, ge=0, description="Gaussian smoothing of the fused score")
     brightness_weight: float = Field(1.0, ge=0, le=1, description=(
         "weight of change along each pixel's spectral direction (shadow, haze, vegetation vigour); 1 = plain CVA"))
-    tolerance_px: int = Field(0, ge=0, le=3, description=(
+    tolerance_px: int = Field(1, ge=0, le=3, description=(
         "compare each pixel with the closest after pixel within this distance (residual misregistration)"))
 
 

@@ -77,8 +77,9 @@ def _rma(b: np.ndarray, a: np.ndarray) -> tuple[float, float]:
     sa, sb = float(a.std()), float(b.std())
     if sa <= 0 or sb <= 0:
         return 1.0, float(b.mean() - a.mean())
-    corr = float(np.corrcoef(a, b)[0, 1]) if a.size > 2 else 1.0
-    gain = sb / sa * (1.0 if corr >= 0 else -1.0)
+    # RMA slope with a positive sign: sensors, sun and haze never invert a band; an anti-correlated
+    # band is change, which the residual test then finds
+    gain = sb / sa
     return gain, float(b.mean() - gain * a.mean())
 
 
@@ -171,9 +172,13 @@ def fit_linear(before: np.ndarray, after: np.ndarray, params: NormalizeConfig) -
         lo, hi = (float(v) for v in np.percentile(vi, [5, 95]))
         if hi - lo > 1e-3:
             g0, o0, g1, o1, k = _robust_mixture(before, after, _veg_weight(vi, lo, hi), keep, params)
-            return RadiometricFit("linear-vegetation", tuple(float(g) for g in g0), tuple(float(o) for o in o0),
-                                  int(k.sum()), int(n), veg_gains=tuple(float(g) for g in g1),
-                                  veg_offsets=tuple(float(o) for o in o1), veg_index_range=(lo, hi))
+            # a gain that changes sign or by more than 2x is not a season but a change of cover that
+            # the model would explain away (a lawn gone brown): keep the plain fit then
+            ratio = np.concatenate([g0, g1]) / np.concatenate([gains, gains])
+            if np.all(np.isfinite(ratio)) and ratio.min() > 0.5 and ratio.max() < 2.0:
+                return RadiometricFit("linear-vegetation", tuple(float(g) for g in g0), tuple(float(o) for o in o0),
+                                      int(k.sum()), int(n), veg_gains=tuple(float(g) for g in g1),
+                                      veg_offsets=tuple(float(o) for o in o1), veg_index_range=(lo, hi))
     return RadiometricFit("linear-rma", tuple(float(g) for g in gains), tuple(float(o) for o in offsets),
                           int(keep.sum()), int(n))
 

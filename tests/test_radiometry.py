@@ -49,3 +49,40 @@ def test_the_configured_method_is_used():
     assert fit_normalization(before, before * 2, NormalizeConfig(method="histogram")).method == "histogram"
     assert fit_normalization(before, before * 2, NormalizeConfig()).method == "linear-rma"
     assert fit_normalization(before, before * 2, NormalizeConfig(method="none")).method == "none"
+
+
+def _mixed_pixels(rng, n):
+    """(4, n) B G R NIR reflectance-like pixels: a mix of bare soil and vegetation, and the mix fraction."""
+    soil = np.array([0.12, 0.16, 0.2, 0.26])[:, None]
+    grass = np.array([0.04, 0.09, 0.05, 0.42])[:, None]
+    f = rng.uniform(0, 1, n)
+    return (1 - f) * soil * rng.uniform(0.8, 1.2, n) + f * grass * rng.uniform(0.8, 1.2, n), f
+
+
+def test_vegetation_tint_is_normalized_away():
+    rng = np.random.default_rng(8)
+    before, f = _mixed_pixels(rng, 30_000)
+    after = before.copy()
+    after[3] *= 1 + 0.15 * f  # greener: more NIR where there is vegetation
+    after[1] *= 1 + 0.07 * f
+    after = after * np.array([1.1, 0.9, 1.2, 0.8])[:, None] + 0.01
+    after += rng.normal(0, 0.001, after.shape)
+    plain = fit_linear(before, after, NormalizeConfig(by_vegetation=False))
+    veg = fit_linear(before, after, NormalizeConfig())
+    assert plain.method == "linear-rma" and veg.method == "linear-vegetation"
+    assert "vegetation" in veg.to_json()
+    resid = lambda fit: np.abs(apply(after[:, None], fit, before[:, None])[:, 0] - before)[3]  # noqa: E731
+    assert np.percentile(resid(veg), 95) < 0.3 * np.percentile(resid(plain), 95)
+    assert np.percentile(resid(veg), 95) < 0.01
+
+
+def test_implausible_vegetation_gains_fall_back_to_the_plain_fit():
+    """NIR four times as bright on full vegetation is not a season: the plain fit is kept."""
+    rng = np.random.default_rng(9)
+    before, f = _mixed_pixels(rng, 30_000)
+    after = before.copy()
+    after[3] *= 1 + 3.0 * f
+    after += rng.normal(0, 0.001, after.shape)
+    fit = fit_linear(before, after, NormalizeConfig())
+    assert fit.method == "linear-rma" and fit.veg_gains == ()
+    assert all(g > 0 for g in fit.gains)
