@@ -323,7 +323,7 @@ def _huts(rng: np.random.Generator, canvas: _Canvas, gsd: float, level: dict[str
     while placed < n and tries < 60 * n:
         tries += 1
         side_a = rng.uniform(4, 20) * level["scale"]
-        side_b = rng.uniform(3, min(side_a, 12))
+        side_b = rng.uniform(min(3.0, side_a), min(side_a, 12))  # hard scale can make side_a < 3 m
         length, width = max(side_a, side_b) / gsd, min(side_a, side_b) / gsd
         angle = rng.uniform(0, 180)
         pts = _rect(rng.uniform(0, shape[1]), rng.uniform(0, shape[0]), length, width, angle)
