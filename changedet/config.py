@@ -80,6 +80,8 @@ class ObjectsConfig(_Section):
     trench_min_elongation: float = Field(4.0, gt=1)
     trench_max_width_m: float = Field(6.0, gt=0)
     trench_min_length_m: float = Field(8.0, gt=0)
+    trench_max_brightness_change: float = Field(
+        0.0, description="a new trench darkens the ground: mean luminance change, noise sigmas, below this")
     thin_max_rectangularity: float = Field(
         0.7, gt=0, le=1, description="a region filling less of its minimum rectangle may be a thin winding line")
     thin_max_width_ratio: float = Field(

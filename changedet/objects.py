@@ -7,7 +7,7 @@ ring around it; how distinct it is from that ring on each date) and typed by
 documented rules whose thresholds live in :class:`~changedet.config.ObjectsConfig`:
 
 * ``vessel`` - elongated hull on water or at the shoreline (ring mostly water);
-* ``trench`` - long and thin on land;
+* ``trench`` - long and thin on land, darker after than before (a cut in shadow, fresh earth);
 * ``hut``    - compact and rectangular, a few to a few tens of metres a side, on land;
 * ``other``  - anything else.
 
@@ -344,6 +344,8 @@ def classify(shape: Shape, ctx: Context, params: ObjectsConfig) -> tuple[str, fl
             _margin(shape.elongation, params.trench_min_elongation, True),
             _margin(shape.width_m, params.trench_max_width_m, False),
             _margin(shape.length_m, params.trench_min_length_m, True),
+            # a new trench darkens the ground (a cut in shadow, fresh moist earth); full marks 2 sigmas below
+            float(np.clip((params.trench_max_brightness_change - ctx.brightness_change) / 2.0, -1.0, 1.0)),
         ],
         "hut": [
             _margin(ctx.water_frac, params.vessel_min_water_frac, False),

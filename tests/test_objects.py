@@ -35,8 +35,8 @@ def test_winding_line_length_follows_the_skeleton():
     assert 2.0 < s.width_m < 5.0  # cv2 draws thickness 3 as 3-4 px across
 
 
-def ctx(water=0.0, before=0.0, after=5.0, score=0.8):
-    return O.Context(water_frac=water, distinct_before=before, distinct_after=after, brightness_change=1.0,
+def ctx(water=0.0, before=0.0, after=5.0, score=0.8, brightness=-3.0):
+    return O.Context(water_frac=water, distinct_before=before, distinct_after=after, brightness_change=brightness,
                      mean_score=score)
 
 
@@ -175,3 +175,12 @@ def test_hut_rules_reject_a_large_irregular_clearing():
     assert O.classify(shape(12, 6, 0.85), ctx(), params)[0] == "hut"
     assert O.classify(shape(34, 24, 0.85), ctx(), params)[0] == "other"  # longer than a hut
     assert O.classify(shape(22, 18, 0.62), ctx(), params)[0] == "other"  # not rectangular
+
+
+def test_a_bright_new_line_is_not_a_trench():
+    # same geometry: darkening (a cut in shadow, fresh earth) is a trench, brightening (a roof edge, a kerb) is not
+    line = shape(40, 2, 0.5)
+    assert O.classify(line, ctx(brightness=-3.0), ObjectsConfig())[0] == "trench"
+    assert O.classify(line, ctx(brightness=3.0), ObjectsConfig())[0] == "other"
+    strong, weak = (O.classify(line, ctx(brightness=b), ObjectsConfig())[1] for b in (-3.0, -0.5))
+    assert strong > weak
