@@ -194,11 +194,13 @@ def measure_shape(obj: np.ndarray, origin: tuple[int, int], gsd_m: float,
     -----
     Length, width and orientation come from the minimum-area rectangle
     (:func:`cv2.minAreaRect`, extents measured between pixel edges). A region
-    that fills little of that rectangle *and* whose mean thickness along its
-    skeleton (:func:`thin_extent_px`) is well below the rectangle's short side is
-    a thin winding or angular line (a zig-zag trench, a bent track): its length
-    is then measured along the skeleton and its width is its mean thickness.
-    A straight band keeps the rectangle's measures, which are more precise.
+    that fills less than ``thin_max_rectangularity`` of that rectangle *and* whose
+    width along its skeleton (:func:`widest_px`) is under ``thin_max_width_ratio``
+    of the rectangle's short side is a thin winding or angular line (a zig-zag
+    trench, a bent track): its length is then measured along the skeleton and its
+    width is its mean thickness (:func:`thin_extent_px`). A compact blob, however
+    ragged, is about as wide along its skeleton as its rectangle, so it is never
+    measured as a line; a straight band keeps the rectangle's measures.
 
     With ``cover``, the pixels' uncovered area ``A - sum(cover)`` is taken as a
     band of even depth ``e`` along the outline (``2 (L + W) e``), and length and
