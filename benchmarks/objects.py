@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from changedet import objects, synth
-from changedet.evaluate import evaluate
+from changedet.evaluate import ObjectScores, evaluate
 from changedet.pipeline import detect_pair
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ class Pool:
         for cls, pairs in sizes.items():
             self.raster[cls] += pairs
 
-    def add(self, objs) -> None:  # objs: changedet.evaluate.ObjectScores
+    def add(self, objs: ObjectScores) -> None:
         for cls, e in objs.per_class.items():
             for k in ("n_truth", "detected", "typed_correctly"):
                 self.per_class[cls][k] += e[k]
@@ -99,7 +99,7 @@ class Pool:
         return out
 
 
-def synth_scene_sizes(folder: Path, objs) -> dict[str, list[dict[str, float]]]:
+def synth_scene_sizes(folder: Path, objs: ObjectScores) -> dict[str, list[dict[str, float]]]:
     """Truth objects' nominal sizes next to the sizes of their rasterized masks (measured sharp)."""
     import rasterio
 
