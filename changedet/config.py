@@ -88,17 +88,31 @@ class ObjectsConfig(_Section):
     trench_min_elongation: float = Field(4.0, gt=1)
     trench_max_width_m: float = Field(6.0, gt=0)
     trench_min_length_m: float = Field(8.0, gt=0)
+    trench_max_brightness_change: float = Field(
+        0.0, description="a new trench darkens the ground: mean luminance change, noise sigmas, below this")
+    thin_max_rectangularity: float = Field(
+        0.7, gt=0, le=1, description="a region filling less of its minimum rectangle may be a thin winding line")
+    thin_max_width_ratio: float = Field(
+        0.65, gt=0, le=1, description="and is one when its width along its skeleton is below this share of the rectangle's width")
     hut_min_side_m: float = Field(2.0, gt=0)
-    hut_max_side_m: float = Field(40.0, gt=0)
+    hut_max_side_m: float = Field(30.0, gt=0)
     hut_max_elongation: float = Field(4.0, gt=1)
-    hut_min_rectangularity: float = Field(0.6, gt=0, le=1)
+    hut_min_rectangularity: float = Field(0.7, gt=0, le=1)
     vessel_min_length_m: float = Field(8.0, gt=0)
     vessel_max_length_m: float = Field(400.0, gt=0)
     vessel_min_elongation: float = Field(2.0, gt=1)
     vessel_min_water_frac: float = Field(0.35, ge=0, le=1, description="share of the ring around it that is water")
     water_max_brightness: float = Field(0.3, gt=0, le=1, description="water is darker than this quantile-normalised level")
     water_max_texture: float = Field(0.08, gt=0, description="and smoother than this local std")
+    water_max_green_excess: float = Field(
+        0.05, gt=-1, le=1, description="RGB only: water's (G-B)/(G+B) is below this (vegetation is green)")
     water_min_area_m2: float = Field(2000.0, ge=0)
+    shadow_max_ratio: float = Field(
+        0.92, gt=0, le=1, description="a new cast shadow keeps less than this share of the light in every band")
+    shadow_max_ratio_spread: float = Field(
+        0.12, ge=0, description="and dims all bands alike (spread of the after/before band ratios)")
+    shadow_max_frac: float = Field(
+        0.5, gt=0, le=1, description="a shadow is beside an object: never more than this share of a region")
     ring_px: int = Field(6, ge=1, description="width of the context ring around an object")
     max_objects: int = Field(5000, ge=1, description="objects beyond this many (smallest first) are not described")
 

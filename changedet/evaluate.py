@@ -50,7 +50,12 @@ class PixelScores:
 
 @dataclass(frozen=True)
 class ObjectScores:
-    """Per-class recall and type accuracy, overall object precision, departed vessels found."""
+    """Per-class recall and type accuracy, overall object precision, departed vessels found.
+
+    ``size_errors`` holds the median relative length and width error of correctly typed
+    objects per class; ``size_pairs`` the underlying truth/predicted sizes, for pooling
+    over many scenes (not written by :meth:`to_json`).
+    """
 
     per_class: dict[str, dict[str, Any]]
     n_pred: int
@@ -58,6 +63,7 @@ class ObjectScores:
     departed_truth: int
     departed_recognized: int
     size_errors: dict[str, dict[str, float]] = field(default_factory=dict)
+    size_pairs: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"per_class": self.per_class, "n_pred": self.n_pred, "precision": round(self.precision, 4),
@@ -109,6 +115,7 @@ def object_scores(pred_labels: np.ndarray, pred_objects: list[dict[str, Any]], t
     """
     per_class = {c: {"n_truth": 0, "detected": 0, "typed_correctly": 0} for c in CLASSES}
     rel_err: dict[str, list[tuple[float, float]]] = {c: [] for c in CLASSES}
+    pairs: dict[str, list[dict[str, float]]] = {c: [] for c in CLASSES}
     departed_truth = departed_ok = 0
     hit_pred = np.zeros(len(pred_objects) + 1, bool)
     for obj in truth_objects:
@@ -126,6 +133,8 @@ def object_scores(pred_labels: np.ndarray, pred_objects: list[dict[str, Any]], t
         if best["class"] == cls:
             entry["typed_correctly"] += 1
             if obj.get("length_m") and best.get("length_m") is not None:
+                pairs[cls].append({"id": obj["id"], "length_m": obj["length_m"], "width_m": obj["width_m"],
+                                   "pred_length_m": best["length_m"], "pred_width_m": best["width_m"]})
                 rel_err[cls].append((abs(best["length_m"] - obj["length_m"]) / obj["length_m"],
                                      abs(best["width_m"] - obj["width_m"]) / obj["width_m"]))
         if obj.get("event") == "departed" and best.get("event") == "departed":
@@ -141,7 +150,8 @@ def object_scores(pred_labels: np.ndarray, pred_objects: list[dict[str, Any]], t
                  "median_rel_error_width": round(float(np.median([e[1] for e in v])), 4), "n": len(v)}
              for c, v in rel_err.items() if v}
     precision = float(hit_pred[1:].sum() / n_pred) if n_pred else 1.0
-    return ObjectScores(per_class, n_pred, precision, departed_truth, departed_ok, sizes)
+    return ObjectScores(per_class, n_pred, precision, departed_truth, departed_ok, sizes,
+                        {c: v for c, v in pairs.items() if v})
 
 
 def _read_band(path: Path) -> np.ndarray:

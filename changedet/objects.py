@@ -7,7 +7,7 @@ ring around it; how distinct it is from that ring on each date) and typed by
 documented rules whose thresholds live in :class:`~changedet.config.ObjectsConfig`:
 
 * ``vessel`` - elongated hull on water or at the shoreline (ring mostly water);
-* ``trench`` - long and thin on land;
+* ``trench`` - long and thin on land, darker after than before (a cut in shadow, fresh earth);
 * ``hut``    - compact and rectangular, a few to a few tens of metres a side, on land;
 * ``other``  - anything else.
 
@@ -64,6 +64,7 @@ class Context:
     distinct_after: float
     brightness_change: float  # mean luminance change in the region, noise sigmas
     mean_score: float
+    shadow_frac: float = 0.0  # share of the changed region that is the object's new cast shadow
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,77 @@ def skeleton_length_px(obj: np.ndarray) -> float:
     return float(orth + math.sqrt(2) * (np.count_nonzero(d1) + np.count_nonzero(d2)))
 
 
-def measure_shape(obj: np.ndarray, origin: tuple[int, int], gsd_m: float) -> Shape:
+def widest_px(obj: np.ndarray) -> float:
+    """Width of a region along its skeleton, pixels: twice the 90th percentile of the distance to its edge.
+
+    For a band of even width this is the band's width (the few wider spots at
+    bends are above the percentile); for a compact blob it is about its short side.
+    """
+    padded = np.pad(obj.astype(np.uint8), 1)
+    dist = cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
+    skel = skeletonize(obj.astype(bool))
+    if not skel.any():
+        return 2.0 * float(dist.max())
+    return 2.0 * float(np.percentile(dist[skel], 90))
+
+
+def fill_holes(obj: np.ndarray) -> np.ndarray:
+    """A region with its holes filled (bool): the object's outline is what is measured."""
+    padded = np.pad(obj.astype(np.uint8), 1)
+    outside = padded.copy()
+    cv2.floodFill(outside, None, (0, 0), 2)
+    return (outside != 2)[1:-1, 1:-1]
+
+
+def thin_extent_px(area_px: float, skeleton_px: float) -> tuple[float, float]:
+    """Length and width of a band of ``area_px`` pixels around a centre line of ``skeleton_px``.
+
+    The skeleton stops about half a width short of each end, so the band is
+    ``skeleton + width`` long; with ``area = length * width`` that gives
+    ``length = (s + sqrt(s^2 + 4 area)) / 2`` and ``width = area / length``.
+    """
+    length = (skeleton_px + math.sqrt(skeleton_px * skeleton_px + 4.0 * area_px)) / 2.0
+    return length, area_px / max(length, 1e-6)
+
+
+def coverage(obj: np.ndarray, before: np.ndarray, after: np.ndarray, band_sigma: np.ndarray,
+             width_px: int = 3) -> np.ndarray:
+    """Share of each pixel of a region that the object covers, 0..1 (float32, same shape).
+
+    Parameters
+    ----------
+    obj : (h, w) bool region.
+    before, after : (bands, h, w) float crops, ``after`` registered and normalized.
+    band_sigma : (bands,) no-change noise per band.
+    width_px : width of the ring whose change is the background level.
+
+    Notes
+    -----
+    The sensor's blur spreads an object's change over its edge pixels, and the
+    threshold keeps them, so the mask is larger than the object by about a
+    pixel all round (on a 5 m wide hull at 1 m, that is 40% of the width). A
+    mixed pixel's change vector is a blend of the object's and the ground's,
+    so its change magnitude, between the ring's level (0) and the level of the
+    region's interior (1), estimates the covered share (linear spectral
+    unmixing of two end-members).
+    """
+    sig = np.maximum(band_sigma.astype(np.float32), 1e-6)[:, None, None]
+    mag = np.sqrt((((after - before) / sig) ** 2).sum(axis=0))
+    inner = cv2.erode(obj.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    rim = ring(obj, width_px)
+    if inner.sum() < 4 or not rim.any():
+        return obj.astype(np.float32)
+    lo, hi = float(np.median(mag[rim])), float(np.median(mag[inner]))
+    if hi <= lo:
+        return obj.astype(np.float32)
+    cov = np.clip((mag - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    cov[inner] = 1.0
+    cov[~obj] = 0.0
+    return cov
+
+
+def measure_shape(obj: np.ndarray, origin: tuple[int, int], gsd_m: float,
+                  params: ObjectsConfig | None = None, cover: np.ndarray | None = None) -> Shape:
     """Geometry of a binary region.
 
     Parameters
@@ -114,25 +185,53 @@ def measure_shape(obj: np.ndarray, origin: tuple[int, int], gsd_m: float) -> Sha
     obj : (h, w) bool, the region inside its crop.
     origin : (row, col) of the crop on the grid.
     gsd_m : metres per pixel.
+    params : thresholds; ``thin_max_rectangularity`` and ``thin_max_width_ratio`` decide
+        when the skeleton measures the region (defaults when not given).
+    cover : (h, w) float 0..1, the share of each pixel the object covers (:func:`coverage`);
+        when given, area, length and width are those of the covered part.
+
+    Notes
+    -----
+    Length, width and orientation come from the minimum-area rectangle
+    (:func:`cv2.minAreaRect`, extents measured between pixel edges). A region
+    that fills less than ``thin_max_rectangularity`` of that rectangle *and* whose
+    width along its skeleton (:func:`widest_px`) is under ``thin_max_width_ratio``
+    of the rectangle's short side is a thin winding or angular line (a zig-zag
+    trench, a bent track): its length is then measured along the skeleton and its
+    width is its mean thickness (:func:`thin_extent_px`). A compact blob, however
+    ragged, is about as wide along its skeleton as its rectangle, so it is never
+    measured as a line; a straight band keeps the rectangle's measures.
+
+    With ``cover``, the pixels' uncovered area ``A - sum(cover)`` is taken as a
+    band of even depth ``e`` along the outline (``2 (L + W) e``), and length and
+    width are each reduced by ``2 e``.
     """
+    params = params or ObjectsConfig()
     rows, cols = np.nonzero(obj)
     area_px = rows.size
     pts = np.column_stack([cols, rows]).astype(np.float32)
-    (_, _), (rw, rh), _ = cv2.minAreaRect(pts)
-    box = cv2.boxPoints(cv2.minAreaRect(pts))
+    rect = cv2.minAreaRect(pts)
+    (_, _), (rw, rh), _ = rect
+    box = cv2.boxPoints(rect)
     e1, e2 = box[1] - box[0], box[2] - box[1]
     long_vec = e1 if np.hypot(*e1) >= np.hypot(*e2) else e2
     # pixel centres -> pixel extents: one more pixel along each side
     long_px, short_px = max(rw, rh) + 1.0, min(rw, rh) + 1.0
     rectangularity = float(min(1.0, area_px / (long_px * short_px)))
-    if rectangularity < 0.5 and long_px > 3 * short_px or rectangularity < 0.35:
-        # thin winding shape: its length is along the skeleton, its width what the area leaves
-        skel = skeleton_length_px(obj)
-        long_px = max(long_px, (skel + math.sqrt(skel * skel + 4 * area_px)) / 2.0)
-        short_px = area_px / long_px
+    if rectangularity < params.thin_max_rectangularity and \
+            widest_px(obj) < params.thin_max_width_ratio * short_px:
+        skel_long, skel_short = thin_extent_px(area_px, skeleton_length_px(obj))
+        if skel_long > long_px:
+            long_px, short_px = skel_long, skel_short
+    area_eff = float(area_px)
+    if cover is not None:
+        area_eff = float(cover[obj].sum())
+        depth = max(0.0, (area_px - area_eff) / (2.0 * (long_px + short_px)))
+        depth = min(depth, 0.25 * short_px)  # never more than half the width in all
+        long_px, short_px = long_px - 2 * depth, short_px - 2 * depth
     orientation = math.degrees(math.atan2(float(long_vec[0]), -float(long_vec[1]))) % 180.0
     return Shape(
-        area_m2=float(area_px * gsd_m * gsd_m),
+        area_m2=float(area_eff * gsd_m * gsd_m),
         length_m=float(long_px * gsd_m),
         width_m=float(short_px * gsd_m),
         orientation_deg=float(orientation),
@@ -140,6 +239,46 @@ def measure_shape(obj: np.ndarray, origin: tuple[int, int], gsd_m: float) -> Sha
         rectangularity=rectangularity,
         centroid_px=(float(cols.mean() + origin[1]), float(rows.mean() + origin[0])),
     )
+
+
+def cast_shadow(obj: np.ndarray, before: np.ndarray, after: np.ndarray, params: ObjectsConfig) -> np.ndarray:
+    """Pixels of a region that are a new cast shadow beside it (bool, same shape as ``obj``).
+
+    Parameters
+    ----------
+    obj : (h, w) bool region.
+    before, after : (bands, h, w) float crops, ``after`` registered and normalized.
+
+    Notes
+    -----
+    A new shadow dims the ground under it by the same factor in every band
+    (the ground's colour is kept, only the direct sunlight is lost), while a
+    new roof, hull or heap changes the colour. So a shadow pixel has an
+    after/before ratio below ``shadow_max_ratio`` in every band, with band
+    ratios within ``shadow_max_ratio_spread`` of each other (3x3 means, for
+    noise). A shadow is only *beside* an object: when such pixels are most of
+    the region (dark fresh earth in a trench, a ship gone from dark water),
+    the region is the object itself and nothing is returned.
+    """
+    if before.shape[0] < 2:
+        return np.zeros_like(obj)
+    b = np.stack([cv2.blur(x.astype(np.float32), (3, 3)) for x in before])
+    a = np.stack([cv2.blur(x.astype(np.float32), (3, 3)) for x in after])
+    ratio = a / np.maximum(b, 1e-6 + 0.02 * float(np.abs(b).max()))
+    hi, lo = ratio.max(axis=0), ratio.min(axis=0)
+    shadow = obj & (hi < params.shadow_max_ratio) & (hi - lo < params.shadow_max_ratio_spread) & (lo > 0)
+    if shadow.sum() > params.shadow_max_frac * obj.sum():
+        return np.zeros_like(obj)
+    return shadow
+
+
+def object_core(obj: np.ndarray, shadow: np.ndarray) -> np.ndarray:
+    """The region without its cast shadow: the largest 8-connected part left (bool)."""
+    core = (obj & ~shadow).astype(np.uint8)
+    if not shadow.any() or not core.any():
+        return obj
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(core, connectivity=8, ltype=cv2.CV_32S)
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
 
 
 def ring(obj: np.ndarray, width_px: int) -> np.ndarray:
@@ -207,6 +346,8 @@ def classify(shape: Shape, ctx: Context, params: ObjectsConfig) -> tuple[str, fl
             _margin(shape.elongation, params.trench_min_elongation, True),
             _margin(shape.width_m, params.trench_max_width_m, False),
             _margin(shape.length_m, params.trench_min_length_m, True),
+            # a new trench darkens the ground (a cut in shadow, fresh moist earth); full marks 2 sigmas below
+            float(np.clip((params.trench_max_brightness_change - ctx.brightness_change) / 2.0, -1.0, 1.0)),
         ],
         "hut": [
             _margin(ctx.water_frac, params.vessel_min_water_frac, False),
@@ -238,6 +379,7 @@ class WaterModel:
     lum_hi: float
     green_band: int | None  # 0-based
     nir_band: int | None
+    blue_band: int | None = None  # only used without NIR
 
 
 def fit_water(before: np.ndarray, params: ObjectsConfig) -> WaterModel:
@@ -251,19 +393,35 @@ def fit_water(before: np.ndarray, params: ObjectsConfig) -> WaterModel:
     -----
     With 4 bands the common orders (R G B NIR, B G R NIR) both have green
     second and NIR fourth; with 13 (Sentinel-2) green is B03 and NIR B08.
+    Three bands are taken as R G B (PNG, JPEG, Google Earth exports): no NIR,
+    but blue is known for the vegetation test of :func:`_water_one`.
     """
     lum = before.mean(axis=0)
     lo, hi = (float(v) for v in np.percentile(lum, [2, 98])) if lum.size else (0.0, 1.0)
     bands = before.shape[0]
-    green, nir = {4: (1, 3), 5: (1, 3), 13: (2, 7)}.get(bands, (None, None))
-    return WaterModel(lo, max(hi, lo + 1e-6), green, nir)
+    green, nir, blue = {3: (1, None, 2), 4: (1, 3, None), 5: (1, 3, None), 13: (2, 7, None)}.get(
+        bands, (None, None, None))
+    return WaterModel(lo, max(hi, lo + 1e-6), green, nir, blue)
 
 
 def _water_one(img: np.ndarray, model: WaterModel, params: ObjectsConfig) -> np.ndarray:
+    """Water on one date: NDWI > 0 with NIR; else dark and smooth, and, in RGB, not green.
+
+    Without NIR, dark smooth vegetation (grass, crops, tree shade) looks like
+    water by brightness and texture alone; chlorophyll reflects green well
+    above blue while water reflects blue at least as much as green, so in RGB
+    a region counts as water only when ``(G - B) / (G + B)`` stays below
+    ``water_max_green_excess``.
+    """
     lum = (img.mean(axis=0) - model.lum_lo) / (model.lum_hi - model.lum_lo)
     mu = cv2.GaussianBlur(lum, (0, 0), 2.0)
     var = cv2.GaussianBlur(lum * lum, (0, 0), 2.0) - mu * mu
     smooth_dark = (mu < params.water_max_brightness) & (np.sqrt(np.maximum(var, 0)) < params.water_max_texture)
+    if model.nir_band is None and model.blue_band is not None and model.green_band is not None:
+        g = cv2.GaussianBlur(img[model.green_band], (0, 0), 2.0)
+        b = cv2.GaussianBlur(img[model.blue_band], (0, 0), 2.0)
+        excess = (g - b) / np.maximum(np.abs(g + b), 1e-6)
+        return smooth_dark & (excess < params.water_max_green_excess)
     if model.nir_band is None or model.green_band is None:
         return smooth_dark
     g, n = img[model.green_band], img[model.nir_band]

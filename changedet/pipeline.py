@@ -156,8 +156,12 @@ def describe_objects(pair: PairSource, models: _Models, cfg: Config, labels: np.
         obj = _crop_whole(labels, box, 0) == comp.label
         wat = _crop_whole(water, box, 0) > 0
         sc = _crop_whole(q, box, threshold.NODATA).astype(np.float32) / threshold.LEVELS
-        shape = objects.measure_shape(obj, (box[0], box[1]), pair.gsd_m)
+        shadow = objects.cast_shadow(obj & v, b, a, params)
+        core = objects.fill_holes(objects.object_core(obj, shadow))
+        cover = objects.coverage(core, b, a, sigma)
+        shape = objects.measure_shape(core, (box[0], box[1]), pair.gsd_m, params, cover)
         ctx = objects.measure_context(obj, b, a, v, wat, np.minimum(sc, 1.0), sigma, params)
+        ctx = replace(ctx, shadow_frac=float(shadow.sum() / max(obj.sum(), 1)))
         cls, conf = objects.classify(shape, ctx, params)
         dets.append(objects.Detection(id=len(dets) + 1, cls=cls, event=objects.event_of(ctx), confidence=conf,
                                       shape=shape, context=ctx,
@@ -217,7 +221,8 @@ def detection_features(pair: PairSource, dets: list[objects.Detection], labels: 
         feats.append({"type": "Feature", "id": d.id, "geometry": geom, "properties": props})
         extra = {"elongation": round(d.shape.elongation, 3), "rectangularity": round(d.shape.rectangularity, 3),
                  "water_frac": round(d.context.water_frac, 3), "mean_score": round(d.context.mean_score, 4),
-                 "brightness_change": round(d.context.brightness_change, 3)}
+                 "brightness_change": round(d.context.brightness_change, 3),
+                 "shadow_frac": round(d.context.shadow_frac, 3)}
         records.append({**props, **extra})
     return feats, records
 

@@ -88,7 +88,11 @@ def render(before: np.ndarray, after: np.ndarray, outlines: list[Outline], count
     """
     det = after.copy()
     _draw(det, outlines)
+    # a departed object is only visible on the before date: outline it there too
+    before = before.copy()
+    _draw(before, [o for o in outlines if o.event == "departed"])
     gap = np.full((before.shape[0] + 28, 6, 3), 255, dtype=np.uint8)
-    row = np.hstack([_title(before, "before"), gap, _title(after, "after (registered)"), gap,
+    row = np.hstack([_title(before, "before (departed outlined)" if any(o.event == "departed" for o in outlines)
+                            else "before"), gap, _title(after, "after (registered)"), gap,
                      _title(det, f"detections {title}".strip())])
     return np.vstack([row, _legend(row.shape[1], counts)])

@@ -35,8 +35,8 @@ def test_winding_line_length_follows_the_skeleton():
     assert 2.0 < s.width_m < 5.0  # cv2 draws thickness 3 as 3-4 px across
 
 
-def ctx(water=0.0, before=0.0, after=5.0, score=0.8):
-    return O.Context(water_frac=water, distinct_before=before, distinct_after=after, brightness_change=1.0,
+def ctx(water=0.0, before=0.0, after=5.0, score=0.8, brightness=-3.0):
+    return O.Context(water_frac=water, distinct_before=before, distinct_after=after, brightness_change=brightness,
                      mean_score=score)
 
 
@@ -78,3 +78,109 @@ def test_small_water_is_not_water():
     w[80:83, 80:83] = 1
     out = O.keep_large_water(w, ObjectsConfig(water_min_area_m2=100), gsd_m=1.0)
     assert out[:60].all() and not out[80:83, 80:83].any()
+
+
+def test_short_zigzag_with_a_fat_rectangle_is_measured_along_its_skeleton():
+    # three legs of 20 px, 6 px thick: the minimum rectangle is about 40 x 16 px and 40% full
+    m = np.zeros((120, 120), np.uint8)
+    pts = np.array([[20, 40], [38, 58], [56, 40], [74, 58]], np.int32)
+    cv2.polylines(m, [pts], False, 1, thickness=6)
+    path = sum(math.dist(a, b) for a, b in zip(pts[:-1], pts[1:]))
+    s = O.measure_shape(m.astype(bool), (0, 0), gsd_m=0.5)
+    assert s.rectangularity < 0.7
+    assert s.length_m == pytest.approx(0.5 * (path + 6), rel=0.15)
+    assert s.width_m == pytest.approx(3.0, rel=0.3)
+    cls, _ = O.classify(s, ctx(), ObjectsConfig())
+    assert cls == "trench"
+
+
+@pytest.mark.parametrize("w,h", [(20, 20), (30, 14), (12, 10)])
+def test_compact_blocks_are_never_measured_as_lines(w, h):
+    # a rough-edged block: the skeleton of a ragged outline has spurs but the block stays a block
+    rng = np.random.default_rng(0)
+    obj = rect_mask(h, w, 30)
+    edge = obj ^ cv2.erode(obj.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    obj = obj & ~(edge & (rng.random(obj.shape) < 0.3))
+    s = O.measure_shape(obj, (0, 0), gsd_m=0.5)
+    assert s.length_m == pytest.approx(0.5 * max(w, h), abs=1.5)
+    assert s.width_m == pytest.approx(0.5 * min(w, h), abs=1.5)
+
+
+def test_holes_are_filled_before_measuring():
+    obj = rect_mask(20, 60, 0)
+    obj[95:105, 80:120] = False
+    assert O.fill_holes(obj).sum() == rect_mask(20, 60, 0).sum()
+
+
+def test_coverage_shrinks_a_blurred_mask_to_the_object():
+    # a 40 x 10 px object whose change is blurred; the mask is the thresholded blur (wider)
+    obj = np.zeros((60, 80), np.float32)
+    obj[25:35, 20:60] = 1.0
+    change = cv2.GaussianBlur(obj, (0, 0), 1.0)
+    before = np.zeros((3, 60, 80), np.float32)
+    after = np.stack([change * 10.0] * 3)
+    mask = change > 0.15
+    cover = O.coverage(mask, before, after, np.ones(3, np.float32))
+    plain = O.measure_shape(mask, (0, 0), gsd_m=1.0)
+    sharp = O.measure_shape(mask, (0, 0), gsd_m=1.0, cover=cover)
+    assert plain.width_m > 11.5  # the threshold kept the blurred edge
+    assert sharp.width_m == pytest.approx(10.0, abs=1.0)
+    assert sharp.length_m == pytest.approx(40.0, abs=1.0)
+    assert sharp.area_m2 == pytest.approx(400.0, rel=0.08)
+
+
+def test_a_new_cast_shadow_is_told_from_the_roof_beside_it():
+    ground = np.array([0.30, 0.26, 0.21], np.float32)
+    before = np.broadcast_to(ground[:, None, None], (3, 40, 40)).copy()
+    after = before.copy()
+    roof = np.zeros((40, 40), bool)
+    roof[10:25, 10:30] = True
+    shade = np.zeros((40, 40), bool)
+    shade[25:29, 12:32] = True
+    shade[12:29, 30:32] = True
+    after[:, roof] = np.array([0.62, 0.62, 0.64], np.float32)[:, None]
+    after[:, shade] *= 0.6  # the ground keeps its colour, loses direct light
+    region = roof | shade
+    shadow = O.cast_shadow(region, before, after, ObjectsConfig())
+    assert shadow[shade].mean() > 0.6 and not shadow[12:23, 12:28].any()
+    core = O.object_core(region, shadow)
+    assert (core & roof).sum() == roof.sum() and (core & shade).sum() < 0.4 * shade.sum()
+
+
+def test_dark_earth_alone_is_not_a_shadow():
+    # a trench of dark fresh earth dims every band alike, but it is the whole region: no shadow
+    before = np.full((3, 30, 30), 0.3, np.float32)
+    after = before.copy()
+    obj = np.zeros((30, 30), bool)
+    obj[10:14, 2:28] = True
+    after[:, obj] *= 0.4
+    assert not O.cast_shadow(obj, before, after, ObjectsConfig()).any()
+
+
+def test_green_vegetation_is_not_water_without_nir():
+    # RGB: dark smooth grass (G well above B) versus dark smooth water (B above G)
+    img = np.zeros((3, 80, 80), np.float32)
+    img[:, :, :40] = np.array([0.07, 0.11, 0.06])[:, None, None]  # grass
+    img[:, :, 40:] = np.array([0.035, 0.06, 0.08])[:, None, None]  # water
+    img[:, :5, :] = 0.6  # some bright ground for the brightness scale
+    params = ObjectsConfig()
+    model = O.fit_water(img.reshape(3, -1), params)
+    assert model.nir_band is None and model.blue_band == 2
+    water = O.water_mask(img, img, np.ones((80, 80), bool), model, params)
+    assert water[20:, 50:].all() and not water[20:, :30].any()
+
+
+def test_hut_rules_reject_a_large_irregular_clearing():
+    params = ObjectsConfig()
+    assert O.classify(shape(12, 6, 0.85), ctx(), params)[0] == "hut"
+    assert O.classify(shape(34, 24, 0.85), ctx(), params)[0] == "other"  # longer than a hut
+    assert O.classify(shape(22, 18, 0.62), ctx(), params)[0] == "other"  # not rectangular
+
+
+def test_a_bright_new_line_is_not_a_trench():
+    # same geometry: darkening (a cut in shadow, fresh earth) is a trench, brightening (a roof edge, a kerb) is not
+    line = shape(40, 2, 0.5)
+    assert O.classify(line, ctx(brightness=-3.0), ObjectsConfig())[0] == "trench"
+    assert O.classify(line, ctx(brightness=3.0), ObjectsConfig())[0] == "other"
+    strong, weak = (O.classify(line, ctx(brightness=b), ObjectsConfig())[1] for b in (-3.0, -0.5))
+    assert strong > weak
