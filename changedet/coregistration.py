@@ -81,8 +81,13 @@ def measure_chips(pair: PairSource, matrix: np.ndarray, boxes: list[Box], params
         lb, la = luminance(b), luminance(a)
         if not (R.chip_is_usable(lb, vb, params.min_chip_std) and R.chip_is_usable(la, va, params.min_chip_std)):
             continue
-        if sat is not None and not R.chip_is_clear((b >= sat).any(axis=0) | (a >= sat).any(axis=0)):
-            continue
+        if sat is not None:
+            sat_b, sat_a = (b >= sat).any(axis=0), (a >= sat).any(axis=0)
+            if not R.chip_is_clear(sat_b | sat_a):
+                continue
+            # clipped pixels (bright roofs, cloud cores) are left out, each image its own: one
+            # mask shared by both would be a pattern at zero shift that phase correlation locks onto
+            vb, va = vb & ~sat_b, va & ~sat_a
         init = tuple(np.linalg.solve(lin, pred - (ox, oy))) if trust_model else None
         dx, dy, score = R.measure_residual(lb, la, vb, va, params.upsample, init)
         ps.append(centre)

@@ -212,3 +212,27 @@ def test_local_field_corrects_a_smooth_non_rigid_distortion(tmp_path):
     print(f"median error: global {error(glob):.3f} px, with local field {error(local):.3f} px")
     assert error(local) < 0.5 * error(glob)
     assert error(local) < 0.3
+
+
+def test_bright_8bit_scene_with_clipped_pixels_still_registers(tmp_path):
+    """A fifth of the pixels clipped at 255 (roofs, concrete): chips are measured on the rest, not skipped."""
+    import rasterio
+
+    from changedet.config import RegisterConfig
+    from changedet.coregistration import estimate_registration
+    from changedet.io import open_pair
+
+    size, (dx, dy) = 384, (2.3, -1.4)
+    img = textured(8, (size, size))
+    img = (img - img.mean()) / img.std() * 50 + 210  # bright: the top ~20 % clip
+    before = img[32:-32, 32:-32]
+    after = displaced(img, dx, dy)
+    for name, arr in (("b.tif", before), ("a.tif", after)):
+        with rasterio.open(tmp_path / name, "w", driver="GTiff", width=size, height=size, count=1,
+                           dtype="uint8") as ds:
+            ds.write(np.clip(np.rint(arr), 0, 255).astype(np.uint8), 1)
+    assert (np.rint(before) >= 255).mean() > 0.15
+    with open_pair(tmp_path / "b.tif", tmp_path / "a.tif") as pair:
+        reg = estimate_registration(pair, RegisterConfig(), lambda *a: None)
+    assert reg.n_tiepoints >= 20
+    assert reg.shift_px == pytest.approx((dx, dy), abs=0.05)
