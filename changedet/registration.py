@@ -7,12 +7,13 @@ matrix ``M`` that maps a grid pixel ``(x, y)`` to where it lies in ``after``:
 ``[x_a, y_a] = M @ [x, y, 1]``.
 
 Method: a coarse phase correlation on decimated images finds large shifts;
-then phase correlation (upsampled DFT, Guizar-Sicairos et al. 2008) on a grid
-of full-resolution chips, refined by robust Lucas-Kanade (Fourier-shifted
-chips, gain and offset, Tukey weights), gives one tie point per chip. A robust
-fit (a shift, or an affine transform when the tie points vary systematically)
-combines them; a second pass on chips resampled through that fit refines it,
-and held-back tie points give an honest residual. Optionally a smooth local
+then phase correlation on a grid of full-resolution chips gives one tie point
+per chip, and a robust fit (a shift, or an affine transform when the tie points
+vary systematically) combines them. A second pass starts every chip at that
+fit's prediction and refines it by robust Lucas-Kanade (Fourier-shifted chips,
+gain and offset, Tukey weights; phase correlation with an upsampled DFT,
+Guizar-Sicairos et al. 2008, only where it fails), and held-back tie points
+give an honest residual. Optionally a smooth local
 displacement field is interpolated from a denser tie-point grid, outliers
 rejected. The share of chips that agree and their correlation after correction
 give a confidence (AROSICS-style: a poor match is reported, not silently used).
@@ -313,10 +314,12 @@ def chip_is_usable(img: np.ndarray, valid: np.ndarray, min_std: float) -> bool:
 
 
 def measure_residual(ref: np.ndarray, tgt: np.ndarray, ref_valid: np.ndarray, tgt_valid: np.ndarray,
-                     upsample: int, init: tuple[float, float] | None = None) -> tuple[float, float, float]:
+                     upsample: int, init: tuple[float, float] | None = None,
+                     refine: bool = True) -> tuple[float, float, float]:
     """Displacement (dx, dy) of a chip of after relative to before, and their correlation after correction.
 
-    Without ``init`` phase correlation finds the start; with it (a model's prediction)
+    With ``refine`` False the phase-correlation peak alone is returned (a tenth of a
+    pixel; enough for a first model). Without ``init`` phase correlation finds the start; with it (a model's prediction)
     robust Lucas-Kanade starts there, falling back to phase correlation if it fails.
     Lucas-Kanade only needs a start within its basin, so that phase correlation
     takes the parabolic peak (:func:`phase_peak`); the upsampled DFT is spent only
@@ -325,6 +328,9 @@ def measure_residual(ref: np.ndarray, tgt: np.ndarray, ref_valid: np.ndarray, tg
     subpixel positions by a few hundredths of a pixel.
     """
     both = ref_valid & tgt_valid
+    if not refine:  # a first look: phase correlation alone, a tenth of a pixel
+        dx, dy = phase_peak(ref, tgt, ref_valid, tgt_valid)
+        return dx, dy, ncc(ref, _shift_image(tgt, dx, dy), both)
     refined = refine_lk(ref, tgt, init[0], init[1], both) if init is not None else None
     if refined is None:
         dx, dy = phase_peak(ref, tgt, ref_valid, tgt_valid)
