@@ -231,12 +231,15 @@ def refine_lk(ref: np.ndarray, tgt: np.ndarray, dx: float, dy: float, valid: np.
 
     Notes
     -----
-    The Jacobian is taken from the reference, ``a * grad(ref)``, which at the
-    solution equals the warped target's gradient: it is computed once, so a step
-    costs one inverse FFT (the target's spectrum is kept; the Fourier shift is
-    exact for band-limited images and adds no interpolation bias) and a 4x4
-    solve. Freezing the robust scale after ``scale_iterations`` steps makes the
-    reweighting a fixed M-estimator, which converges instead of creeping.
+    Forward-additive Gauss-Newton with the shifted target's own gradient (Sobel).
+    The target's spectrum is kept, so a step costs one inverse FFT (the Fourier
+    shift is exact for band-limited images and adds no interpolation bias), two
+    Sobel filters and a 4x4 solve of the weighted normal equations. Freezing the
+    robust scale after ``scale_iterations`` steps makes the reweighting a fixed
+    M-estimator, which settles instead of creeping by a thousandth of a pixel a
+    step; on a well-matched chip it stops in 3-7 steps. (A Jacobian taken once
+    from the reference, ``a * grad(ref)``, would save the Sobel filters but its
+    steps overshoot when the gain estimate shrinks on poorly correlated chips.)
     """
     ref = cv2.GaussianBlur(ref.astype(np.float32), (0, 0), 1.0)
     tgt = cv2.GaussianBlur(tgt.astype(np.float32), (0, 0), 1.0)
