@@ -11,6 +11,10 @@ Three tables, all measured in this one run:
    and noise, then registered against itself.
 3. Detection F1 on synth scenes generated with no shift and with a 5 px shift.
 
+Also: the confidence of unrelated pairs (one scene's before against another
+scene's after, and two different real images), which must stay below
+``registration.min_confidence`` so the pipeline warns.
+
     python benchmarks/registration.py [--n 60] [--size 512] [--first-seed 5000] [--realdata PATH]
 """
 
@@ -21,10 +25,12 @@ import glob
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.errors import NotGeoreferencedWarning
 from scipy import ndimage
 
 from changedet import synth
@@ -108,30 +114,35 @@ def _real_images(root: Path) -> list[tuple[str, Path, int | None]]:
     return items
 
 
+def _read_centre(path: Path, band: int | None, max_px: int) -> np.ndarray:
+    """Up to ``max_px`` square from the image centre, at most 4 bands, float64."""
+    with rasterio.open(path) as ds:
+        h, w = min(ds.height, max_px), min(ds.width, max_px)
+        win = rasterio.windows.Window((ds.width - w) // 2, (ds.height - h) // 2, w, h)
+        return ds.read([band] if band else None, window=win).astype(np.float64)[:4]
+
+
+def _write_plain(arr: np.ndarray, path: Path) -> Path:
+    with rasterio.open(path, "w", driver="GTiff", width=arr.shape[2], height=arr.shape[1], count=arr.shape[0],
+                       dtype="float32") as dst:
+        dst.write(arr.astype(np.float32))
+    return path
+
+
 def real_table(root: Path, work: Path, seed: int = 7, max_px: int = 1024, margin: int = 8) -> list[dict]:
     rng = np.random.default_rng(seed)
     rows = []
     for name, path, band in _real_images(root):
-        with rasterio.open(path) as ds:
-            h, w = min(ds.height, max_px), min(ds.width, max_px)
-            r0, c0 = (ds.height - h) // 2, (ds.width - w) // 2
-            win = rasterio.windows.Window(c0, r0, w, h)
-            data = ds.read([band] if band else None, window=win).astype(np.float64)
-        data = data[:4]
+        data = _read_centre(path, band, max_px)
         dx, dy = (float(v) for v in rng.uniform(-3, 3, 2))
         gain, offset = float(rng.uniform(0.9, 1.1)), float(rng.uniform(-0.03, 0.03)) * float(data.mean())
         moved = np.stack([ndimage.shift(b, (dy, dx), order=3, mode="reflect") for b in data])
         noise = rng.normal(0, 0.01 * float(data.std()), moved.shape)
         after = moved * gain + offset + noise
         crop = (slice(None), slice(margin, -margin), slice(margin, -margin))
-        before, after = data[crop], after[crop]
-        paths = []
-        for tag, arr in (("before", before), ("after", after)):
-            p = work / f"{name.replace('/', '_')}_{tag}.tif"
-            with rasterio.open(p, "w", driver="GTiff", width=arr.shape[2], height=arr.shape[1], count=arr.shape[0],
-                               dtype="float32") as dst:
-                dst.write(arr.astype(np.float32))
-            paths.append(p)
+        stem = name.replace("/", "_")
+        paths = [_write_plain(arr, work / f"{stem}_{tag}.tif") for tag, arr in (("before", data[crop]),
+                                                                                ("after", after[crop]))]
         reg, shape, secs = register_files(paths[0], paths[1], RegisterConfig())
         truth = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]])
         rows.append({"name": name, "err": centre_error(reg.matrix, truth, shape),
@@ -140,6 +151,42 @@ def real_table(root: Path, work: Path, seed: int = 7, max_px: int = 1024, margin
         print(f"  real {name:<34} shift ({dx:5.2f},{dy:5.2f}) -> err {rows[-1]['err']:.3f} px, "
               f"model {reg.method}, conf {reg.confidence:.2f}", file=sys.stderr, flush=True)
     return rows
+
+
+def unrelated_synth(n: int, size: int, first_seed: int, work: Path) -> list[float]:
+    """Confidence of one synth scene's before against a different scenario's after, put on the same grid."""
+    out = []
+    for i in range(n):
+        a = synth.make_scene(synth.SCENARIOS[i % 3], seed=first_seed + i, size=size)
+        b = synth.make_scene(synth.SCENARIOS[(i + 1) % 3], seed=first_seed + i + 1, size=size)
+        folder = work / f"unrel_{i}"
+        synth.write_scene(a, folder / "a")
+        synth.write_scene(b, folder / "b")
+        with rasterio.open(folder / "a" / "before.tif") as ref, rasterio.open(folder / "b" / "after.tif") as other:
+            profile = ref.profile
+            pixels = other.read()
+        profile.update(count=pixels.shape[0], dtype=pixels.dtype.name)
+        with rasterio.open(folder / "other.tif", "w", **profile) as dst:  # another site's pixels on this grid
+            dst.write(pixels)
+        reg, _, _ = register_files(folder / "a" / "before.tif", folder / "other.tif", RegisterConfig())
+        out.append(reg.confidence)
+        print(f"  unrelated synth {i:>2} -> conf {reg.confidence:.3f}", file=sys.stderr, flush=True)
+    return out
+
+
+def unrelated_real(root: Path, work: Path, max_px: int = 512) -> list[float]:
+    """Confidence of each real image against the next one in the list (a different site), same-size crops."""
+    items = _real_images(root)
+    out = []
+    for (na, pa, ba), (nb, pb, bb) in zip(items, items[1:] + items[:1]):
+        a, b = _read_centre(pa, ba, max_px), _read_centre(pb, bb, max_px)
+        h, w, c = min(a.shape[1], b.shape[1]), min(a.shape[2], b.shape[2]), min(a.shape[0], b.shape[0])
+        pa_, pb_ = (_write_plain(x[:c, :h, :w], work / f"unrel_{i}_{na.replace('/', '_')}.tif")
+                    for i, x in enumerate((a, b)))
+        reg, _, _ = register_files(pa_, pb_, RegisterConfig())
+        out.append(reg.confidence)
+        print(f"  unrelated real {na} vs {nb} -> conf {reg.confidence:.3f}", file=sys.stderr, flush=True)
+    return out
 
 
 def f1_table(n: int, size: int, first_seed: int, work: Path) -> list[tuple[float, float]]:
@@ -159,6 +206,8 @@ def f1_table(n: int, size: int, first_seed: int, work: Path) -> list[tuple[float
 
 
 def summarize(rows: list[dict], label: str) -> str:
+    if not rows:
+        return f"{label:<22} {0:>4}   (no pairs)"
     err = np.array([r["err"] for r in rows])
     corner = np.array([r["corner"] for r in rows])
     rot = np.array([r.get("rot_err", 0.0) for r in rows])
@@ -174,29 +223,42 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--first-seed", type=int, default=5000)
     ap.add_argument("--f1-scenes", type=int, default=9)
+    ap.add_argument("--unrelated", type=int, default=6, help="unrelated synth pairs")
     ap.add_argument("--realdata", type=Path, default=REALDATA)
     args = ap.parse_args()
+    # the real images are written without georeferencing on purpose: rasterio would say so for every file
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+    have_real = args.realdata.is_dir() and bool(_real_images(args.realdata))
     with tempfile.TemporaryDirectory(prefix="changedet-reg-") as tmp:
         work = Path(tmp)
         rows = synthetic_table(args.n, args.size, args.first_seed, work)
-        real = real_table(args.realdata, work) if args.realdata.is_dir() else None
+        real = real_table(args.realdata, work) if have_real else None
         f1 = f1_table(args.f1_scenes, args.size, args.first_seed + 1000, work)
+        unrel = unrelated_synth(args.unrelated, args.size, args.first_seed + 2000, work)
+        unrel_real = unrelated_real(args.realdata, work) if have_real else []
     head = (f"{'set':<22} {'n':>4} {'median px':>9} {'p95 px':>8} {'corner med px':>12} {'corner p95':>11} "
             f"{'rot err med °':>13} {'s / MPix':>9}")
     print(head)
     print(summarize([r for r in rows if r["kind"] == "translation"], "synth translation"))
     print(summarize([r for r in rows if r["kind"] == "rotation"], "synth rotation ≤0.5°"))
     if real is None:
-        print(f"real data: skipped ({args.realdata} not found)")
+        print(f"real data: skipped (no images under {args.realdata})")
     else:
         print(summarize(real, "real (known shift)"))
     models = {}
     for r in rows:
         models[r["model"]] = models.get(r["model"], 0) + 1
     print(f"models chosen on synth: {models}")
-    a = np.array(f1)
-    print(f"detection F1 on {len(a)} synth scenes: no shift {a[:, 0].mean():.4f}, 5 px shift {a[:, 1].mean():.4f}, "
-          f"mean |difference| {np.abs(a[:, 0] - a[:, 1]).mean():.4f}, largest {np.abs(a[:, 0] - a[:, 1]).max():.4f}")
+    limit = RegisterConfig().min_confidence
+    for label, conf in (("synth", unrel), ("real", unrel_real)):
+        if conf:
+            print(f"unrelated {label} pairs: {len(conf)}, confidence max {max(conf):.3f}, median "
+                  f"{float(np.median(conf)):.3f}, warned (< {limit}) {sum(c < limit for c in conf)}/{len(conf)}")
+    a = np.array(f1).reshape(-1, 2)
+    if len(a):
+        print(f"detection F1 on {len(a)} synth scenes: no shift {a[:, 0].mean():.4f}, 5 px shift {a[:, 1].mean():.4f}, "
+              f"mean |difference| {np.abs(a[:, 0] - a[:, 1]).mean():.4f}, "
+              f"largest {np.abs(a[:, 0] - a[:, 1]).max():.4f}")
     return 0
 
 

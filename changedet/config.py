@@ -28,7 +28,7 @@ class RegisterConfig(_Section):
     enabled: bool = True
     chip_px: int = Field(160, ge=32, description="side of a correlation chip, pixels")
     grid: int = Field(6, ge=1, le=16, description="chips per side of the chip grid")
-    upsample: int = Field(100, ge=1, description="subpixel upsampling factor")
+    upsample: int = Field(100, ge=1, description="subpixel upsampling of the phase-correlation fallback")
     coarse_max_px: int = Field(512, ge=64, description="long side of the decimated image for the coarse search")
     max_shift_frac: float = Field(0.125, gt=0, le=0.5, description="largest shift searched, as a fraction of the tile")
     min_chip_std: float = Field(1e-3, ge=0, description="chips whose relative std is below this are skipped")

@@ -55,11 +55,12 @@ def _read_after_chip(pair: PairSource, box: Box, offset: tuple[int, int],
 
 def measure_chips(pair: PairSource, matrix: np.ndarray, boxes: list[Box], params: RegisterConfig,
                   progress: ProgressFn, stage: str = "register",
-                  trust_model: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  trust_model: bool = False, refine: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Displacement of every usable chip, read at the integer offset the model predicts.
 
     With ``trust_model`` the subpixel search starts at the model's prediction
-    instead of a fresh phase correlation.
+    instead of a fresh phase correlation; without ``refine`` the phase-correlation
+    peak alone is taken (a first look, a tenth of a pixel).
 
     Returns
     -------
@@ -81,10 +82,15 @@ def measure_chips(pair: PairSource, matrix: np.ndarray, boxes: list[Box], params
         lb, la = luminance(b), luminance(a)
         if not (R.chip_is_usable(lb, vb, params.min_chip_std) and R.chip_is_usable(la, va, params.min_chip_std)):
             continue
-        if sat is not None and not R.chip_is_clear((b >= sat).any(axis=0) | (a >= sat).any(axis=0)):
-            continue
+        if sat is not None:
+            sat_b, sat_a = (b >= sat).any(axis=0), (a >= sat).any(axis=0)
+            if not R.chip_is_clear(sat_b | sat_a):
+                continue
+            # clipped pixels (bright roofs, cloud cores) are left out, each image its own: one
+            # mask shared by both would be a pattern at zero shift that phase correlation locks onto
+            vb, va = vb & ~sat_b, va & ~sat_a
         init = tuple(np.linalg.solve(lin, pred - (ox, oy))) if trust_model else None
-        dx, dy, score = R.measure_residual(lb, la, vb, va, params.upsample, init)
+        dx, dy, score = R.measure_residual(lb, la, vb, va, params.upsample, init, refine=refine)
         ps.append(centre)
         ds.append(np.array([ox, oy]) + lin @ (dx, dy))
         cs.append(score)
@@ -113,7 +119,8 @@ def estimate_registration(pair: PairSource, params: RegisterConfig, progress: Pr
     reg = R.Registration(m0, "translation", 0.0, float("nan"), 0, centre=centre)
     boxes = R.chip_boxes(pair.shape, params.chip_px, params.grid)
     for trust in (False, True):  # the second pass starts every chip at the first fit's prediction
-        p, d, ncc = measure_chips(pair, reg.matrix, boxes, params, progress, trust_model=trust)
+        # the first pass only has to bring every chip into Lucas-Kanade's basin for the second
+        p, d, ncc = measure_chips(pair, reg.matrix, boxes, params, progress, trust_model=trust, refine=trust)
         good = ncc >= 0.2
         if good.sum() == 0:
             return replace(reg, confidence=0.0, warnings=tuple(notes) + (

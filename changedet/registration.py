@@ -7,12 +7,13 @@ matrix ``M`` that maps a grid pixel ``(x, y)`` to where it lies in ``after``:
 ``[x_a, y_a] = M @ [x, y, 1]``.
 
 Method: a coarse phase correlation on decimated images finds large shifts;
-then phase correlation (upsampled DFT, Guizar-Sicairos et al. 2008) on a grid
-of full-resolution chips, refined by robust Lucas-Kanade (Fourier-shifted
-chips, gain and offset, Tukey weights), gives one tie point per chip. A robust
-fit (a shift, or an affine transform when the tie points vary systematically)
-combines them; a second pass on chips resampled through that fit refines it,
-and held-back tie points give an honest residual. Optionally a smooth local
+then phase correlation on a grid of full-resolution chips gives one tie point
+per chip, and a robust fit (a shift, or an affine transform when the tie points
+vary systematically) combines them. A second pass starts every chip at that
+fit's prediction and refines it by robust Lucas-Kanade (Fourier-shifted chips,
+gain and offset, Tukey weights; phase correlation with an upsampled DFT,
+Guizar-Sicairos et al. 2008, only where it fails), and held-back tie points
+give an honest residual. Optionally a smooth local
 displacement field is interpolated from a denser tie-point grid, outliers
 rejected. The share of chips that agree and their correlation after correction
 give a confidence (AROSICS-style: a poor match is reported, not silently used).
@@ -144,14 +145,68 @@ def phase_shift(ref: np.ndarray, tgt: np.ndarray, upsample: int = 100,
     return float(-shift[1]), float(-shift[0])
 
 
-def _tukey(e: np.ndarray, c: float = 4.685) -> np.ndarray:
-    scale = 1.4826 * float(np.median(np.abs(e))) + 1e-9
+def phase_peak(ref: np.ndarray, tgt: np.ndarray, ref_valid: np.ndarray | None = None,
+               tgt_valid: np.ndarray | None = None) -> tuple[float, float]:
+    """A quick displacement ``(dx, dy)`` of ``tgt`` relative to ``ref``: phase correlation, parabolic peak.
+
+    Same convention as :func:`phase_shift`; precise to about a tenth of a pixel,
+    which is all a start for :func:`refine_lk` needs, at the cost of two FFTs and
+    no upsampled DFT.
+    """
+    if ref.shape != tgt.shape:
+        raise ValueError(f"ref and tgt shapes differ: {ref.shape} vs {tgt.shape}")
+    cross = np.fft.rfft2(_prepare(ref, ref_valid)) * np.conj(np.fft.rfft2(_prepare(tgt, tgt_valid)))
+    corr = np.fft.irfft2(cross / np.maximum(np.abs(cross), 1e-12), s=ref.shape)
+    iy, ix = np.unravel_index(int(np.argmax(corr)), corr.shape)
+    h, w = corr.shape
+
+    def vertex(m: float, c: float, p: float) -> float:
+        den = m - 2 * c + p
+        return float(np.clip(0.5 * (m - p) / den, -0.5, 0.5)) if den < 0 else 0.0
+
+    sy = iy + vertex(corr[iy - 1, ix], corr[iy, ix], corr[(iy + 1) % h, ix])
+    sx = ix + vertex(corr[iy, ix - 1], corr[iy, ix], corr[iy, (ix + 1) % w])
+    sy = sy - h if sy > h / 2 else sy
+    sx = sx - w if sx > w / 2 else sx
+    # the peak is the shift that moves tgt onto ref, i.e. minus the displacement
+    return float(-sx), float(-sy)
+
+
+def _tukey(e: np.ndarray, scale: float, c: float = 4.685) -> np.ndarray:
+    """Tukey's biweight of residuals ``e`` for a robust ``scale``."""
     u = e / (c * scale)
     return np.where(np.abs(u) < 1, (1 - u * u) ** 2, 0.0)
 
 
+def _robust_scale(e: np.ndarray) -> float:
+    """1.4826 x the median absolute residual (the MAD about zero)."""
+    return 1.4826 * float(np.median(np.abs(e))) + 1e-9
+
+
+class _FourierShifter:
+    """Repeated subpixel shifts of one image: its padded spectrum is computed once.
+
+    ``shifter(dx, dy)`` equals :func:`fourier_shift` ``(img, dx, dy)`` but costs one
+    inverse FFT instead of two.
+    """
+
+    def __init__(self, img: np.ndarray, pad: int = 16) -> None:
+        p = np.pad(img.astype(np.float64), pad, mode="reflect")
+        self.pad, self.shape = pad, p.shape
+        self.spectrum = np.fft.rfft2(p)
+        self.ky = 2j * np.pi * np.fft.fftfreq(p.shape[0])[:, None]
+        self.kx = 2j * np.pi * np.fft.rfftfreq(p.shape[1])[None, :]
+
+    def __call__(self, dx: float, dy: float) -> np.ndarray:
+        ramp = np.exp(self.kx * dx) * np.exp(self.ky * dy)  # separable: two short exp, one outer product
+        out = np.fft.irfft2(self.spectrum * ramp, s=self.shape)
+        k = self.pad
+        return out[k:-k, k:-k]
+
+
 def refine_lk(ref: np.ndarray, tgt: np.ndarray, dx: float, dy: float, valid: np.ndarray | None = None,
-              iterations: int = 30, tol: float = 1e-3, margin: int = 6) -> tuple[float, float, float] | None:
+              iterations: int = 12, tol: float = 1e-3, margin: int = 6,
+              scale_iterations: int = 3) -> tuple[float, float, float] | None:
     """Refine a displacement by robust Lucas-Kanade with a gain and offset.
 
     Solves ``tgt(x + d) = a * ref(x) + b`` for ``d`` (and ``a``, ``b``) by
@@ -159,7 +214,32 @@ def refine_lk(ref: np.ndarray, tgt: np.ndarray, dx: float, dy: float, valid: np.
     objects, clouds and edges do not pull the estimate (Baker & Matthews 2004;
     robust weights after Black & Anandan 1996).
 
-    Returns (dx, dy, inlier share) or None when it did not converge.
+    Parameters
+    ----------
+    ref, tgt : (h, w) arrays of the same shape.
+    dx, dy : starting displacement, px, in the convention of :func:`phase_shift`.
+    valid : (h, w) bool, pixels valid in both.
+    iterations : most Gauss-Newton steps.
+    tol : stop when a step moves the displacement by less than this, px.
+    margin : border left out, px (the shifted target wraps there).
+    scale_iterations : the robust scale is re-estimated during the first steps only.
+
+    Returns
+    -------
+    (dx, dy, inlier share), or None when it diverged (moved more than 3 px from
+    the start) or too few pixels are usable.
+
+    Notes
+    -----
+    Forward-additive Gauss-Newton with the shifted target's own gradient (Sobel).
+    The target's spectrum is kept, so a step costs one inverse FFT (the Fourier
+    shift is exact for band-limited images and adds no interpolation bias), two
+    Sobel filters and a 4x4 solve of the weighted normal equations. Freezing the
+    robust scale after ``scale_iterations`` steps makes the reweighting a fixed
+    M-estimator, which settles instead of creeping by a thousandth of a pixel a
+    step; on a well-matched chip it stops in 3-7 steps. (A Jacobian taken once
+    from the reference, ``a * grad(ref)``, would save the Sobel filters but its
+    steps overshoot when the gain estimate shrinks on poorly correlated chips.)
     """
     ref = cv2.GaussianBlur(ref.astype(np.float32), (0, 0), 1.0)
     tgt = cv2.GaussianBlur(tgt.astype(np.float32), (0, 0), 1.0)
@@ -171,18 +251,27 @@ def refine_lk(ref: np.ndarray, tgt: np.ndarray, dx: float, dy: float, valid: np.
     if use.sum() < 64:
         return None
     r = ref[use].astype(np.float64)
+    jac = np.empty((r.size, 4))
+    jac[:, 2], jac[:, 3] = -r, -1.0
+    shifter = _FourierShifter(tgt)
     weights = np.ones(r.size)
+    scale = 0.0
     d = np.array([dx, dy], dtype=np.float64)
-    for _ in range(iterations):
-        t_img = fourier_shift(tgt, d[0], d[1])
+    for it in range(iterations):
+        t_img = shifter(d[0], d[1]).astype(np.float32)
         gx = cv2.Sobel(t_img, cv2.CV_32F, 1, 0, ksize=3, scale=1 / 8.0)
         gy = cv2.Sobel(t_img, cv2.CV_32F, 0, 1, ksize=3, scale=1 / 8.0)
-        t, tx, ty = t_img[use].astype(np.float64), gx[use].astype(np.float64), gy[use].astype(np.float64)
-        jac = np.column_stack([tx, ty, -r, -np.ones_like(r)])
-        sw = np.sqrt(weights)
-        sol, *_ = np.linalg.lstsq(jac * sw[:, None], -t * sw, rcond=None)
+        t = t_img[use].astype(np.float64)
+        jac[:, 0], jac[:, 1] = gx[use], gy[use]
+        jw = jac * weights[:, None]
+        try:
+            sol = np.linalg.solve(jw.T @ jac, -(jw.T @ t))
+        except np.linalg.LinAlgError:
+            return None
         err = t + jac @ sol
-        weights = _tukey(err)
+        if it < scale_iterations:
+            scale = _robust_scale(err)
+        weights = _tukey(err, scale)
         d += sol[:2]
         if not np.all(np.isfinite(d)) or np.abs(d - [dx, dy]).max() > 3:
             return None
@@ -228,20 +317,29 @@ def chip_is_usable(img: np.ndarray, valid: np.ndarray, min_std: float) -> bool:
 
 
 def measure_residual(ref: np.ndarray, tgt: np.ndarray, ref_valid: np.ndarray, tgt_valid: np.ndarray,
-                     upsample: int, init: tuple[float, float] | None = None) -> tuple[float, float, float]:
+                     upsample: int, init: tuple[float, float] | None = None,
+                     refine: bool = True) -> tuple[float, float, float]:
     """Displacement (dx, dy) of a chip of after relative to before, and their correlation after correction.
 
-    Without ``init`` phase correlation finds the start; with it (a model's prediction)
+    With ``refine`` False the phase-correlation peak alone is returned (a tenth of a
+    pixel; enough for a first model). Without ``init`` phase correlation finds the start; with it (a model's prediction)
     robust Lucas-Kanade starts there, falling back to phase correlation if it fails.
+    Lucas-Kanade only needs a start within its basin, so that phase correlation
+    takes the parabolic peak (:func:`phase_peak`); the upsampled DFT is spent only
+    when Lucas-Kanade fails and the phase correlation is the answer.
     The target is never resampled before measuring: interpolation kernels bias
     subpixel positions by a few hundredths of a pixel.
     """
     both = ref_valid & tgt_valid
+    if not refine:  # a first look: phase correlation alone, a tenth of a pixel
+        dx, dy = phase_peak(ref, tgt, ref_valid, tgt_valid)
+        return dx, dy, ncc(ref, _shift_image(tgt, dx, dy), both)
     refined = refine_lk(ref, tgt, init[0], init[1], both) if init is not None else None
     if refined is None:
-        dx, dy = phase_shift(ref, tgt, upsample, ref_valid, tgt_valid)
+        dx, dy = phase_peak(ref, tgt, ref_valid, tgt_valid)
         refined = refine_lk(ref, tgt, dx, dy, both)
         if refined is None:
+            dx, dy = phase_shift(ref, tgt, upsample, ref_valid, tgt_valid)
             refined = (dx, dy, 0.0)
     dx, dy, _ = refined
     return dx, dy, ncc(ref, _shift_image(tgt, dx, dy), both)
@@ -267,12 +365,29 @@ def _shift_image(img: np.ndarray, dx: float, dy: float, interp: int = cv2.INTER_
                           flags=interp | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
 
 
-def fit_translation(p: np.ndarray, q: np.ndarray, inlier_px: float) -> tuple[np.ndarray, np.ndarray]:
-    """Robust shift from tie points ``p`` (before) -> ``q`` (after): median vote, then the inliers' mean."""
+def fit_translation(p: np.ndarray, q: np.ndarray, inlier_px: float,
+                    iterations: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Robust shift from tie points ``p`` (before) -> ``q`` (after).
+
+    A median vote gates the points within ``inlier_px``; among those a Tukey-weighted
+    mean (scale from their spread, at least 0.05 px) discounts the sub-pixel outliers
+    a plain mean would average in (chips on water, moving ships, changed ground).
+    """
     d = q - p
     med = np.median(d, axis=0)
-    inl = np.hypot(*(d - med).T) <= inlier_px
-    t = d[inl].mean(axis=0) if inl.any() else med
+    w = (np.hypot(*(d - med).T) <= inlier_px).astype(float)
+    t = med
+    for _ in range(iterations):
+        if w.sum() == 0:
+            break
+        t = (d * w[:, None]).sum(axis=0) / w.sum()
+        err = np.hypot(*(d - t).T)
+        gate = err <= inlier_px
+        if not gate.any():
+            break
+        scale = max(1.4826 * float(np.median(err[gate])), 0.05)
+        u = err / (4.685 * scale)
+        w = np.where(gate & (u < 1), (1 - u * u) ** 2, 0.0)
     inl = np.hypot(*(d - t).T) <= inlier_px
     return translation(float(t[0]), float(t[1])), inl
 
@@ -463,8 +578,12 @@ def resample(src: np.ndarray, src_valid: np.ndarray, src_box: Box, matrix: np.nd
     return out, vmask > 0.999
 
 
-def chip_is_clear(saturated: np.ndarray, max_frac: float = 0.1) -> bool:
-    """A chip with many saturated pixels (clouds, glare, snow) measures nothing reliable."""
+def chip_is_clear(saturated: np.ndarray, max_frac: float = 0.5) -> bool:
+    """A chip mostly saturated (clouds, glare, snow) measures nothing reliable.
+
+    Fewer saturated pixels are masked out of the measurement instead: bright 8-bit
+    scenes clip a fifth of their pixels (roofs, concrete) and are still well textured.
+    """
     return float(saturated.mean()) <= max_frac
 
 

@@ -24,13 +24,41 @@ def displaced(img: np.ndarray, dx: float, dy: float) -> np.ndarray:
 @given(dx=st.floats(-2.5, 2.5), dy=st.floats(-2.5, 2.5), seed=st.integers(0, 5),
        gain=st.floats(0.7, 1.3), offset=st.floats(-20, 20))
 def test_known_subpixel_shift_is_recovered(dx, dy, seed, gain, offset):
+    """The chip measurement the pipeline uses (phase-correlation start, Lucas-Kanade) within 0.1 px."""
     img = textured(seed)
     ref = img[32:-32, 32:-32]
     tgt = displaced(img, dx, dy) * gain + offset
-    noise = np.random.default_rng(seed).normal(0, 0.01 * tgt.std(), tgt.shape)
-    ox, oy = R.phase_shift(ref, tgt + noise, 100)
-    ex, ey, _ = R.refine_lk(ref, tgt + noise, ox, oy)
+    tgt = tgt + np.random.default_rng(seed).normal(0, 0.01 * tgt.std(), tgt.shape)
+    valid = np.ones(ref.shape, bool)
+    ex, ey, score = R.measure_residual(ref, tgt, valid, valid, 100)
     assert abs(ex - dx) < 0.1 and abs(ey - dy) < 0.1
+    assert score > 0.9
+
+
+@settings(max_examples=15, deadline=None)
+@given(dx=st.floats(-2.5, 2.5), dy=st.floats(-2.5, 2.5), seed=st.integers(0, 5))
+def test_lucas_kanade_recovers_a_shift_from_the_phase_correlation_start(dx, dy, seed):
+    img = textured(seed)
+    ref = img[32:-32, 32:-32]
+    tgt = displaced(img, dx, dy)
+    sx, sy = R.phase_peak(ref, tgt)
+    assert abs(sx - dx) < 0.3 and abs(sy - dy) < 0.3  # a start inside Lucas-Kanade's basin
+    ex, ey, _ = R.refine_lk(ref, tgt, sx, sy)
+    assert abs(ex - dx) < 0.02 and abs(ey - dy) < 0.02
+
+
+def test_phase_peak_sign_convention_and_large_shifts():
+    img = textured(3)
+    ref = img[32:-32, 32:-32]
+    tgt = img[32 + 11:-32 + 11, 32 - 17:-32 - 17]  # tgt(x) = img(x - 17, y + 11)
+    dx, dy = R.phase_peak(ref, tgt)
+    assert (round(dx), round(dy)) == (17, -11)
+
+
+def test_fourier_shifter_equals_fourier_shift():
+    img = textured(5)
+    shifter = R._FourierShifter(img)
+    assert np.allclose(shifter(0.37, -1.8), R.fourier_shift(img, 0.37, -1.8), atol=1e-4)
 
 
 def test_phase_shift_sign_convention():
@@ -67,6 +95,16 @@ def test_translation_fit_rejects_outliers():
     m, inl, kind = R.fit_model(p, q, "auto")
     assert kind == "translation" and inl.sum() == len(p) - 3
     assert m[:, 2] == pytest.approx([1.5, -0.7], abs=1e-9)
+
+
+def test_translation_fit_discounts_subpixel_outliers_inside_the_gate():
+    """Chips on water or moving ships can sit within inlier_px yet off by half a pixel: they must not pull."""
+    p = grid_points()
+    q = p + [1.5, -0.7] + np.random.default_rng(3).normal(0, 0.01, p.shape)
+    q[:4] += [[0.6, 0.0], [0.7, 0.1], [0.5, -0.2], [0.8, 0.0]]
+    m, inl, kind = R.fit_model(p, q, "translation")
+    assert inl.sum() == len(p)  # all inside the 1 px gate: still tie points
+    assert m[:, 2] == pytest.approx([1.5, -0.7], abs=0.02)  # a plain mean would be 0.1 px off in x
 
 
 def test_affine_is_chosen_and_recovered_when_points_rotate():
@@ -174,3 +212,27 @@ def test_local_field_corrects_a_smooth_non_rigid_distortion(tmp_path):
     print(f"median error: global {error(glob):.3f} px, with local field {error(local):.3f} px")
     assert error(local) < 0.5 * error(glob)
     assert error(local) < 0.3
+
+
+def test_bright_8bit_scene_with_clipped_pixels_still_registers(tmp_path):
+    """A fifth of the pixels clipped at 255 (roofs, concrete): chips are measured on the rest, not skipped."""
+    import rasterio
+
+    from changedet.config import RegisterConfig
+    from changedet.coregistration import estimate_registration
+    from changedet.io import open_pair
+
+    size, (dx, dy) = 384, (2.3, -1.4)
+    img = textured(8, (size, size))
+    img = (img - img.mean()) / img.std() * 50 + 210  # bright: the top ~20 % clip
+    before = img[32:-32, 32:-32]
+    after = displaced(img, dx, dy)
+    for name, arr in (("b.tif", before), ("a.tif", after)):
+        with rasterio.open(tmp_path / name, "w", driver="GTiff", width=size, height=size, count=1,
+                           dtype="uint8") as ds:
+            ds.write(np.clip(np.rint(arr), 0, 255).astype(np.uint8), 1)
+    assert (np.rint(before) >= 255).mean() > 0.15
+    with open_pair(tmp_path / "b.tif", tmp_path / "a.tif") as pair:
+        reg = estimate_registration(pair, RegisterConfig(), lambda *a: None)
+    assert reg.n_tiepoints >= 20
+    assert reg.shift_px == pytest.approx((dx, dy), abs=0.05)
