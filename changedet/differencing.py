@@ -87,23 +87,37 @@ def change_z2(before: np.ndarray, after: np.ndarray, sigma: np.ndarray, brightne
     return (across2 + np.float32(brightness_weight**2) * along2) / np.float32(before.shape[0])
 
 
+def _tolerant_z2(before: np.ndarray, after: np.ndarray, sigma: np.ndarray, brightness_weight: float,
+                 t: int) -> np.ndarray:
+    """Smallest squared change of each ``before`` pixel against the ``after`` pixels within ``t``."""
+    h, w = before.shape[1:]
+    z2 = change_z2(before, after, sigma, brightness_weight)
+    pad = np.pad(after, ((0, 0), (t, t), (t, t)), mode="edge")
+    for dy in range(-t, t + 1):
+        for dx in range(-t, t + 1):
+            if dx or dy:
+                moved = pad[:, t + dy:t + dy + h, t + dx:t + dx + w]
+                np.minimum(z2, change_z2(before, moved, sigma, brightness_weight), out=z2)
+    return z2
+
+
 def cva_score(before: np.ndarray, after: np.ndarray, noise: NoiseModel, k: float, brightness_weight: float = 1.0,
               tolerance_px: int = 0) -> np.ndarray:
     """Change-vector magnitude mapped to 0..1; (bands, h, w) -> (h, w) float32.
 
-    With ``tolerance_px`` > 0 each pixel of ``before`` is compared with every ``after`` pixel within that
-    many pixels (a square) and keeps the smallest change; pixels near the array edge compare with fewer.
+    With ``tolerance_px`` > 0 the comparison is made both ways: each ``before`` pixel against the
+    closest ``after`` pixel within that many pixels (a square), and each ``after`` pixel against the
+    closest ``before`` pixel; the larger of the two is kept. A misaligned edge finds its match in both
+    directions; a new object does not (its edge pixels match the ground beside them one way only),
+    so objects keep their size. Pixels near the array edge compare with fewer neighbours.
     """
-    z2 = change_z2(before, after, np.asarray(noise.band_sigma), brightness_weight)
+    sigma = np.asarray(noise.band_sigma)
     t = tolerance_px
     if t > 0:
-        h, w = z2.shape
-        pad = np.pad(after, ((0, 0), (t, t), (t, t)), mode="edge")
-        for dy in range(-t, t + 1):
-            for dx in range(-t, t + 1):
-                if dx or dy:
-                    moved = pad[:, t + dy:t + dy + h, t + dx:t + dx + w]
-                    np.minimum(z2, change_z2(before, moved, np.asarray(noise.band_sigma), brightness_weight), out=z2)
+        z2 = np.maximum(_tolerant_z2(before, after, sigma, brightness_weight, t),
+                        _tolerant_z2(after, before, sigma, brightness_weight, t))
+    else:
+        z2 = change_z2(before, after, sigma, brightness_weight)
     return (z2 / (z2 + np.float32(k * k))).astype(np.float32)
 
 

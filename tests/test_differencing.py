@@ -90,3 +90,15 @@ def test_windowed_score_equals_whole_score_with_tolerance_and_brightness_weight(
                          a[:, r - halo:r + h + halo, c - halo:c + w + halo],
                          valid[r - halo:r + h + halo, c - halo:c + w + halo], noise, cfg)
     assert np.allclose(crop(win, halo), whole[r:r + h, c:c + w], atol=1e-5)
+
+
+def test_tolerance_keeps_the_full_width_of_a_new_thin_object():
+    """A new 3 px wide line must not be eroded: its edge pixels match the ground one way only."""
+    rng = np.random.default_rng(10)
+    before = (np.array([400.0, 500.0, 300.0])[:, None, None] + rng.normal(0, 3, (3, 40, 40))).astype(np.float32)
+    after = before + rng.normal(0, 3, before.shape).astype(np.float32)
+    after[:, 5:35, 18:21] -= 200  # a dark trench, 3 px wide
+    noise = D.NoiseModel((4.2, 4.2, 4.2), 4.2)
+    score = D.cva_score(before, after, noise, 4.0, tolerance_px=1)
+    assert score[8:32, 18:21].min() > 0.9
+    assert score[8:32, :16].max() < 0.5 and score[8:32, 23:].max() < 0.5
