@@ -6,7 +6,10 @@ after date adds the changes (trenches, huts, vessels, cleared ground) and
 removes departing vessels. Both dates are blurred by a sensor PSF; the after
 image then gets the nuisances that are not change (a subpixel shift, per-band
 gain and offset, a seasonal tint on vegetation, haze when hard) and both get
-noise. Truth masks are the rasterised footprints on the before grid.
+noise. Truth masks are the rasterised footprints on the before grid: a pixel
+belongs to an object when its centre lies inside the object's outline (pixel
+``(r, c)`` has its centre at ``(x, y) = (c, r)``), so masks have the nominal size
+recorded in the truth.
 
 Shift convention: ``after(x + dx, y + dy) = before(x, y)``.
 """
