@@ -6,7 +6,10 @@ after date adds the changes (trenches, huts, vessels, cleared ground) and
 removes departing vessels. Both dates are blurred by a sensor PSF; the after
 image then gets the nuisances that are not change (a subpixel shift, per-band
 gain and offset, a seasonal tint on vegetation, haze when hard) and both get
-noise. Truth masks are the rasterised footprints on the before grid.
+noise. Truth masks are the rasterised footprints on the before grid: a pixel
+belongs to an object when its centre lies inside the object's outline (pixel
+``(r, c)`` has its centre at ``(x, y) = (c, r)``), so masks have the nominal size
+recorded in the truth.
 
 Shift convention: ``after(x + dx, y + dy) = before(x, y)``.
 """
@@ -25,6 +28,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from scipy import ndimage
+from skimage import draw
 
 SCENARIOS = ("trenches", "camp", "port")
 DIFFICULTIES = ("easy", "medium", "hard")
@@ -123,15 +127,61 @@ def _paint(img: np.ndarray, mask: np.ndarray, colour: tuple[float, ...], alpha: 
 
 
 def _poly_mask(shape: tuple[int, int], pts: np.ndarray) -> np.ndarray:
-    m = np.zeros(shape, np.uint8)
-    cv2.fillPoly(m, [np.round(pts).astype(np.int32)], 1)
-    return m.astype(bool)
+    """Pixels whose centre lies inside a polygon.
+
+    Parameters
+    ----------
+    shape : (rows, cols) of the grid.
+    pts : (n, 2) float vertices as (x, y) = (col, row); pixel ``(r, c)`` has its centre at
+        ``(x, y) = (c, r)``. Vertices are used as given (no rounding) and may lie off the grid.
+
+    Returns
+    -------
+    (rows, cols) bool mask. Its pixel count is an unbiased estimate of the polygon's area in
+    px² (exact in expectation over sub-pixel placement), unlike an outline fill that also paints
+    every pixel the outline touches.
+    """
+    m = np.zeros(shape, bool)
+    pts = np.asarray(pts, dtype=np.float64)
+    rr, cc = draw.polygon(pts[:, 1], pts[:, 0], shape=shape)
+    m[rr, cc] = True
+    return m
 
 
-def _line_mask(shape: tuple[int, int], pts: np.ndarray, width_px: int) -> np.ndarray:
-    m = np.zeros(shape, np.uint8)
-    cv2.polylines(m, [np.round(pts).astype(np.int32)], False, 1, thickness=max(1, int(width_px)))
-    return m.astype(bool)
+def _line_mask(shape: tuple[int, int], pts: np.ndarray, width_px: float) -> np.ndarray:
+    """Pixels whose centre lies within ``width_px / 2`` of a polyline (round caps and joins).
+
+    Parameters
+    ----------
+    shape : (rows, cols) of the grid.
+    pts : (n, 2) float vertices as (x, y) = (col, row), pixel centres at integer coordinates
+        as in :func:`_poly_mask`; not rounded.
+    width_px : full width of the line in pixels (any positive float).
+
+    Returns
+    -------
+    (rows, cols) bool mask: the union over segments of the pixels whose centre's distance to
+    the segment is at most ``width_px / 2``, each segment evaluated on its own bounding box.
+    """
+    h, w = shape
+    m = np.zeros(shape, bool)
+    pts = np.asarray(pts, dtype=np.float64)
+    half = float(width_px) / 2.0
+    for a, b in zip(pts[:-1], pts[1:]):
+        c0 = max(0, int(math.floor(min(a[0], b[0]) - half)))
+        c1 = min(w - 1, int(math.ceil(max(a[0], b[0]) + half)))
+        r0 = max(0, int(math.floor(min(a[1], b[1]) - half)))
+        r1 = min(h - 1, int(math.ceil(max(a[1], b[1]) + half)))
+        if c0 > c1 or r0 > r1:
+            continue
+        ys, xs = np.mgrid[r0:r1 + 1, c0:c1 + 1].astype(np.float64)
+        d = b - a
+        len2 = float(d @ d)
+        t = np.zeros_like(xs) if len2 == 0.0 else \
+            np.clip(((xs - a[0]) * d[0] + (ys - a[1]) * d[1]) / len2, 0.0, 1.0)
+        dist2 = (xs - a[0] - t * d[0]) ** 2 + (ys - a[1] - t * d[1]) ** 2
+        m[r0:r1 + 1, c0:c1 + 1] |= dist2 <= half * half
+    return m
 
 
 def _rect(cx: float, cy: float, length: float, width: float, angle_deg: float) -> np.ndarray:
