@@ -180,8 +180,8 @@ def main() -> int:
             print("\n".join(pool.table()))
             print("\n".join(pool.verdicts()))
             print("len err / wid err: median |measured - truth| / truth of correctly typed objects (target <= 0.15)")
-            print("raster len / wid: median (size of the truth's own rasterized mask, measured sharp - truth) / truth:")
-            print("  how much larger than its nominal size synth paints an object (cv2 fills every touched pixel)")
+            print("raster len / wid: median (size of the truth's own mask, measured as detect measures - truth) / truth:")
+            print("  what the measurement itself adds on a perfect mask")
         if (args.realdata / "levir-cd").is_dir():
             print("\n".join(run_levir(args.realdata, work)))
         else:
