@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass(frozen=True)
+class BandRoles:
+    """0-based indices of the bands a stage needs, or None when the band count does not tell."""
+
+    green: int | None
+    nir: int | None
+    blue: int | None
+
+
+def band_roles(n_bands: int) -> BandRoles:
+    """Which band is green, NIR and (without NIR) blue, from the band count alone.
+
+    Three bands are taken as R G B (PNG, JPEG, Google Earth exports). With 4 or 5 bands the common
+    orders (R G B NIR, B G R NIR, + SWIR) both have green second and NIR fourth; with 13 (Sentinel-2)
+    green is B03 and NIR B08. Other counts: no roles.
+    """
+    return {3: BandRoles(1, None, 2), 4: BandRoles(1, 3, None), 5: BandRoles(1, 3, None),
+            13: BandRoles(2, 7, None)}.get(n_bands, BandRoles(None, None, None))
 
 
 def luminance(bands: np.ndarray) -> np.ndarray:

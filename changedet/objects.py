@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 from skimage.morphology import skeletonize
 
+from .arrays import band_roles
 from .config import ObjectsConfig
 
 CLASS_CODES = {"other": 1, "trench": 2, "hut": 3, "vessel": 4}
@@ -391,17 +392,13 @@ def fit_water(before: np.ndarray, params: ObjectsConfig) -> WaterModel:
 
     Notes
     -----
-    With 4 bands the common orders (R G B NIR, B G R NIR) both have green
-    second and NIR fourth; with 13 (Sentinel-2) green is B03 and NIR B08.
-    Three bands are taken as R G B (PNG, JPEG, Google Earth exports): no NIR,
-    but blue is known for the vegetation test of :func:`_water_one`.
+    Band roles come from :func:`changedet.arrays.band_roles`: NDWI needs green and NIR;
+    with three bands (R G B) blue serves the vegetation test of :func:`_water_one`.
     """
     lum = before.mean(axis=0)
     lo, hi = (float(v) for v in np.percentile(lum, [2, 98])) if lum.size else (0.0, 1.0)
-    bands = before.shape[0]
-    green, nir, blue = {3: (1, None, 2), 4: (1, 3, None), 5: (1, 3, None), 13: (2, 7, None)}.get(
-        bands, (None, None, None))
-    return WaterModel(lo, max(hi, lo + 1e-6), green, nir, blue)
+    roles = band_roles(before.shape[0])
+    return WaterModel(lo, max(hi, lo + 1e-6), roles.green, roles.nir, roles.blue)
 
 
 def _water_one(img: np.ndarray, model: WaterModel, params: ObjectsConfig) -> np.ndarray:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .arrays import robust_sigma
+from .arrays import band_roles, robust_sigma
 from .config import NormalizeConfig
 
 
@@ -88,15 +88,14 @@ def vegetation_index(img: np.ndarray) -> np.ndarray | None:
 
     Parameters
     ----------
-    img : (bands, ...) array; the band order conventions are those of :func:`changedet.objects.fit_water`.
+    img : (bands, ...) array; band roles from :func:`changedet.arrays.band_roles`.
     """
-    bands = img.shape[0]
-    green_nir = {4: (1, 3), 5: (1, 3), 13: (2, 7)}.get(bands)
+    roles = band_roles(img.shape[0])
     x = np.asarray(img, dtype=np.float32)
-    if green_nir:
-        g, n = x[green_nir[0]], x[green_nir[1]]
+    if roles.green is not None and roles.nir is not None:
+        g, n = x[roles.green], x[roles.nir]
         return (n - g) / np.maximum(np.abs(n + g), np.float32(1e-6))
-    if bands == 3:
+    if img.shape[0] == 3:  # excess green: symmetric in the other two bands, so RGB or BGR alike
         return (2 * x[1] - x[0] - x[2]) / np.maximum(np.abs(x.sum(axis=0)), np.float32(1e-6))
     return None
 
