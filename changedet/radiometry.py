@@ -46,7 +46,7 @@ class RadiometricFit:
     #: histogram matching: per band, quantiles of after and the before values they map to
     quantiles_after: tuple[tuple[float, ...], ...] = ()
     quantiles_before: tuple[tuple[float, ...], ...] = ()
-    #: vegetation strata: gains/offsets above are the bare fit, these the vegetated one
+    #: by vegetation: gains/offsets above hold at vegetation weight 0 (bare), these at weight 1
     veg_gains: tuple[float, ...] = ()
     veg_offsets: tuple[float, ...] = ()
     veg_index_range: tuple[float, float] = (0.0, 0.0)  # index where the blend starts and ends
@@ -157,8 +157,8 @@ def fit_linear(before: np.ndarray, after: np.ndarray, params: NormalizeConfig) -
 
     Returns
     -------
-    RadiometricFit with ``before ~ gain * after + offset`` per band (and per stratum with
-    ``by_vegetation``, when the bands allow it and each stratum has enough samples).
+    RadiometricFit with ``before ~ gain * after + offset`` per band; with ``by_vegetation`` (3+ bands,
+    500+ samples, plausible gains) gain and offset vary linearly with the vegetation weight.
     """
     if before.shape != after.shape or before.ndim != 2:
         raise ValueError(f"expected two (bands, n) arrays of one shape, got {before.shape} and {after.shape}")
@@ -220,8 +220,8 @@ def fit_normalization(before: np.ndarray, after: np.ndarray, params: NormalizeCo
 def apply(after: np.ndarray, fit: RadiometricFit, before: np.ndarray | None = None) -> np.ndarray:
     """Map (bands, h, w) ``after`` onto ``before``'s radiometry.
 
-    ``before`` (same shape) is needed by a fit with vegetation strata, whose blend follows the
-    vegetation index of ``before``; without it the bare fit is used.
+    ``before`` (same shape) is needed by a fit by vegetation, whose gain and offset follow the
+    vegetation index of ``before``; without it the bare (weight 0) line is used.
     """
     if fit.veg_gains and before is not None:
         vi = vegetation_index(before)
