@@ -386,8 +386,7 @@ def fit_translation(p: np.ndarray, q: np.ndarray, inlier_px: float,
         if not gate.any():
             break
         scale = max(1.4826 * float(np.median(err[gate])), 0.05)
-        u = err / (4.685 * scale)
-        w = np.where(gate & (u < 1), (1 - u * u) ** 2, 0.0)
+        w = np.where(gate, _tukey(err, scale), 0.0)
     inl = np.hypot(*(d - t).T) <= inlier_px
     return translation(float(t[0]), float(t[1])), inl
 
@@ -405,8 +404,7 @@ def fit_affine(p: np.ndarray, q: np.ndarray, inlier_px: float, iterations: int =
         m = sol.T
         err = np.hypot(*(design @ sol - q).T)
         scale = max(1.4826 * float(np.median(err[w > 0])), 0.05)
-        u = err / (4.685 * scale)
-        w = np.where(u < 1, (1 - u * u) ** 2, 0.0)
+        w = _tukey(err, scale)
     inl = np.hypot(*(design @ m.T - q).T) <= inlier_px
     return m, inl
 
