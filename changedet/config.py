@@ -80,6 +80,9 @@ class DecideConfig(_Section):
     close_px: int = Field(1, ge=0, description="radius of the morphological closing")
     min_area_m2: float = Field(4.0, ge=0, description="smaller changed regions are dropped")
     fill_holes_m2: float = Field(4.0, ge=0, description="holes smaller than this are filled")
+    edge_min_cover: float = Field(0.5, ge=0, le=1, description=(
+        "outline pixels of a changed region that the object covers less than this share of are dropped "
+        "(linear unmixing between the region's interior and its ring); 0 keeps the thresholded outline"))
 
 
 class ObjectsConfig(_Section):

@@ -135,6 +135,37 @@ def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
 # --------------------------------------------------------------------------- objects
 
 
+def refine_edges(pair: PairSource, models: _Models, cfg: Config, mask: np.ndarray,
+                 progress: ProgressFn) -> np.ndarray:
+    """The mask with each region's outline trimmed to the object's half-coverage edge (uint8, new array).
+
+    Reads a crop around each region (:func:`objects.coverage`, :func:`objects.trim_edges`), then drops
+    regions left smaller than ``decide.min_area_m2``.
+    """
+    min_cover = cfg.decide.edge_min_cover
+    if min_cover <= 0:
+        return mask
+    labels, comps = objects.components(mask)
+    out = mask.copy()
+    sigma = np.asarray(models.noise.band_sigma)
+    margin = 4
+    for i, comp in enumerate(comps):
+        box = (comp.row_min - margin, comp.col_min - margin, comp.row_max - comp.row_min + 1 + 2 * margin,
+               comp.col_max - comp.col_min + 1 + 2 * margin)
+        b, a, _ = read_registered(pair, models.reg, box)
+        a = radiometry.apply(a, models.fit, b)
+        obj = _crop_whole(labels, box, 0) == comp.label
+        drop = obj & ~objects.trim_edges(obj, objects.coverage(obj, b, a, sigma), min_cover)
+        rows, cols = np.nonzero(drop)
+        out[rows + box[0], cols + box[1]] = 0
+        progress("edges", i + 1, len(comps))
+    cleaned = threshold.remove_small((out == 1).astype(np.uint8),
+                                     int(np.ceil(cfg.decide.min_area_m2 / pair.gsd_m ** 2)))
+    out[(out == 1) & (cleaned == 0)] = 0
+    return out
+
+
+
 def describe_objects(pair: PairSource, models: _Models, cfg: Config, labels: np.ndarray,
                      comps: list[objects.Component], q: np.ndarray, water: np.ndarray,
                      progress: ProgressFn) -> tuple[list[objects.Detection], list[str]]:
@@ -381,6 +412,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         q, water = score_pass(pair, models, cfg, stage.file("score.scratch.tif"), progress)
     with timer("decide"):
         mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m)
+        mask = refine_edges(pair, models, cfg, mask, progress)
     with timer("objects"):
         labels, comps = objects.components(mask)
         dets, notes = describe_objects(pair, models, cfg, labels, comps, q, water, progress)

@@ -3,6 +3,8 @@ import math
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from changedet import objects as O
 from changedet.config import ObjectsConfig
@@ -184,3 +186,42 @@ def test_a_bright_new_line_is_not_a_trench():
     assert O.classify(line, ctx(brightness=3.0), ObjectsConfig())[0] == "other"
     strong, weak = (O.classify(line, ctx(brightness=b), ObjectsConfig())[1] for b in (-3.0, -0.5))
     assert strong > weak
+
+
+def _supersampled_rect(length, width, angle_deg, cx=40.3, cy=39.6, shape=(80, 80), k=8):
+    """Share of each pixel covered by a rotated rectangle (8x8 supersampling)."""
+    big = np.zeros((shape[0] * k, shape[1] * k), np.uint8)
+    box = cv2.boxPoints(((cx * k, cy * k), (length * k, width * k), angle_deg))
+    cv2.fillPoly(big, [np.round(box).astype(np.int32)], 1)
+    return big.reshape(shape[0], k, shape[1], k).mean(axis=(1, 3)).astype(np.float32)
+
+
+@given(length=st.floats(8, 40), width=st.floats(4, 12), angle=st.floats(0, 180), blur=st.floats(0.6, 1.2))
+@settings(max_examples=40, deadline=None)
+def test_trimming_edges_brings_a_blurred_mask_back_to_the_object(length, width, angle, blur):
+    cover_true = _supersampled_rect(max(length, width), min(length, width), angle)
+    truth = cover_true >= 0.5
+    change = cv2.GaussianBlur(cover_true, (0, 0), blur)
+    before = np.zeros((3,) + change.shape, np.float32)
+    after = np.stack([change * 10.0] * 3)
+    mask = change > 0.2  # a low threshold keeps the blurred rim
+    trimmed = O.trim_edges(mask, O.coverage(mask, before, after, np.ones(3, np.float32)), 0.5)
+
+    def iou(m):
+        return (m & truth).sum() / (m | truth).sum()
+
+    assert trimmed.sum() < mask.sum()
+    assert iou(trimmed) > iou(mask)
+    assert iou(trimmed) > 0.85
+    assert trimmed[~mask].sum() == 0  # only ever removes
+
+
+def test_trimming_keeps_a_thin_line_in_one_piece():
+    m = np.zeros((80, 80), np.uint8)
+    cv2.polylines(m, [np.array([[5, 10], [40, 70], [75, 15]], np.int32)], False, 1, thickness=3)
+    obj = m.astype(bool)
+    trimmed = O.trim_edges(obj, np.zeros(obj.shape, np.float32), 0.5)  # nothing covered enough: only the skeleton stays
+    n, _ = cv2.connectedComponents(trimmed.astype(np.uint8), connectivity=8)
+    assert n - 1 == 1
+    assert 0 < trimmed.sum() < obj.sum()
+    assert O.trim_edges(obj, np.zeros(obj.shape, np.float32), 0.0) is obj
