@@ -186,16 +186,24 @@ def load_truth(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, list[di
 
 
 def _predicted_objects(mask: np.ndarray, summary: dict[str, Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Label the mask's regions and attach each summary detection by its bounding box."""
+    """Label the mask's regions by detection: each region is attached to the summary detection whose
+    bounding box (or, for a line merged from fragments, one of whose ``parts_bbox_px``) is its own."""
     n, labels, stats, _ = cv2.connectedComponentsWithStats((mask == 1).astype(np.uint8), connectivity=8,
                                                            ltype=cv2.CV_32S)
-    by_box = {tuple(d["bbox_px"]): d for d in summary.get("detections", [])}
-    objs, lut = [], np.zeros(n, np.int32)
+    dets = summary.get("detections", [])
+    by_box: dict[tuple[int, ...], int] = {}
+    for k, d in enumerate(dets):
+        for box in d.get("parts_bbox_px") or [d["bbox_px"]]:
+            by_box[tuple(box)] = k
+    objs: list[dict[str, Any]] = list(dets)
+    lut = np.zeros(n, np.int32)
     for lab in range(1, n):
         x, y, w, h, _ = (int(v) for v in stats[lab])
-        det = by_box.get((x, y, x + w - 1, y + h - 1), {"class": "other", "event": "changed"})
-        objs.append(det)
-        lut[lab] = len(objs)
+        k = by_box.get((x, y, x + w - 1, y + h - 1))
+        if k is None:  # a region no detection describes (beyond max_objects)
+            objs.append({"class": "other", "event": "changed"})
+            k = len(objs) - 1
+        lut[lab] = k + 1
     return lut[labels], objs
 
 

@@ -79,6 +79,7 @@ class Detection:
     shape: Shape
     context: Context
     bbox_px: tuple[int, int, int, int]
+    group: Group | None = None  # the mask regions it is made of; None: the one region of bbox_px
 
 
 def components(mask: np.ndarray) -> tuple[np.ndarray, list[Component]]:
@@ -95,6 +96,158 @@ def components(mask: np.ndarray) -> tuple[np.ndarray, list[Component]]:
         comps.append(Component(lab, x, y, x + w - 1, y + h - 1, area))
     # connectedComponents scans row-major, so labels are already sorted by (row_min, first col)
     return labels, comps
+
+
+@dataclass(frozen=True)
+class Group:
+    """One object: the labels of the mask regions it is made of, and the bridges drawn between them.
+
+    ``bridges`` are ``(row0, col0, row1, col1, thickness_px)`` on the grid: the gaps a merged line
+    crosses (a road over a trench). They belong to the object's outline and measures, not to the
+    change mask.
+    """
+
+    labels: tuple[int, ...]
+    bridges: tuple[tuple[int, int, int, int, int], ...]
+    bbox_px: tuple[int, int, int, int]  # col_min, row_min, col_max, row_max, bridges included
+
+
+def line_ends(obj: np.ndarray, reach_px: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Ends of a region's skeleton with their outward directions.
+
+    Returns ``[(point (row, col), unit direction (drow, dcol)), ...]``: the direction runs from the
+    mean of the skeleton pixels within ``reach_px`` of the end to the end itself.
+    """
+    skel = skeletonize(obj.astype(bool))
+    s8 = skel.astype(np.uint8)
+    neighbours = cv2.filter2D(s8, -1, np.ones((3, 3), np.float32), borderType=cv2.BORDER_CONSTANT) - s8
+    pts = np.argwhere(skel).astype(np.float64)
+    out = []
+    for end in np.argwhere(skel & (neighbours == 1)).astype(np.float64):
+        d = np.hypot(*(pts - end).T)
+        near = pts[(d > 0) & (d <= reach_px)]
+        if len(near) < 2:
+            continue
+        t = end - near.mean(axis=0)
+        n = float(np.hypot(*t))
+        if n > 0:
+            out.append((end, t / n))
+    return out
+
+
+def group_fragments(labels: np.ndarray, comps: list[Component], water: np.ndarray, gsd_m: float,
+                    params: ObjectsConfig) -> list[Group]:
+    """Merge the fragments of one line (a trench cut by a road or a dark patch) into groups.
+
+    Parameters
+    ----------
+    labels : (h, w) int32 label image of :func:`components`.
+    comps : its components.
+    water : (h, w) uint8 water mask; a line is never bridged over water (ships in a row stay apart).
+    gsd_m : metres per pixel.
+
+    Notes
+    -----
+    A line (width along its skeleton at most ``trench_max_width_m``, skeleton length plus width at
+    least ``trench_min_elongation`` widths) has ends: the ends of its skeleton, each with the
+    direction the line runs out in. Region B continues line A when, from an end of A, B's nearest
+    pixel is within ``merge_max_gap_m`` and within ``merge_max_angle_deg`` of that direction (a gap
+    of one pixel is bridged at any angle: a zig-zag cut at a corner), B is a line or a stub (as thin,
+    at most four squared maximum widths in area), and, if B is a line at least twice as long as the
+    reach, the gap lands near one of B's ends (end to end, not end to side). Groups are the connected sets of such links,
+    ordered like the regions (by their first member).
+    """
+    gap_px = params.merge_max_gap_m / gsd_m
+    parent = list(range(len(comps) + 1))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    bridges: dict[int, list[tuple[int, int, int, int, int]]] = {}
+    if gap_px >= 2 and comps:
+        max_w = params.trench_max_width_m / gsd_m
+        h, w = labels.shape
+        thin: dict[int, tuple[float, list[tuple[np.ndarray, np.ndarray]], float]] = {}
+        for comp in comps:
+            if comp.area_px > 50_000:
+                continue
+            crop = labels[comp.row_min:comp.row_max + 1, comp.col_min:comp.col_max + 1] == comp.label
+            width = widest_px(crop)
+            if width > max_w:
+                continue
+            reach = max(4.0, 2.0 * width)
+            skel = skeleton_length_px(crop)
+            if (skel + width) / max(width, 1.0) >= params.trench_min_elongation:  # a line: it has ends
+                ends = [(p + (comp.row_min, comp.col_min), t) for p, t in line_ends(crop, reach)]
+                thin[comp.label] = (width, ends, skel / reach)
+            elif comp.area_px <= 4.0 * max_w * max_w:  # a stub: a short piece of a line
+                thin[comp.label] = (width, [], 0.0)
+        g = int(math.ceil(gap_px))
+        cos_max = math.cos(math.radians(params.merge_max_angle_deg))
+        for lab, (width, ends, _) in thin.items():
+            for end, t in ends:
+                r, c = int(end[0]), int(end[1])
+                r0, r1, c0, c1 = max(r - g, 0), min(r + g + 1, h), max(c - g, 0), min(c + g + 1, w)
+                win = labels[r0:r1, c0:c1]
+                for other in np.unique(win[(win > 0) & (win != lab)]):
+                    other = int(other)
+                    if other not in thin:
+                        continue
+                    pts = np.argwhere(win == other).astype(np.float64) + (r0, c0)
+                    v = pts - end
+                    d = np.hypot(*v.T)
+                    k = int(np.argmin(d))
+                    if d[k] > gap_px:
+                        continue
+                    aligned = d[k] < 3.0 or float(v[k] @ t) / d[k] >= cos_max
+                    _, other_ends, other_len = thin[other]
+                    if aligned and other_len >= 2.0 and d[k] >= 3.0:
+                        aligned = any(np.hypot(*(e - pts[k])) <= max(4.0, 2.0 * thin[other][0]) for e, _ in other_ends)
+                    if not aligned:
+                        continue
+                    q = pts[k]
+                    line = np.zeros((r1 - r0, c1 - c0), np.uint8)
+                    cv2.line(line, (c - c0, r - r0), (int(q[1]) - c0, int(q[0]) - r0), 1, 1)
+                    if (water[r0:r1, c0:c1][line > 0] > 0).any():
+                        continue
+                    a, b = find(lab), find(other)
+                    if a != b:
+                        parent[max(a, b)] = min(a, b)
+                        bridges.setdefault(lab, []).append(
+                            (r, c, int(q[0]), int(q[1]), max(2, int(round(min(width, thin[other][0]))))))
+    members: dict[int, list[int]] = {}
+    for comp in comps:
+        members.setdefault(find(comp.label), []).append(comp.label)
+    by_label = {c.label: c for c in comps}
+    groups = []
+    for root in sorted(members):
+        labs = tuple(members[root])
+        br = tuple(b for lab in labs for b in bridges.get(lab, []))
+        cs = [by_label[lab] for lab in labs]
+        col_min = min([c.col_min for c in cs] + [min(b[1], b[3]) for b in br])
+        row_min = min([c.row_min for c in cs] + [min(b[0], b[2]) for b in br])
+        col_max = max([c.col_max for c in cs] + [max(b[1], b[3]) for b in br])
+        row_max = max([c.row_max for c in cs] + [max(b[0], b[2]) for b in br])
+        groups.append(Group(labs, br, (col_min, row_min, col_max, row_max)))
+    return groups
+
+
+def group_mask(labels: np.ndarray, group: Group, box: tuple[int, int, int, int]) -> np.ndarray:
+    """A group's pixels, bridges included, in ``box`` = (row, col, height, width) of the grid (bool)."""
+    r, c, h, w = box
+    out = np.zeros((h, w), bool)
+    r0, c0 = max(r, 0), max(c, 0)
+    r1, c1 = min(r + h, labels.shape[0]), min(c + w, labels.shape[1])
+    out[r0 - r:r1 - r, c0 - c:c1 - c] = np.isin(labels[r0:r1, c0:c1], group.labels)
+    if group.bridges:
+        drawn = np.zeros((h, w), np.uint8)
+        for br0, bc0, br1, bc1, thick in group.bridges:
+            cv2.line(drawn, (bc0 - c, br0 - r), (bc1 - c, br1 - r), 1, thick)
+        out |= drawn > 0
+    return out
 
 
 def skeleton_length_px(obj: np.ndarray) -> float:
@@ -226,7 +379,10 @@ def measure_shape(obj: np.ndarray, origin: tuple[int, int], gsd_m: float,
     trench, a bent track): its length is then measured along the skeleton and its
     width is its mean thickness (:func:`thin_extent_px`). A compact blob, however
     ragged, is about as wide along its skeleton as its rectangle, so it is never
-    measured as a line; a straight band keeps the rectangle's measures.
+    measured as a line; a straight band keeps the rectangle's measures. The
+    width of a region not measured along its skeleton is at most its median
+    chord across the long axis (:func:`chord_width_px`), which, unlike the
+    rectangle, is unbiased at any angle.
 
     With ``cover``, the pixels' uncovered area ``A - sum(cover)`` is taken as a
     band of even depth ``e`` along the outline (``2 (L + W) e``), and length and
@@ -244,11 +400,15 @@ def measure_shape(obj: np.ndarray, origin: tuple[int, int], gsd_m: float,
     # pixel centres -> pixel extents: one more pixel along each side
     long_px, short_px = max(rw, rh) + 1.0, min(rw, rh) + 1.0
     rectangularity = float(min(1.0, area_px / (long_px * short_px)))
+    along_skeleton = False
     if rectangularity < params.thin_max_rectangularity and \
             widest_px(obj) < params.thin_max_width_ratio * short_px:
         skel_long, skel_short = thin_extent_px(area_px, skeleton_length_px(obj))
         if skel_long > long_px:
-            long_px, short_px = skel_long, skel_short
+            long_px, short_px, along_skeleton = skel_long, skel_short, True
+    if not along_skeleton:
+        short_px = min(short_px, chord_width_px(rows, cols, long_vec))
+        rectangularity = float(min(1.0, area_px / (long_px * short_px)))
     area_eff = float(area_px)
     if cover is not None:
         area_eff = float(cover[obj].sum())
@@ -265,6 +425,40 @@ def measure_shape(obj: np.ndarray, origin: tuple[int, int], gsd_m: float,
         rectangularity=rectangularity,
         centroid_px=(float(cols.mean() + origin[1]), float(rows.mean() + origin[0])),
     )
+
+
+def chord_width_px(rows: np.ndarray, cols: np.ndarray, long_vec: np.ndarray) -> float:
+    """Median width of a region across its long axis, from the pixels in strips one pixel wide.
+
+    Parameters
+    ----------
+    rows, cols : pixel centres of the region.
+    long_vec : (dx, dy) direction of the long axis.
+
+    Notes
+    -----
+    The extent of pixel centres plus one pixel is exact for an axis-aligned
+    rectangle, but at other angles the extreme centres lie almost on the
+    edge and the extra pixel makes a 10 px wide hull 11 px wide. Pixel
+    centres have unit density at any angle, so the number of them in a strip
+    one pixel wide across the long axis is the width there; the median over
+    the middle 80 % of the length ignores a pointed bow or rounded ends.
+    """
+    u = np.asarray(long_vec, dtype=np.float64)
+    u = u / max(float(np.hypot(*u)), 1e-12)
+    t = cols * u[0] + rows * u[1]
+    lo, hi = float(t.min()), float(t.max())
+    if hi - lo < 5:
+        return float("inf")
+    edges = np.arange(lo + 0.1 * (hi - lo), hi - 0.1 * (hi - lo), 1.0)
+    if edges.size < 3:
+        return float("inf")
+    # each pixel is a unit square, not a point: spread it over 4 x 4 sub-points, or, at angles
+    # near a lattice diagonal, strips would alternately hold one and two rows of centres
+    sub = (np.arange(4) - 1.5) / 4.0
+    offsets = (sub[:, None] * u[0] + sub[None, :] * u[1]).ravel()
+    counts = np.histogram((t[:, None] + offsets[None, :]).ravel(), bins=edges)[0] / offsets.size
+    return float(np.median(counts))
 
 
 def cast_shadow(obj: np.ndarray, before: np.ndarray, after: np.ndarray, params: ObjectsConfig) -> np.ndarray:

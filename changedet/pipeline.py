@@ -167,38 +167,50 @@ def refine_edges(pair: PairSource, models: _Models, cfg: Config, mask: np.ndarra
 
 
 def describe_objects(pair: PairSource, models: _Models, cfg: Config, labels: np.ndarray,
-                     comps: list[objects.Component], q: np.ndarray, water: np.ndarray,
+                     groups: list[objects.Group], q: np.ndarray, water: np.ndarray,
                      progress: ProgressFn) -> tuple[list[objects.Detection], list[str]]:
-    """Measure, put in context and type every component (reads a crop around each)."""
+    """Measure, put in context and type every object (reads a crop around each)."""
     params = cfg.objects
     notes: list[str] = []
-    if len(comps) > params.max_objects:
-        keep = sorted(comps, key=lambda c: -c.area_px)[: params.max_objects]
-        notes.append(f"objects: {len(comps)} regions, only the {params.max_objects} largest were described")
-        comps = sorted(keep, key=lambda c: c.label)
+    if len(groups) > params.max_objects:
+        area = {g: int(np.isin(labels[g.bbox_px[1]:g.bbox_px[3] + 1, g.bbox_px[0]:g.bbox_px[2] + 1],
+                               g.labels).sum()) for g in groups}
+        keep = set(sorted(groups, key=lambda g: -area[g])[: params.max_objects])
+        notes.append(f"objects: {len(groups)} regions, only the {params.max_objects} largest were described")
+        groups = [g for g in groups if g in keep]
     margin = params.ring_px + 2
     sigma = np.asarray(models.noise.band_sigma)
     dets = []
-    for i, comp in enumerate(comps):
-        box = (comp.row_min - margin, comp.col_min - margin, comp.row_max - comp.row_min + 1 + 2 * margin,
-               comp.col_max - comp.col_min + 1 + 2 * margin)
+    for i, grp in enumerate(groups):
+        c0, r0, c1, r1 = grp.bbox_px
+        box = (r0 - margin, c0 - margin, r1 - r0 + 1 + 2 * margin, c1 - c0 + 1 + 2 * margin)
         b, a, v = read_registered(pair, models.reg, box)
         a = radiometry.apply(a, models.fit, b)
-        obj = _crop_whole(labels, box, 0) == comp.label
+        changed = np.isin(_crop_whole(labels, box, 0), grp.labels)  # the mask's pixels of the object
+        obj = objects.group_mask(labels, grp, box)  # with the bridges over its gaps
         wat = _crop_whole(water, box, 0) > 0
         sc = _crop_whole(q, box, threshold.NODATA).astype(np.float32) / threshold.LEVELS
-        shadow = objects.cast_shadow(obj & v, b, a, params)
+        shadow = objects.cast_shadow(changed & v, b, a, params)
         core = objects.fill_holes(objects.object_core(obj, shadow))
         cover = objects.coverage(core, b, a, sigma)
-        shape = objects.measure_shape(core, (box[0], box[1]), pair.gsd_m, params, cover)
-        ctx = objects.measure_context(obj, b, a, v, wat, np.minimum(sc, 1.0), sigma, params)
-        ctx = replace(ctx, shadow_frac=float(shadow.sum() / max(obj.sum(), 1)))
+        cover[core & ~changed] = 1.0  # a bridge is part of the line, though unchanged
+        shape = objects.measure_shape(core, (box[0], box[1]), pair.gsd_m, params, None)
+        ctx = objects.measure_context(changed, b, a, v, wat, np.minimum(sc, 1.0), sigma, params)
+        ctx = replace(ctx, shadow_frac=float(shadow.sum() / max(changed.sum(), 1)))
         cls, conf = objects.classify(shape, ctx, params)
         dets.append(objects.Detection(id=len(dets) + 1, cls=cls, event=objects.event_of(ctx), confidence=conf,
-                                      shape=shape, context=ctx,
-                                      bbox_px=(comp.col_min, comp.row_min, comp.col_max, comp.row_max)))
-        progress("objects", i + 1, len(comps))
+                                      shape=shape, context=ctx, bbox_px=grp.bbox_px, group=grp))
+        progress("objects", i + 1, len(groups))
     return dets, notes
+
+
+def _object_crop(labels: np.ndarray, det: objects.Detection) -> np.ndarray:
+    """A detection's pixels (bridges included) in its bounding box (bool)."""
+    c0, r0, c1, r1 = det.bbox_px
+    box = (r0, c0, r1 - r0 + 1, c1 - c0 + 1)
+    if det.group is None:
+        raise ValueError("detection without its group")
+    return objects.group_mask(labels, det.group, box)
 
 
 def _crop_whole(arr: np.ndarray, box: Box, fill: int) -> np.ndarray:
@@ -211,13 +223,12 @@ def _crop_whole(arr: np.ndarray, box: Box, fill: int) -> np.ndarray:
     return out
 
 
-def class_image(labels: np.ndarray, mask: np.ndarray, dets: list[objects.Detection],
-                comps: list[objects.Component]) -> np.ndarray:
-    """The contract's class raster: 0 none, 1..4 by class, 255 nodata."""
+def class_image(labels: np.ndarray, mask: np.ndarray, dets: list[objects.Detection]) -> np.ndarray:
+    """The contract's class raster: 0 none, 1..4 by class, 255 nodata (changed pixels only, no bridges)."""
     lut = np.zeros(int(labels.max()) + 1, dtype=np.uint8)
-    by_box = {(c.col_min, c.row_min, c.col_max, c.row_max): c.label for c in comps}
     for d in dets:
-        lut[by_box[d.bbox_px]] = objects.CLASS_CODES[d.cls]
+        if d.group is not None:
+            lut[list(d.group.labels)] = objects.CLASS_CODES[d.cls]
     out = lut[labels]
     out[mask == threshold.NODATA] = threshold.NODATA
     return out
@@ -226,14 +237,13 @@ def class_image(labels: np.ndarray, mask: np.ndarray, dets: list[objects.Detecti
 # --------------------------------------------------------------------------- outputs
 
 
-def detection_features(pair: PairSource, dets: list[objects.Detection], labels: np.ndarray,
-                       comps: list[objects.Component]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def detection_features(pair: PairSource, dets: list[objects.Detection],
+                       labels: np.ndarray) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """GeoJSON features and the summary's detection records."""
-    by_box = {(c.col_min, c.row_min, c.col_max, c.row_max): c.label for c in comps}
     feats, records = [], []
     for d in dets:
         c0, r0, c1, r1 = d.bbox_px
-        obj = labels[r0:r1 + 1, c0:c1 + 1] == by_box[d.bbox_px]
+        obj = _object_crop(labels, d)
         tr = pair.transform @ Affine.translation(c0, r0)
         geom = vector.region_polygon(obj, tr)
         cx, cy = d.shape.centroid_px
@@ -254,8 +264,17 @@ def detection_features(pair: PairSource, dets: list[objects.Detection], labels: 
                  "water_frac": round(d.context.water_frac, 3), "mean_score": round(d.context.mean_score, 4),
                  "brightness_change": round(d.context.brightness_change, 3),
                  "shadow_frac": round(d.context.shadow_frac, 3)}
+        if d.group is not None and len(d.group.labels) > 1:
+            extra["parts_bbox_px"] = [list(_region_bbox(labels, lab, d.bbox_px)) for lab in d.group.labels]
         records.append({**props, **extra})
     return feats, records
+
+
+def _region_bbox(labels: np.ndarray, label: int, within: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """Bounding box (col_min, row_min, col_max, row_max) of one mask region inside a detection's box."""
+    c0, r0, c1, r1 = within
+    rows, cols = np.nonzero(labels[r0:r1 + 1, c0:c1 + 1] == label)
+    return c0 + int(cols.min()), r0 + int(rows.min()), c0 + int(cols.max()), r0 + int(rows.max())
 
 
 def tiepoint_features(pair: PairSource, reg: registration.Registration) -> dict[str, Any]:
@@ -280,7 +299,7 @@ def tiepoint_features(pair: PairSource, reg: registration.Registration) -> dict[
 
 
 def render_quicklook(pair: PairSource, models: _Models, cfg: Config, dets: list[objects.Detection],
-                     labels: np.ndarray, comps: list[objects.Component], site: str) -> np.ndarray:
+                     labels: np.ndarray, site: str) -> np.ndarray:
     """Decimated before/after panels with the detections drawn."""
     max_px = cfg.processing.quicklook_max_px
     b, bv, f = pair.read_decimated("before", max_px)
@@ -297,11 +316,10 @@ def render_quicklook(pair: PairSource, models: _Models, cfg: Config, dets: list[
         pb = cv2.resize(pb, size, interpolation=cv2.INTER_NEAREST)
         pa = cv2.resize(pa, size, interpolation=cv2.INTER_NEAREST)
     scale = up / f
-    by_box = {(c.col_min, c.row_min, c.col_max, c.row_max): c.label for c in comps}
     outlines = []
     for d in dets:
         c0, r0, c1, r1 = d.bbox_px
-        obj = (labels[r0:r1 + 1, c0:c1 + 1] == by_box[d.bbox_px]).astype(np.uint8)
+        obj = _object_crop(labels, d).astype(np.uint8)
         contours, _ = cv2.findContours(obj, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         pts = max(contours, key=len).reshape(-1, 2).astype(np.float64)
         pts = (pts + [c0 + 0.5, r0 + 0.5]) * scale
@@ -415,11 +433,12 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         mask = refine_edges(pair, models, cfg, mask, progress)
     with timer("objects"):
         labels, comps = objects.components(mask)
-        dets, notes = describe_objects(pair, models, cfg, labels, comps, q, water, progress)
+        groups = objects.group_fragments(labels, comps, water, pair.gsd_m, cfg.objects)
+        dets, notes = describe_objects(pair, models, cfg, labels, groups, q, water, progress)
         warns.extend(notes)
-        classes = class_image(labels, mask, dets, comps)
+        classes = class_image(labels, mask, dets)
     with timer("write"):
-        feats, records = detection_features(pair, dets, labels, comps)
+        feats, records = detection_features(pair, dets, labels)
         crs, tr = pair.crs, pair.transform
         write_band(stage.file("mask.scratch.tif"), mask, 255, crs, tr)
         to_cog(stage.file("mask.scratch.tif"), stage.file("change_mask.tif"))
@@ -431,7 +450,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         if cfg.registration.write_tiepoints and reg.chips:
             write_json(stage.file("tiepoints.geojson"), tiepoint_features(pair, reg))
             names.append("tiepoints.geojson")
-        picture = render_quicklook(pair, models, cfg, dets, labels, comps, site)
+        picture = render_quicklook(pair, models, cfg, dets, labels, site)
         if not cv2.imwrite(str(stage.file("quicklook.png")), picture):
             raise OSError(f"{stage.file('quicklook.png')}: could not write the quick-look")
     summary = _summary(site, info_b, info_a, pair, _Models(reg, fit, noise, water_model), cfg, thr, mask,

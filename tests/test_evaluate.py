@@ -91,3 +91,24 @@ def test_evaluate_an_output_folder(tmp_path):
 def test_evaluate_errors_name_the_file(tmp_path):
     with pytest.raises(InputError, match="change_mask.tif"):
         evaluate(tmp_path, tmp_path)
+
+
+def test_a_line_merged_from_fragments_counts_once(tmp_path):
+    mask = np.zeros((10, 20), np.uint8)
+    mask[4:6, 1:8] = 1
+    mask[4:6, 11:19] = 1  # one trench cut by a road at columns 8-10
+    (tmp_path / "out").mkdir()
+    _tif(tmp_path / "out" / "change_mask.tif", mask, nodata=255)
+    summary = {"detections": [{"bbox_px": [1, 4, 18, 5], "class": "trench", "event": "appeared",
+                               "parts_bbox_px": [[1, 4, 7, 5], [11, 4, 18, 5]]}]}
+    (tmp_path / "out" / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "truth").mkdir()
+    cls = np.zeros((10, 20), np.uint8)
+    cls[4:6, 1:19] = 2
+    _tif(tmp_path / "truth" / "truth_class.tif", cls)
+    _tif(tmp_path / "truth" / "truth_instances.tif", (cls > 0).astype(np.uint16))
+    (tmp_path / "truth" / "truth.json").write_text(json.dumps(
+        {"objects": [{"id": 1, "class": "trench", "event": "appeared"}]}))
+    objs = evaluate(tmp_path / "out", tmp_path / "truth").objects
+    assert objs.n_pred == 1 and objs.precision == 1.0
+    assert objs.per_class["trench"]["typed_correctly"] == 1

@@ -163,3 +163,19 @@ def test_pure_radiometric_change_flags_almost_nothing(tmp_path, seed):
     res = detect_pair(folder / "before.tif", folder / "twin.tif", tmp_path / "out")
     assert res.summary["changed_fraction"] < 0.001
     assert res.summary["detections"] == []
+
+
+def test_merged_fragments_are_one_polygon_and_bridges_stay_out_of_the_rasters(sample_runs):
+    out = sample_runs["trenches"]
+    summary = json.loads((out / "summary.json").read_text())
+    merged = [d for d in summary["detections"] if d.get("parts_bbox_px")]
+    assert merged, "the trenches site has trenches broken into pieces"
+    feats = {f["id"]: f for f in json.loads((out / "detections.geojson").read_text())["features"]}
+    with rasterio.open(out / "change_mask.tif") as m, rasterio.open(out / "change_class.tif") as c:
+        mask, cls = m.read(1), c.read(1)
+    assert ((cls > 0) & (cls < 255) & (mask != 1)).sum() == 0  # classes only where the mask changed
+    for d in merged:
+        assert feats[d["id"]]["geometry"]["type"] == "Polygon"
+        c0, r0, c1, r1 = d["bbox_px"]
+        assert all(c0 <= p[0] <= p[2] <= c1 and r0 <= p[1] <= p[3] <= r1 for p in d["parts_bbox_px"])
+        assert np.all(cls[r0:r1 + 1, c0:c1 + 1][mask[r0:r1 + 1, c0:c1 + 1] == 1] > 0)
