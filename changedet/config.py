@@ -101,10 +101,13 @@ class ObjectsConfig(_Section):
         8.0, ge=0, description="fragments of one line (a trench cut by a road) are merged across gaps up to this")
     merge_max_angle_deg: float = Field(
         35.0, gt=0, le=90, description="when the line's end points at the other fragment within this angle")
+    split_max_neck_ratio: float = Field(
+        0.6, ge=0, le=1, description=("touching objects are cut apart where the region narrows to under this share "
+                                      "of the narrower object's width; 0 never splits"))
     hut_min_side_m: float = Field(2.0, gt=0)
     hut_max_side_m: float = Field(30.0, gt=0)
     hut_max_elongation: float = Field(8.0, gt=1, description="long sheds and barracks reach 30 x 4 m")
-    hut_min_rectangularity: float = Field(0.75, gt=0, le=1, description="a rotated rectangle rasterised at 0.5 m fills over 0.8 of its minimum rectangle; a cleared patch about 0.7")
+    hut_min_rectangularity: float = Field(0.8, gt=0, le=1, description="a rasterised rectangle fills over 0.88 of its minimum rectangle; a ragged clearing about 0.73")
     vessel_min_length_m: float = Field(8.0, gt=0)
     vessel_max_length_m: float = Field(400.0, gt=0)
     vessel_min_elongation: float = Field(2.0, gt=1)

@@ -432,6 +432,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m)
         mask = refine_edges(pair, models, cfg, mask, progress)
     with timer("objects"):
+        mask = objects.split_touching(mask, pair.gsd_m, cfg.objects)
         labels, comps = objects.components(mask)
         groups = objects.group_fragments(labels, comps, water, pair.gsd_m, cfg.objects)
         dets, notes = describe_objects(pair, models, cfg, labels, groups, q, water, progress)
