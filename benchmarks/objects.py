@@ -14,7 +14,7 @@ changes, 256 px RGB at 0.5 m, no georeferencing), it runs ``detect`` with
 ``gsd_m=0.5`` on every pair and prints the detected area per class; it is
 skipped cleanly otherwise.
 
-    python benchmarks/objects.py [--n 5] [--first-seed 7000] [--size 512]
+    python benchmarks/objects.py [--n 5] [--first-seed 7000] [--size 512] [--set key=value ...]
                                  [--difficulties medium,hard] [--realdata PATH]
 """
 
@@ -31,6 +31,7 @@ import numpy as np
 
 from changedet import objects, synth
 from changedet.evaluate import ObjectScores, evaluate
+from changedet.config import Config, build_config
 from changedet.pipeline import detect_pair
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,7 +123,7 @@ def run_synth(args: argparse.Namespace, work: Path) -> Pool:
                 folder = work / f"{scenario}_{difficulty}_{seed}"
                 synth.write_scene(synth.make_scene(scenario, seed=seed, size=args.size, difficulty=difficulty), folder)
                 t0 = time.perf_counter()
-                detect_pair(folder / "before.tif", folder / "after.tif", folder / "out")
+                detect_pair(folder / "before.tif", folder / "after.tif", folder / "out", args.config)
                 secs = time.perf_counter() - t0
                 objs = evaluate(folder / "out", folder).objects
                 assert objs is not None  # synth folders carry instances and objects
@@ -136,7 +137,7 @@ def run_synth(args: argparse.Namespace, work: Path) -> Pool:
     return pool
 
 
-def run_levir(root: Path, work: Path) -> list[str]:
+def run_levir(root: Path, work: Path, config: Config) -> list[str]:
     pairs = sorted((root / "levir-cd" / "A").glob("*.png"))
     area = {c: 0.0 for c in CLASSES}
     count = {c: 0 for c in CLASSES}
@@ -145,7 +146,7 @@ def run_levir(root: Path, work: Path) -> list[str]:
         if not b.is_file():
             continue
         out = work / "levir" / a.stem
-        detect_pair(a, b, out, gsd_m=0.5)
+        detect_pair(a, b, out, config, gsd_m=0.5)
         for det in json.loads((out / "summary.json").read_text())["detections"]:
             area[det["class"]] += det["area_m2"]
             count[det["class"]] += 1
@@ -169,7 +170,12 @@ def main() -> int:
     ap.add_argument("--difficulties", default="medium,hard")
     ap.add_argument("--realdata", type=Path, default=REALDATA)
     ap.add_argument("--skip-synth", action="store_true")
+    ap.add_argument("--set", dest="sets", action="append", default=[],
+                    help="override one configuration key, as for detect (repeatable)")
     args = ap.parse_args()
+    args.config = build_config(sets=args.sets)
+    if args.sets:
+        print(f"configuration overrides: {' '.join(args.sets)}")
     with tempfile.TemporaryDirectory(prefix="changedet-objects-") as tmp:
         work = Path(tmp)
         if not args.skip_synth:
@@ -183,7 +189,7 @@ def main() -> int:
             print("raster len / wid: median (size of the truth's own mask, measured as detect measures - truth) / truth:")
             print("  what the measurement itself adds on a perfect mask")
         if (args.realdata / "levir-cd").is_dir():
-            print("\n".join(run_levir(args.realdata, work)))
+            print("\n".join(run_levir(args.realdata, work, args.config)))
         else:
             print(f"LEVIR-CD: skipped ({args.realdata / 'levir-cd'} not found)")
     return 0
