@@ -7,14 +7,15 @@ has its class), overall object precision (detections touching some truth
 object), departed vessels recognized as departed, and the median relative
 error of length and width of correctly typed objects.
 
-The default seeds (7000 and up) were never used while developing the typing
-rules; development used seeds 500-504 and the bundled ``sample_tiles`` (seeds
-11, 12, 13). Then, when ``../shared/realdata/levir-cd`` exists (building
+Development used seeds 500-504 and the bundled ``sample_tiles`` (seeds 11, 12,
+13). Reports so far used 7000, 8000, 9100, 9200, 9300 and 9400 (each and the
+four after it); the default, 9500, has not been run. Once a report's failures
+have been looked at, its seeds are development seeds: report on new ones. Then, when ``../shared/realdata/levir-cd`` exists (building
 changes, 256 px RGB at 0.5 m, no georeferencing), it runs ``detect`` with
 ``gsd_m=0.5`` on every pair and prints the detected area per class; it is
 skipped cleanly otherwise.
 
-    python benchmarks/objects.py [--n 5] [--first-seed 7000] [--size 512] [--set key=value ...]
+    python benchmarks/objects.py [--n 5] [--first-seed 9500] [--size 512] [--set key=value ...]
                                  [--difficulties medium,hard] [--realdata PATH]
 """
 
@@ -165,7 +166,7 @@ def run_levir(root: Path, work: Path, config: Config) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=5, help="seeds per scenario and difficulty")
-    ap.add_argument("--first-seed", type=int, default=7000)
+    ap.add_argument("--first-seed", type=int, default=9500)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--difficulties", default="medium,hard")
     ap.add_argument("--realdata", type=Path, default=REALDATA)
