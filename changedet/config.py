@@ -107,7 +107,8 @@ class ObjectsConfig(_Section):
     hut_min_side_m: float = Field(2.0, gt=0)
     hut_max_side_m: float = Field(30.0, gt=0)
     hut_max_elongation: float = Field(8.0, gt=1, description="long sheds and barracks reach 30 x 4 m")
-    hut_min_rectangularity: float = Field(0.8, gt=0, le=1, description="a rasterised rectangle fills over 0.88 of its minimum rectangle; a ragged clearing about 0.73")
+    hut_min_rectangularity: float = Field(0.8, gt=0, le=1, description=(
+        "a rasterised rectangle fills over 0.88 of its minimum rectangle; a ragged clearing about 0.73"))
     vessel_min_length_m: float = Field(8.0, gt=0)
     vessel_max_length_m: float = Field(400.0, gt=0)
     vessel_min_elongation: float = Field(2.0, gt=1)

@@ -431,8 +431,9 @@ def trim_edges(obj: np.ndarray, cover: np.ndarray, min_cover: float) -> np.ndarr
     wider all round than the object. Only the outline (pixels with a
     neighbour outside, 8-neighbourhood) is trimmed, once, so an object never
     loses more than a pixel on each side, and pixels of the region's skeleton
-    are always kept, so a thin line keeps its middle and no region falls apart. At ``min_cover = 0.5`` a pixel is kept when the object's edge
-    runs beyond its centre: the half-maximum edge of a blurred step.
+    are always kept, so a thin line keeps its middle and no region falls
+    apart. At ``min_cover = 0.5`` a pixel is kept when the object's edge runs
+    beyond its centre: the half-maximum edge of a blurred step.
     """
     if min_cover <= 0:
         return obj
@@ -442,7 +443,7 @@ def trim_edges(obj: np.ndarray, cover: np.ndarray, min_cover: float) -> np.ndarr
 
 
 def measure_shape(obj: np.ndarray, origin: tuple[int, int], gsd_m: float,
-                  params: ObjectsConfig | None = None, cover: np.ndarray | None = None) -> Shape:
+                  params: ObjectsConfig | None = None) -> Shape:
     """Geometry of a binary region.
 
     Parameters
@@ -452,8 +453,6 @@ def measure_shape(obj: np.ndarray, origin: tuple[int, int], gsd_m: float,
     gsd_m : metres per pixel.
     params : thresholds; ``thin_max_rectangularity`` and ``thin_max_width_ratio`` decide
         when the skeleton measures the region (defaults when not given).
-    cover : (h, w) float 0..1, the share of each pixel the object covers (:func:`coverage`);
-        when given, area, length and width are those of the covered part.
 
     Notes
     -----
@@ -471,9 +470,8 @@ def measure_shape(obj: np.ndarray, origin: tuple[int, int], gsd_m: float,
     rectangle with its second moments (:func:`moment_width_px`), unbiased at
     any angle and size.
 
-    With ``cover``, the pixels' uncovered area ``A - sum(cover)`` is taken as a
-    band of even depth ``e`` along the outline (``2 (L + W) e``), and length and
-    width are each reduced by ``2 e``.
+    The region is expected to be outlined at the object's half-coverage edge
+    (:func:`trim_edges`), so pixels are counted whole.
     """
     params = params or ObjectsConfig()
     rows, cols = np.nonzero(obj)
@@ -496,15 +494,9 @@ def measure_shape(obj: np.ndarray, origin: tuple[int, int], gsd_m: float,
             along_skeleton = True
     if not along_skeleton:
         short_px = moment_width_px(rows, cols)
-    area_eff = float(area_px)
-    if cover is not None:
-        area_eff = float(cover[obj].sum())
-        depth = max(0.0, (area_px - area_eff) / (2.0 * (long_px + short_px)))
-        depth = min(depth, 0.25 * short_px)  # never more than half the width in all
-        long_px, short_px = long_px - 2 * depth, short_px - 2 * depth
     orientation = math.degrees(math.atan2(float(long_vec[0]), -float(long_vec[1]))) % 180.0
     return Shape(
-        area_m2=float(area_eff * gsd_m * gsd_m),
+        area_m2=float(area_px * gsd_m * gsd_m),
         length_m=float(long_px * gsd_m),
         width_m=float(short_px * gsd_m),
         orientation_deg=float(orientation),

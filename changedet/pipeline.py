@@ -192,9 +192,7 @@ def describe_objects(pair: PairSource, models: _Models, cfg: Config, labels: np.
         sc = _crop_whole(q, box, threshold.NODATA).astype(np.float32) / threshold.LEVELS
         shadow = objects.cast_shadow(changed & v, b, a, params)
         core = objects.fill_holes(objects.object_core(obj, shadow))
-        cover = objects.coverage(core, b, a, sigma)
-        cover[core & ~changed] = 1.0  # a bridge is part of the line, though unchanged
-        shape = objects.measure_shape(core, (box[0], box[1]), pair.gsd_m, params, None)
+        shape = objects.measure_shape(core, (box[0], box[1]), pair.gsd_m, params)
         ctx = objects.measure_context(changed, b, a, v, wat, np.minimum(sc, 1.0), sigma, params)
         ctx = replace(ctx, shadow_frac=float(shadow.sum() / max(changed.sum(), 1)))
         cls, conf = objects.classify(shape, ctx, params)
