@@ -112,6 +112,14 @@ class Group:
     bbox_px: tuple[int, int, int, int]  # col_min, row_min, col_max, row_max, bridges included
 
 
+def _find(parent: list[int], i: int) -> int:
+    """Root of ``i`` in a union-find forest (with path halving)."""
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
 def split_touching(mask: np.ndarray, gsd_m: float, params: ObjectsConfig) -> np.ndarray:
     """Cut regions made of touching objects apart where their shape narrows (uint8 mask, new array).
 
@@ -160,12 +168,6 @@ def split_touching(mask: np.ndarray, gsd_m: float, params: ObjectsConfig) -> np.
         depth = {i + 1: float(dist[r, c]) for i, (r, c) in enumerate(peaks)}
         parent = list(range(len(peaks) + 1))
 
-        def find(i: int) -> int:
-            while parent[i] != i:
-                parent[i] = parent[parent[i]]
-                i = parent[i]
-            return i
-
         # the deepest boundary point between each pair of touching parts
         saddle: dict[tuple[int, int], float] = {}
         pp, dd = np.pad(parts, 1), np.pad(dist, 1)
@@ -180,12 +182,12 @@ def split_touching(mask: np.ndarray, gsd_m: float, params: ObjectsConfig) -> np.
         # highest passes first: a shallow peak on a ridge joins its blob before the blobs are compared
         deepest = dict(depth)
         for (pa, pb), sv in sorted(saddle.items(), key=lambda kv: (-kv[1], kv[0])):
-            ra, rb = find(pa), find(pb)
+            ra, rb = _find(parent, pa), _find(parent, pb)
             if ra != rb and sv >= ratio * min(deepest[ra], deepest[rb]):
                 lo_, hi_ = min(ra, rb), max(ra, rb)
                 parent[hi_] = lo_
                 deepest[lo_] = max(deepest[ra], deepest[rb])
-        roots = np.array([0] + [find(i) for i in range(1, len(peaks) + 1)])
+        roots = np.array([0] + [_find(parent, i) for i in range(1, len(peaks) + 1)])
         merged = roots[parts]
         if len(np.unique(merged[merged > 0])) < 2:
             continue
@@ -240,17 +242,11 @@ def group_fragments(labels: np.ndarray, comps: list[Component], water: np.ndarra
     pixel is within ``merge_max_gap_m`` and within ``merge_max_angle_deg`` of that direction (a gap
     of one pixel is bridged at any angle: a zig-zag cut at a corner), B is a line or a stub (as thin,
     at most four squared maximum widths in area), and, if B is a line at least twice as long as the
-    reach, the gap lands near one of B's ends (end to end, not end to side). Groups are the connected sets of such links,
-    ordered like the regions (by their first member).
+    reach, the gap lands near one of B's ends (end to end, not end to side). Groups are the
+    connected sets of such links, ordered like the regions (by their first member).
     """
     gap_px = params.merge_max_gap_m / gsd_m
     parent = list(range(len(comps) + 1))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
 
     bridges: dict[int, list[tuple[int, int, int, int, int]]] = {}
     if gap_px >= 2 and comps:
@@ -299,14 +295,14 @@ def group_fragments(labels: np.ndarray, comps: list[Component], water: np.ndarra
                     cv2.line(line, (c - c0, r - r0), (int(q[1]) - c0, int(q[0]) - r0), 1, 1)
                     if (water[r0:r1, c0:c1][line > 0] > 0).any():
                         continue
-                    a, b = find(lab), find(other)
+                    a, b = _find(parent, lab), _find(parent, other)
                     if a != b:
                         parent[max(a, b)] = min(a, b)
                         bridges.setdefault(lab, []).append(
                             (r, c, int(q[0]), int(q[1]), max(2, int(round(min(width, thin[other][0]))))))
     members: dict[int, list[int]] = {}
     for comp in comps:
-        members.setdefault(find(comp.label), []).append(comp.label)
+        members.setdefault(_find(parent, comp.label), []).append(comp.label)
     by_label = {c.label: c for c in comps}
     groups = []
     for root in sorted(members):

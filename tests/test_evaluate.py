@@ -66,22 +66,26 @@ def test_load_truth_from_a_label_png(tmp_path):
     assert truth.sum() == 4 and inst is None and objs is None and shift is None
 
 
+def _write_run_and_truth(tmp_path, mask, summary, cls, truth_meta):
+    """An output folder ``out`` (mask, summary) and a truth folder ``truth`` whose class pixels are instance 1."""
+    (tmp_path / "out").mkdir()
+    _tif(tmp_path / "out" / "change_mask.tif", mask, nodata=255)
+    (tmp_path / "out" / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "truth").mkdir()
+    _tif(tmp_path / "truth" / "truth_class.tif", cls)
+    _tif(tmp_path / "truth" / "truth_instances.tif", (cls > 0).astype(np.uint16))
+    (tmp_path / "truth" / "truth.json").write_text(json.dumps(truth_meta))
+
+
 def test_evaluate_an_output_folder(tmp_path):
     mask = np.zeros((8, 8), np.uint8)
     mask[2:4, 2:4] = 1
     mask[7, :] = 255
-    (tmp_path / "out").mkdir()
-    _tif(tmp_path / "out" / "change_mask.tif", mask, nodata=255)
-    summary = {"registration": {"shift_px": [1.0, 0.0]},
-               "detections": [{"bbox_px": [2, 2, 3, 3], "class": "hut", "event": "appeared"}]}
-    (tmp_path / "out" / "summary.json").write_text(json.dumps(summary))
-    (tmp_path / "truth").mkdir()
     cls = np.zeros((8, 8), np.uint8)
     cls[2:4, 2:5] = 3
-    _tif(tmp_path / "truth" / "truth_class.tif", cls)
-    _tif(tmp_path / "truth" / "truth_instances.tif", (cls > 0).astype(np.uint16))
-    (tmp_path / "truth" / "truth.json").write_text(json.dumps(
-        {"shift_px": [1.0, 0.5], "objects": [{"id": 1, "class": "hut", "event": "appeared"}]}))
+    _write_run_and_truth(tmp_path, mask, {"registration": {"shift_px": [1.0, 0.0]}, "detections": [
+        {"bbox_px": [2, 2, 3, 3], "class": "hut", "event": "appeared"}]},
+        cls, {"shift_px": [1.0, 0.5], "objects": [{"id": 1, "class": "hut", "event": "appeared"}]})
     ev = evaluate(tmp_path / "out", tmp_path / "truth")
     assert (ev.pixel.tp, ev.pixel.fn, ev.pixel.fp) == (4, 2, 0)
     assert ev.objects.per_class["hut"]["type_accuracy"] == 1.0
@@ -97,18 +101,12 @@ def test_a_line_merged_from_fragments_counts_once(tmp_path):
     mask = np.zeros((10, 20), np.uint8)
     mask[4:6, 1:8] = 1
     mask[4:6, 11:19] = 1  # one trench cut by a road at columns 8-10
-    (tmp_path / "out").mkdir()
-    _tif(tmp_path / "out" / "change_mask.tif", mask, nodata=255)
-    summary = {"detections": [{"bbox_px": [1, 4, 18, 5], "class": "trench", "event": "appeared",
-                               "parts_bbox_px": [[1, 4, 7, 5], [11, 4, 18, 5]]}]}
-    (tmp_path / "out" / "summary.json").write_text(json.dumps(summary))
-    (tmp_path / "truth").mkdir()
     cls = np.zeros((10, 20), np.uint8)
     cls[4:6, 1:19] = 2
-    _tif(tmp_path / "truth" / "truth_class.tif", cls)
-    _tif(tmp_path / "truth" / "truth_instances.tif", (cls > 0).astype(np.uint16))
-    (tmp_path / "truth" / "truth.json").write_text(json.dumps(
-        {"objects": [{"id": 1, "class": "trench", "event": "appeared"}]}))
+    _write_run_and_truth(tmp_path, mask, {"detections": [
+        {"bbox_px": [1, 4, 18, 5], "class": "trench", "event": "appeared",
+         "parts_bbox_px": [[1, 4, 7, 5], [11, 4, 18, 5]]}]},
+        cls, {"objects": [{"id": 1, "class": "trench", "event": "appeared"}]})
     objs = evaluate(tmp_path / "out", tmp_path / "truth").objects
     assert objs.n_pred == 1 and objs.precision == 1.0
     assert objs.per_class["trench"]["typed_correctly"] == 1
