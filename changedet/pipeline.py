@@ -165,7 +165,6 @@ def refine_edges(pair: PairSource, models: _Models, cfg: Config, mask: np.ndarra
     return out
 
 
-
 def describe_objects(pair: PairSource, models: _Models, cfg: Config, labels: np.ndarray,
                      groups: list[objects.Group], q: np.ndarray, water: np.ndarray,
                      progress: ProgressFn) -> tuple[list[objects.Detection], list[str]]:
