@@ -10,10 +10,11 @@ error of length and width of correctly typed objects.
 Development used seeds 500-504 and the bundled ``sample_tiles`` (seeds 11, 12,
 13). Reports so far used 7000, 8000, 9100, 9200, 9300 and 9400 (each and the
 four after it); the default, 9500, has not been run. Once a report's failures
-have been looked at, its seeds are development seeds: report on new ones. Then, when ``../shared/realdata/levir-cd`` exists (building
-changes, 256 px RGB at 0.5 m, no georeferencing), it runs ``detect`` with
-``gsd_m=0.5`` on every pair and prints the detected area per class; it is
-skipped cleanly otherwise.
+have been looked at, its seeds are development seeds: report on new ones.
+Then, when ``../shared/realdata/levir-cd`` exists (building changes, 256 px
+RGB at 0.5 m, no georeferencing), it runs ``detect`` with ``gsd_m=0.5`` on
+every pair and prints the detected area per class; it is skipped cleanly
+otherwise. ``--set key=value`` measures another configuration.
 
     python benchmarks/objects.py [--n 5] [--first-seed 9500] [--size 512] [--set key=value ...]
                                  [--difficulties medium,hard] [--realdata PATH]

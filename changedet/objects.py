@@ -138,8 +138,9 @@ def split_touching(mask: np.ndarray, gsd_m: float, params: ObjectsConfig) -> np.
     between them is under ``split_max_neck_ratio`` of the shallower of
     their deepest peaks (parts are joined from the highest pass down, so
     a shallow peak on a ridge first joins its blob; a line of even width,
-    or a rectangle whose ridge is flat, never splits). Where parts stay apart, the pixels of one part touching the
-    other (8-neighbourhood) leave the mask, so each part is its own region.
+    or a rectangle whose ridge is flat, never splits). Where parts stay
+    apart, the pixels of one part touching the other (8-neighbourhood)
+    leave the mask, so each part is its own region.
     """
     from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
