@@ -557,7 +557,11 @@ def cast_shadow(obj: np.ndarray, before: np.ndarray, after: np.ndarray, params: 
     ratios within ``shadow_max_ratio_spread`` of each other (3x3 means, for
     noise). A shadow is only *beside* an object: when such pixels are most of
     the region (dark fresh earth in a trench, a ship gone from dark water),
-    the region is the object itself and nothing is returned.
+    the region is the object itself and nothing is returned. Nor is it
+    returned when leaving it out would cut the region in pieces (more than
+    a tenth of what is left lies outside its largest part): a shadow lies
+    along one side of an object, and shadow-like pixels across a thin line
+    are the line itself (a trench dug into vegetation darkens every band).
     """
     if before.shape[0] < 2:
         return np.zeros_like(obj)
@@ -568,6 +572,12 @@ def cast_shadow(obj: np.ndarray, before: np.ndarray, after: np.ndarray, params: 
     shadow = obj & (hi < params.shadow_max_ratio) & (hi - lo < params.shadow_max_ratio_spread) & (lo > 0)
     if shadow.sum() > params.shadow_max_frac * obj.sum():
         return np.zeros_like(obj)
+    if shadow.any():
+        rest = (obj & ~shadow).astype(np.uint8)
+        n, _, stats, _ = cv2.connectedComponentsWithStats(rest, connectivity=8, ltype=cv2.CV_32S)
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        if n > 2 and areas.sum() - areas.max() > 0.1 * areas.sum():
+            return np.zeros_like(obj)
     return shadow
 
 

@@ -159,6 +159,20 @@ def test_dark_earth_alone_is_not_a_shadow():
     assert not O.cast_shadow(obj, before, after, ObjectsConfig()).any()
 
 
+def test_shadow_like_pixels_across_a_line_do_not_cut_it():
+    # a trench in vegetation: a stretch of it dims every band alike. Leaving that stretch out would
+    # measure only one end of the line, so it is the line, not a shadow beside it.
+    before = np.full((3, 20, 80), 0.3, np.float32)
+    after = before.copy()
+    obj = np.zeros((20, 80), bool)
+    obj[8:12, 4:76] = True
+    after[:, obj] = np.array([0.5, 0.45, 0.35], np.float32)[:, None]  # fresh soil: its colour changes
+    after[:, 8:12, 30:40] = before[:, 8:12, 30:40] * 0.6  # darker, wetter soil: dims alike
+    assert not O.cast_shadow(obj, before, after, ObjectsConfig()).any()
+    shape = O.measure_shape(O.object_core(obj, O.cast_shadow(obj, before, after, ObjectsConfig())), (0, 0), 1.0)
+    assert shape.length_m == pytest.approx(72.0, abs=1.0)
+
+
 def test_green_vegetation_is_not_water_without_nir():
     # RGB: dark smooth grass (G well above B) versus dark smooth water (B above G)
     img = np.zeros((3, 80, 80), np.float32)
