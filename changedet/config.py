@@ -65,6 +65,9 @@ class MeasureConfig(_Section):
         "weight of change along each pixel's spectral direction (shadow, haze, vegetation vigour); 1 = plain CVA"))
     tolerance_px: int = Field(1, ge=0, le=3, description=(
         "compare each pixel with the closest after pixel within this distance (residual misregistration)"))
+    line_length_px: int = Field(11, ge=0, le=41, description=(
+        "line evidence: each band's difference averaged along segments this long, against both sides "
+        "(faint thin lines such as trenches); 0 turns it off"))
 
 
 class DecideConfig(_Section):
@@ -83,6 +86,11 @@ class DecideConfig(_Section):
     edge_min_cover: float = Field(0.5, ge=0, le=1, description=(
         "outline pixels of a changed region that the object covers less than this share of are dropped "
         "(linear unmixing between the region's interior and its ring); 0 keeps the thresholded outline"))
+    line_min_ratio: float = Field(8.0, ge=0, description=(
+        "a thin line of change is seeded where its line evidence reaches this many times the pair's "
+        "90th percentile of it, and grows down to half that; 0 turns line detection off"))
+    line_min_length_m: float = Field(8.0, ge=0, description=(
+        "lines found by line evidence are kept only when their centre line is at least this long"))
 
 
 class ObjectsConfig(_Section):

@@ -106,12 +106,30 @@ class _Models:
     water: objects.WaterModel
 
 
+def line_noise(pair: PairSource, reg: registration.Registration, fit: radiometry.RadiometricFit,
+               lum_sigma: float, cfg: Config) -> tuple[tuple[float, ...], float]:
+    """No-change spread of line contrasts (:func:`differencing.fit_line_noise`), from every fourth chip."""
+    n = cfg.measure.line_length_px
+    if n < 2 or cfg.decide.line_min_ratio <= 0:
+        return (), 0.0
+    chips = []
+    boxes = registration.chip_boxes(pair.shape, cfg.registration.chip_px, cfg.registration.grid)
+    for box in boxes[::4] if len(boxes) >= 8 else boxes:
+        b, a, v = read_registered(pair, reg, box)
+        chips.append((b, radiometry.apply(a, fit, b), v))
+    return differencing.fit_line_noise(chips, lum_sigma, n)
+
+
 def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
-               progress: ProgressFn) -> tuple[np.ndarray, np.ndarray]:
-    """Score every window; write the float score, return the quantised score and water (uint8, whole)."""
+               progress: ProgressFn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Score every window; write the float score.
+
+    Returns the quantised change score, the quantised line evidence and water (uint8, whole).
+    """
     halo = differencing.halo_px(cfg.measure)
     shape = pair.shape
     q = np.full(shape, threshold.NODATA, dtype=np.uint8)
+    lq = np.zeros(shape, dtype=np.uint8)
     water = np.zeros(shape, dtype=np.uint8)
     boxes = list(iter_windows(shape, cfg.processing.window_px))
     writer = BandWriter(score_path, shape, "float32", float("nan"), pair.crs, pair.transform)
@@ -120,16 +138,18 @@ def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
             b, a, v = read_registered(pair, models.reg, grow(box, halo))
             a = radiometry.apply(a, models.fit, b)
             s = differencing.change_score(b, a, v, models.noise, cfg.measure)
+            ln = differencing.line_score(b, a, v, models.noise, cfg.measure.line_length_px)
             w = objects.water_mask(b, a, v, models.water, cfg.objects)
-            s, v, w = crop(s, halo), crop(v, halo), crop(w, halo)
+            s, ln, v, w = crop(s, halo), crop(ln, halo), crop(v, halo), crop(w, halo)
             r, c, h, wd = box
             writer.write(box, np.where(v, s, np.float32(np.nan)).astype(np.float32))
             q[r:r + h, c:c + wd] = threshold.quantize(s, v)
+            lq[r:r + h, c:c + wd] = threshold.quantize(ln, v)
             water[r:r + h, c:c + wd] = w
             progress("measure", i + 1, len(boxes))
     finally:
         writer.close()
-    return q, objects.keep_large_water(water, cfg.objects, pair.gsd_m)
+    return q, lq, objects.keep_large_water(water, cfg.objects, pair.gsd_m)
 
 
 # --------------------------------------------------------------------------- objects
@@ -421,12 +441,18 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         sb, sa = sample_pair(pair, used, cfg)
         fit = radiometry.fit_normalization(sb, sa, cfg.normalize)
         noise = differencing.fit_noise(sb, radiometry.apply(sa[:, None, :], fit, sb[:, None, :])[:, 0, :])
+        line_sigma, line_t90 = line_noise(pair, used, fit, noise.lum_sigma, cfg)
+        noise = replace(noise, line_sigma=line_sigma, line_t90=line_t90)
         water_model = objects.fit_water(sb, cfg.objects)
         models = _Models(used, fit, noise, water_model)
     with timer("measure"):
-        q, water = score_pass(pair, models, cfg, stage.file("score.scratch.tif"), progress)
+        q, lq, water = score_pass(pair, models, cfg, stage.file("score.scratch.tif"), progress)
     with timer("decide"):
         mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m)
+        lines = threshold.line_mask(lq, mask, cfg.decide, pair.gsd_m, differencing.LINE_FLANK_PX,
+                                    cfg.measure.line_length_px)
+        mask[(mask == 0) & (lines == 1)] = 1
+        del lq
         mask = refine_edges(pair, models, cfg, mask, progress)
     with timer("objects"):
         mask = objects.split_touching(mask, pair.gsd_m, cfg.objects)

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from .config import DecideConfig
+from .objects import skeleton_length_px, widest_px
 
 LEVELS = 254
 NODATA = 255
@@ -183,3 +184,91 @@ def decide(q: np.ndarray, params: DecideConfig, gsd_m: float) -> tuple[np.ndarra
     mask = clean(hysteresis(q, thr), params, gsd_m)
     mask[q == NODATA] = NODATA
     return mask, thr
+
+
+#: a line's pixels keep at least this share of its typical line evidence (z^2): a quarter is where
+#: the segment is half on the line, i.e. centred on its end
+LINE_END_SHARE = 0.25
+
+
+def line_mask(lq: np.ndarray, mask: np.ndarray, params: DecideConfig, gsd_m: float,
+              flank_px: int = 3, length_px: int = 11) -> np.ndarray:
+    """Long thin lines of change from the quantised line evidence that ``mask`` misses; uint8 0/1.
+
+    Parameters
+    ----------
+    lq : quantised line evidence (:func:`changedet.differencing.line_score`, 255 nodata).
+    mask : the change mask so far (0/1/255).
+    params : ``line_min_ratio`` and ``line_min_length_m``.
+    gsd_m : metres per pixel.
+    flank_px : distance at which a line is compared with its sides.
+    length_px : length of the segments the evidence averages.
+
+    Notes
+    -----
+    1. Hysteresis between ``line_min_ratio`` and half of it, in multiples of the pair's 90th
+       percentile of the evidence.
+    2. In each region, pixels below :data:`LINE_END_SHARE` of the region's median evidence go: the
+       evidence of a segment reaches past a line's end and beside it.
+    3. Pixels within half a segment of a region of ``mask`` that is not a thin line go
+       (:func:`_wide_regions`): the outline of a new roof or hull and the shadow along it are lines
+       of change too, a small roof shows as a line along each axis, and a segment half on a hull's
+       bow traces an arc around it; all of that belongs to the object.
+    4. What is left is kept, region by region, when its part further than ``flank_px`` from
+       ``mask`` has a skeleton at least ``line_min_length_m`` long: a faint trench, with the
+       pieces of it the pixel score found, but not the streaks noise makes, as long as the segment,
+       nor what is left of the evidence around an object.
+
+    No opening: it would erase lines two pixels wide.
+    """
+    out = np.zeros(lq.shape, np.uint8)
+    if params.line_min_ratio <= 0:
+        return out
+    r = params.line_min_ratio
+    high, low = r / (1.0 + r), (r / 2) / (1.0 + r / 2)
+    grown = hysteresis(lq, Threshold("line", high, high, low))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8, ltype=cv2.CV_32S)
+    if n <= 1:
+        return out
+    near = cv2.dilate((mask == 1).astype(np.uint8), _disk(flank_px)).astype(bool)
+    wide = _wide_regions(mask, flank_px, length_px // 2 + 1)
+    min_px = params.line_min_length_m / gsd_m
+    lev = lq.astype(np.float32) / LEVELS
+    ratio = lev / np.maximum(1.0 - lev, 1e-3)  # back to multiples of the 90th percentile
+    for i in range(1, n):
+        x, y, w, h = (int(stats[i, k]) for k in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH,
+                                                    cv2.CC_STAT_HEIGHT))
+        if np.hypot(w, h) < min_px:
+            continue
+        region = labels[y:y + h, x:x + w] == i
+        rr = ratio[y:y + h, x:x + w]
+        region &= rr >= LINE_END_SHARE * float(np.median(rr[region]))
+        region &= ~wide[y:y + h, x:x + w]
+        m, parts = cv2.connectedComponents(region.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        for j in range(1, m):
+            part = parts == j
+            far = part & ~near[y:y + h, x:x + w]
+            if far.sum() >= min_px and skeleton_length_px(far) >= min_px:
+                out[y:y + h, x:x + w][part] = 1
+    return out
+
+
+def _wide_regions(mask: np.ndarray, flank_px: int, reach_px: int) -> np.ndarray:
+    """Pixels within ``reach_px`` of a region of ``mask`` that is not a thin line (bool).
+
+    A region is a thin line when its width along its skeleton (:func:`changedet.objects.widest_px`)
+    is at most ``2 * flank_px`` pixels and its skeleton is at least twice that width: a piece of a
+    trench the pixel score found. Roofs, hulls and clearings are not, however small.
+    """
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((mask == 1).astype(np.uint8), connectivity=8,
+                                                          ltype=cv2.CV_32S)
+    block = np.zeros(n, bool)
+    for i in range(1, n):
+        x, y, w, h = (int(stats[i, k]) for k in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH,
+                                                    cv2.CC_STAT_HEIGHT))
+        region = labels[y:y + h, x:x + w] == i
+        width = widest_px(region)
+        block[i] = width > 2 * flank_px or skeleton_length_px(region) < 2 * width
+    if not block[1:].any():
+        return np.zeros(mask.shape, bool)
+    return cv2.dilate(block[labels].astype(np.uint8), _disk(reach_px)).astype(bool)

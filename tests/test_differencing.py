@@ -2,7 +2,7 @@ import numpy as np
 
 from changedet import differencing as D
 from changedet.arrays import crop
-from changedet.config import MeasureConfig
+from changedet.config import DecideConfig, MeasureConfig
 
 
 def pair(seed=0, change=True):
@@ -102,3 +102,94 @@ def test_tolerance_keeps_the_full_width_of_a_new_thin_object():
     score = D.cva_score(before, after, noise, 4.0, tolerance_px=1)
     assert score[8:32, 18:21].min() > 0.9
     assert score[8:32, :16].max() < 0.5 and score[8:32, 23:].max() < 0.5
+
+
+# --------------------------------------------------------------------------- line evidence
+
+
+def faint_line_pair(seed=0, amplitude=15.0, size=160):
+    """Four bands of smooth texture with pixel noise 10, and in ``after`` a zig-zag line 2 px wide whose
+    visible bands brighten by ``amplitude`` and near-infrared darkens by four times that (fresh soil
+    cut into vegetation): luminance darkens by a quarter of ``amplitude``, and the pixel score stays
+    below any threshold."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    base = cv2.GaussianBlur(rng.normal(0, 60, (size, size)).astype(np.float32), (0, 0), 4)
+    clean = np.stack([500 + k * base for k in (1.0, 0.8, 1.2, 0.9)]).astype(np.float32)
+    before = clean + rng.normal(0, 10, clean.shape).astype(np.float32)
+    after = clean + rng.normal(0, 10, clean.shape).astype(np.float32)
+    line = np.zeros((size, size), np.uint8)
+    pts = np.array([[20, 40], [60, 70], [90, 40], [130, 75]], np.int32)
+    cv2.polylines(line, [pts], False, 1, thickness=2)
+    line = line.astype(bool)
+    after[:3, line] += amplitude
+    after[3, line] -= 4 * amplitude
+    return before, after, line
+
+
+def _calibrated(b, a):
+    noise = D.fit_noise(b.reshape(b.shape[0], -1), a.reshape(a.shape[0], -1))
+    sig, t90 = D.fit_line_noise([(b, a, np.ones(b.shape[1:], bool))], noise.lum_sigma, 11)
+    return D.NoiseModel(noise.band_sigma, noise.lum_sigma, sig, t90)
+
+
+def _far_from(mask, px):
+    import cv2
+
+    return ~cv2.dilate(mask.astype(np.uint8), np.ones((2 * px + 1, 2 * px + 1), np.uint8)).astype(bool)
+
+
+def test_line_evidence_finds_a_line_the_pixel_score_cannot():
+    b, a, line = faint_line_pair()
+    noise = _calibrated(b, a)
+    valid = np.ones(b.shape[1:], bool)
+    pixel = D.change_score(b, a, valid, noise, MeasureConfig())
+    ln = D.line_score(b, a, valid, noise, 11)
+    inner = line & (np.arange(160)[None, :] > 25) & (np.arange(160)[None, :] < 125)  # away from the ends
+    assert np.median(pixel[inner]) < DecideConfig().min_score  # lost in pixel noise
+    assert np.median(ln[inner]) > 0.8  # four times the pair's 90th percentile, twice no change's 99th
+    far = _far_from(line, 8)
+    far[:12], far[-12:], far[:, :12], far[:, -12:] = False, False, False, False
+    assert np.percentile(ln[far], 99) < 0.75  # no change: about twice the 90th percentile at the 99th
+    assert ln.dtype == np.float32 and ln.min() >= 0 and ln.max() <= 1
+
+
+def test_no_line_evidence_at_a_broad_change_nor_at_an_unchanged_road_in_a_greener_field():
+    rng = np.random.default_rng(3)
+    b = (400 + rng.normal(0, 10, (3, 120, 160))).astype(np.float32)
+    a = (b + rng.normal(0, 10, b.shape)).astype(np.float32)
+    a[:, 30:90, 10:60] += 120  # a new clearing: its edges differ from one side only
+    a[:, :, 90:] += 80  # a field that greened, with a road 2 px wide through it that did not change
+    a[:, :, 124:126] -= 80
+    sig, t90 = D.fit_line_noise([(b[:, :, 62:86], a[:, :, 62:86], np.ones((120, 24), bool))], 14.0, 11)
+    noise = D.NoiseModel((14.0,) * 3, 14.0, sig, t90)
+    ln = D.line_score(b, a, np.ones((120, 160), bool), noise, 11)
+    clearing = np.zeros((120, 160), bool)
+    clearing[25:95, 5:65] = True
+    for r, c in ((30, 10), (30, 59), (89, 10), (89, 59)):  # a corner is a short wedge of line evidence
+        clearing[r - 8:r + 9, c - 8:c + 9] = False
+    # 99 % of the pixels stay below the level down to which line_mask grows a line
+    grow = DecideConfig().line_min_ratio / 2
+    assert np.percentile(ln[clearing], 99) < grow / (1 + grow)
+    assert np.percentile(ln[15:105, 121:129], 99) < grow / (1 + grow)  # the road and beside it
+
+
+def test_windowed_line_score_equals_whole_line_score():
+    b, a, _ = faint_line_pair(2)
+    noise = _calibrated(b, a)
+    cfg = MeasureConfig()
+    valid = np.ones(b.shape[1:], bool)
+    whole = D.line_score(b, a, valid, noise, cfg.line_length_px)
+    halo = D.halo_px(cfg)
+    r, c, h, w = 50, 40, 60, 70
+    win = D.line_score(b[:, r - halo:r + h + halo, c - halo:c + w + halo], a[:, r - halo:r + h + halo, c - halo:c + w + halo],
+                       valid[r - halo:r + h + halo, c - halo:c + w + halo], noise, cfg.line_length_px)
+    np.testing.assert_allclose(crop(win, halo), whole[r:r + h, c:c + w], atol=1e-5)
+
+
+def test_line_evidence_off_without_calibration_or_length():
+    b, a, _ = faint_line_pair(4)
+    valid = np.ones(b.shape[1:], bool)
+    assert not D.line_score(b, a, valid, D.NoiseModel((10.0,) * 4, 10.0), 11).any()
+    assert not D.line_score(b, a, valid, _calibrated(b, a), 0).any()

@@ -179,3 +179,30 @@ def test_merged_fragments_are_one_polygon_and_bridges_stay_out_of_the_rasters(sa
         c0, r0, c1, r1 = d["bbox_px"]
         assert all(c0 <= p[0] <= p[2] <= c1 and r0 <= p[1] <= p[3] <= r1 for p in d["parts_bbox_px"])
         assert np.all(cls[r0:r1 + 1, c0:c1 + 1][mask[r0:r1 + 1, c0:c1 + 1] == 1] > 0)
+
+
+def test_a_faint_trench_is_found_whole_by_its_line_evidence(tmp_path):
+    """A trench whose pixels are lost in noise is found as one trench of about its length with line
+    evidence, and hardly at all without it."""
+    from rasterio.transform import from_origin
+
+    from .test_differencing import faint_line_pair
+
+    before, after, line = faint_line_pair(seed=5, size=256)
+    profile = {"driver": "GTiff", "width": 256, "height": 256, "count": 4, "dtype": "float32",
+               "crs": "EPSG:32636", "transform": from_origin(500000, 3500000, 0.5, 0.5)}
+    for name, data in (("before.tif", before), ("after.tif", after)):
+        with rasterio.open(tmp_path / name, "w", **profile) as dst:
+            dst.write(data)
+    rows, cols = np.nonzero(line)
+    on = detect_pair(tmp_path / "before.tif", tmp_path / "after.tif", tmp_path / "on")
+    hits = [d for d in on.summary["detections"]
+            if d["bbox_px"][0] <= cols.mean() <= d["bbox_px"][2] and d["bbox_px"][1] <= rows.mean() <= d["bbox_px"][3]]
+    assert len(hits) == 1 and hits[0]["class"] == "trench"
+    truth_m = 0.5 * sum(np.hypot(*np.subtract(p, q)) for p, q in zip([(20, 40), (60, 70), (90, 40)],
+                                                                      [(60, 70), (90, 40), (130, 75)]))
+    assert hits[0]["length_m"] == pytest.approx(truth_m, rel=0.15)
+    off = detect_pair(tmp_path / "before.tif", tmp_path / "after.tif", tmp_path / "off",
+                      build_config(sets=["decide.line_min_ratio=0"]))
+    with rasterio.open(tmp_path / "off" / "change_mask.tif") as src:
+        assert (src.read(1)[line] == 1).mean() < 0.2

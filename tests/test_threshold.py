@@ -66,3 +66,35 @@ def test_kittler_illingworth_on_a_single_spike_falls_back_to_otsu():
     hist[20] = 1000
     assert T.kittler_illingworth(hist) == T.otsu(hist)
     assert T.kittler_illingworth(np.zeros(T.LEVELS + 1)) == 1.0
+
+
+def _line_levels(r: np.ndarray) -> np.ndarray:
+    """Line evidence in multiples of its 90th percentile -> quantised levels, as score_pass stores them."""
+    return T.quantize(r / (1.0 + r), np.ones(r.shape, bool))
+
+
+def test_line_mask_keeps_long_lines_and_drops_short_streaks():
+    r = np.full((120, 160), 0.5, np.float32)
+    r[40:42, 20:100] = 12.0  # 40 m at 0.5 m
+    r[90:92, 30:42] = 12.0  # 6 m: as long as the segment, like a streak of noise
+    mask = np.zeros(r.shape, np.uint8)
+    out = T.line_mask(_line_levels(r), mask, DecideConfig(), 0.5)
+    assert out[40:42, 22:98].all()
+    assert not out[85:97].any()
+    assert not out[:38].any() and not out[44:85].any()
+    assert not T.line_mask(_line_levels(r), mask, DecideConfig(line_min_ratio=0), 0.5).any()
+
+
+def test_line_mask_leaves_roofs_alone_and_joins_pieces_of_a_trench():
+    r = np.full((120, 160), 0.5, np.float32)
+    mask = np.zeros(r.shape, np.uint8)
+    mask[20:34, 20:34] = 1  # a roof, with its outline and shadow as lines of evidence, and spikes
+    r[17:19, 16:38] = 12.0
+    r[35:37, 16:38] = 12.0
+    r[26:28, 8:46] = 12.0
+    mask[80:83, 20:50] = 1  # a piece of a trench the pixel score found ...
+    r[80:83, 20:130] = 12.0  # ... and the rest of it, in line evidence only
+    out = T.line_mask(_line_levels(r), mask, DecideConfig(), 0.5)
+    assert not out[:60].any()
+    assert out[80:83, 52:128].all()
+    assert out[80:83, 20:50].all()  # the line overlaps its piece, which it will join
