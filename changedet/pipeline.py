@@ -451,8 +451,9 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m)
         lines = threshold.line_mask(lq, mask, cfg.decide, pair.gsd_m, differencing.LINE_FLANK_PX,
                                     cfg.measure.line_length_px)
-        mask[(mask == 0) & (lines == 1)] = 1
         del lq
+        mask[(mask == 0) & (lines == 1)] = 1
+        del lines
         mask = refine_edges(pair, models, cfg, mask, progress)
     with timer("objects"):
         mask = objects.split_touching(mask, pair.gsd_m, cfg.objects)

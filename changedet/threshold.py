@@ -226,22 +226,23 @@ def line_mask(lq: np.ndarray, mask: np.ndarray, params: DecideConfig, gsd_m: flo
         return out
     r = params.line_min_ratio
     high, low = r / (1.0 + r), (r / 2) / (1.0 + r / 2)
-    grown = hysteresis(lq, Threshold("line", high, high, low))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8, ltype=cv2.CV_32S)
-    if n <= 1:
+    seeds = (lq > high * LEVELS) & (lq != NODATA)
+    if not seeds.any():
         return out
+    del seeds
     near = cv2.dilate((mask == 1).astype(np.uint8), _disk(flank_px)).astype(bool)
     wide = _wide_regions(mask, flank_px, length_px // 2 + 1)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(hysteresis(lq, Threshold("line", high, high, low)),
+                                                          connectivity=8, ltype=cv2.CV_32S)
     min_px = params.line_min_length_m / gsd_m
-    lev = lq.astype(np.float32) / LEVELS
-    ratio = lev / np.maximum(1.0 - lev, 1e-3)  # back to multiples of the 90th percentile
     for i in range(1, n):
         x, y, w, h = (int(stats[i, k]) for k in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH,
                                                     cv2.CC_STAT_HEIGHT))
         if np.hypot(w, h) < min_px:
             continue
         region = labels[y:y + h, x:x + w] == i
-        rr = ratio[y:y + h, x:x + w]
+        lev = lq[y:y + h, x:x + w].astype(np.float32) / LEVELS
+        rr = lev / np.maximum(1.0 - lev, 1e-3)  # back to multiples of the 90th percentile
         region &= rr >= LINE_END_SHARE * float(np.median(rr[region]))
         region &= ~wide[y:y + h, x:x + w]
         m, parts = cv2.connectedComponents(region.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
