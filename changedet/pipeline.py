@@ -24,6 +24,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
 
 from . import __version__, differencing, objects, quicklook, radiometry, registration, threshold, vector
 from .coregistration import estimate_registration, read_registered
@@ -150,6 +151,26 @@ def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
     finally:
         writer.close()
     return q, lq, objects.keep_large_water(water, cfg.objects, pair.gsd_m)
+
+
+def add_line_scores(score_path: Path, lines: np.ndarray, lq: np.ndarray, window_px: int) -> None:
+    """Give the pixels of lines found by line evidence that evidence in the score raster.
+
+    ``change_score.tif`` then explains every changed pixel: a faint trench's pixels score low
+    pixel by pixel, and high as a line. Other pixels keep the fused pixel score.
+    """
+    if not lines.any():
+        return
+    with rasterio.open(score_path, "r+") as ds:
+        for r, c, h, w in iter_windows(lines.shape, window_px):
+            sel = lines[r:r + h, c:c + w] == 1
+            if not sel.any():
+                continue
+            win = Window(c, r, w, h)
+            score = ds.read(1, window=win)
+            line = lq[r:r + h, c:c + w].astype(np.float32) / threshold.LEVELS
+            score[sel] = np.maximum(score[sel], line[sel])
+            ds.write(score, 1, window=win)
 
 
 # --------------------------------------------------------------------------- objects
@@ -451,9 +472,9 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m)
         lines = threshold.line_mask(lq, mask, cfg.decide, pair.gsd_m, differencing.LINE_FLANK_PX,
                                     cfg.measure.line_length_px)
-        del lq
         mask[(mask == 0) & (lines == 1)] = 1
-        del lines
+        add_line_scores(stage.file("score.scratch.tif"), lines, lq, cfg.processing.window_px)
+        del lq, lines
         mask = refine_edges(pair, models, cfg, mask, progress)
     with timer("objects"):
         mask = objects.split_touching(mask, pair.gsd_m, cfg.objects)

@@ -202,6 +202,10 @@ def test_a_faint_trench_is_found_whole_by_its_line_evidence(tmp_path):
     truth_m = 0.5 * sum(np.hypot(*np.subtract(p, q)) for p, q in zip([(20, 40), (60, 70), (90, 40)],
                                                                       [(60, 70), (90, 40), (130, 75)]))
     assert hits[0]["length_m"] == pytest.approx(truth_m, rel=0.15)
+    with rasterio.open(tmp_path / "on" / "change_mask.tif") as m, rasterio.open(tmp_path / "on" / "change_score.tif") as s:
+        changed = m.read(1) == 1
+        assert changed[line].mean() > 0.5
+        assert s.read(1)[changed & line].min() > 0.5  # the score raster explains the line's pixels
     off = detect_pair(tmp_path / "before.tif", tmp_path / "after.tif", tmp_path / "off",
                       build_config(sets=["decide.line_min_ratio=0"]))
     with rasterio.open(tmp_path / "off" / "change_mask.tif") as src:
