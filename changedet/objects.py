@@ -393,21 +393,25 @@ def coverage(obj: np.ndarray, before: np.ndarray, after: np.ndarray, band_sigma:
     The sensor's blur spreads an object's change over its edge pixels, and the
     threshold keeps them, so the mask is larger than the object by about a
     pixel all round (on a 5 m wide hull at 1 m, that is 40% of the width). A
-    mixed pixel's change vector is a blend of the object's and the ground's,
-    so its change magnitude, between the ring's level (0) and the level of the
-    region's interior (1), estimates the covered share (linear spectral
-    unmixing of two end-members).
+    mixed pixel's change vector is a blend of the object's and the ground's
+    (linear spectral unmixing of two end-members): ``c s + n`` for a covered
+    share ``c``, the object's change ``s`` and noise ``n``. Its squared
+    magnitude is ``c^2 |s|^2 + |n|^2`` on average, so
+    ``c = sqrt((m^2 - ring) / (interior - ring))`` with the ring's and the
+    interior's median squared magnitudes. Unmixing the magnitude itself
+    would read a half-covered pixel of a faint trench (``|s|`` = 3 noise
+    sigmas) as a third covered and trim it.
     """
     sig = np.maximum(band_sigma.astype(np.float32), 1e-6)[:, None, None]
-    mag = np.sqrt((((after - before) / sig) ** 2).sum(axis=0))
+    mag2 = (((after - before) / sig) ** 2).sum(axis=0)
     inner = cv2.erode(obj.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     rim = ring(obj, width_px)
     if inner.sum() < 4 or not rim.any():
         return obj.astype(np.float32)
-    lo, hi = float(np.median(mag[rim])), float(np.median(mag[inner]))
+    lo, hi = float(np.median(mag2[rim])), float(np.median(mag2[inner]))
     if hi <= lo:
         return obj.astype(np.float32)
-    cov = np.clip((mag - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    cov = np.sqrt(np.clip((mag2 - lo) / (hi - lo), 0.0, 1.0)).astype(np.float32)
     cov[inner] = 1.0
     cov[~obj] = 0.0
     return cov

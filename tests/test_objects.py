@@ -338,3 +338,29 @@ def test_single_objects_are_never_split(shape):
         m[70:100, 20:140] = 1
     out = O.split_touching(m, 0.5, ObjectsConfig())
     assert (out == m).all()
+
+
+def test_coverage_of_a_faint_object_is_not_biased_by_noise():
+    # a bar 3 noise sigmas strong over 4 bands, outlined by a row it half covers on each side:
+    # those rows read about 0.5 despite noise as strong as their change (unmixing magnitudes rather
+    # than squared magnitudes read about a third); a row beside a sharp bar reads about 0
+    rng = np.random.default_rng(7)
+    before = rng.normal(0, 1, (4, 40, 400)).astype(np.float32)
+    after = (before + rng.normal(0, 1, before.shape)).astype(np.float32)
+    s = 1.5 * np.sqrt(2.0)  # 1.5 sigmas per band, 3 in all: the difference's noise is sqrt(2)
+    sigma = np.full(4, np.sqrt(2.0), np.float32)
+    soft = after.copy()
+    soft[:, 15:25] += s
+    soft[:, [14, 25]] += s / 2
+    obj = np.zeros((40, 400), bool)
+    obj[14:26, 5:395] = True
+    half = np.median(O.coverage(obj, before, soft, sigma)[[14, 25], 20:380])
+    assert 0.4 < half < 0.6
+    sharp = after.copy()
+    sharp[:, 14:26] += s
+    wide = np.zeros((40, 400), bool)
+    wide[13:27, 5:395] = True  # the threshold kept a row of noise on each side
+    cover = O.coverage(wide, before, sharp, sigma)
+    assert np.median(cover[[13, 26], 20:380]) < 0.25
+    trimmed = O.trim_edges(wide, cover, 0.5)
+    assert trimmed[[13, 26], 20:380].mean() < 0.3 and trimmed[14:26, 20:380].all()
