@@ -81,17 +81,19 @@ class _Timer:
 # --------------------------------------------------------------------------- reading the pair
 
 
-def sample_pair(pair: PairSource, reg: registration.Registration, cfg: Config,
-                max_px: int = 250_000) -> tuple[np.ndarray, np.ndarray]:
-    """Co-located valid samples (bands, n) of before and registered after, from full-resolution chips."""
+Chip = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def read_chips(pair: PairSource, reg: registration.Registration, cfg: Config) -> list[Chip]:
+    """(before, registered after, valid) at full resolution on the registration's chip grid."""
     boxes = registration.chip_boxes(pair.shape, cfg.registration.chip_px, cfg.registration.grid)
-    bs, as_ = [], []
-    for box in boxes:
-        b, a, v = read_registered(pair, reg, box)
-        bs.append(b[:, v])
-        as_.append(a[:, v])
-    before = np.concatenate(bs, axis=1)
-    after = np.concatenate(as_, axis=1)
+    return [read_registered(pair, reg, box) for box in boxes]
+
+
+def sample_pair(chips: list[Chip], max_px: int = 250_000) -> tuple[np.ndarray, np.ndarray]:
+    """Co-located valid samples (bands, n) of before and registered after, from the chips."""
+    before = np.concatenate([b[:, v] for b, _, v in chips], axis=1)
+    after = np.concatenate([a[:, v] for _, a, v in chips], axis=1)
     step = max(1, before.shape[1] // max_px)
     return before[:, ::step], after[:, ::step]
 
@@ -107,18 +109,14 @@ class _Models:
     water: objects.WaterModel
 
 
-def line_noise(pair: PairSource, reg: registration.Registration, fit: radiometry.RadiometricFit,
-               lum_sigma: float, cfg: Config) -> tuple[tuple[float, ...], float]:
+def line_noise(chips: list[Chip], fit: radiometry.RadiometricFit, lum_sigma: float,
+               cfg: Config) -> tuple[tuple[float, ...], float]:
     """No-change spread of line contrasts (:func:`differencing.fit_line_noise`), from every fourth chip."""
     n = cfg.measure.line_length_px
     if n < 2 or cfg.decide.line_min_ratio <= 0:
         return (), 0.0
-    chips = []
-    boxes = registration.chip_boxes(pair.shape, cfg.registration.chip_px, cfg.registration.grid)
-    for box in boxes[::4] if len(boxes) >= 8 else boxes:
-        b, a, v = read_registered(pair, reg, box)
-        chips.append((b, radiometry.apply(a, fit, b), v))
-    return differencing.fit_line_noise(chips, lum_sigma, n)
+    used = chips[::4] if len(chips) >= 8 else chips
+    return differencing.fit_line_noise([(b, radiometry.apply(a, fit, b), v) for b, a, v in used], lum_sigma, n)
 
 
 def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
@@ -459,11 +457,13 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
             warns.append(msg)
         used = reg if applied else replace(reg, matrix=registration.translation(0, 0), field=None)
     with timer("normalize"):
-        sb, sa = sample_pair(pair, used, cfg)
+        chips = read_chips(pair, used, cfg)
+        sb, sa = sample_pair(chips)
         fit = radiometry.fit_normalization(sb, sa, cfg.normalize)
         noise = differencing.fit_noise(sb, radiometry.apply(sa[:, None, :], fit, sb[:, None, :])[:, 0, :])
-        line_sigma, line_t90 = line_noise(pair, used, fit, noise.lum_sigma, cfg)
+        line_sigma, line_t90 = line_noise(chips, fit, noise.lum_sigma, cfg)
         noise = replace(noise, line_sigma=line_sigma, line_t90=line_t90)
+        del chips
         water_model = objects.fit_water(sb, cfg.objects)
         models = _Models(used, fit, noise, water_model)
     with timer("measure"):

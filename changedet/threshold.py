@@ -236,8 +236,7 @@ def line_mask(lq: np.ndarray, mask: np.ndarray, params: DecideConfig, gsd_m: flo
                                                           connectivity=8, ltype=cv2.CV_32S)
     min_px = params.line_min_length_m / gsd_m
     for i in range(1, n):
-        x, y, w, h = (int(stats[i, k]) for k in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH,
-                                                    cv2.CC_STAT_HEIGHT))
+        x, y, w, h = _box(stats, i)
         if np.hypot(w, h) < min_px:
             continue
         region = labels[y:y + h, x:x + w] == i
@@ -254,6 +253,12 @@ def line_mask(lq: np.ndarray, mask: np.ndarray, params: DecideConfig, gsd_m: flo
     return out
 
 
+def _box(stats: np.ndarray, i: int) -> tuple[int, int, int, int]:
+    """(left, top, width, height) of component ``i`` of :func:`cv2.connectedComponentsWithStats`."""
+    return (int(stats[i, cv2.CC_STAT_LEFT]), int(stats[i, cv2.CC_STAT_TOP]), int(stats[i, cv2.CC_STAT_WIDTH]),
+            int(stats[i, cv2.CC_STAT_HEIGHT]))
+
+
 def _wide_regions(mask: np.ndarray, flank_px: int, reach_px: int) -> np.ndarray:
     """Pixels within ``reach_px`` of a region of ``mask`` that is not a thin line (bool).
 
@@ -265,8 +270,7 @@ def _wide_regions(mask: np.ndarray, flank_px: int, reach_px: int) -> np.ndarray:
                                                           ltype=cv2.CV_32S)
     block = np.zeros(n, bool)
     for i in range(1, n):
-        x, y, w, h = (int(stats[i, k]) for k in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH,
-                                                    cv2.CC_STAT_HEIGHT))
+        x, y, w, h = _box(stats, i)
         region = labels[y:y + h, x:x + w] == i
         width = widest_px(region)
         block[i] = width > 2 * flank_px or skeleton_length_px(region) < 2 * width
