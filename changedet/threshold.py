@@ -244,12 +244,16 @@ def line_mask(lq: np.ndarray, mask: np.ndarray, params: DecideConfig, gsd_m: flo
         rr = lev / np.maximum(1.0 - lev, 1e-3)  # back to multiples of the 90th percentile
         region &= rr >= LINE_END_SHARE * float(np.median(rr[region]))
         region &= ~wide[y:y + h, x:x + w]
-        m, parts = cv2.connectedComponents(region.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        m, parts, pstats, _ = cv2.connectedComponentsWithStats(region.astype(np.uint8), connectivity=8,
+                                                               ltype=cv2.CV_32S)
         for j in range(1, m):
-            part = parts == j
-            far = part & ~near[y:y + h, x:x + w]
+            px, py, pw, ph = _box(pstats, j)
+            if np.hypot(pw, ph) < min_px:
+                continue
+            part = parts[py:py + ph, px:px + pw] == j
+            far = part & ~near[y + py:y + py + ph, x + px:x + px + pw]
             if far.sum() >= min_px and skeleton_length_px(far) >= min_px:
-                out[y:y + h, x:x + w][part] = 1
+                out[y + py:y + py + ph, x + px:x + px + pw][part] = 1
     return out
 
 

@@ -117,3 +117,22 @@ def test_output_under_a_file_is_refused(tmp_path):
     f.write_text("x")
     with pytest.raises(OutputError, match="not a folder"):
         OutputStage(f / "out")
+
+
+def test_inputs_slow_to_read_by_window_are_read_from_a_local_copy_removed_on_close(tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 255, (3, 64, 80), dtype=np.uint8)
+    for name in ("b.png", "a.png"):
+        with rasterio.open(tmp_path / name, "w", driver="PNG", width=80, height=64, count=3, dtype="uint8") as ds:
+            ds.write(data)
+    with open_pair(tmp_path / "b.png", tmp_path / "a.png") as pair:
+        assert pair.before.driver == "GTiff" and pair.after.driver == "GTiff"
+        assert len(list(scratch.glob("changedet-inputs-*"))) == 1
+        b, vb = pair.read_before((10, 20, 30, 40))
+        assert np.array_equal(b, data[:, 10:40, 20:60].astype(np.float32)) and vb.all()
+    assert not list(scratch.glob("changedet-inputs-*"))
