@@ -104,7 +104,18 @@ def segment_kernel(length_px: int, angle_rad: float) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _segment_kernels(length_px: int) -> tuple[np.ndarray, ...]:
-    return tuple(segment_kernel(length_px, math.pi * k / LINE_ORIENTATIONS) for k in range(LINE_ORIENTATIONS))
+    return tuple(segment_kernel(length_px, _angle(k)) for k in range(LINE_ORIENTATIONS))
+
+
+def _angle(k: int) -> float:
+    """Angle in radians of orientation ``k`` of :data:`LINE_ORIENTATIONS`, over 180 degrees."""
+    return math.pi * k / LINE_ORIENTATIONS
+
+
+def _inside(valid: np.ndarray, reach_px: int) -> np.ndarray:
+    """Valid pixels at least ``reach_px`` from an invalid pixel and from the array's edge (bool)."""
+    k = np.ones((2 * reach_px + 1, 2 * reach_px + 1), np.uint8)
+    return cv2.erode(np.pad(valid.astype(np.uint8), 1), k)[1:-1, 1:-1].astype(bool)
 
 
 def _shift(img: np.ndarray, dx: float, dy: float) -> np.ndarray:
@@ -114,10 +125,11 @@ def _shift(img: np.ndarray, dx: float, dy: float) -> np.ndarray:
                           borderMode=cv2.BORDER_REFLECT)
 
 
-def line_contrast(diff: np.ndarray, length_px: int, angle_rad: float) -> np.ndarray:
+def line_contrast(diff: np.ndarray, length_px: int, k: int) -> np.ndarray:
     """Contrast of a line of ``diff`` through each pixel against both its sides; (h, w) -> (h, w) float32.
 
-    The mean of ``diff`` along a segment of ``length_px`` at ``angle_rad`` (x right, y down) less
+    The mean of ``diff`` along a segment of ``length_px`` at orientation ``k`` of
+    :data:`LINE_ORIENTATIONS` (angle ``pi k / 12`` from x right, y down) less
     the larger magnitude of its means along the parallel segments :data:`LINE_FLANK_PX` to either
     side, with the line's sign; 0 where the sides change as much. A line of change has changed
     and its sides have not: not so the edge of a broad change (one side changed as much), a road
@@ -125,11 +137,8 @@ def line_contrast(diff: np.ndarray, length_px: int, angle_rad: float) -> np.ndar
     plus-minus pair along a strong edge that moved or sharpened a little (one side changed the
     other way).
     """
-    k = angle_rad / math.pi * LINE_ORIENTATIONS
-    ker = _segment_kernels(length_px)[round(k)] if abs(k - round(k)) < 1e-9 and 0 <= round(k) < LINE_ORIENTATIONS \
-        else segment_kernel(length_px, angle_rad)
-    seg = cv2.filter2D(diff.astype(np.float32), -1, ker, borderType=cv2.BORDER_REFLECT)
-    nx, ny = -math.sin(angle_rad) * LINE_FLANK_PX, math.cos(angle_rad) * LINE_FLANK_PX
+    seg = cv2.filter2D(diff.astype(np.float32), -1, _segment_kernels(length_px)[k], borderType=cv2.BORDER_REFLECT)
+    nx, ny = -math.sin(_angle(k)) * LINE_FLANK_PX, math.cos(_angle(k)) * LINE_FLANK_PX
     sides = np.maximum(np.abs(_shift(seg, nx, ny)), np.abs(_shift(seg, -nx, -ny)))
     return (np.sign(seg) * np.maximum(np.abs(seg) - sides, 0.0)).astype(np.float32)
 
@@ -149,10 +158,9 @@ def line_z2(diff: np.ndarray, line_sigma: np.ndarray, length_px: int) -> np.ndar
     best = np.zeros(diff.shape[1:], np.float32)
     sig = np.asarray(line_sigma, dtype=np.float32)
     for k in range(LINE_ORIENTATIONS):
-        angle = math.pi * k / LINE_ORIENTATIONS
         acc = np.zeros(diff.shape[1:], np.float32)
         for band, s in zip(diff, sig):
-            c = line_contrast(band, length_px, angle) / s
+            c = line_contrast(band, length_px, k) / s
             acc += c * c
         np.maximum(best, acc / np.float32(diff.shape[0]), out=best)
     return best
@@ -176,21 +184,18 @@ def fit_line_noise(chips: list[tuple[np.ndarray, np.ndarray, np.ndarray]], lum_s
     both dates are left out, as :func:`line_score` leaves them out. Returns ``((), 0)`` when no
     chip is large enough.
     """
-    pad = length_px // 2 + LINE_FLANK_PX + 2
     used = []
     for b, a, v in chips:
-        inner = cv2.erode(np.pad(v.astype(np.uint8), 1), np.ones((2 * pad + 1, 2 * pad + 1), np.uint8))[1:-1, 1:-1]
-        inner = inner.astype(bool) & ~persistent_edges(b, a, lum_sigma)
+        inner = _inside(v, length_px // 2 + LINE_FLANK_PX + 2) & ~persistent_edges(b, a, lum_sigma)
         if inner.sum() >= 100:
             used.append((np.where(v[None], a - b, np.float32(0)).astype(np.float32), inner))
     if not used:
         return (), 0.0
     sig = []
     for band in range(used[0][0].shape[0]):
-        vals = np.concatenate([line_contrast(d[band], length_px, math.pi * k / LINE_ORIENTATIONS)[inner]
+        vals = np.concatenate([line_contrast(d[band], length_px, k)[inner]
                                for d, inner in used for k in range(0, LINE_ORIENTATIONS, 3)])
-        nz = vals[vals != 0]
-        sig.append(max(robust_sigma(nz), 1e-9) if nz.size else 1e-9)
+        sig.append(max(robust_sigma(vals[vals != 0]), 1e-9))
     z2 = np.concatenate([line_z2(d, np.asarray(sig), length_px)[inner] for d, inner in used])
     return tuple(sig), max(float(np.percentile(z2, 90)), 1e-9)
 
@@ -225,10 +230,9 @@ def line_score(before: np.ndarray, after: np.ndarray, valid: np.ndarray, noise: 
     """Line evidence, 0..1: ``r / (1 + r)`` with ``r = line_z2 / line_t90``; (bands, h, w) -> (h, w) float32.
 
     0.5 at the pair's 90th percentile (no change is about 2 at its 99th percentile), 0.75 at three
-    times it. 0 on edges of both dates
-    (:func:`persistent_edges`), and within reach of the segment and
+    times it. 0 on edges of both dates (:func:`persistent_edges`); within reach of the segment and
     its sides of invalid pixels and of the array's edge (so the caller's halo must cover that reach,
-    :func:`halo_px`), and everywhere when the noise model has no line calibration or ``length_px`` < 2.
+    :func:`halo_px`); and everywhere when the noise model has no line calibration or ``length_px`` < 2.
     """
     if length_px < 2 or not noise.line_sigma or noise.line_t90 <= 0:
         return np.zeros(before.shape[1:], np.float32)
@@ -237,9 +241,7 @@ def line_score(before: np.ndarray, after: np.ndarray, valid: np.ndarray, noise: 
     out = r / (1.0 + r)
     out[persistent_edges(before, after, noise.lum_sigma)] = 0.0
     # a segment or its sides reaching past the data (the tile's edge, nodata) sees a false edge there
-    reach = length_px // 2 + LINE_FLANK_PX + 1
-    inner = cv2.erode(np.pad(valid.astype(np.uint8), 1), np.ones((2 * reach + 1, 2 * reach + 1), np.uint8))
-    out[inner[1:-1, 1:-1] == 0] = 0.0
+    out[~_inside(valid, length_px // 2 + LINE_FLANK_PX + 1)] = 0.0
     return out.astype(np.float32)
 
 

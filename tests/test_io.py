@@ -126,13 +126,17 @@ def test_inputs_slow_to_read_by_window_are_read_from_a_local_copy_removed_on_clo
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     rng = np.random.default_rng(0)
-    data = rng.integers(0, 255, (3, 64, 80), dtype=np.uint8)
+    data = rng.integers(0, 255, (4, 64, 80), dtype=np.uint8)
+    data[3] = 255
+    data[3, :, :8] = 0  # an alpha band: the left edge has no data
     for name in ("b.png", "a.png"):
-        with rasterio.open(tmp_path / name, "w", driver="PNG", width=80, height=64, count=3, dtype="uint8") as ds:
+        with rasterio.open(tmp_path / name, "w", driver="PNG", width=80, height=64, count=4, dtype="uint8") as ds:
             ds.write(data)
     with open_pair(tmp_path / "b.png", tmp_path / "a.png") as pair:
         assert pair.before.driver == "GTiff" and pair.after.driver == "GTiff"
         assert len(list(scratch.glob("changedet-inputs-*"))) == 1
-        b, vb = pair.read_before((10, 20, 30, 40))
-        assert np.array_equal(b, data[:, 10:40, 20:60].astype(np.float32)) and vb.all()
+        assert pair.before_bands == [1, 2, 3]  # the alpha band is still alpha
+        b, vb = pair.read_before((10, 0, 30, 40))
+        assert np.array_equal(b, data[:3, 10:40, 0:40].astype(np.float32))
+        assert not vb[:, :8].any() and vb[:, 8:].all()
     assert not list(scratch.glob("changedet-inputs-*"))
