@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO   := demo_out
 
-.PHONY: demo test install install-dev benchmarks sample-tiles clean
+.PHONY: demo test install install-dev benchmarks sample-tiles model encoder clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,16 @@ sample-tiles: install
 	$(BIN)/changedet synth --out sample_tiles/trenches --scenario trenches --seed 11 --size 448
 	$(BIN)/changedet synth --out sample_tiles/camp --scenario camp --seed 12 --size 512
 	$(BIN)/changedet synth --out sample_tiles/port --scenario port --seed 13 --size 448
+
+# Retrain the default model shipped in changedet/models/ (needs ../shared/; about 6 minutes on 2 cores).
+model: install
+	$(BIN)/python benchmarks/realpairs.py --manifest build/model_manifest.yaml --synth-dir build/synth
+	$(BIN)/changedet train build/model_manifest.yaml --out changedet/models/default.npz
+
+# Re-export the frozen encoder from its ImageNet weights (installs the export extra: torch CPU).
+encoder: install
+	$(BIN)/python -m pip install -q -e ".[export]"
+	$(BIN)/python -m changedet.learned.lite0 --out changedet/models/lite0_s16.onnx
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .hypothesis

@@ -139,7 +139,11 @@ def run_batch(manifest_path: str | Path, out_dir: str | Path, base_config_data: 
     configs = {}
     for s in sites:  # resolve every config first: a bad key fails the batch before any work
         data = _merge(_merge(dict(base_config_data or {}), overrides), s.config)
-        configs[s.name] = build_config(data, preset=preset, sets=sets, source=f"{manifest_path}: site {s.name}")
+        cfg = build_config(data, preset=preset, sets=sets, source=f"{manifest_path}: site {s.name}")
+        if cfg.model.path and not Path(cfg.model.path).is_absolute():  # model files are relative to the manifest
+            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(
+                update={"path": str(manifest_path.parent / cfg.model.path)})})
+        configs[s.name] = cfg
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
     for s in sites:

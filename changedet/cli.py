@@ -107,6 +107,7 @@ def detect(
     site: Annotated[Optional[str], typer.Option("--site", help="Site name for the record (default: --out's name).")] = None,
     gsd: Annotated[Optional[float], typer.Option("--gsd", help="Ground sample distance in metres (for images without georeferencing).")] = None,
     require_registration: Annotated[bool, typer.Option("--require-registration", help="Exit 1 when registration confidence is low.")] = False,
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model file from 'changedet train' (default: the shipped model; --set model.enabled=false for none).")] = None,
 ) -> None:
     """Detect changes between BEFORE and AFTER and write the output contract to --out.
 
@@ -116,7 +117,14 @@ def detect(
     from .pipeline import detect_pair
 
     with _errors():
-        cfg = load_config(config, preset=preset, sets=set_ or [])
+        sets = list(set_ or [])
+        if model is not None:
+            sets.append(f"model.path={json.dumps(str(model))}")
+        cfg = load_config(config, preset=preset, sets=sets)
+        if cfg.model.enabled:
+            from .learned import load_model
+
+            load_model(cfg.model.path)  # a bad model file fails before any work
         if gsd is not None and gsd <= 0:
             _fail(f"--gsd {gsd}: must be a positive number of metres", 2)
         try:
@@ -213,6 +221,36 @@ def batch(
                        f"-> {Path(out) / 'batch_summary.json'}")
         if result["n_failed"]:
             raise typer.Exit(1)
+
+
+@app.command()
+def train(
+    manifest: Annotated[Path, typer.Argument(help="YAML manifest of labelled pairs (before, after, label raster or GeoJSON).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (.npz); its card goes beside it as .card.json.")],
+    augment: Annotated[Optional[int], typer.Option("--augment", help="Views per pair, 1-8 (rotations and flips; default 2).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Passes over the samples (default 30).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed of sampling and training (default 0).")] = None,
+) -> None:
+    """Train the learned head on labelled pairs and write a model file for detect --model.
+
+    Example: changedet train labels.yaml --out models/my_site.npz
+    """
+    from .learned.training import load_manifest
+    from .learned.training import train as train_head
+
+    with _errors():
+        pairs, options = load_manifest(manifest)
+        for key, value in (("augment", augment), ("epochs", epochs), ("seed", seed)):
+            if value is not None:
+                options[key] = value
+        if not str(out).endswith(".npz"):
+            _fail(f"--out {out}: a model file ends in .npz", 2)
+        with _progress() as progress:
+            hd, digest = train_head(pairs, out, options, progress=progress)
+        if not _state["quiet"]:
+            tr = hd.card["training"]
+            typer.echo(f"{len(pairs)} pairs, {tr['samples']} samples, {tr['seconds']:.0f} s, threshold "
+                       f"{hd.threshold:.3f} -> {out} (sha256 {digest[:12]})")
 
 
 @app.command()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -136,6 +136,28 @@ class ObjectsConfig(_Section):
     max_objects: int = Field(5000, ge=1, description="objects beyond this many (smallest first) are not described")
 
 
+class ModelConfig(_Section):
+    """The learned change probability (a frozen encoder and a trained head, run with onnxruntime)."""
+
+    enabled: bool = Field(True, description="run the learned stage; false gives the classical pipeline alone")
+    path: str | None = Field(None, description=(
+        "model file written by 'changedet train' (.npz); empty: the default model shipped in the package"))
+    gate_score: float = Field(0.0, ge=0, le=1, description=(
+        "fusion: the learned probability is scaled by min(1, s / (gate_score * local max of s within 4 px)), "
+        "trimming its stride-4 blur to where the classical score s changed; 0 uses the probability alone"))
+    veto_probability: float = Field(0.25, ge=0, le=1, description=(
+        "fusion: classical change (and line evidence) where the probability is below this is vetoed as irrelevant"))
+    window_px: int = Field(1024, ge=128, description="side of a window of the learned stage (multiple of 16)")
+    threads: int = Field(0, ge=0, description="onnxruntime threads; 0 = every core (results do not depend on it)")
+
+    @field_validator("window_px")
+    @classmethod
+    def _stride(cls, v: int) -> int:
+        if v % 16:
+            raise ValueError("must be a multiple of 16")
+        return v
+
+
 class ProcessingConfig(_Section):
     """How the work is cut up; does not change results."""
 
@@ -153,6 +175,15 @@ class Config(_Section):
     decide: DecideConfig = DecideConfig()
     objects: ObjectsConfig = ObjectsConfig()
     processing: ProcessingConfig = ProcessingConfig()
+    model: ModelConfig = ModelConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_path(cls, data: Any) -> Any:
+        """``model: FILE`` is short for ``model: {path: FILE}`` (batch manifests, config files)."""
+        if isinstance(data, dict) and isinstance(data.get("model"), str):
+            data = {**data, "model": {"path": data["model"]}}
+        return data
 
 
 def list_presets() -> list[str]:

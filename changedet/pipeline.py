@@ -26,7 +26,9 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from . import __version__, differencing, objects, quicklook, radiometry, registration, threshold, vector
+from . import __version__, differencing, learned, objects, quicklook, radiometry, registration, threshold, vector
+from .learned import features as lfeatures
+from .learned import score as lscore
 from .coregistration import estimate_registration, read_registered
 from .arrays import crop, luminance
 from .config import Config
@@ -119,11 +121,106 @@ def line_noise(chips: list[Chip], fit: radiometry.RadiometricFit, lum_sigma: flo
     return differencing.fit_line_noise([(b, radiometry.apply(a, fit, b), v) for b, a, v in used], lum_sigma, n)
 
 
+@dataclass(frozen=True)
+class _Learned:
+    """The learned stage of a run: its head, the RGB stretch and the quantised probability (whole, uint8)."""
+
+    head: learned.Head
+    stretch: lfeatures.Stretch
+    pq: np.ndarray
+    path: str
+
+    def to_json(self) -> dict[str, Any]:
+        card = self.head.card
+        return {"enabled": True, "path": self.path, "sha256": self.head.sha256,
+                "encoder": lfeatures.ENCODER_PATH.name,
+                "encoder_sha256": card.get("encoder", {}).get("sha256", ""),
+                "threshold": round(self.head.threshold, 4), "stretch": self.stretch.to_json(),
+                "trained_on": card.get("training", {}).get("datasets", {}),
+                "created": card.get("created", "")}
+
+
+def rgb_bands(pair: PairSource) -> tuple[int, int, int]:
+    """Red, green and blue among the bands the run reads (:func:`changedet.learned.features.rgb_of`)."""
+    ds, idx = pair.before, pair.before_bands
+    desc = tuple(ds.descriptions[i - 1] for i in idx)
+    interp = tuple(ds.colorinterp[i - 1].name for i in idx)
+    return lfeatures.rgb_of(desc, interp)
+
+
+def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch: lfeatures.Stretch, cfg: Config,
+                 progress: ProgressFn) -> np.ndarray:
+    """The learned probability of relevant change, quantised (uint8 levels, 255 nodata), whole.
+
+    Windows of ``model.window_px`` are read with the encoder's halo (on the stride-16 grid), so
+    the result does not depend on the window size.
+    """
+    shape = pair.shape
+    pq = np.full(shape, threshold.NODATA, dtype=np.uint8)
+    boxes = list(iter_windows(shape, cfg.model.window_px))
+    threads = cfg.model.threads or None
+    for i, box in enumerate(boxes):
+        pbox = lfeatures.padded_box(box)
+        b, a, v = read_registered(pair, models.reg, pbox)
+        a = radiometry.apply(a, models.fit, b)
+        p = lscore.probability(b, a, v, stretch, head, threads)
+        r, c, h, w = box
+        dr, dc = r - pbox[0], c - pbox[1]
+        pq[r:r + h, c:c + w] = threshold.quantize(p[dr:dr + h, dc:dc + w], v[dr:dr + h, dc:dc + w])
+        progress("learned", i + 1, len(boxes))
+    return pq
+
+
+def fuse(score: np.ndarray, prob: np.ndarray, classical_threshold: float, model_threshold: float,
+         gate_score: float | np.ndarray, veto_probability: float) -> np.ndarray:
+    """The fused change score of the classical score ``s`` and the learned probability ``p``.
+
+    ``max(p * min(1, s / gate), min(1, s * t_m / t_c) * [p >= veto_probability])``, with ``t_m``
+    the model's threshold and ``t_c`` the classical (automatic) one, so that the model's threshold
+    on the fused score keeps a pixel when either
+
+    - the model calls it relevant change (``p >= t_m``) and, where ``gate`` > 0, it changed at full
+      resolution by at least ``gate`` (:func:`fuse_pass`: ``model.gate_score`` times the highest
+      classical score within 4 px, which trims the stride-4 probability's blur past an edge), or
+    - the classical score calls it changed (``s >= t_c``), with the classical outline, and the
+      model does not call that change irrelevant (``p >= veto_probability``): a kerb, a shadow or
+      a field that the model has learned to ignore is vetoed.
+    """
+    s = np.asarray(score, np.float32)
+    p = np.asarray(prob, np.float32)
+    gate = np.maximum(np.asarray(gate_score, np.float32), np.float32(1e-6))
+    learned_part = p * np.minimum(np.float32(1), s / gate)
+    classical_part = np.minimum(np.float32(1), s * np.float32(model_threshold / max(classical_threshold, 1e-6)))
+    classical_part = np.where(p >= veto_probability, classical_part, np.float32(0))
+    return np.maximum(learned_part, classical_part).astype(np.float32)
+
+
+def fuse_pass(score_path: Path, q: np.ndarray, lrn: _Learned, classical: threshold.Threshold,
+              cfg: Config) -> np.ndarray:
+    """Replace the classical score in ``score_path`` by the fused score; returns it quantised (whole, uint8)."""
+    fq = np.full(q.shape, threshold.NODATA, dtype=np.uint8)
+    size = 2 * lfeatures.HEAD_STRIDE + 1  # the reach of the stride-4 probability's blur
+    local_max = cv2.dilate(np.where(q == threshold.NODATA, 0, q).astype(np.uint8), np.ones((size, size), np.uint8))
+    with rasterio.open(score_path, "r+") as ds:
+        for r, c, h, w in iter_windows(q.shape, cfg.processing.window_px):
+            win = Window(c, r, w, h)
+            s = ds.read(1, window=win)
+            valid = np.isfinite(s)
+            p = lrn.pq[r:r + h, c:c + w].astype(np.float32) / threshold.LEVELS
+            gate = cfg.model.gate_score * local_max[r:r + h, c:c + w].astype(np.float32) / threshold.LEVELS
+            f = fuse(np.nan_to_num(s), p, classical.high, lrn.head.threshold, gate, cfg.model.veto_probability)
+            ds.write(np.where(valid, f, np.float32(np.nan)).astype(np.float32), 1, window=win)
+            fq[r:r + h, c:c + w] = threshold.quantize(f, valid)
+    return fq
+
+
 def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
-               progress: ProgressFn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Score every window; write the float score.
+               progress: ProgressFn, lrn: _Learned | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Score every window; write the float (classical) score.
 
     Returns the quantised change score, the quantised line evidence and water (uint8, whole).
+    With a learned stage, line evidence is kept only where the probability reaches
+    ``model.veto_probability``.
     """
     halo = differencing.halo_px(cfg.measure)
     shape = pair.shape
@@ -141,6 +238,9 @@ def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
             w = objects.water_mask(b, a, v, models.water, cfg.objects)
             s, ln, v, w = crop(s, halo), crop(ln, halo), crop(v, halo), crop(w, halo)
             r, c, h, wd = box
+            if lrn is not None:  # lines the model calls irrelevant (kerbs, shadows) are not evidence
+                p = lrn.pq[r:r + h, c:c + wd].astype(np.float32) / threshold.LEVELS
+                ln = np.where(p >= cfg.model.veto_probability, ln, np.float32(0))
             writer.write(box, np.where(v, s, np.float32(np.nan)).astype(np.float32))
             q[r:r + h, c:c + wd] = threshold.quantize(s, v)
             lq[r:r + h, c:c + wd] = threshold.quantize(ln, v)
@@ -466,10 +566,23 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         del chips
         water_model = objects.fit_water(sb, cfg.objects)
         models = _Models(used, fit, noise, water_model)
+    lrn = None
+    if cfg.model.enabled:
+        with timer("learned"):
+            head = learned.load_model(cfg.model.path)
+            stretch = lfeatures.Stretch.fit(sb, rgb_bands(pair))
+            pq = learned_pass(pair, models, head, stretch, cfg, progress)
+            lrn = _Learned(head, stretch, pq, str(cfg.model.path or learned.DEFAULT_MODEL.name))
     with timer("measure"):
-        q, lq, water = score_pass(pair, models, cfg, stage.file("score.scratch.tif"), progress)
+        q, lq, water = score_pass(pair, models, cfg, stage.file("score.scratch.tif"), progress, lrn)
     with timer("decide"):
-        mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m)
+        if lrn is not None:
+            classical = threshold.choose(threshold.histogram(q), cfg.decide)
+            q = fuse_pass(stage.file("score.scratch.tif"), q, lrn, classical, cfg)
+            mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m, lrn.head.threshold)
+            thr = replace(thr, raw=classical.raw)
+        else:
+            mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m)
         lines = threshold.line_mask(lq, mask, cfg.decide, pair.gsd_m, differencing.LINE_FLANK_PX,
                                     cfg.measure.line_length_px)
         mask[(mask == 0) & (lines == 1)] = 1
@@ -501,6 +614,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
             raise OSError(f"{stage.file('quicklook.png')}: could not write the quick-look")
     summary = _summary(site, info_b, info_a, pair, _Models(reg, fit, noise, water_model), cfg, thr, mask,
                        records, warns, timer.timings, applied)
+    summary["model"] = lrn.to_json() if lrn else {"enabled": False}
     write_json(stage.file("summary.json"), summary)
     stage.commit(names)
     return RunResult(stage.out_dir, summary)

@@ -172,15 +172,22 @@ def clean(mask: np.ndarray, params: DecideConfig, gsd_m: float) -> np.ndarray:
     return remove_small(out, int(np.ceil(params.min_area_m2 / px_area)))
 
 
-def decide(q: np.ndarray, params: DecideConfig, gsd_m: float) -> tuple[np.ndarray, Threshold]:
+def decide(q: np.ndarray, params: DecideConfig, gsd_m: float,
+           fixed: float | None = None) -> tuple[np.ndarray, Threshold]:
     """Threshold the quantised score and clean the result.
+
+    ``fixed`` replaces the automatic threshold (a learned model's calibrated one); hysteresis
+    still grows regions down to ``hysteresis_low_ratio`` of it.
 
     Returns
     -------
     mask : (h, w) uint8, 0 no change, 1 change, 255 nodata.
     threshold : the thresholds used.
     """
-    thr = choose(histogram(q), params)
+    if fixed is None:
+        thr = choose(histogram(q), params)
+    else:
+        thr = Threshold("model", fixed, fixed, fixed * params.hysteresis_low_ratio)
     mask = clean(hysteresis(q, thr), params, gsd_m)
     mask[q == NODATA] = NODATA
     return mask, thr

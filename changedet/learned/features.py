@@ -1,0 +1,173 @@
+"""Siamese deep features of a pair: the frozen EfficientNet-Lite0 encoder run with onnxruntime.
+
+Both dates go through the same encoder (ImageNet weights, truncated at stride 16; see
+:mod:`changedet.learned.lite0` for its definition and export). Per pixel of a grid at stride 4
+the head sees, for each of the three feature maps (strides 4, 8, 16, upsampled to stride 4),
+the absolute difference of the two dates and their mean: 2 x (24 + 40 + 112) = 352 numbers.
+
+Windowed runs equal whole-image runs: windows start on the stride-16 grid and carry a halo of
+:data:`HALO_PX` (at least the encoder's receptive-field radius); beyond the image every input is
+0 after normalisation (mid-grey), in windows and whole runs alike.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+#: the encoder shipped in the package (sha256 recorded in every summary that used it)
+ENCODER_PATH = Path(__file__).resolve().parents[1] / "models" / "lite0_s16.onnx"
+#: coarsest stride of the encoder; windows start on multiples of it
+STRIDE = 16
+#: grid of the head's input and output
+HEAD_STRIDE = 4
+#: receptive-field radius of stem + blocks 0..10 is 170 px; bilinear upsampling of the stride-16
+#: map reaches one cell further (186 px), and the stride-4 result one cell more: 192, on the grid
+HALO_PX = 192
+#: channels of the taps at strides 4, 8, 16
+TAP_CHANNELS = (24, 40, 112)
+N_FEATURES = 2 * sum(TAP_CHANNELS)
+#: ImageNet preprocessing of the Lite port
+MEAN, STD = 127.0, 128.0
+
+
+def rgb_indexes(n_bands: int) -> tuple[int, int, int]:
+    """0-based indexes of red, green and blue in an image of ``n_bands`` bands.
+
+    3 bands are R G B; 4 or 5 bands are B G R NIR (+SWIR), the order of Sentinel-2 10 m stacks
+    and PlanetScope; 13 bands are Sentinel-2 B01..B12 with B8A (B04 B03 B02). A single band is
+    repeated; any other count takes its first three bands.
+    """
+    if n_bands == 1:
+        return (0, 0, 0)
+    if n_bands == 2:
+        return (0, 1, 1)
+    return {3: (0, 1, 2), 4: (2, 1, 0), 5: (2, 1, 0), 13: (3, 2, 1)}.get(n_bands, (0, 1, 2))
+
+
+def rgb_of(descriptions: tuple[str | None, ...], colorinterp: tuple[str, ...] = ()) -> tuple[int, int, int]:
+    """Red, green and blue among a raster's bands, by colour interpretation or band description.
+
+    Names such as ``red``/``green``/``blue`` or Sentinel-2's ``B04``/``B03``/``B02`` decide; without
+    them the band count does (:func:`rgb_indexes`).
+    """
+    n = max(len(descriptions), len(colorinterp))
+    names = {"red": ("red", "b04", "b4"), "green": ("green", "b03", "b3"), "blue": ("blue", "b02", "b2")}
+    found: dict[str, int] = {}
+    for role, keys in names.items():
+        for i in range(n):
+            ci = colorinterp[i].lower() if i < len(colorinterp) else ""
+            desc = (descriptions[i] or "").lower() if i < len(descriptions) else ""
+            if ci == role or desc in keys:
+                found.setdefault(role, i)
+    if len(found) == 3:
+        return (found["red"], found["green"], found["blue"])
+    return rgb_indexes(n)
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """Per-band linear map of the RGB bands onto 0..255, from ``before``'s 1st and 99th percentiles.
+
+    Both dates use the same map (``after`` is already normalised to ``before``), so a change in
+    brightness stays a change.
+    """
+
+    rgb: tuple[int, int, int]
+    lo: tuple[float, float, float]
+    hi: tuple[float, float, float]
+
+    @staticmethod
+    def fit(before: np.ndarray, rgb: tuple[int, int, int] | None = None) -> Stretch:
+        """From (bands, n) or (bands, h, w) valid samples of ``before``."""
+        rgb = rgb or rgb_indexes(before.shape[0])
+        sel = np.asarray(before, dtype=np.float64).reshape(before.shape[0], -1)[list(rgb)]
+        lo, hi = [], []
+        for band in sel:
+            band = band[np.isfinite(band)]
+            p1, p99 = (np.percentile(band, [1, 99]) if band.size else (0.0, 1.0))
+            lo.append(float(p1))
+            hi.append(float(max(p99, p1 + 1e-6)))
+        return Stretch(tuple(int(i) for i in rgb), tuple(lo), tuple(hi))  # type: ignore[arg-type]
+
+    def to_json(self) -> dict[str, list[float] | list[int]]:
+        return {"rgb_bands": [i + 1 for i in self.rgb], "lo": [round(v, 4) for v in self.lo],
+                "hi": [round(v, 4) for v in self.hi]}
+
+
+def encoder_input(img: np.ndarray, valid: np.ndarray, stretch: Stretch) -> np.ndarray:
+    """(bands, h, w) image -> (3, h, w) float32 encoder input; invalid pixels are 0 (mid-grey)."""
+    idx = list(stretch.rgb)
+    lo = np.asarray(stretch.lo, np.float32)[:, None, None]
+    hi = np.asarray(stretch.hi, np.float32)[:, None, None]
+    x = np.clip((img[idx].astype(np.float32) - lo) / (hi - lo), 0.0, 1.0) * np.float32(255.0)
+    x = (x - np.float32(MEAN)) / np.float32(STD)
+    x[:, ~valid] = 0.0
+    return x
+
+
+@lru_cache(maxsize=4)
+def _session(path: str, threads: int) -> object:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def default_threads() -> int:
+    """Threads for onnxruntime: ``CHANGEDET_THREADS`` or every core the process may use."""
+    env = os.environ.get("CHANGEDET_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def encode(x: np.ndarray, threads: int | None = None, path: Path = ENCODER_PATH) -> tuple[np.ndarray, ...]:
+    """Run the encoder on (3, h, w) input (h, w multiples of 16): feature maps at strides 4, 8, 16."""
+    sess = _session(str(path), threads or default_threads())
+    outs = sess.run(None, {"image": x[None].astype(np.float32, copy=False)})  # type: ignore[attr-defined]
+    return tuple(o[0] for o in outs)
+
+
+def _up(fmap: np.ndarray, factor: int) -> np.ndarray:
+    """(c, h, w) -> (c, h*factor, w*factor), bilinear with centres aligned."""
+    if factor == 1:
+        return fmap
+    c, h, w = fmap.shape
+    flat = fmap.reshape(c, h * w).T.reshape(h, w, c)
+    out = np.empty((h * factor, w * factor, c), np.float32)
+    for i in range(0, c, 256):  # cv2 takes at most 512 channels
+        out[..., i:i + 256] = cv2.resize(np.ascontiguousarray(flat[..., i:i + 256]), (w * factor, h * factor),
+                                         interpolation=cv2.INTER_LINEAR).reshape(h * factor, w * factor, -1)
+    return out.transpose(2, 0, 1)
+
+
+def pair_features(xb: np.ndarray, xa: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """Head input at stride 4 for encoder inputs of both dates: (N_FEATURES, h/4, w/4) float32."""
+    fb, fa = encode(xb, threads), encode(xa, threads)
+    parts = []
+    for tb, ta, stride in zip(fb, fa, (4, 8, 16)):
+        up = stride // HEAD_STRIDE
+        parts.append(_up(np.abs(ta - tb), up))
+        parts.append(_up(0.5 * (ta + tb), up))
+    return np.concatenate(parts, axis=0)
+
+
+def padded_box(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """The read box of a window (row, col, h, w): grown by the halo and rounded out to the stride-16 grid."""
+    r, c, h, w = box
+    r0, c0 = r - HALO_PX, c - HALO_PX
+    r1 = r + h + HALO_PX
+    c1 = c + w + HALO_PX
+    r1 = r0 + -(-(r1 - r0) // STRIDE) * STRIDE
+    c1 = c0 + -(-(c1 - c0) // STRIDE) * STRIDE
+    return r0, c0, r1 - r0, c1 - c0

@@ -1,0 +1,207 @@
+"""The trained head: a small per-pixel network on the Siamese features, and its model file.
+
+The head is a multilayer perceptron (``N_FEATURES`` -> 64 -> 32 -> 1, ReLU, sigmoid) applied at
+every pixel of the stride-4 grid; the stride-16 features it sees carry about 170 px of context.
+It is trained with numpy (Adam on a class-weighted cross-entropy), so training needs neither torch
+nor a GPU and is deterministic for a given seed.
+
+Model file: a ``.npz`` of plain arrays (loaded with ``allow_pickle=False``, so it can hold no
+code) with the weights, the feature standardisation, the decision threshold and the model card
+as a JSON string. The card is also written beside it as ``<name>.card.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .features import N_FEATURES
+
+FORMAT = "changedet-head/1"
+LAYERS = (64, 32)
+
+
+@dataclass(frozen=True)
+class Head:
+    """Weights of the head, its threshold and card."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: tuple[np.ndarray, ...]
+    biases: tuple[np.ndarray, ...]
+    threshold: float
+    card: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """(n, N_FEATURES) -> (n,) logits, in float64.
+
+        Double precision keeps a pixel's result independent of how many rows share the matrix
+        product (BLAS kernels differ by block size in their last bits): windowed equals whole.
+        """
+        h = (x.astype(np.float64) - self.mean) * self.scale
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = h @ w.astype(np.float64) + b
+            if i < len(self.weights) - 1:
+                np.maximum(h, 0, out=h)
+        return h[:, 0]
+
+    def predict(self, feats: np.ndarray) -> np.ndarray:
+        """(N_FEATURES, h, w) features -> (h, w) float32 probability of relevant change."""
+        c, h, w = feats.shape
+        x = feats.reshape(c, h * w).T
+        out = np.empty(h * w, np.float64)
+        step = 16384
+        for i in range(0, h * w, step):  # bounded memory whatever the window
+            out[i:i + step] = _sigmoid64(self.logits(x[i:i + step]))
+        return out.reshape(h, w)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))).astype(np.float32)
+
+
+def _sigmoid64(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+
+
+# --------------------------------------------------------------------------- model files
+
+
+def save(head: Head, path: Path) -> str:
+    """Write the model file and ``<stem>.card.json`` beside it; returns the model file's SHA-256."""
+    arrays: dict[str, np.ndarray] = {"format": np.array(FORMAT), "mean": head.mean, "scale": head.scale,
+                                     "threshold": np.array(head.threshold, np.float64),
+                                     "card": np.array(json.dumps(head.card, sort_keys=True))}
+    for i, (w, b) in enumerate(zip(head.weights, head.biases)):
+        arrays[f"w{i}"], arrays[f"b{i}"] = w, b
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    tmp.replace(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    card_path = card_path_of(path)
+    card_tmp = card_path.with_name(f".{card_path.name}.tmp")
+    card_tmp.write_text(json.dumps({**head.card, "model_file": path.name, "model_sha256": digest},
+                                   indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    card_tmp.replace(card_path)
+    return digest
+
+
+def card_path_of(path: Path) -> Path:
+    """``model.npz`` -> ``model.card.json``."""
+    return Path(path).with_name(Path(path).stem + ".card.json")
+
+
+def load(path: str | Path) -> Head:
+    """Read a model file written by :func:`save`; a bad file is an :class:`InputError` naming it."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the model file ({exc.strerror}); check the path") from None
+    try:
+        import io
+
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+            if "format" not in z or str(z["format"]) != FORMAT:
+                raise ValueError("not a changedet model")
+            n = sum(1 for k in z.files if k.startswith("w"))
+            weights = tuple(z[f"w{i}"].astype(np.float32) for i in range(n))
+            biases = tuple(z[f"b{i}"].astype(np.float32) for i in range(n))
+            mean, scale = z["mean"].astype(np.float32), z["scale"].astype(np.float32)
+            threshold, card = float(z["threshold"]), json.loads(str(z["card"]))
+    except (ValueError, KeyError, OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not a changedet model file ({exc}); train one with 'changedet train'") from None
+    if mean.shape != (N_FEATURES,) or weights[0].shape[0] != N_FEATURES or weights[-1].shape[1] != 1:
+        raise InputError(f"{path}: the model expects {weights[0].shape[0]} features, this changedet makes "
+                         f"{N_FEATURES}; retrain it with this version")
+    return Head(mean, scale, weights, biases, threshold, card, hashlib.sha256(raw).hexdigest())
+
+
+# --------------------------------------------------------------------------- training
+
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+def fit(x: np.ndarray, y: np.ndarray, weight: np.ndarray, *, epochs: int = 30, seed: int = 0,
+        lr: float = 2e-3, l2: float = 1e-4, batch: int = 2048, progress: ProgressFn | None = None) -> Head:
+    """Train the head on samples ``x`` (n, N_FEATURES), soft targets ``y`` in 0..1, sample weights.
+
+    Adam on the weighted binary cross-entropy, L2 on the weights, a fixed seed: the same samples
+    give the same head. The threshold is left at 0.5; :func:`best_threshold` sets it.
+    """
+    rng = np.random.default_rng(seed)
+    x = np.asarray(x, np.float32)
+    mean = x.mean(axis=0)
+    scale = (1.0 / np.maximum(x.std(axis=0), 1e-6)).astype(np.float32)
+    xs = (x - mean) * scale
+    sizes = (x.shape[1], *LAYERS, 1)
+    ws = [(rng.standard_normal((a, b)) * np.sqrt(2.0 / a)).astype(np.float32) for a, b in zip(sizes, sizes[1:])]
+    bs = [np.zeros(b, np.float32) for b in sizes[1:]]
+    params = ws + bs
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    wn = (weight / weight.mean()).astype(np.float32)
+    n = len(xs)
+    step = 0
+    for epoch in range(epochs):
+        order = rng.permutation(n)
+        rate = lr * 0.5 * (1 + np.cos(np.pi * epoch / epochs))  # cosine decay
+        for i in range(0, n, batch):
+            idx = order[i:i + batch]
+            grads = _grads(ws, bs, xs[idx], y[idx], wn[idx], l2)
+            step += 1
+            for p, g, mm, vv in zip(params, grads, m, v):
+                mm *= 0.9
+                mm += 0.1 * g
+                vv *= 0.999
+                vv += 0.001 * g * g
+                p -= rate * (mm / (1 - 0.9 ** step)) / (np.sqrt(vv / (1 - 0.999 ** step)) + 1e-8)
+        if progress:
+            progress("train", epoch + 1, epochs)
+    return Head(mean.astype(np.float32), scale, tuple(ws), tuple(bs), 0.5)
+
+
+def _grads(ws: list[np.ndarray], bs: list[np.ndarray], x: np.ndarray, y: np.ndarray, w: np.ndarray,
+           l2: float) -> list[np.ndarray]:
+    acts = [x]
+    h = x
+    for i, (wi, bi) in enumerate(zip(ws, bs)):
+        h = h @ wi + bi
+        if i < len(ws) - 1:
+            h = np.maximum(h, 0)
+        acts.append(h)
+    p = _sigmoid(acts[-1][:, 0])
+    d = ((p - y) * w / len(x)).astype(np.float32)[:, None]
+    gw, gb = [None] * len(ws), [None] * len(ws)
+    for i in range(len(ws) - 1, -1, -1):
+        gw[i] = acts[i].T @ d + l2 * ws[i]
+        gb[i] = d.sum(axis=0)
+        if i > 0:
+            d = (d @ ws[i].T) * (acts[i] > 0)
+    return [g for g in gw] + [g for g in gb]  # type: ignore[misc]
+
+
+def best_threshold(prob: np.ndarray, truth: np.ndarray, weight: np.ndarray | None = None) -> tuple[float, float]:
+    """The probability threshold with the highest (weighted) F1, and that F1."""
+    weight = np.ones_like(prob) if weight is None else weight
+    order = np.argsort(-prob, kind="stable")
+    tp = np.cumsum((truth[order] * weight[order]).astype(np.float64))
+    fp = np.cumsum(((1 - truth[order]) * weight[order]).astype(np.float64))
+    pos = tp[-1]
+    if pos <= 0:
+        return 0.5, 0.0
+    f1 = 2 * tp / (tp + fp + pos)
+    k = int(np.argmax(f1))
+    return float(np.clip(prob[order][k], 0.05, 0.95)), float(f1[k])

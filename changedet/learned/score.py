@@ -1,0 +1,52 @@
+"""The learned change probability of a pair of arrays: encoder, head, back to full resolution.
+
+Pure functions on arrays. :func:`probability` scores a read box laid out by
+:func:`~changedet.learned.features.padded_box` (origin and size on the stride-16 grid, a halo of
+:data:`~changedet.learned.features.HALO_PX` around the window); the caller crops the halo.
+:func:`whole_probability` scores a whole image the same way, so both give the same numbers.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .features import HALO_PX, HEAD_STRIDE, Stretch, encoder_input, padded_box, pair_features
+from .head import Head
+
+
+def features(before: np.ndarray, after: np.ndarray, valid: np.ndarray, stretch: Stretch,
+             threads: int | None = None) -> np.ndarray:
+    """Head input (N_FEATURES, h/4, w/4) of a read box; ``after`` already normalised to ``before``."""
+    return pair_features(encoder_input(before, valid, stretch), encoder_input(after, valid, stretch), threads)
+
+
+def upsample(p4: np.ndarray) -> np.ndarray:
+    """Stride-4 probabilities -> full resolution (bilinear, pixel centres aligned)."""
+    h, w = p4.shape
+    return cv2.resize(p4, (w * HEAD_STRIDE, h * HEAD_STRIDE), interpolation=cv2.INTER_LINEAR)
+
+
+def probability(before: np.ndarray, after: np.ndarray, valid: np.ndarray, stretch: Stretch, head: Head,
+                threads: int | None = None) -> np.ndarray:
+    """(h, w) float32 probability of relevant change for a read box; 0 where invalid."""
+    p = upsample(head.predict(features(before, after, valid, stretch, threads))).astype(np.float32)
+    p[~valid] = 0.0
+    return p
+
+
+def pad_to_box(arr: np.ndarray, shape: tuple[int, int], fill: float | bool = 0) -> np.ndarray:
+    """Place a whole (…, h, w) array in its :func:`padded_box`, ``fill`` outside."""
+    r0, c0, ph, pw = padded_box((0, 0) + shape)
+    out = np.full(arr.shape[:-2] + (ph, pw), fill, dtype=arr.dtype)
+    out[..., -r0:-r0 + shape[0], -c0:-c0 + shape[1]] = arr
+    return out
+
+
+def whole_probability(before: np.ndarray, after: np.ndarray, valid: np.ndarray, stretch: Stretch, head: Head,
+                      threads: int | None = None) -> np.ndarray:
+    """(h, w) probability of a whole image held in memory (small images, training, tests)."""
+    shape = valid.shape
+    p = probability(pad_to_box(before, shape), pad_to_box(after, shape), pad_to_box(valid, shape, False),
+                    stretch, head, threads)
+    return p[HALO_PX:HALO_PX + shape[0], HALO_PX:HALO_PX + shape[1]]
