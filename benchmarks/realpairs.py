@@ -135,7 +135,7 @@ def main() -> None:
     args = ap.parse_args()
     if not REALDATA.is_dir() or not TRAINDATA.is_dir():
         raise SystemExit(f"{SHARED}: the shared real data is not here; the default model cannot be rebuilt")
-    pairs = default_pairs(args.synth_dir)
+    pairs = default_pairs(args.synth_dir.resolve())
     args.manifest.parent.mkdir(parents=True, exist_ok=True)
     args.manifest.write_text(yaml.safe_dump(manifest(pairs), sort_keys=False), encoding="utf-8")
     print(f"{args.manifest}: {len(pairs)} pairs")

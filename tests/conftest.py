@@ -26,6 +26,22 @@ def sample_runs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def classical_runs(tmp_path_factory) -> dict[str, Path]:
+    """``detect`` with the learned stage off, once on every bundled sample site."""
+    from changedet.config import build_config
+    from changedet.pipeline import detect_pair
+
+    out = tmp_path_factory.mktemp("classical_runs")
+    runs = {}
+    for site in SITES:
+        folder = SAMPLE_TILES / site
+        detect_pair(folder / "before.tif", folder / "after.tif", out / site,
+                    build_config(sets=["model.enabled=false"]), site=site)
+        runs[site] = out / site
+    return runs
+
+
+@pytest.fixture(scope="session")
 def small_scene(tmp_path_factory) -> Path:
     """A fresh 256 px camp scene written by synth."""
     from changedet import synth

@@ -83,8 +83,8 @@ def test_shift_recovered_within_a_tenth_of_a_pixel(sample_runs, site):
 
 
 @pytest.mark.parametrize("site", SITES)
-def test_sample_sites_are_detected(sample_runs, site):
-    ev = evaluate(sample_runs[site], SAMPLE_TILES / site)
+def test_sample_sites_are_detected_by_the_classical_pipeline(classical_runs, site):
+    ev = evaluate(classical_runs[site], SAMPLE_TILES / site)
     assert ev.pixel.f1 >= 0.80
     assert all(v["recall"] == 1.0 for v in ev.objects.per_class.values() if v["n_truth"])
 
@@ -195,7 +195,8 @@ def test_a_faint_trench_is_found_whole_by_its_line_evidence(tmp_path):
         with rasterio.open(tmp_path / name, "w", **profile) as dst:
             dst.write(data)
     rows, cols = np.nonzero(line)
-    on = detect_pair(tmp_path / "before.tif", tmp_path / "after.tif", tmp_path / "on")
+    classical = build_config(sets=["model.enabled=false"])  # line evidence of the classical score
+    on = detect_pair(tmp_path / "before.tif", tmp_path / "after.tif", tmp_path / "on", classical)
     hits = [d for d in on.summary["detections"]
             if d["bbox_px"][0] <= cols.mean() <= d["bbox_px"][2] and d["bbox_px"][1] <= rows.mean() <= d["bbox_px"][3]]
     assert len(hits) == 1 and hits[0]["class"] == "trench"
@@ -207,6 +208,6 @@ def test_a_faint_trench_is_found_whole_by_its_line_evidence(tmp_path):
         assert changed[line].mean() > 0.5
         assert s.read(1)[changed & line].min() > 0.5  # the score raster explains the line's pixels
     off = detect_pair(tmp_path / "before.tif", tmp_path / "after.tif", tmp_path / "off",
-                      build_config(sets=["decide.line_min_ratio=0"]))
+                      build_config(sets=["model.enabled=false", "decide.line_min_ratio=0"]))
     with rasterio.open(tmp_path / "off" / "change_mask.tif") as src:
         assert (src.read(1)[line] == 1).mean() < 0.2

@@ -1,0 +1,192 @@
+"""The learned stage: encoder features, the head and its model file, windowed inference, training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from changedet import learned, synth, threshold
+from changedet.cli import app
+from changedet.errors import InputError
+from changedet.learned import features as F
+from changedet.learned import head as H
+from changedet.learned import score as S
+from changedet.learned import training as T
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_tiles"
+runner = CliRunner()
+
+
+def _random_head(seed: int = 0) -> H.Head:
+    rng = np.random.default_rng(seed)
+    sizes = (F.N_FEATURES, *H.LAYERS, 1)
+    ws = tuple((rng.normal(0, 0.2, (a, b))).astype(np.float32) for a, b in zip(sizes, sizes[1:]))
+    bs = tuple(np.zeros(b, np.float32) for b in sizes[1:])
+    return H.Head(np.zeros(F.N_FEATURES, np.float32), np.ones(F.N_FEATURES, np.float32), ws, bs, 0.5)
+
+
+def _windowed(before: np.ndarray, after: np.ndarray, valid: np.ndarray, stretch: F.Stretch, head: H.Head,
+              window: int) -> np.ndarray:
+    """What the pipeline does: windows on the grid, read with the halo (zeros and invalid past the edge)."""
+    h, w = valid.shape
+    out = np.zeros((h, w), np.float32)
+    for r in range(0, h, window):
+        for c in range(0, w, window):
+            box = (r, c, min(window, h - r), min(window, w - c))
+            pr, pc, ph, pw = F.padded_box(box)
+            b = np.zeros((before.shape[0], ph, pw), np.float32)
+            a, v = b.copy(), np.zeros((ph, pw), bool)
+            r0, c0, r1, c1 = max(pr, 0), max(pc, 0), min(pr + ph, h), min(pc + pw, w)
+            b[:, r0 - pr:r1 - pr, c0 - pc:c1 - pc] = before[:, r0:r1, c0:c1]
+            a[:, r0 - pr:r1 - pr, c0 - pc:c1 - pc] = after[:, r0:r1, c0:c1]
+            v[r0 - pr:r1 - pr, c0 - pc:c1 - pc] = valid[r0:r1, c0:c1]
+            p = S.probability(b, a, v, stretch, head)
+            out[r:r + box[2], c:c + box[3]] = p[r - pr:r - pr + box[2], c - pc:c - pc + box[3]]
+    return out
+
+
+@settings(max_examples=4, deadline=None)
+@given(h=st.integers(40, 300), w=st.integers(40, 300), window=st.sampled_from([128, 160, 256]),
+       seed=st.integers(0, 1000))
+def test_windowed_inference_equals_whole(h, w, window, seed):
+    rng = np.random.default_rng(seed)
+    before = rng.uniform(0, 255, (3, h, w)).astype(np.float32)
+    after = before + rng.normal(0, 30, (3, h, w)).astype(np.float32)
+    valid = np.ones((h, w), bool)
+    valid[: h // 5, : w // 4] = False
+    stretch = F.Stretch((0, 1, 2), (0.0, 0.0, 0.0), (255.0, 255.0, 255.0))
+    head = _random_head(seed)
+    whole = S.whole_probability(before, after, valid, stretch, head)
+    win = _windowed(before, after, valid, stretch, head, window)
+    assert np.array_equal(threshold.quantize(win, valid), threshold.quantize(whole, valid))
+
+
+def test_rgb_bands_follow_names_then_count():
+    assert F.rgb_of(("red", "green", "blue", "nir")) == (0, 1, 2)
+    assert F.rgb_of(("B02", "B03", "B04", "B08")) == (2, 1, 0)
+    assert F.rgb_of((None,) * 4) == (2, 1, 0)  # B G R NIR, the usual 4-band order
+    assert F.rgb_of((None,) * 3) == (0, 1, 2)
+    assert F.rgb_of((None,)) == (0, 0, 0)
+
+
+def test_head_learns_a_separable_rule_and_round_trips(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, (4000, F.N_FEATURES)).astype(np.float32)
+    y = (x[:, 3] + 0.5 * x[:, 200] > 0.3).astype(np.float32)
+    hd = H.fit(x, y, np.ones(len(y), np.float32), epochs=10, seed=0, batch=256)
+    prob = hd.predict(x.T[:, :, None])[:, 0]
+    thr, f1 = H.best_threshold(prob, y)
+    assert f1 > 0.9
+    again = H.fit(x, y, np.ones(len(y), np.float32), epochs=10, seed=0, batch=256)
+    assert all(np.array_equal(a, b) for a, b in zip(hd.weights, again.weights)), "training is deterministic"
+    hd = H.Head(hd.mean, hd.scale, hd.weights, hd.biases, thr, {"note": "test"})
+    digest = H.save(hd, tmp_path / "m.npz")
+    back = H.load(tmp_path / "m.npz")
+    assert back.sha256 == digest and back.threshold == pytest.approx(thr)
+    assert np.array_equal(back.predict(x[:50].T[:, :, None]), hd.predict(x[:50].T[:, :, None]))
+    card = json.loads((tmp_path / "m.card.json").read_text())
+    assert card["model_sha256"] == digest and card["note"] == "test"
+
+
+def test_model_file_with_pickled_objects_is_refused(tmp_path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, format=np.array(H.FORMAT), w0=np.array([object()], dtype=object))
+    with pytest.raises(InputError, match="bad.npz"):
+        H.load(bad)
+    (tmp_path / "text.npz").write_text("not a model")
+    with pytest.raises(InputError, match="text.npz"):
+        H.load(tmp_path / "text.npz")
+
+
+def test_shipped_model_loads_with_its_card():
+    hd = learned.load_model(None)
+    assert hd.weights[0].shape[0] == F.N_FEATURES
+    assert 0.05 <= hd.threshold <= 0.95
+    assert hd.card["encoder"]["sha256"] == T.sha256(str(F.ENCODER_PATH)), "the card names the shipped encoder"
+    card = json.loads(H.card_path_of(learned.DEFAULT_MODEL).read_text())
+    assert card["model_sha256"] == hd.sha256
+    assert card["pairs"], "the card lists the training pairs"
+
+
+def _manifest(tmp_path: Path, n: int = 2) -> Path:
+    pairs = []
+    for i in range(n):
+        site = tmp_path / f"scene{i}"
+        synth.write_scene(synth.make_scene(("camp", "trenches")[i % 2], seed=300 + i, size=160,
+                                           shift_px=(0.0, 0.0)), site)
+        pairs.append({"before": f"scene{i}/before.tif", "after": f"scene{i}/after.tif",
+                      "label": f"scene{i}/truth_class.tif", "group": f"s{i}"})
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump({"pairs": pairs, "augment": 1, "epochs": 3}))
+    return path
+
+
+def test_train_cli_writes_a_model_that_detect_uses(tmp_path):
+    manifest = _manifest(tmp_path)
+    res = runner.invoke(app, ["-q", "train", str(manifest), "--out", str(tmp_path / "m.npz")])
+    assert res.exit_code == 0, res.output
+    card = json.loads((tmp_path / "m.card.json").read_text())
+    assert len(card["pairs"]) == 2
+    with open(tmp_path / "scene0" / "before.tif", "rb") as f:
+        import hashlib
+
+        assert card["pairs"][0]["before"][0]["sha256"] == hashlib.sha256(f.read()).hexdigest()
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["-q", "detect", str(SAMPLES / "camp" / "before.tif"), str(SAMPLES / "camp" / "after.tif"),
+                              "--out", str(out), "--model", str(tmp_path / "m.npz")])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["sha256"] == card["model_sha256"]
+    assert summary["threshold"]["method"] == "model"
+
+
+def test_polygon_labels_train_like_rasters(tmp_path):
+    scene = synth.make_scene("camp", seed=5, size=160, shift_px=(0.0, 0.0))
+    synth.write_scene(scene, tmp_path / "s")
+    with rasterio.open(tmp_path / "s" / "before.tif") as ds:
+        tr, crs = ds.transform, ds.crs
+    from rasterio.features import shapes
+    from rasterio.warp import transform_geom
+
+    geoms = [transform_geom(crs, "EPSG:4326", g) for g, v in shapes((scene.truth_class > 0).astype(np.uint8),
+                                                                   transform=tr) if v == 1]
+    gj = tmp_path / "s" / "change.geojson"
+    gj.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": g} for g in geoms]}))
+    pair = T.LabelledPair((str(tmp_path / "s" / "before.tif"),), (str(tmp_path / "s" / "after.tif"),), str(gj), "s")
+    truth = T.read_pair(pair).truth > 0.5
+    agree = (truth == (scene.truth_class > 0)).mean()
+    assert agree > 0.995
+
+
+def test_bad_manifest_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "m.yaml"
+    bad.write_text("pairs: [{before: a.tif}]\n")
+    res = runner.invoke(app, ["train", str(bad), "--out", str(tmp_path / "m.npz")])
+    assert res.exit_code == 2
+    assert "m.yaml" in res.output and "before, after and label" in res.output
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_detect_with_a_missing_model_is_exit_2(tmp_path):
+    res = runner.invoke(app, ["detect", str(SAMPLES / "camp" / "before.tif"), str(SAMPLES / "camp" / "after.tif"),
+                              "--out", str(tmp_path / "o"), "--model", str(tmp_path / "none.npz")])
+    assert res.exit_code == 2 and "none.npz" in res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_model_disabled_gives_the_classical_run(tmp_path):
+    res = runner.invoke(app, ["-q", "detect", str(SAMPLES / "port" / "before.tif"), str(SAMPLES / "port" / "after.tif"),
+                              "--out", str(tmp_path / "o"), "--set", "model.enabled=false"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["model"] == {"enabled": False}
+    assert summary["threshold"]["method"] != "model"
