@@ -11,34 +11,28 @@ SAMPLE_TILES = ROOT / "sample_tiles"
 SITES = ("trenches", "camp", "port")
 
 
-@pytest.fixture(scope="session")
-def sample_runs(tmp_path_factory) -> dict[str, Path]:
-    """``detect`` run once on every bundled sample site."""
+def _run_sites(out: Path, sets: list[str]) -> dict[str, Path]:
+    from changedet.config import build_config
     from changedet.pipeline import detect_pair
 
-    out = tmp_path_factory.mktemp("sample_runs")
     runs = {}
     for site in SITES:
         folder = SAMPLE_TILES / site
-        detect_pair(folder / "before.tif", folder / "after.tif", out / site, site=site)
+        detect_pair(folder / "before.tif", folder / "after.tif", out / site, build_config(sets=sets), site=site)
         runs[site] = out / site
     return runs
+
+
+@pytest.fixture(scope="session")
+def sample_runs(tmp_path_factory) -> dict[str, Path]:
+    """``detect`` run once on every bundled sample site, as shipped."""
+    return _run_sites(tmp_path_factory.mktemp("sample_runs"), [])
 
 
 @pytest.fixture(scope="session")
 def classical_runs(tmp_path_factory) -> dict[str, Path]:
     """``detect`` with the learned stage off, once on every bundled sample site."""
-    from changedet.config import build_config
-    from changedet.pipeline import detect_pair
-
-    out = tmp_path_factory.mktemp("classical_runs")
-    runs = {}
-    for site in SITES:
-        folder = SAMPLE_TILES / site
-        detect_pair(folder / "before.tif", folder / "after.tif", out / site,
-                    build_config(sets=["model.enabled=false"]), site=site)
-        runs[site] = out / site
-    return runs
+    return _run_sites(tmp_path_factory.mktemp("classical_runs"), ["model.enabled=false"])
 
 
 @pytest.fixture(scope="session")
