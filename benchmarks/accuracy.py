@@ -138,7 +138,7 @@ def pair_files(pair: T.LabelledPair, work: Path) -> tuple[Path, Path]:
 def fold_models(pairs: list[T.LabelledPair], held: list[str], work: Path, folds: bool) -> dict[str, Path]:
     """A model file per held-out site: the default recipe without that site's pairs."""
     models: dict[str, Path] = {}
-    if not folds:
+    if not folds or not held:
         return {g: learned.DEFAULT_MODEL for g in held}
     t0 = time.perf_counter()
     samples = []
@@ -185,10 +185,11 @@ def run_real(work: Path, only: set[str] | None, folds: bool) -> list[str]:
                 res = detect_pair(a_path, b_path, out, build_config(sets=sets), gsd_m=GSD[dataset])
                 with rasterio.open(out / "change_mask.tif") as m:
                     mask = m.read(1)
-                f[method] = pools[method].add(mask == 1, truth, (mask != 255) & valid)
+                h, w = mask.shape  # the output grid is the overlap: a smaller after crops it
+                f[method] = pools[method].add(mask == 1, truth[:h, :w], (mask != 255) & valid[:h, :w])
                 if method == "default":
                     with rasterio.open(out / "change_class.tif") as c:
-                        objs.add(res.summary, c.read(1), truth)
+                        objs.add(res.summary, c.read(1), truth[:h, :w])
             print(f"  {dataset}/{pair.group}: " + ", ".join(f"{m} {f[m]:.3f}" for m in METHODS)
                   + f" (truth {truth.mean():.3f})", file=sys.stderr, flush=True)
         rows += [pools[m].row(dataset, m) for m in METHODS]
@@ -196,6 +197,7 @@ def run_real(work: Path, only: set[str] | None, folds: bool) -> list[str]:
         rows.append(f"{'':<18} {'ratio':<10} default / cva {pools['default'].f1 / base:.2f}, "
                     f"learned / cva {pools['learned'].f1 / base:.2f}")
         rows.append(objs.row(dataset))
+        print("\n".join(rows[-6:]), file=sys.stderr, flush=True)  # each dataset's table as soon as it is done
     return rows
 
 
