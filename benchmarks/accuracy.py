@@ -113,24 +113,16 @@ class Objects:
 
 
 def pair_files(pair: T.LabelledPair, work: Path) -> tuple[Path, Path]:
-    """One raster per date (OSCD's band files stacked into a GeoTIFF in ``work``)."""
+    """One raster per date: OSCD's band files stacked into a GeoTIFF each (``detect`` aligns the grids)."""
     if len(pair.before) == 1:
         return Path(pair.before[0]), Path(pair.after[0])
-    arrs = T.read_pair(pair)
-    with rasterio.open(pair.before[0]) as ds:
-        profile = {"driver": "GTiff", "width": ds.width, "height": ds.height, "count": len(pair.before),
-                   "dtype": "float32", "crs": ds.crs, "transform": ds.transform}
-    raw_after, valid_after, _, _, _ = T.read_stack(pair.after)
     paths = []
     for tag, files in (("before", pair.before), ("after", pair.after)):
         img, _, tr, crs, _ = T.read_stack(files)
-        if tag == "after" and img.shape != arrs.before.shape:  # resampled onto before's grid
-            with rasterio.open(files[0]) as ds:
-                img, _ = T._onto(raw_after, valid_after, ds.transform, ds.crs, arrs.before.shape[1:],
-                                 profile["transform"], profile["crs"])
         path = work / f"{pair.group}_{tag}.tif"
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(img.astype(np.float32))
+        with rasterio.open(path, "w", driver="GTiff", width=img.shape[2], height=img.shape[1], count=img.shape[0],
+                           dtype="float32", crs=crs, transform=tr) as dst:
+            dst.write(img)
         paths.append(path)
     return paths[0], paths[1]
 
@@ -178,7 +170,7 @@ def run_real(work: Path, only: set[str] | None, folds: bool) -> list[str]:
             prob = lscore.whole_probability(arrs.before, arrs.after, valid, arrs.stretch, hd)
             f = {"learned": pools["learned"].add(prob >= hd.threshold, truth, valid)}
             raw_b, _, _, _, _ = T.read_stack(pair.before)
-            raw_a, _, _, _, _ = T.read_stack(pair.after) if len(pair.after) == 1 else (arrs.after, 0, 0, 0, 0)
+            raw_a = T.read_stack(pair.after)[0] if len(pair.after) == 1 else arrs.after  # OSCD: on before's grid
             f["cva"] = pools["cva"].add(baseline(raw_b.astype(np.float64), raw_a.astype(np.float64)), truth, valid)
             for method, sets in (("classical", ["model.enabled=false"]), ("default", [f"model.path={model}"])):
                 out = work / "runs" / method / pair.group

@@ -188,8 +188,11 @@ def fuse(score: np.ndarray, prob: np.ndarray, classical_threshold: float, model_
     """
     s = np.asarray(score, np.float32)
     p = np.asarray(prob, np.float32)
-    gate = np.maximum(np.asarray(gate_score, np.float32), np.float32(1e-6))
-    learned_part = p * np.minimum(np.float32(1), s / gate)
+    if np.any(np.asarray(gate_score) > 0):
+        gate = np.maximum(np.asarray(gate_score, np.float32), np.float32(1e-6))
+        learned_part = p * np.minimum(np.float32(1), s / gate)
+    else:
+        learned_part = p
     classical_part = np.minimum(np.float32(1), s * np.float32(model_threshold / max(classical_threshold, 1e-6)))
     classical_part = np.where(p >= veto_probability, classical_part, np.float32(0))
     return np.maximum(learned_part, classical_part).astype(np.float32)
@@ -199,15 +202,19 @@ def fuse_pass(score_path: Path, q: np.ndarray, lrn: _Learned, classical: thresho
               cfg: Config) -> np.ndarray:
     """Replace the classical score in ``score_path`` by the fused score; returns it quantised (whole, uint8)."""
     fq = np.full(q.shape, threshold.NODATA, dtype=np.uint8)
-    size = 2 * lfeatures.HEAD_STRIDE + 1  # the reach of the stride-4 probability's blur
-    local_max = cv2.dilate(np.where(q == threshold.NODATA, 0, q).astype(np.uint8), np.ones((size, size), np.uint8))
+    local_max = None
+    if cfg.model.gate_score > 0:
+        size = 2 * lfeatures.HEAD_STRIDE + 1  # the reach of the stride-4 probability's blur
+        local_max = cv2.dilate(np.where(q == threshold.NODATA, 0, q).astype(np.uint8), np.ones((size, size), np.uint8))
     with rasterio.open(score_path, "r+") as ds:
         for r, c, h, w in iter_windows(q.shape, cfg.processing.window_px):
             win = Window(c, r, w, h)
             s = ds.read(1, window=win)
             valid = np.isfinite(s)
             p = lrn.pq[r:r + h, c:c + w].astype(np.float32) / threshold.LEVELS
-            gate = cfg.model.gate_score * local_max[r:r + h, c:c + w].astype(np.float32) / threshold.LEVELS
+            gate: float | np.ndarray = 0.0
+            if local_max is not None:
+                gate = cfg.model.gate_score * local_max[r:r + h, c:c + w].astype(np.float32) / threshold.LEVELS
             f = fuse(np.nan_to_num(s), p, classical.high, lrn.head.threshold, gate, cfg.model.veto_probability)
             ds.write(np.where(valid, f, np.float32(np.nan)).astype(np.float32), 1, window=win)
             fq[r:r + h, c:c + w] = threshold.quantize(f, valid)
