@@ -78,7 +78,7 @@ def train_pairs(split: str = "train") -> list[LabelledPair]:
     return pairs
 
 
-def synth_pairs(folder: Path, n: int = 24, size: int = 384, first_seed: int = 70000) -> list[LabelledPair]:
+def synth_pairs(folder: Path, n: int = 96, size: int = 384, first_seed: int = 70000) -> list[LabelledPair]:
     """Synth scenes of every scenario and difficulty, unshifted, written to ``folder``."""
     out = []
     scen = synth.SCENARIOS
@@ -96,7 +96,7 @@ def synth_pairs(folder: Path, n: int = 24, size: int = 384, first_seed: int = 70
 
 #: how much each dataset weighs in the default model, spread over its pairs
 DATASET_WEIGHT = {"levir-cd": 1.0, "levir-cd-1024": 1.0, "dsifn": 2.0, "whu-cd": 2.0, "sztaki-airchange": 1.0,
-                  "sztaki-train": 2.0, "oscd": 1.0, "oscd-train": 1.0, "ms-hs-bcd": 3.0, "synth": 4.0}
+                  "sztaki-train": 2.0, "oscd": 1.0, "oscd-train": 1.0, "ms-hs-bcd": 3.0, "synth": 8.0}
 
 
 def weighted(pairs: list[LabelledPair]) -> list[LabelledPair]:

@@ -147,6 +147,14 @@ class ModelConfig(_Section):
         "trimming its stride-4 blur to where the classical score s changed; 0 uses the probability alone"))
     veto_probability: float = Field(0.25, ge=0, le=1, description=(
         "fusion: classical change (and line evidence) where the probability is below this is vetoed as irrelevant"))
+    guide_radius_px: int = Field(4, ge=0, le=16, description=(
+        "fusion: radius of the guided filter that sharpens the probability's stride-4 edges along the "
+        "classical score's; 0 upsamples bilinearly only"))
+    guide_eps: float = Field(0.001, gt=0, description=(
+        "fusion: guided-filter regularisation; a variance of the classical score below this is no edge"))
+    region_probability: float = Field(1.0, ge=0, le=2, description=(
+        "a changed region is kept only if its mean learned probability reaches this times the model's "
+        "threshold: classical fragments the model does not back are dropped; 0 keeps every region"))
     window_px: int = Field(1024, ge=128, description="side of a window of the learned stage (multiple of 16)")
     threads: int = Field(0, ge=0, description="onnxruntime threads; 0 = every core (results do not depend on it)")
 

@@ -28,6 +28,7 @@ from rasterio.windows import Window
 
 from . import __version__, differencing, learned, objects, quicklook, radiometry, registration, threshold, vector
 from .learned import features as lfeatures
+from .learned import guided
 from .learned import score as lscore
 from .coregistration import estimate_registration, read_registered
 from .arrays import crop, luminance
@@ -172,7 +173,7 @@ def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch:
 
 
 def fuse(score: np.ndarray, prob: np.ndarray, classical_threshold: float, model_threshold: float,
-         gate_score: float | np.ndarray, veto_probability: float) -> np.ndarray:
+         gate_score: float | np.ndarray, veto_probability: float, refined: np.ndarray | None = None) -> np.ndarray:
     """The fused change score of the classical score ``s`` and the learned probability ``p``.
 
     ``max(p * min(1, s / gate), min(1, s * t_m / t_c) * [p >= veto_probability])``, with ``t_m``
@@ -185,17 +186,64 @@ def fuse(score: np.ndarray, prob: np.ndarray, classical_threshold: float, model_
     - the classical score calls it changed (``s >= t_c``), with the classical outline, and the
       model does not call that change irrelevant (``p >= veto_probability``): a kerb, a shadow or
       a field that the model has learned to ignore is vetoed.
+
+    ``refined`` (optional) is the probability with edges sharpened (:func:`refined_probability`); it
+    takes the place of ``p`` in the first term, while the veto uses ``p`` itself.
     """
     s = np.asarray(score, np.float32)
     p = np.asarray(prob, np.float32)
+    lp = p if refined is None else np.asarray(refined, np.float32)
     if np.any(np.asarray(gate_score) > 0):
         gate = np.maximum(np.asarray(gate_score, np.float32), np.float32(1e-6))
-        learned_part = p * np.minimum(np.float32(1), s / gate)
+        learned_part = lp * np.minimum(np.float32(1), s / gate)
     else:
-        learned_part = p
+        learned_part = lp
     classical_part = np.minimum(np.float32(1), s * np.float32(model_threshold / max(classical_threshold, 1e-6)))
     classical_part = np.where(p >= veto_probability, classical_part, np.float32(0))
     return np.maximum(learned_part, classical_part).astype(np.float32)
+
+
+def refined_probability(q: np.ndarray, pq: np.ndarray, box: Box, radius: int, eps: float) -> np.ndarray | None:
+    """The learned probability of one window, its edges following the classical score's (float32).
+
+    ``q`` and ``pq`` are the whole quantised classical score and probability (255 nodata, taken as
+    0); the window is read with the guided filter's halo, so windows equal the whole image.
+    ``None`` when ``radius`` is 0 (no refinement).
+    """
+    if radius <= 0:
+        return None
+    r, c, h, w = box
+    m = guided.halo(radius)
+    r0, c0 = max(0, r - m), max(0, c - m)
+    r1, c1 = min(q.shape[0], r + h + m), min(q.shape[1], c + w + m)
+
+    def level(a: np.ndarray) -> np.ndarray:
+        return np.where(a == threshold.NODATA, 0, a).astype(np.float64) / threshold.LEVELS
+
+    out = guided.guided_filter(level(q[r0:r1, c0:c1]), level(pq[r0:r1, c0:c1]), radius, eps)
+    return out[r - r0:r - r0 + h, c - c0:c - c0 + w].astype(np.float32)
+
+
+def backed_regions(mask: np.ndarray, pq: np.ndarray, min_probability: float) -> np.ndarray:
+    """``mask`` (uint8: 0, 1, 255 nodata) without the changed regions whose mean learned probability is low.
+
+    A region (8-connected) stays when the mean of the quantised probability ``pq`` over its pixels
+    reaches ``min_probability``: fragments that only the classical score or line evidence found,
+    and that the model does not back, are dropped. Returns a new array.
+    """
+    out = mask.copy()
+    if min_probability <= 0:
+        return out
+    n, labels = cv2.connectedComponents((mask == 1).astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    if n <= 1:
+        return out
+    p = np.where(pq == threshold.NODATA, 0, pq).astype(np.float64) / threshold.LEVELS
+    sums = np.bincount(labels.ravel(), weights=p.ravel(), minlength=n)
+    counts = np.bincount(labels.ravel(), minlength=n)
+    weak = sums < min_probability * np.maximum(counts, 1)
+    weak[0] = False
+    out[weak[labels]] = 0
+    return out
 
 
 def fuse_pass(score_path: Path, q: np.ndarray, lrn: _Learned, classical: threshold.Threshold,
@@ -212,10 +260,12 @@ def fuse_pass(score_path: Path, q: np.ndarray, lrn: _Learned, classical: thresho
             s = ds.read(1, window=win)
             valid = np.isfinite(s)
             p = lrn.pq[r:r + h, c:c + w].astype(np.float32) / threshold.LEVELS
+            refined = refined_probability(q, lrn.pq, (r, c, h, w), cfg.model.guide_radius_px, cfg.model.guide_eps)
             gate: float | np.ndarray = 0.0
             if local_max is not None:
                 gate = cfg.model.gate_score * local_max[r:r + h, c:c + w].astype(np.float32) / threshold.LEVELS
-            f = fuse(np.nan_to_num(s), p, classical.high, lrn.head.threshold, gate, cfg.model.veto_probability)
+            f = fuse(np.nan_to_num(s), p, classical.high, lrn.head.threshold, gate, cfg.model.veto_probability,
+                     refined)
             ds.write(np.where(valid, f, np.float32(np.nan)).astype(np.float32), 1, window=win)
             fq[r:r + h, c:c + w] = threshold.quantize(f, valid)
     return fq
@@ -596,6 +646,8 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         add_line_scores(stage.file("score.scratch.tif"), lines, lq, cfg.processing.window_px)
         del lq, lines
         mask = refine_edges(pair, models, cfg, mask, progress)
+        if lrn is not None:
+            mask = backed_regions(mask, lrn.pq, cfg.model.region_probability * lrn.head.threshold)
     with timer("objects"):
         mask = objects.split_touching(mask, pair.gsd_m, cfg.objects)
         labels, comps = objects.components(mask)

@@ -1,0 +1,66 @@
+"""Fusion of the learned probability with the classical score: edge refinement and backed regions."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from changedet import threshold
+from changedet.io import iter_windows
+from changedet.learned import guided
+from changedet.pipeline import backed_regions, refined_probability
+
+
+def _quantised(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    q = rng.integers(0, threshold.LEVELS + 1, (h, w)).astype(np.uint8)
+    q[rng.random((h, w)) < 0.05] = threshold.NODATA
+    return q
+
+
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(3, 90), w=st.integers(3, 90), window=st.integers(8, 40), radius=st.integers(1, 6),
+       seed=st.integers(0, 10_000))
+def test_windowed_refinement_equals_whole(h, w, window, radius, seed):
+    rng = np.random.default_rng(seed)
+    q, pq = _quantised(rng, h, w), _quantised(rng, h, w)
+    whole = refined_probability(q, pq, (0, 0, h, w), radius, 1e-3)
+    tiled = np.zeros((h, w), np.float32)
+    for r, c, hh, ww in iter_windows((h, w), window):
+        tiled[r:r + hh, c:c + ww] = refined_probability(q, pq, (r, c, hh, ww), radius, 1e-3)
+    assert np.array_equal(whole, tiled)
+
+
+def test_a_flat_guide_only_smooths_and_an_edge_is_followed():
+    p = np.zeros((40, 40))
+    p[:, 16:] = 1.0
+    blurred = guided.box_mean(p, 3)  # what a stride-4 grid gives: a ramp across the edge
+    flat = guided.guided_filter(np.zeros_like(p), blurred, 3, 1e-3)
+    np.testing.assert_allclose(flat, guided.box_mean(guided.box_mean(blurred, 3), 3), atol=1e-12)
+    edge = np.zeros_like(p)
+    edge[:, 20:] = 1.0  # the real edge, 4 px right of the probability's
+    out = guided.guided_filter(edge, blurred, 3, 1e-3)
+    # the steepest step of the result is at the guide's edge, and left of it the probability drops
+    assert (np.diff(out, axis=1).argmax(axis=1) == 19).all()
+    assert np.diff(out, axis=1)[:, 19].min() > np.diff(blurred, axis=1).max()  # steeper than any input step
+    assert (out[:, 17] < blurred[:, 17]).all()
+    assert ((out >= 0) & (out <= 1)).all()
+
+
+def test_radius_zero_means_no_refinement():
+    q = np.zeros((8, 8), np.uint8)
+    assert refined_probability(q, q, (0, 0, 8, 8), 0, 1e-3) is None
+
+
+def test_regions_the_model_does_not_back_are_dropped():
+    mask = np.zeros((30, 30), np.uint8)
+    mask[2:8, 2:8] = 1     # backed: probability 0.9
+    mask[20:26, 20:26] = 1  # not backed: probability 0.1
+    mask[0, 29] = threshold.NODATA
+    pq = np.zeros((30, 30), np.uint8)
+    pq[2:8, 2:8] = round(0.9 * threshold.LEVELS)
+    pq[20:26, 20:26] = round(0.1 * threshold.LEVELS)
+    out = backed_regions(mask, pq, 0.5)
+    assert out[2:8, 2:8].all() and not out[20:26, 20:26].any()
+    assert out[0, 29] == threshold.NODATA and mask[20, 20] == 1  # nodata kept, input untouched
+    assert np.array_equal(backed_regions(mask, pq, 0.0), mask)
