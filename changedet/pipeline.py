@@ -224,12 +224,15 @@ def refined_probability(q: np.ndarray, pq: np.ndarray, box: Box, radius: int, ep
     return out[r - r0:r - r0 + h, c - c0:c - c0 + w].astype(np.float32)
 
 
-def backed_regions(mask: np.ndarray, pq: np.ndarray, min_probability: float) -> np.ndarray:
-    """``mask`` (uint8: 0, 1, 255 nodata) without the changed regions whose mean learned probability is low.
+def backed_regions(mask: np.ndarray, pq: np.ndarray, min_probability: float,
+                   min_piece_px: int = 4 * lfeatures.HEAD_STRIDE ** 2) -> np.ndarray:
+    """``mask`` (uint8: 0, 1, 255 nodata) with the changed regions the model does not back cut back.
 
-    A region (8-connected) stays when the mean of the quantised probability ``pq`` over its pixels
-    reaches ``min_probability``: fragments that only the classical score or line evidence found,
-    and that the model does not back, are dropped. Returns a new array.
+    A region (8-connected) stays whole when the mean of the quantised probability ``pq`` over its
+    pixels reaches ``min_probability``. Otherwise only its pixels whose own probability reaches
+    ``min_probability`` stay, in pieces of at least ``min_piece_px`` (what the model's grid can
+    resolve: 2 x 2 cells of stride 4): fragments that only the classical score or line evidence
+    found go, and a large merged region keeps the part the model calls changed. Returns a new array.
     """
     out = mask.copy()
     if min_probability <= 0:
@@ -242,7 +245,13 @@ def backed_regions(mask: np.ndarray, pq: np.ndarray, min_probability: float) -> 
     counts = np.bincount(labels.ravel(), minlength=n)
     weak = sums < min_probability * np.maximum(counts, 1)
     weak[0] = False
-    out[weak[labels]] = 0
+    in_weak = weak[labels]
+    out[in_weak & (p < min_probability)] = 0
+    pieces = (in_weak & (out == 1)).astype(np.uint8)
+    m, plabels, stats, _ = cv2.connectedComponentsWithStats(pieces, connectivity=8, ltype=cv2.CV_32S)
+    small = stats[:, cv2.CC_STAT_AREA] < min_piece_px
+    small[0] = False
+    out[small[plabels]] = 0
     return out
 
 

@@ -64,3 +64,12 @@ def test_regions_the_model_does_not_back_are_dropped():
     assert out[2:8, 2:8].all() and not out[20:26, 20:26].any()
     assert out[0, 29] == threshold.NODATA and mask[20, 20] == 1  # nodata kept, input untouched
     assert np.array_equal(backed_regions(mask, pq, 0.0), mask)
+
+
+def test_an_unbacked_region_keeps_the_part_the_model_calls_changed():
+    mask = np.zeros((20, 40), np.uint8)
+    mask[5:15, 2:38] = 1  # one merged region, mostly low probability
+    pq = np.zeros((20, 40), np.uint8)
+    pq[5:15, 30:38] = threshold.LEVELS  # the model backs its right end only
+    out = backed_regions(mask, pq, 0.5)
+    assert out[5:15, 30:38].all() and not out[5:15, 2:30].any()
