@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from .config import Config, _merge, build_config
+from .config import Config, _merge, build_config, read_yaml
 from .errors import ChangedetError, ConfigError
 from .io import sha256_file
 from .pipeline import ProgressFn, detect_pair
@@ -67,12 +66,7 @@ def read_manifest(path: str | Path) -> tuple[list[Site], dict[str, Any]]:
     manifest-wide configuration overrides.
     """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the manifest ({exc.strerror}); check the path") from None
-    except yaml.YAMLError:
-        raise ConfigError(f"{path}: not valid YAML; fix the manifest's syntax") from None
+    data = read_yaml(path, "manifest")
     overrides: dict[str, Any] = {}
     if isinstance(data, dict):
         extra = set(data) - {"config", "sites"}

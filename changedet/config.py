@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from .errors import ChangedetError, ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -153,8 +153,8 @@ class ModelConfig(_Section):
     guide_eps: float = Field(0.001, gt=0, description=(
         "fusion: guided-filter regularisation; a variance of the classical score below this is no edge"))
     region_probability: float = Field(1.0, ge=0, le=2, description=(
-        "a changed region is kept only if its mean learned probability reaches this times the model's "
-        "threshold: classical fragments the model does not back are dropped; 0 keeps every region"))
+        "a changed region whose mean learned probability is below this times the model's threshold keeps "
+        "only its pixels that reach it (pieces of 2x2 model cells or more); 0 keeps every region whole"))
     window_px: int = Field(1024, ge=128, description="side of a window of the learned stage (multiple of 16)")
     threads: int = Field(0, ge=0, description="onnxruntime threads; 0 = every core (results do not depend on it)")
 
@@ -199,17 +199,26 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if p.stem != "default")
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path, what: str, error: type[ChangedetError] = ConfigError) -> Any:
+    """The parsed content of a YAML file (config, batch or training manifest).
+
+    A missing or unreadable file, or bad syntax, raises ``error`` with one line naming the file,
+    the line of the syntax error and the fix.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc.strerror}); check the path") from None
+        raise error(f"{path}: cannot read the {what} ({exc.strerror}); check the path") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax") from None
+        raise error(f"{path}: not valid YAML{where}; fix the {what}'s syntax") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    data = read_yaml(path, "config file")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -216,11 +216,8 @@ def refined_probability(q: np.ndarray, pq: np.ndarray, box: Box, radius: int, ep
     m = guided.halo(radius)
     r0, c0 = max(0, r - m), max(0, c - m)
     r1, c1 = min(q.shape[0], r + h + m), min(q.shape[1], c + w + m)
-
-    def level(a: np.ndarray) -> np.ndarray:
-        return np.where(a == threshold.NODATA, 0, a).astype(np.float64) / threshold.LEVELS
-
-    out = guided.guided_filter(level(q[r0:r1, c0:c1]), level(pq[r0:r1, c0:c1]), radius, eps)
+    out = guided.guided_filter(threshold.dequantize(q[r0:r1, c0:c1]), threshold.dequantize(pq[r0:r1, c0:c1]),
+                               radius, eps)
     return out[r - r0:r - r0 + h, c - c0:c - c0 + w].astype(np.float32)
 
 
@@ -240,7 +237,7 @@ def backed_regions(mask: np.ndarray, pq: np.ndarray, min_probability: float,
     n, labels = cv2.connectedComponents((mask == 1).astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
     if n <= 1:
         return out
-    p = np.where(pq == threshold.NODATA, 0, pq).astype(np.float64) / threshold.LEVELS
+    p = threshold.dequantize(pq)
     sums = np.bincount(labels.ravel(), weights=p.ravel(), minlength=n)
     counts = np.bincount(labels.ravel(), minlength=n)
     weak = sums < min_probability * np.maximum(counts, 1)
@@ -248,10 +245,7 @@ def backed_regions(mask: np.ndarray, pq: np.ndarray, min_probability: float,
     in_weak = weak[labels]
     out[in_weak & (p < min_probability)] = 0
     pieces = (in_weak & (out == 1)).astype(np.uint8)
-    m, plabels, stats, _ = cv2.connectedComponentsWithStats(pieces, connectivity=8, ltype=cv2.CV_32S)
-    small = stats[:, cv2.CC_STAT_AREA] < min_piece_px
-    small[0] = False
-    out[small[plabels]] = 0
+    out[(pieces == 1) & (threshold.remove_small(pieces, min_piece_px) == 0)] = 0
     return out
 
 

@@ -39,6 +39,11 @@ def quantize(score: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return q
 
 
+def dequantize(q: np.ndarray) -> np.ndarray:
+    """uint8 levels -> 0..1 float64 score, 0 where nodata (the inverse of :func:`quantize` up to rounding)."""
+    return np.where(q == NODATA, 0, q).astype(np.float64) / LEVELS
+
+
 def histogram(q: np.ndarray) -> np.ndarray:
     """Counts of each score level 0..254 (nodata excluded)."""
     return np.bincount(q.ravel(), minlength=256)[: LEVELS + 1].astype(np.float64)

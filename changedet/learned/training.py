@@ -34,11 +34,10 @@ from typing import Any
 
 import numpy as np
 import rasterio
-import yaml
 from rasterio.errors import NotGeoreferencedWarning
 
 from .. import __version__, radiometry
-from ..config import NormalizeConfig
+from ..config import NormalizeConfig, read_yaml
 from ..errors import InputError
 from . import head as head_mod
 from .features import ENCODER_PATH, HALO_PX, HEAD_STRIDE, Stretch, rgb_of
@@ -98,12 +97,7 @@ def _files(value: Any, base: Path, key: str, where: str) -> tuple[str, ...]:
 def load_manifest(path: str | Path) -> tuple[list[LabelledPair], dict[str, Any]]:
     """Pairs and options of a training manifest; every problem is an :class:`InputError` naming it."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the manifest ({exc.strerror}); check the path") from None
-    except yaml.YAMLError:
-        raise InputError(f"{path}: not valid YAML; fix the syntax") from None
+    data = read_yaml(path, "training manifest", InputError)
     if not isinstance(data, dict) or not isinstance(data.get("pairs"), list) or not data["pairs"]:
         raise InputError(f"{path}: a training manifest needs a non-empty 'pairs' list of before/after/label")
     default_values = tuple(int(v) for v in data.get("change_values", []) or [])
