@@ -125,7 +125,10 @@ class ObjectsConfig(_Section):
     water_max_texture: float = Field(0.08, gt=0, description="and smoother than this local std")
     water_max_green_excess: float = Field(
         0.05, gt=-1, le=1, description="RGB only: water's (G-B)/(G+B) is below this (vegetation is green)")
-    water_min_area_m2: float = Field(2000.0, ge=0)
+    water_max_nir: float = Field(0.15, gt=0, le=1, description=(
+        "with NIR: water's NIR is below this level of the scene's 2nd..98th percentile range"))
+    water_min_area_m2: float = Field(10000.0, ge=0, description=(
+        "a water body of real extent; smaller dark patches are not water, and a vessel needs water"))
     shadow_max_ratio: float = Field(
         0.92, gt=0, le=1, description="a new cast shadow keeps less than this share of the light in every band")
     shadow_max_ratio_spread: float = Field(
@@ -166,6 +169,36 @@ class ModelConfig(_Section):
         return v
 
 
+class ObserveConfig(_Section):
+    """Where change can be seen: clouds, cloud shadows, thick haze and saturation on either date.
+
+    Levels are in units of ``before``'s 2nd..98th percentile range of each band (0 dark, 1 bright).
+    """
+
+    enabled: bool = Field(True, description="mask clouds, shadows, haze and saturation as not observable (255)")
+    cloud_min_brightness: float = Field(0.9, gt=0, description="cloud core: every visible band at least this bright")
+    cloud_min_brightening: float = Field(0.4, gt=0, description="cloud core: and brighter than the other date by this")
+    rim_min_brightness: float = Field(0.5, gt=0, description="cloud rim (thin edge): every visible band this bright")
+    rim_min_brightening: float = Field(0.15, gt=0, description="cloud rim: and brighter than the other date by this")
+    cloud_min_area_m2: float = Field(20000.0, ge=0, description="smaller bright regions are roofs, not clouds")
+    cloud_min_radius_m: float = Field(50.0, ge=0, description=(
+        "a cloud's core holds a disk this wide (radius); roads and roof rows do not"))
+    shadow_min_darkening: float = Field(0.15, gt=0, description="shadow: darker than the other date by this in every band")
+    shadow_max_ratio: float = Field(0.7, gt=0, le=1, description="shadow: mean level at most this share of the other date's")
+    shadow_max_level: float = Field(0.25, gt=0, description="shadow: mean level at most this (among the scene's darkest)")
+    shadow_min_area_m2: float = Field(2000.0, ge=0, description="dark regions smaller than this are not shadows")
+    shadow_max_offset_m: float = Field(3000.0, gt=0, description="farthest a shadow lies from its cloud")
+    shadow_min_lift: float = Field(4.0, gt=1, description=(
+        "the best cloud-to-shadow displacement must meet dark pixels this many times more often than chance"))
+    haze_min_brightening: float = Field(0.15, gt=0, description="thick haze: brighter than the other date by this")
+    haze_max_contrast_ratio: float = Field(0.4, gt=0, le=1, description=(
+        "thick haze: local contrast at most this share of the other date's"))
+    haze_min_area_m2: float = Field(20000.0, ge=0, description="smaller hazy patches are left observable")
+    saturation_min_area_m2: float = Field(10000.0, ge=0, description=(
+        "blown-out areas (every visible band at the clipping level) at least this large are not observable"))
+    buffer_m: float = Field(60.0, ge=0, description="clouds and shadows grow by this much (at most 64 px)")
+
+
 class ProcessingConfig(_Section):
     """How the work is cut up; does not change results."""
 
@@ -181,6 +214,7 @@ class Config(_Section):
     normalize: NormalizeConfig = NormalizeConfig()
     measure: MeasureConfig = MeasureConfig()
     decide: DecideConfig = DecideConfig()
+    observe: ObserveConfig = ObserveConfig()
     objects: ObjectsConfig = ObjectsConfig()
     processing: ProcessingConfig = ProcessingConfig()
     model: ModelConfig = ModelConfig()

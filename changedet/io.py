@@ -23,7 +23,7 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 from affine import Affine
-from rasterio.enums import ColorInterp, Resampling
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
@@ -320,17 +320,35 @@ def open_pair(before_path: str | Path, after_path: str | Path, gsd_m: float | No
             if after.driver in SLOW_WINDOW_DRIVERS:
                 after = local_copy(after, scratch.path, "after")
                 closers.append(after)
+        fills = []
+        for name, path in (("before", before_path), ("after", after_path)):
+            ds = before if name == "before" else after
+            fill = undeclared_fill(ds)
+            fills.append(fill)
+            if fill is not None:
+                notes.append(f"{path}: no nodata value is declared; the value {fill:g} that fills its corners "
+                             "is taken as nodata (set one with gdal_edit.py -a_nodata to override)")
+        if fills[0] is not None:
+            before = WarpedVRT(before, src_nodata=fills[0], nodata=fills[0], resampling=Resampling.nearest)
+            closers.append(before)
         after_src: Any = after
         if georef and not _same_grid(before, after):
             after_src = WarpedVRT(after, crs=before.crs, transform=before.transform, width=before.width,
-                                  height=before.height, resampling=Resampling.cubic)
+                                  height=before.height, resampling=Resampling.cubic,
+                                  **({"src_nodata": fills[1], "nodata": fills[1]} if fills[1] is not None else {}))
+        elif fills[1] is not None:
+            after_src = WarpedVRT(after, src_nodata=fills[1], nodata=fills[1], resampling=Resampling.nearest)
+        if after_src is not after:
             closers.append(after_src)
+        if georef and not _same_grid(before, after):
             notes.append("after was warped onto the grid of before (CRS, resolution or extent differ)")
         b_bands, a_bands = data_band_indexes(before), data_band_indexes(after)
         if len(b_bands) != len(a_bands):
             n = min(len(b_bands), len(a_bands))
             notes.append(f"band counts differ ({len(b_bands)} vs {len(a_bands)}); using the first {n}")
             b_bands, a_bands = b_bands[:n], a_bands[:n]
+        check_observable(before, b_bands, before_path, grid)
+        check_observable(after_src, a_bands, after_path, grid)
         gsd = gsd_m or (gsd_from_grid(before.crs, before.transform, before.height) if georef else None)
         if gsd is None:
             gsd = 1.0
@@ -346,6 +364,44 @@ def open_pair(before_path: str | Path, after_path: str | Path, gsd_m: float | No
         for obj in reversed(closers):
             obj.close()
         raise
+
+
+def undeclared_fill(ds: Any) -> float | None:
+    """The fill value of an image that declares no nodata: 0 in every band at two or more corners.
+
+    Scenes cut from a larger product (a Sentinel-2 tile's corner, a rotated strip) are often padded
+    with 0 without saying so; AROSICS guards against it the same way. None when the image declares
+    nodata or a mask, has no georeferencing, or its corners hold data.
+    """
+    if ds.nodata is not None or any(MaskFlags.all_valid not in flags for flags in ds.mask_flag_enums):
+        return None
+    if not is_georeferenced(ds):  # the fill is then applied by a warped view, which needs a grid
+        return None
+    bands = data_band_indexes(ds)
+    corners = [(0, 0), (0, ds.width - 1), (ds.height - 1, 0), (ds.height - 1, ds.width - 1)]
+    zero = sum(bool(np.all(ds.read(bands, window=Window(c, r, 1, 1)) == 0)) for r, c in corners)
+    return 0.0 if zero >= 2 else None
+
+
+def check_observable(ds: Any, bands: list[int], path: str | Path, window: Window | None = None,
+                     max_px: int = 512) -> None:
+    """Raise :class:`InputError` when an image holds nothing to see: every pixel nodata, or one value.
+
+    Reads an overview of at most ``max_px`` a side (GDAL's average resampling, so any variation
+    in the image shows) of the part of ``ds`` the run uses (``window``; None: all of it).
+    """
+    win = window or Window(0, 0, ds.width, ds.height)
+    scale = max(1.0, max(win.width, win.height) / max_px)
+    shape = (len(bands), max(1, int(win.height / scale)), max(1, int(win.width / scale)))
+    data = ds.read(bands, window=win, out_shape=shape, masked=True, resampling=Resampling.average)
+    valid = ~np.ma.getmaskarray(data).any(axis=0)
+    if not valid.any():
+        raise InputError(f"{path}: nothing observable in it: every pixel is nodata; check the file or its nodata value")
+    values = np.asarray(data.data)[:, valid]
+    if np.all(values.max(axis=1) == values.min(axis=1)):
+        v = ", ".join(f"{x:g}" for x in values[:, 0])
+        raise InputError(f"{path}: nothing observable in it: every pixel is ({v}); "
+                         "check the file (an empty export or a failed download?)")
 
 
 def iter_windows(shape: tuple[int, int], size: int) -> Iterator[Box]:

@@ -693,6 +693,8 @@ class WaterModel:
     green_band: int | None  # 0-based
     nir_band: int | None
     blue_band: int | None = None  # only used without NIR
+    nir_lo: float = 0.0  # 2nd and 98th percentile of the NIR band
+    nir_hi: float = 1.0
 
 
 def fit_water(before: np.ndarray, params: ObjectsConfig) -> WaterModel:
@@ -710,11 +712,14 @@ def fit_water(before: np.ndarray, params: ObjectsConfig) -> WaterModel:
     lum = before.mean(axis=0)
     lo, hi = (float(v) for v in np.percentile(lum, [2, 98])) if lum.size else (0.0, 1.0)
     roles = band_roles(before.shape[0])
-    return WaterModel(lo, max(hi, lo + 1e-6), roles.green, roles.nir, roles.blue)
+    nir_lo, nir_hi = 0.0, 1.0
+    if roles.nir is not None and roles.nir < before.shape[0] and lum.size:
+        nir_lo, nir_hi = (float(v) for v in np.percentile(before[roles.nir], [2, 98]))
+    return WaterModel(lo, max(hi, lo + 1e-6), roles.green, roles.nir, roles.blue, nir_lo, max(nir_hi, nir_lo + 1e-6))
 
 
 def _water_one(img: np.ndarray, model: WaterModel, params: ObjectsConfig) -> np.ndarray:
-    """Water on one date: NDWI > 0 with NIR; else dark and smooth, and, in RGB, not green.
+    """Water on one date: NDWI > 0 and a dark near infrared with NIR; else dark and smooth, and, in RGB, not green.
 
     Without NIR, dark smooth vegetation (grass, crops, tree shade) looks like
     water by brightness and texture alone; chlorophyll reflects green well
@@ -735,7 +740,10 @@ def _water_one(img: np.ndarray, model: WaterModel, params: ObjectsConfig) -> np.
         return smooth_dark
     g, n = img[model.green_band], img[model.nir_band]
     ndwi = (g - n) / np.maximum(g + n, 1e-6)
-    return (ndwi > 0.0) | (smooth_dark & (ndwi > -0.2))
+    # NDWI > 0 alone is not water above the atmosphere (Sentinel-2 L1C: path radiance lifts green
+    # over NIR on roofs and streets); water also absorbs the near infrared: among the scene's darkest
+    nir_dark = (n - model.nir_lo) / (model.nir_hi - model.nir_lo) < params.water_max_nir
+    return (ndwi > 0.0) & nir_dark
 
 
 def water_mask(before: np.ndarray, after: np.ndarray, valid: np.ndarray, model: WaterModel,

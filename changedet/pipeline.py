@@ -26,12 +26,13 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from . import __version__, differencing, learned, objects, quicklook, radiometry, registration, threshold, vector
+from . import (__version__, differencing, learned, objects, observability, quicklook, radiometry, registration, threshold,
+               vector)
 from .learned import features as lfeatures
 from .learned import guided
 from .learned import score as lscore
 from .coregistration import estimate_registration, read_registered
-from .arrays import crop, luminance
+from .arrays import band_roles, crop, luminance
 from .config import Config
 from .errors import RegistrationError
 from .io import (
@@ -110,6 +111,7 @@ class _Models:
     fit: radiometry.RadiometricFit
     noise: differencing.NoiseModel
     water: objects.WaterModel
+    scale: observability.Scale
 
 
 def line_noise(chips: list[Chip], fit: radiometry.RadiometricFit, lum_sigma: float,
@@ -147,6 +149,16 @@ def rgb_bands(pair: PairSource) -> tuple[int, int, int]:
     desc = tuple(ds.descriptions[i - 1] for i in idx)
     interp = tuple(ds.colorinterp[i - 1].name for i in idx)
     return lfeatures.rgb_of(desc, interp)
+
+
+def observability_scale(pair: PairSource, before_samples: np.ndarray) -> observability.Scale:
+    """The scene's band scale for the observability tests, with the bands' roles and clipping level."""
+    n = pair.n_bands
+    rgb = rgb_bands(pair) if n >= 3 else None
+    dtype = np.dtype(pair.before.dtypes[pair.before_bands[0] - 1])
+    # only 8-bit data has a known clipping level; 16-bit sensors clip at 2^11, 2^12 or not at all
+    saturation = 255.0 if dtype == np.uint8 else None
+    return observability.Scale.fit(before_samples, rgb, band_roles(n).nir, saturation)
 
 
 def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch: lfeatures.Stretch, cfg: Config,
@@ -274,19 +286,32 @@ def fuse_pass(score_path: Path, q: np.ndarray, lrn: _Learned, classical: thresho
     return fq
 
 
+@dataclass
+class _Scores:
+    """Whole-scene results of the per-window pass."""
+
+    q: np.ndarray  # quantised change score (uint8, 255 nodata)
+    lq: np.ndarray  # quantised line evidence
+    water: np.ndarray  # uint8 0/1, large water bodies
+    ev_before: np.ndarray  # observability evidence bits of each date
+    ev_after: np.ndarray
+
+
 def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
-               progress: ProgressFn, lrn: _Learned | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               progress: ProgressFn, lrn: _Learned | None = None) -> _Scores:
     """Score every window; write the float (classical) score.
 
-    Returns the quantised change score, the quantised line evidence and water (uint8, whole).
-    With a learned stage, line evidence is kept only where the probability reaches
-    ``model.veto_probability``.
+    Returns the quantised change score, the quantised line evidence, water and the observability
+    evidence of both dates (uint8, whole). With a learned stage, line evidence is kept only where
+    the probability reaches ``model.veto_probability``.
     """
-    halo = differencing.halo_px(cfg.measure)
+    halo = max(differencing.halo_px(cfg.measure), observability.halo_px())
     shape = pair.shape
     q = np.full(shape, threshold.NODATA, dtype=np.uint8)
     lq = np.zeros(shape, dtype=np.uint8)
     water = np.zeros(shape, dtype=np.uint8)
+    ev_b = np.zeros(shape, dtype=np.uint8)
+    ev_a = np.zeros(shape, dtype=np.uint8)
     boxes = list(iter_windows(shape, cfg.processing.window_px))
     writer = BandWriter(score_path, shape, "float32", float("nan"), pair.crs, pair.transform)
     try:
@@ -296,7 +321,8 @@ def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
             s = differencing.change_score(b, a, v, models.noise, cfg.measure)
             ln = differencing.line_score(b, a, v, models.noise, cfg.measure.line_length_px)
             w = objects.water_mask(b, a, v, models.water, cfg.objects)
-            s, ln, v, w = crop(s, halo), crop(ln, halo), crop(v, halo), crop(w, halo)
+            eb, ea = observability.evidence(b, a, v, models.scale, cfg.observe)
+            s, ln, v, w, eb, ea = (crop(x, halo) for x in (s, ln, v, w, eb, ea))
             r, c, h, wd = box
             if lrn is not None:  # lines the model calls irrelevant (kerbs, shadows) are not evidence
                 p = lrn.pq[r:r + h, c:c + wd].astype(np.float32) / threshold.LEVELS
@@ -305,10 +331,44 @@ def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
             q[r:r + h, c:c + wd] = threshold.quantize(s, v)
             lq[r:r + h, c:c + wd] = threshold.quantize(ln, v)
             water[r:r + h, c:c + wd] = w
+            ev_b[r:r + h, c:c + wd] = eb
+            ev_a[r:r + h, c:c + wd] = ea
             progress("measure", i + 1, len(boxes))
     finally:
         writer.close()
-    return q, lq, objects.keep_large_water(water, cfg.objects, pair.gsd_m)
+    return _Scores(q, lq, objects.keep_large_water(water, cfg.objects, pair.gsd_m), ev_b, ev_a)
+
+
+def observe(pair: PairSource, cfg: Config, sc: _Scores, score_path: Path,
+            lrn: _Learned | None) -> observability.Observability:
+    """Find what cannot be seen on either date and take it out of every later stage.
+
+    Not-observable pixels become nodata in the quantised scores (so nothing is decided there),
+    NaN in the score raster, and are not water (so no vessel context comes from a cloud).
+    """
+    valid = sc.q != threshold.NODATA
+    if cfg.observe.enabled:
+        obs = observability.resolve(sc.ev_before, sc.ev_after, valid, pair.gsd_m, cfg.observe)
+    else:
+        obs = observability.Observability(np.where(valid, observability.OBSERVABLE, observability.NODATA)
+                                          .astype(np.uint8), (None, None))
+    hidden = (obs.reason != observability.OBSERVABLE) & valid
+    if hidden.any():
+        sc.q[hidden] = threshold.NODATA
+        sc.lq[hidden] = threshold.NODATA
+        sc.water[hidden] = 0
+        if lrn is not None:
+            lrn.pq[hidden] = threshold.NODATA
+        with rasterio.open(score_path, "r+") as ds:
+            for r, c, h, w in iter_windows(hidden.shape, cfg.processing.window_px):
+                sel = hidden[r:r + h, c:c + w]
+                if sel.any():
+                    win = Window(c, r, w, h)
+                    score = ds.read(1, window=win)
+                    score[sel] = np.nan
+                    ds.write(score, 1, window=win)
+    sc.ev_before = sc.ev_after = np.zeros((0, 0), np.uint8)  # free them
+    return obs
 
 
 def add_line_scores(score_path: Path, lines: np.ndarray, lq: np.ndarray, window_px: int) -> None:
@@ -495,7 +555,7 @@ def tiepoint_features(pair: PairSource, reg: registration.Registration) -> dict[
 
 
 def render_quicklook(pair: PairSource, models: _Models, cfg: Config, dets: list[objects.Detection],
-                     labels: np.ndarray, site: str) -> np.ndarray:
+                     labels: np.ndarray, site: str, observable: np.ndarray | None = None) -> np.ndarray:
     """Decimated before/after panels with the detections drawn."""
     max_px = cfg.processing.quicklook_max_px
     b, bv, f = pair.read_decimated("before", max_px)
@@ -511,6 +571,11 @@ def render_quicklook(pair: PairSource, models: _Models, cfg: Config, dets: list[
         size = (int(round(pb.shape[1] * up)), int(round(pb.shape[0] * up)))
         pb = cv2.resize(pb, size, interpolation=cv2.INTER_NEAREST)
         pa = cv2.resize(pa, size, interpolation=cv2.INTER_NEAREST)
+    hidden = None
+    if observable is not None:
+        # what cannot be seen, on the panel grid; pixels of the reference outside the overlap stay unhatched
+        seen = cv2.resize(observable.astype(np.uint8), (pb.shape[1], pb.shape[0]), interpolation=cv2.INTER_AREA)
+        hidden = seen == 0
     scale = up / f
     outlines = []
     for d in dets:
@@ -523,12 +588,12 @@ def render_quicklook(pair: PairSource, models: _Models, cfg: Config, dets: list[
             pts = np.array([[c0, r0], [c1 + 1, r0], [c1 + 1, r1 + 1], [c0, r1 + 1]], dtype=float) * scale
         outlines.append(quicklook.Outline(d.id, d.cls, d.event, np.round(pts).astype(np.int32)))
     counts = {k: sum(d.cls == k for d in dets) for k in objects.CLASS_CODES}
-    return quicklook.render(pb, pa, outlines, counts, site)
+    return quicklook.render(pb, pa, outlines, counts, site, hidden)
 
 
 def _summary(site: str, before: Any, after: Any, pair: PairSource, models: _Models, cfg: Config,
              thr: threshold.Threshold, mask: np.ndarray, records: list[dict[str, Any]], warns: list[str],
-             timings: dict[str, float], applied: bool) -> dict[str, Any]:
+             timings: dict[str, float], applied: bool, obs: observability.Observability) -> dict[str, Any]:
     counts = {k: sum(r["class"] == k for r in records) for k in objects.CLASS_CODES}
     reg = models.reg.to_json()
     reg["applied"] = applied
@@ -551,6 +616,10 @@ def _summary(site: str, before: Any, after: Any, pair: PairSource, models: _Mode
         "counts": counts,
         "changed_area_m2": round(float(np.count_nonzero(mask == 1)) * pair.gsd_m ** 2, 3),
         "changed_fraction": round(float(np.count_nonzero(mask == 1)) / max(int(np.count_nonzero(mask != 255)), 1), 6),
+        "observable_fraction": obs.observable_fraction(),
+        "not_observable_m2": obs.areas_m2(pair.gsd_m),
+        "observability": {"enabled": cfg.observe.enabled,
+                          "shadow_offset_px": {"before": obs.shadow_offset_px[0], "after": obs.shadow_offset_px[1]}},
         "detections": records,
         "warnings": warns,
         "timings_s": timings,
@@ -625,7 +694,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         noise = replace(noise, line_sigma=line_sigma, line_t90=line_t90)
         del chips
         water_model = objects.fit_water(sb, cfg.objects)
-        models = _Models(used, fit, noise, water_model)
+        models = _Models(used, fit, noise, water_model, observability_scale(pair, sb))
     lrn = None
     if cfg.model.enabled:
         with timer("learned"):
@@ -634,7 +703,11 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
             pq = learned_pass(pair, models, head, stretch, cfg, progress)
             lrn = _Learned(head, stretch, pq, str(cfg.model.path or learned.DEFAULT_MODEL.name))
     with timer("measure"):
-        q, lq, water = score_pass(pair, models, cfg, stage.file("score.scratch.tif"), progress, lrn)
+        sc = score_pass(pair, models, cfg, stage.file("score.scratch.tif"), progress, lrn)
+    with timer("observe"):
+        obs = observe(pair, cfg, sc, stage.file("score.scratch.tif"), lrn)
+        q, lq, water = sc.q, sc.lq, sc.water
+        del sc
     with timer("decide"):
         if lrn is not None:
             classical = threshold.choose(threshold.histogram(q), cfg.decide)
@@ -651,6 +724,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         mask = refine_edges(pair, models, cfg, mask, progress)
         if lrn is not None:
             mask = backed_regions(mask, lrn.pq, cfg.model.region_probability * lrn.head.threshold)
+        mask[~obs.observable()] = threshold.NODATA  # clean-up and edges never reach into what cannot be seen
     with timer("objects"):
         mask = objects.split_touching(mask, pair.gsd_m, cfg.objects)
         labels, comps = objects.components(mask)
@@ -671,11 +745,12 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         if cfg.registration.write_tiepoints and reg.chips:
             write_json(stage.file("tiepoints.geojson"), tiepoint_features(pair, reg))
             names.append("tiepoints.geojson")
-        picture = render_quicklook(pair, models, cfg, dets, labels, site)
+        picture = render_quicklook(pair, models, cfg, dets, labels, site,
+                                   (obs.reason == observability.OBSERVABLE) | (obs.reason == observability.NODATA))
         if not cv2.imwrite(str(stage.file("quicklook.png")), picture):
             raise OSError(f"{stage.file('quicklook.png')}: could not write the quick-look")
-    summary = _summary(site, info_b, info_a, pair, _Models(reg, fit, noise, water_model), cfg, thr, mask,
-                       records, warns, timer.timings, applied)
+    summary = _summary(site, info_b, info_a, pair, replace(models, reg=reg), cfg, thr, mask,
+                       records, warns, timer.timings, applied, obs)
     summary["model"] = lrn.to_json() if lrn else {"enabled": False}
     write_json(stage.file("summary.json"), summary)
     stage.commit(names)

@@ -49,7 +49,18 @@ def _title(panel: np.ndarray, text: str) -> np.ndarray:
     return np.vstack([bar, panel])
 
 
-def _legend(width: int, counts: dict[str, int]) -> np.ndarray:
+def hatch(panel: np.ndarray, hidden: np.ndarray, spacing_px: int = 8) -> None:
+    """Hatch ``hidden`` (h, w) bool in place: grey diagonal lines and a grey outline (not observable)."""
+    if not hidden.any():
+        return
+    yy, xx = np.indices(hidden.shape)
+    lines = hidden & (((xx + yy) % spacing_px) < 2)
+    panel[lines] = (200, 200, 200)
+    contours, _ = cv2.findContours(hidden.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(panel, contours, -1, (200, 200, 200), 1, cv2.LINE_AA)
+
+
+def _legend(width: int, counts: dict[str, int], hidden_share: float = 0.0) -> np.ndarray:
     bar = np.full((30, width, 3), 255, dtype=np.uint8)
     x = 8
     for cls, colour in COLOURS.items():
@@ -58,6 +69,10 @@ def _legend(width: int, counts: dict[str, int]) -> np.ndarray:
         cv2.putText(bar, label, (x + 22, 21), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
         x += 34 + 10 * len(label)
     cv2.putText(bar, "dashed = departed", (x, 21), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    if hidden_share > 0:
+        x += 160
+        cv2.putText(bar, f"hatched = not observable ({100 * hidden_share:.1f} %)", (x, 21), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.5, (0, 0, 0), 1, cv2.LINE_AA)
     return bar
 
 
@@ -77,7 +92,7 @@ def _draw(panel: np.ndarray, outlines: list[Outline]) -> None:
 
 
 def render(before: np.ndarray, after: np.ndarray, outlines: list[Outline], counts: dict[str, int],
-           title: str = "") -> np.ndarray:
+           title: str = "", hidden: np.ndarray | None = None) -> np.ndarray:
     """Compose the quick-look: three panels and a legend, (H, W, 3) uint8 BGR.
 
     Parameters
@@ -85,8 +100,13 @@ def render(before: np.ndarray, after: np.ndarray, outlines: list[Outline], count
     before, after : (h, w, 3) uint8 BGR panels of the same size.
     outlines : detections in panel pixels.
     counts : detections per class, for the legend.
+    hidden : (h, w) bool, what is not observable on either date; hatched on the detections panel.
     """
     det = after.copy()
+    share = 0.0
+    if hidden is not None:
+        hatch(det, hidden)
+        share = float(hidden.mean())
     _draw(det, outlines)
     # a departed object is only visible on the before date: outline it there too
     before = before.copy()
@@ -95,4 +115,4 @@ def render(before: np.ndarray, after: np.ndarray, outlines: list[Outline], count
     row = np.hstack([_title(before, "before (departed outlined)" if any(o.event == "departed" for o in outlines)
                             else "before"), gap, _title(after, "after (registered)"), gap,
                      _title(det, f"detections {title}".strip())])
-    return np.vstack([row, _legend(row.shape[1], counts)])
+    return np.vstack([row, _legend(row.shape[1], counts, share)])

@@ -1,0 +1,344 @@
+"""Where change can be seen: clouds, cloud shadows, thick haze, saturation and nodata on either date.
+
+A pixel hidden on either date is *not observable*: nothing is detected there and no object is
+typed from it; the contract writes it as 255 in ``change_mask.tif`` and ``change_class.tif``.
+
+The detector is classical and works on any imagery (RGB 8-bit, 4-band 16-bit, Sentinel-2). It
+is bi-temporal: a cloud is what is bright and white on one date *and* much brighter than the
+other date there, so a white roof present on both dates is never a cloud. Two steps:
+
+1. :func:`evidence`, a pure per-pixel function run on the same windows as the change score
+   (``after`` already on ``before``'s radiometry), sets bits per date: cloud core, cloud rim,
+   darkening (shadow candidate), haze and saturation.
+2. :func:`resolve`, on the whole scene, turns them into regions: cloud cores grown into their soft
+   rims and kept when large (``cloud_min_area_m2``) and thick (``cloud_min_radius_m``); each date's
+   cloud shadow found by the one displacement that best lays its clouds onto its dark regions
+   (sun and cloud height are the same for a scene, Fmask's idea); thick haze; blown-out areas.
+
+Both dates are handled alike. Band values are compared in units of ``before``'s 2nd..98th
+percentile range per band (:class:`Scale`), which a cloud or a shadow does not depend on.
+
+References
+----------
+Zhu, Z. & Woodcock, C. E. (2012). Object-based cloud and cloud shadow detection in Landsat
+imagery (Fmask). Remote Sensing of Environment 118, 83-94.
+Zhang, Y., Guindon, B. & Cihlar, J. (2002). An image transform to characterize and compensate for
+spatial variations in thin cloud contamination of Landsat images (HOT). RSE 82, 173-187.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .config import ObserveConfig
+
+#: reason codes of the whole-scene raster :func:`resolve` returns (0 = observable)
+OBSERVABLE, NODATA, SATURATED, CLOUD, CLOUD_SHADOW, HAZE = 0, 1, 2, 3, 4, 5
+REASONS = {NODATA: "nodata", SATURATED: "saturated", CLOUD: "cloud", CLOUD_SHADOW: "cloud_shadow", HAZE: "haze"}
+
+#: evidence bits of one date
+CORE, RIM, DARK, HAZY, SAT = 1, 2, 4, 8, 16
+#: Gaussian sigma (px) of the local contrast the haze test compares
+CONTRAST_SIGMA_PX = 3.0
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Per-band scale of the scene: values map to ``(x - lo) / (hi - lo)``, ``before``'s 2nd..98th percentiles.
+
+    ``visible`` are the bands a cloud whitens (all but NIR and SWIR); ``blue`` and ``red`` serve
+    the haze test (None: no colour). ``saturation`` is the level a band clips at (None: float data).
+    """
+
+    lo: tuple[float, ...]
+    hi: tuple[float, ...]
+    visible: tuple[int, ...]
+    blue: int | None
+    red: int | None
+    nir: int | None
+    saturation: float | None
+
+    @staticmethod
+    def fit(before: np.ndarray, rgb: tuple[int, int, int] | None, nir: int | None,
+            saturation: float | None) -> Scale:
+        """From (bands, n) valid samples of ``before``; ``rgb`` 0-based red, green, blue (None: no colour)."""
+        lo, hi = [], []
+        for band in np.asarray(before, np.float64):
+            p2, p98 = np.percentile(band, [2, 98]) if band.size else (0.0, 1.0)
+            lo.append(float(p2))
+            hi.append(float(max(p98, p2 + 1e-6)))
+        n = before.shape[0]
+        if rgb is not None and len(set(rgb)) == 3 and n >= 3:
+            visible = tuple(sorted(set(rgb)))
+            red, blue = rgb[0], rgb[2]
+        else:
+            visible = tuple(i for i in range(n) if i != nir) or (0,)
+            red = blue = None
+        return Scale(tuple(lo), tuple(hi), visible, blue, red, nir, saturation)
+
+    def apply(self, img: np.ndarray) -> np.ndarray:
+        lo = np.asarray(self.lo, np.float32)[:, None, None]
+        hi = np.asarray(self.hi, np.float32)[:, None, None]
+        return (np.asarray(img, np.float32) - lo) / (hi - lo)
+
+
+#: Gaussian sigma (px) that separates detail from the smooth trend in the contrast measure
+DETAIL_SIGMA_PX = 1.5
+
+
+def halo_px() -> int:
+    """Context a window needs on each side for :func:`evidence` to equal the whole-image result."""
+    return int(np.ceil(4 * DETAIL_SIGMA_PX)) + int(np.ceil(4 * CONTRAST_SIGMA_PX)) + 2
+
+
+def _detail(x: np.ndarray) -> np.ndarray:
+    """Local contrast of fine detail: the mean absolute difference from a slightly blurred copy.
+
+    A smooth ramp (the edge of a haze patch, a brightness gradient) has none, so it does not
+    count as ground texture showing through.
+    """
+    hp = np.abs(x - cv2.GaussianBlur(x, (0, 0), DETAIL_SIGMA_PX, borderType=cv2.BORDER_REFLECT))
+    return cv2.GaussianBlur(hp, (0, 0), CONTRAST_SIGMA_PX, borderType=cv2.BORDER_REFLECT)
+
+
+def _one_date(x: np.ndarray, y: np.ndarray, raw: np.ndarray, scale: Scale, params: ObserveConfig) -> np.ndarray:
+    """Evidence bits of date ``x`` against the other date ``y`` (both scaled), uint8."""
+    vis = list(scale.visible)
+    xv, yv = x[vis], y[vis]
+    bright = xv.min(axis=0)  # the darkest visible band still bright: bright and white
+    rise = (xv - yv).min(axis=0)  # brighter than the other date in every visible band
+    bits = np.zeros(x.shape[1:], np.uint8)
+    core = (bright >= params.cloud_min_brightness) & (rise >= params.cloud_min_brightening)
+    if scale.nir is not None:  # clouds are bright in the near infrared too; water and shadow are not
+        core &= x[scale.nir] >= 0.5 * params.cloud_min_brightness
+    bits[core] |= CORE
+    bits[(bright >= params.rim_min_brightness) & (rise >= params.rim_min_brightening)] |= RIM
+    lx, ly = x.mean(axis=0), y.mean(axis=0)
+    contrast_x, contrast_y = _detail(lx), _detail(ly)
+    fall = (x - y).max(axis=0)  # darker than the other date in every band, the near infrared too
+    dark = ((fall <= -params.shadow_min_darkening) & (lx <= params.shadow_max_ratio * np.maximum(ly, 1e-3))
+            & (lx <= params.shadow_max_level))
+    bits[dark] |= DARK
+    hazy = ((lx - ly) >= params.haze_min_brightening) & (contrast_x <= params.haze_max_contrast_ratio * contrast_y)
+    if scale.blue is not None and scale.red is not None:  # haze scatters blue more than red (HOT)
+        hazy &= (x[scale.blue] - y[scale.blue]) >= (x[scale.red] - y[scale.red])
+    bits[hazy] |= HAZY
+    if scale.saturation is not None:
+        bits[(raw[vis] >= scale.saturation).all(axis=0)] |= SAT
+    return bits
+
+
+def evidence(before: np.ndarray, after: np.ndarray, valid: np.ndarray, scale: Scale,
+             params: ObserveConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel evidence bits of each date (uint8 (h, w) each; 0 where invalid).
+
+    Parameters
+    ----------
+    before, after : (bands, h, w) arrays, ``after`` already on ``before``'s radiometry.
+    valid : (h, w) bool.
+    scale : the scene's :class:`Scale`.
+
+    Notes
+    -----
+    Bits per date: ``CORE`` bright and white in every visible band and brighter than the other
+    date by ``cloud_min_brightening``; ``RIM`` the same with the rim's looser limits; ``DARK`` darker
+    than the other date in every band and among the scene's darkest (``shadow_max_level``); ``HAZY`` brighter with its local contrast gone (and bluer
+    than redder where colour is known); ``SAT`` every visible band at the clipping level.
+    """
+    x, y = scale.apply(before), scale.apply(after)
+    eb = _one_date(x, y, before, scale, params)
+    ea = _one_date(y, x, after, scale, params)
+    eb[~valid] = 0
+    ea[~valid] = 0
+    return eb, ea
+
+
+# --------------------------------------------------------------------------- whole scene
+
+
+@dataclass(frozen=True)
+class Observability:
+    """What :func:`resolve` found: the reason raster and how it got there."""
+
+    reason: np.ndarray  # (h, w) uint8 reason codes
+    shadow_offset_px: tuple[tuple[float, float] | None, tuple[float, float] | None]  # (dx, dy) per date
+
+    def observable(self) -> np.ndarray:
+        return self.reason == OBSERVABLE
+
+    def areas_m2(self, gsd_m: float) -> dict[str, float]:
+        counts = np.bincount(self.reason.ravel(), minlength=len(REASONS) + 1)
+        return {name: round(float(counts[code]) * gsd_m * gsd_m, 1) for code, name in REASONS.items()}
+
+    def observable_fraction(self) -> float:
+        return round(float(np.count_nonzero(self.reason == OBSERVABLE)) / max(self.reason.size, 1), 6)
+
+
+def _px(m: float, gsd_m: float) -> int:
+    return int(np.ceil(m / gsd_m))
+
+
+def _area_px(m2: float, gsd_m: float) -> int:
+    return max(1, int(np.ceil(m2 / (gsd_m * gsd_m))))
+
+
+def _disk(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    if radius <= 0 or not mask.any():
+        return mask
+    # a large disk is slow; repeated small ones approximate it (octagon) at a fraction of the cost
+    out = mask.astype(np.uint8)
+    step = min(radius, 8)
+    done = 0
+    while done < radius:
+        r = min(step, radius - done)
+        out = cv2.dilate(out, _disk(r))
+        done += r
+    return out.astype(bool)
+
+
+def clouds(core: np.ndarray, rim: np.ndarray, gsd_m: float, params: ObserveConfig) -> np.ndarray:
+    """Cloud regions of one date: each rim region holding a core, kept when large and thick.
+
+    A cloud is a blob: its core holds a disk of ``cloud_min_radius_m``, which a new road, a roof
+    row or a hangar does not (a white roof wider than twice that, new on one date, can be taken for
+    a cloud: it is then hatched, not hidden).
+    """
+    grown = (rim | core).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8, ltype=cv2.CV_32S)
+    if n <= 1:
+        return np.zeros(core.shape, bool)
+    core_px = np.bincount(labels[core], minlength=n)
+    keep = (stats[:, cv2.CC_STAT_AREA] >= _area_px(params.cloud_min_area_m2, gsd_m)) & (core_px > 0)
+    keep[0] = False
+    # a cloud is a blob: its core holds a disk of cloud_min_radius_m (a new road or a roof row does not)
+    radius = cv2.distanceTransform(core.astype(np.uint8), cv2.DIST_L2, 5)
+    deepest = np.zeros(n, np.float32)
+    np.maximum.at(deepest, labels[core], radius[core])
+    keep &= deepest * gsd_m >= params.cloud_min_radius_m
+    return keep[labels]
+
+
+def _decimate(mask: np.ndarray, factor: int) -> np.ndarray:
+    h, w = mask.shape
+    gh, gw = -(-h // factor), -(-w // factor)
+    pad = np.zeros((gh * factor, gw * factor), np.float32)
+    pad[:h, :w] = mask
+    return pad.reshape(gh, factor, gw, factor).mean(axis=(1, 3))
+
+
+def shadow_offset(cloud: np.ndarray, dark: np.ndarray, max_offset_px: int, min_lift: float) -> tuple[int, int] | None:
+    """The displacement (dx, dy) in pixels that best lays ``cloud`` onto ``dark``, or None.
+
+    Cross-correlation (FFT) of the two masks on a grid of at most 512 px, over displacements up to
+    ``max_offset_px``. For each displacement, the clouds whose shadow could be seen there (inside
+    the scene, not under a cloud) are counted, and the share of them that lands on dark pixels is
+    compared with the share of dark pixels in the scene. Among displacements whose lift reaches
+    ``min_lift`` (dark pixels met by chance give a lift near 1; thin clouds cast no dark shadow, so
+    a share near 1 cannot be asked for), the one laying the most cloud pixels on dark ones wins.
+    """
+    if not cloud.any() or not dark.any():
+        return None
+    factor = max(1, int(np.ceil(max(cloud.shape) / 512)))
+    c, d = _decimate(cloud, factor), _decimate(dark, factor)
+    seen = 1.0 - c
+    h, w = c.shape
+    fh, fw = cv2.getOptimalDFTSize(2 * h), cv2.getOptimalDFTSize(2 * w)
+
+    def corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        # sum_x a(x) b(x + s) for every s, linear (zero-padded)
+        fa = np.fft.rfft2(a, (fh, fw))
+        fb = np.fft.rfft2(b, (fh, fw))
+        return np.fft.irfft2(np.conj(fa) * fb, (fh, fw))
+
+    hit = corr(c, d)
+    kept = corr(c, seen)
+    reach = max(1, max_offset_px // factor)
+    ys = np.fft.fftfreq(fh, 1.0 / fh).astype(int)
+    xs = np.fft.fftfreq(fw, 1.0 / fw).astype(int)
+    sel = (np.abs(ys)[:, None] <= reach) & (np.abs(xs)[None, :] <= reach)
+    sel &= kept >= 0.1 * float(c.sum())  # at least a tenth of the clouds' shadow can be seen
+    density = float(d.sum()) / max(float(seen.sum()), 1e-6)
+    lift = np.where(sel, hit / np.maximum(kept, 1e-6), 0.0) / max(density, 1e-9)
+    # among displacements well above chance, the one that lays the most cloud pixels on dark ones:
+    # a small cloud whose footprint happens to fit a large cloud's shadow must not win on share
+    score = np.where(lift >= min_lift, hit, -1.0)
+    iy, ix = np.unravel_index(int(np.argmax(score)), score.shape)
+    if score[iy, ix] < 0:
+        return None
+    return int(xs[ix]) * factor, int(ys[iy]) * factor
+
+
+def _shift(mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    out = np.zeros_like(mask)
+    h, w = mask.shape
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[yd, xd] = mask[ys, xs]
+    return out
+
+
+def _large(mask: np.ndarray, min_px: int) -> np.ndarray:
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_px
+    keep[0] = False
+    return keep[labels]
+
+
+def _haze(hazy: np.ndarray, gsd_m: float, params: ObserveConfig) -> np.ndarray:
+    """Thick haze regions: hazy pixels closed over small gaps, holes filled, kept when large.
+
+    Where the ground under the haze is featureless its contrast cannot drop, so the pixel test
+    leaves holes there; they are as hidden as their surroundings.
+    """
+    if not hazy.any():
+        return hazy
+    closed = cv2.morphologyEx(hazy.astype(np.uint8), cv2.MORPH_CLOSE, _disk(3)).astype(bool)
+    big = _large(closed, _area_px(params.haze_min_area_m2, gsd_m))
+    holes = _large(~big, _area_px(params.haze_min_area_m2, gsd_m))  # what stays outside: large gaps only
+    return ~holes
+
+
+def resolve(ev_before: np.ndarray, ev_after: np.ndarray, valid: np.ndarray, gsd_m: float,
+            params: ObserveConfig) -> Observability:
+    """The scene's reason raster from both dates' evidence bits (:func:`evidence`).
+
+    Returns
+    -------
+    Observability with ``reason`` uint8 (h, w): 0 observable, else the first of nodata, cloud,
+    cloud shadow, haze, saturated that holds on either date (clouds and shadows are buffered by
+    ``buffer_m``), and the shadow displacement found per date.
+    """
+    reason = np.zeros(valid.shape, np.uint8)
+    buffer_px = min(_px(params.buffer_m, gsd_m), 64)
+    cloud_any = np.zeros(valid.shape, bool)
+    shadow_any = np.zeros(valid.shape, bool)
+    haze_any = np.zeros(valid.shape, bool)
+    sat_any = np.zeros(valid.shape, bool)
+    offsets: list[tuple[float, float] | None] = []
+    for ev in (ev_before, ev_after):
+        cl = clouds((ev & CORE) > 0, (ev & RIM) > 0, gsd_m, params)
+        off = None
+        if cl.any():
+            dark = _large((ev & DARK) > 0, _area_px(params.shadow_min_area_m2, gsd_m))
+            found = shadow_offset(cl, dark, _px(params.shadow_max_offset_m, gsd_m), params.shadow_min_lift)
+            if found is not None:
+                off = (float(found[0]), float(found[1]))
+                reach = _dilate(_shift(cl, found[0], found[1]), buffer_px)
+                shadow_any |= _dilate(dark & reach, buffer_px)
+            cloud_any |= _dilate(cl, buffer_px)
+        offsets.append(off)
+        haze_any |= _haze((ev & HAZY) > 0, gsd_m, params)
+        sat_any |= _large((ev & SAT) > 0, _area_px(params.saturation_min_area_m2, gsd_m))
+    reason[sat_any] = SATURATED
+    reason[haze_any] = HAZE
+    reason[shadow_any] = CLOUD_SHADOW
+    reason[cloud_any] = CLOUD
+    reason[~valid] = NODATA
+    return Observability(reason, (offsets[0], offsets[1]))
