@@ -104,6 +104,96 @@ class _Canvas:
 # --------------------------------------------------------------------------- helpers
 
 
+@dataclass(frozen=True)
+class _Region:
+    """A mask held on a window of the grid: ``m`` is the full mask's ``[r0:r0 + h, c0:c0 + w]``.
+
+    Placing objects tests and paints many candidate shapes; holding each on its own window
+    keeps that work proportional to the shape, not to the scene (a 4096² scene has ~500).
+    """
+
+    r0: int
+    c0: int
+    m: np.ndarray  # (h, w) bool
+
+    @property
+    def sl(self) -> tuple[slice, slice]:
+        return slice(self.r0, self.r0 + self.m.shape[0]), slice(self.c0, self.c0 + self.m.shape[1])
+
+    def of(self, img: np.ndarray) -> np.ndarray:
+        """The view of a (H, W) or (B, H, W) array on this window."""
+        return img[self.sl] if img.ndim == 2 else img[(slice(None),) + self.sl]
+
+    def __or__(self, other: _Region) -> _Region:
+        r0, c0 = min(self.r0, other.r0), min(self.c0, other.c0)
+        r1 = max(self.r0 + self.m.shape[0], other.r0 + other.m.shape[0])
+        c1 = max(self.c0 + self.m.shape[1], other.c0 + other.m.shape[1])
+        m = np.zeros((r1 - r0, c1 - c0), bool)
+        for g in (self, other):
+            m[g.r0 - r0:g.r0 - r0 + g.m.shape[0], g.c0 - c0:g.c0 - c0 + g.m.shape[1]] |= g.m
+        return _Region(r0, c0, m)
+
+    def on(self, other: _Region) -> np.ndarray:
+        """This region's mask on ``other``'s window (False outside this region's own window)."""
+        out = np.zeros(other.m.shape, bool)
+        r0, r1 = max(self.r0, other.r0), min(self.r0 + self.m.shape[0], other.r0 + other.m.shape[0])
+        c0, c1 = max(self.c0, other.c0), min(self.c0 + self.m.shape[1], other.c0 + other.m.shape[1])
+        if r0 < r1 and c0 < c1:
+            out[r0 - other.r0:r1 - other.r0, c0 - other.c0:c1 - other.c0] = \
+                self.m[r0 - self.r0:r1 - self.r0, c0 - self.c0:c1 - self.c0]
+        return out
+
+    def minus(self, other: _Region) -> _Region:
+        """This region without ``other``'s pixels, on this window."""
+        return _Region(self.r0, self.c0, self.m & ~other.on(self))
+
+    def full(self, shape: tuple[int, int]) -> np.ndarray:
+        out = np.zeros(shape, bool)
+        out[self.sl] = self.m
+        return out
+
+
+def _poly_region(shape: tuple[int, int], pts: np.ndarray) -> _Region:
+    """:func:`_poly_mask` on the polygon's own window (an empty region when it is off the grid)."""
+    pts = np.asarray(pts, dtype=np.float64)
+    rr, cc = draw.polygon(pts[:, 1], pts[:, 0], shape=shape)
+    if rr.size == 0:
+        return _Region(0, 0, np.zeros((0, 0), bool))
+    r0, c0 = int(rr.min()), int(cc.min())
+    m = np.zeros((int(rr.max()) - r0 + 1, int(cc.max()) - c0 + 1), bool)
+    m[rr - r0, cc - c0] = True
+    return _Region(r0, c0, m)
+
+
+def _line_region(shape: tuple[int, int], pts: np.ndarray, width_px: float) -> _Region:
+    """:func:`_line_mask` on the line's own window (an empty region when it is off the grid)."""
+    h, w = shape
+    pts = np.asarray(pts, dtype=np.float64)
+    half = float(width_px) / 2.0
+    r0 = max(0, int(math.floor(pts[:, 1].min() - half)))
+    r1 = min(h - 1, int(math.ceil(pts[:, 1].max() + half)))
+    c0 = max(0, int(math.floor(pts[:, 0].min() - half)))
+    c1 = min(w - 1, int(math.ceil(pts[:, 0].max() + half)))
+    if r0 > r1 or c0 > c1:
+        return _Region(0, 0, np.zeros((0, 0), bool))
+    m = np.zeros((r1 - r0 + 1, c1 - c0 + 1), bool)
+    for a, b in zip(pts[:-1], pts[1:]):
+        sc0 = max(0, int(math.floor(min(a[0], b[0]) - half)))
+        sc1 = min(w - 1, int(math.ceil(max(a[0], b[0]) + half)))
+        sr0 = max(0, int(math.floor(min(a[1], b[1]) - half)))
+        sr1 = min(h - 1, int(math.ceil(max(a[1], b[1]) + half)))
+        if sc0 > sc1 or sr0 > sr1:
+            continue
+        ys, xs = np.mgrid[sr0:sr1 + 1, sc0:sc1 + 1].astype(np.float64)
+        d = b - a
+        len2 = float(d @ d)
+        t = np.zeros_like(xs) if len2 == 0.0 else \
+            np.clip(((xs - a[0]) * d[0] + (ys - a[1]) * d[1]) / len2, 0.0, 1.0)
+        dist2 = (xs - a[0] - t * d[0]) ** 2 + (ys - a[1] - t * d[1]) ** 2
+        m[sr0 - r0:sr1 + 1 - r0, sc0 - c0:sc1 + 1 - c0] |= dist2 <= half * half
+    return _Region(r0, c0, m)
+
+
 def _noise_field(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
     """Smooth zero-mean unit-std noise with correlation length ``sigma`` pixels."""
     f = cv2.GaussianBlur(rng.standard_normal(shape).astype(np.float32), (0, 0), sigma) if sigma > 0 else \
@@ -141,11 +231,7 @@ def _poly_mask(shape: tuple[int, int], pts: np.ndarray) -> np.ndarray:
     px² (exact in expectation over sub-pixel placement), unlike an outline fill that also paints
     every pixel the outline touches.
     """
-    m = np.zeros(shape, bool)
-    pts = np.asarray(pts, dtype=np.float64)
-    rr, cc = draw.polygon(pts[:, 1], pts[:, 0], shape=shape)
-    m[rr, cc] = True
-    return m
+    return _poly_region(shape, pts).full(shape)
 
 
 def _line_mask(shape: tuple[int, int], pts: np.ndarray, width_px: float) -> np.ndarray:
@@ -163,25 +249,7 @@ def _line_mask(shape: tuple[int, int], pts: np.ndarray, width_px: float) -> np.n
     (rows, cols) bool mask: the union over segments of the pixels whose centre's distance to
     the segment is at most ``width_px / 2``, each segment evaluated on its own bounding box.
     """
-    h, w = shape
-    m = np.zeros(shape, bool)
-    pts = np.asarray(pts, dtype=np.float64)
-    half = float(width_px) / 2.0
-    for a, b in zip(pts[:-1], pts[1:]):
-        c0 = max(0, int(math.floor(min(a[0], b[0]) - half)))
-        c1 = min(w - 1, int(math.ceil(max(a[0], b[0]) + half)))
-        r0 = max(0, int(math.floor(min(a[1], b[1]) - half)))
-        r1 = min(h - 1, int(math.ceil(max(a[1], b[1]) + half)))
-        if c0 > c1 or r0 > r1:
-            continue
-        ys, xs = np.mgrid[r0:r1 + 1, c0:c1 + 1].astype(np.float64)
-        d = b - a
-        len2 = float(d @ d)
-        t = np.zeros_like(xs) if len2 == 0.0 else \
-            np.clip(((xs - a[0]) * d[0] + (ys - a[1]) * d[1]) / len2, 0.0, 1.0)
-        dist2 = (xs - a[0] - t * d[0]) ** 2 + (ys - a[1] - t * d[1]) ** 2
-        m[r0:r1 + 1, c0:c1 + 1] |= dist2 <= half * half
-    return m
+    return _line_region(shape, pts, width_px).full(shape)
 
 
 def _rect(cx: float, cy: float, length: float, width: float, angle_deg: float) -> np.ndarray:
@@ -205,20 +273,27 @@ def _hull(cx: float, cy: float, length: float, width: float, angle_deg: float) -
     return np.array([c + s * u + t * v for s, t in pts])
 
 
-def _free(canvas: _Canvas, mask: np.ndarray, margin: int = 10) -> bool:
-    """True when ``mask`` stays off occupied ground and ``margin`` px from the edge."""
-    h, w = mask.shape
-    rows, cols = np.nonzero(mask)
+def _free(canvas: _Canvas, reg: _Region, margin: int = 10) -> bool:
+    """True when ``reg`` stays off occupied ground and ``margin`` px from the edge."""
+    h, w = canvas.occupied.shape
+    rows, cols = np.nonzero(reg.m)
     if rows.size == 0:
         return False
-    if rows.min() < margin or cols.min() < margin or rows.max() >= h - margin or cols.max() >= w - margin:
+    if (reg.r0 + rows.min() < margin or reg.c0 + cols.min() < margin or reg.r0 + rows.max() >= h - margin
+            or reg.c0 + cols.max() >= w - margin):
         return False
-    return not (canvas.occupied & mask).any()
+    return not (reg.of(canvas.occupied) & reg.m).any()
 
 
-def _reserve(canvas: _Canvas, mask: np.ndarray, gap_px: int) -> None:
+def _reserve(canvas: _Canvas, reg: _Region, gap_px: int) -> None:
+    """Mark ``reg`` grown by ``gap_px`` as occupied (dilated on its window with a ``gap_px`` margin)."""
+    h, w = canvas.occupied.shape
+    r0, c0 = max(0, reg.r0 - gap_px), max(0, reg.c0 - gap_px)
+    r1, c1 = min(h, reg.r0 + reg.m.shape[0] + gap_px), min(w, reg.c0 + reg.m.shape[1] + gap_px)
+    local = np.zeros((r1 - r0, c1 - c0), np.uint8)
+    local[reg.r0 - r0:reg.r0 - r0 + reg.m.shape[0], reg.c0 - c0:reg.c0 - c0 + reg.m.shape[1]] = reg.m
     k = np.ones((2 * gap_px + 1, 2 * gap_px + 1), np.uint8)
-    canvas.occupied |= cv2.dilate(mask.astype(np.uint8), k).astype(bool)
+    canvas.occupied[r0:r1, c0:c1] |= cv2.dilate(local, k).astype(bool)
 
 
 def _orientation_of(pts: np.ndarray) -> tuple[float, float, float]:
@@ -231,7 +306,7 @@ def _orientation_of(pts: np.ndarray) -> tuple[float, float, float]:
     return max(rect[1]), min(rect[1]), angle
 
 
-def _add_truth(canvas: _Canvas, mask: np.ndarray, cls: str, event: str, length_px: float, width_px: float,
+def _add_truth(canvas: _Canvas, mask: _Region, cls: str, event: str, length_px: float, width_px: float,
                angle: float, gap_px: int = 4) -> None:
     canvas.pending.append({"mask": mask, "cls": cls, "event": event, "length_px": length_px,
                            "width_px": width_px, "angle": angle})
@@ -275,10 +350,11 @@ def _roads(rng: np.random.Generator, canvas: _Canvas, gsd: float, n: int) -> Non
         t = np.linspace(0, 1, 60)[:, None]
         pts = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
         width = max(2, int(round(rng.uniform(3, 8) / gsd)))
-        m = _line_mask(canvas.occupied.shape, pts, width) & ~canvas.water
+        line = _line_region(canvas.occupied.shape, pts, width)
+        m = _Region(line.r0, line.c0, line.m & ~line.of(canvas.water))
         for img in (canvas.before, canvas.after):
-            _paint(img, m, ROAD)
-        canvas.vegetation[m] = 0
+            _paint(m.of(img), m.m, ROAD)
+        m.of(canvas.vegetation)[m.m] = 0
         _reserve(canvas, m, 3)
 
 
@@ -290,17 +366,18 @@ def _buildings(rng: np.random.Generator, canvas: _Canvas, gsd: float, n: int) ->
         tries += 1
         length, width = rng.uniform(6, 25) / gsd, rng.uniform(4, 12) / gsd
         pts = _rect(rng.uniform(0, shape[1]), rng.uniform(0, shape[0]), length, width, rng.uniform(0, 180))
-        m = _poly_mask(shape, pts)
-        if not _free(canvas, m) or (canvas.water & m).any():
+        m = _poly_region(shape, pts)
+        if not _free(canvas, m) or (m.of(canvas.water) & m.m).any():
             continue
-        shadow = _poly_mask(shape, pts + np.array([1.5, 1.5]) / gsd) & ~m
+        shadow = _poly_region(shape, pts + np.array([1.5, 1.5]) / gsd).minus(m)
         roof = ROOFS[rng.integers(len(ROOFS))]
         for img in (canvas.before, canvas.after):
             for b in range(4):
-                img[b][shadow] *= 0.45
-            _paint(img, m, roof)
-        canvas.vegetation[m | shadow] = 0
-        _reserve(canvas, m | shadow, 3)
+                shadow.of(img[b])[shadow.m] *= 0.45
+            _paint(m.of(img), m.m, roof)
+        both = m | shadow
+        both.of(canvas.vegetation)[both.m] = 0
+        _reserve(canvas, both, 3)
         placed += 1
 
 
@@ -323,10 +400,10 @@ def _sea(rng: np.random.Generator, canvas: _Canvas, gsd: float) -> None:
         length, width = rng.uniform(60, 140) / gsd, rng.uniform(8, 14) / gsd
         pts = np.array([[c0, r - width / 2], [c0 + length, r - width / 2], [c0 + length, r + width / 2],
                         [c0, r + width / 2]])
-        m = _poly_mask((h, w), pts)
+        m = _poly_region((h, w), pts)
         for img in (canvas.before, canvas.after):
-            _paint(img, m, CONCRETE)
-        canvas.water &= ~m
+            _paint(m.of(img), m.m, CONCRETE)
+        m.of(canvas.water)[m.m] = False
         _reserve(canvas, m, int(3 / gsd))
 
 
@@ -356,11 +433,11 @@ def _trenches(rng: np.random.Generator, canvas: _Canvas, gsd: float, level: dict
             seg = total_m / n_seg / gsd
             pts.append(pts[-1] + seg * np.array([math.cos(ang), math.sin(ang)]))
         pts_a = np.array(pts)
-        m = _line_mask(shape, pts_a, width_px)
-        if not _free(canvas, m) or (canvas.water & m).any():
+        m = _line_region(shape, pts_a, width_px)
+        if not _free(canvas, m) or (m.of(canvas.water) & m.m).any():
             continue
-        bg = canvas.before[:, m].mean(axis=1)
-        _paint(canvas.after, m, _blend(level, FRESH_SOIL, bg))
+        bg = m.of(canvas.before)[:, m.m].mean(axis=1)
+        _paint(m.of(canvas.after), m.m, _blend(level, FRESH_SOIL, bg))
         # spoil heaped along one side: lighter soil, part of the earthwork
         path_px = sum(float(np.hypot(*(b - a))) for a, b in zip(pts_a[:-1], pts_a[1:]))
         _add_truth(canvas, m, "trench", "appeared", path_px + width_px, width_px, _orientation_of(pts_a)[2])
@@ -377,15 +454,15 @@ def _huts(rng: np.random.Generator, canvas: _Canvas, gsd: float, level: dict[str
         length, width = max(side_a, side_b) / gsd, min(side_a, side_b) / gsd
         angle = rng.uniform(0, 180)
         pts = _rect(rng.uniform(0, shape[1]), rng.uniform(0, shape[0]), length, width, angle)
-        m = _poly_mask(shape, pts)
-        if not _free(canvas, m) or (canvas.water & m).any():
+        m = _poly_region(shape, pts)
+        if not _free(canvas, m) or (m.of(canvas.water) & m.m).any():
             continue
-        bg = canvas.before[:, m].mean(axis=1)
+        bg = m.of(canvas.before)[:, m.m].mean(axis=1)
         roof = ROOFS[rng.integers(len(ROOFS))]
-        shadow = _poly_mask(shape, pts + np.array([0.8, 0.8]) / gsd) & ~m
+        shadow = _poly_region(shape, pts + np.array([0.8, 0.8]) / gsd).minus(m)
         for b in range(4):
-            canvas.after[b][shadow] *= 1 - 0.5 * level["contrast"]
-        _paint(canvas.after, m, _blend(level, roof, bg))
+            shadow.of(canvas.after[b])[shadow.m] *= 1 - 0.5 * level["contrast"]
+        _paint(m.of(canvas.after), m.m, _blend(level, roof, bg))
         _add_truth(canvas, m, "hut", "appeared", length, width, angle % 180)
         placed += 1
 
@@ -399,12 +476,12 @@ def _cleared(rng: np.random.Generator, canvas: _Canvas, gsd: float, level: dict[
         radii = r * rng.uniform(0.6, 1.0, 7)
         c = np.array([rng.uniform(0, shape[1]), rng.uniform(0, shape[0])])
         pts = c + np.column_stack([np.cos(angles) * radii, np.sin(angles) * radii])
-        m = _poly_mask(shape, pts)
-        if not _free(canvas, m) or (canvas.water & m).any():
+        m = _poly_region(shape, pts)
+        if not _free(canvas, m) or (m.of(canvas.water) & m.m).any():
             continue
-        bg = canvas.before[:, m].mean(axis=1)
-        _paint(canvas.after, m, _blend(level, CLEARED, bg))
-        canvas.vegetation[m] = 0
+        bg = m.of(canvas.before)[:, m.m].mean(axis=1)
+        _paint(m.of(canvas.after), m.m, _blend(level, CLEARED, bg))
+        m.of(canvas.vegetation)[m.m] = 0
         long_px, short_px, angle = _orientation_of(pts)
         _add_truth(canvas, m, "other", "appeared", long_px, short_px, angle)
         return
@@ -422,18 +499,19 @@ def _vessels(rng: np.random.Generator, canvas: _Canvas, gsd: float, level: dict[
             width_m = length_m / rng.uniform(3.5, 7.0)
             angle = rng.uniform(0, 180)
             pts = _hull(rng.uniform(0, shape[1]), rng.uniform(0, shape[0]), length_m / gsd, width_m / gsd, angle)
-            m = _poly_mask(shape, pts)
-            if not _free(canvas, m) or not deep[m].all():
+            m = _poly_region(shape, pts)
+            if not _free(canvas, m) or not m.of(deep)[m.m].all():
                 continue
             hull = HULLS[rng.integers(len(HULLS))]
-            bridge = _poly_mask(shape, _rect(*pts[[0, 4]].mean(axis=0) * 0.7 + pts[2] * 0.3, length_m * 0.18 / gsd,
-                                             width_m * 0.6 / gsd, angle)) & m
+            bridge = _poly_region(shape, _rect(*pts[[0, 4]].mean(axis=0) * 0.7 + pts[2] * 0.3,
+                                               length_m * 0.18 / gsd, width_m * 0.6 / gsd, angle))
+            bridge_m = m.m & bridge.on(m)
             targets = {"new": (canvas.after,), "gone": (canvas.before,), "stay": (canvas.before, canvas.after)}[kind]
             for img in targets:
-                bg = img[:, m].mean(axis=1)
+                bg = m.of(img)[:, m.m].mean(axis=1)
                 colour = _blend(level, hull, bg) if kind != "stay" else hull
-                _paint(img, m, colour)
-                _paint(img, bridge, tuple(min(1.0, 1.25 * c) for c in colour))
+                _paint(m.of(img), m.m, colour)
+                _paint(m.of(img), bridge_m, tuple(min(1.0, 1.25 * c) for c in colour))
             if kind == "stay":
                 _reserve(canvas, m, 4)
             else:
@@ -471,15 +549,16 @@ def _finish(canvas: _Canvas, gsd: float) -> tuple[np.ndarray, np.ndarray, tuple[
     shape = canvas.occupied.shape
     items = []
     for p in canvas.pending:
-        rows, cols = np.nonzero(p["mask"])
+        rows, cols = np.nonzero(p["mask"].m)
+        rows, cols = rows + p["mask"].r0, cols + p["mask"].c0
         items.append((int(rows.min()), int(cols.min()), p, rows, cols))
     items.sort(key=lambda t: (t[0], t[1]))
     truth_class = np.zeros(shape, np.uint8)
     instances = np.zeros(shape, np.uint16)
     objects = []
     for i, (_, _, p, rows, cols) in enumerate(items, start=1):
-        instances[p["mask"]] = i
-        truth_class[p["mask"]] = CLASS_CODES[p["cls"]]
+        instances[rows, cols] = i
+        truth_class[rows, cols] = CLASS_CODES[p["cls"]]
         objects.append(TruthObject(
             id=i, cls=p["cls"], event=p["event"],
             bbox_px=(int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())),
