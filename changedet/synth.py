@@ -695,25 +695,35 @@ def _paste(dst: np.ndarray, patch: np.ndarray, r0: int, c0: int) -> tuple[tuple[
     return (slice(a0, a1), slice(b0, b1)), patch[a0 - r0:a1 - r0, b0 - c0:b1 - c0]
 
 
-def _clouds(rng: np.random.Generator, canvas: _Canvas, gsd: float, code: np.ndarray) -> dict[str, Any]:
-    """One to three clouds with their shadows, each on one date.
+def _shadow_vector(rng: np.random.Generator, gsd: float, side_px: int) -> dict[str, Any]:
+    """Sun azimuth and elevation, cloud height, and the whole-pixel (dx, dy) from a cloud to its shadow.
 
-    The shadow is the cloud's opacity displaced by the scene-wide vector from the sun's azimuth and
-    elevation and the cloud's height above ground (capped at 20 % of the scene side, the height then
-    recorded as the one that gives the capped offset); it multiplies the ground by ``darkening``.
-    Pixels with opacity (or shadow weight) >= ``CLOUD_MASK_ALPHA`` get codes 1 / 2 in ``code``.
+    The ground offset is ``height / tan(elevation)``, away from the sun (x east, y south), capped at
+    20 % of the tile side; when capped, the height recorded is the one that gives the capped offset.
     """
-    h, w = code.shape
     azimuth, elevation = float(rng.uniform(100, 260)), float(rng.uniform(35, 70))
     height_m = float(rng.uniform(30, 250))
     length_px = height_m / math.tan(math.radians(elevation)) / gsd
-    cap = 0.2 * min(h, w)
-    capped = length_px > cap
+    capped = length_px > 0.2 * side_px
     if capped:
-        length_px = cap
+        length_px = 0.2 * side_px
         height_m = length_px * gsd * math.tan(math.radians(elevation))
-    a = math.radians(azimuth)  # the shadow falls away from the sun: x east, y south
-    sdx, sdy = int(round(-length_px * math.sin(a))), int(round(length_px * math.cos(a)))
+    a = math.radians(azimuth)
+    return {"sun_azimuth_deg": round(azimuth, 2), "sun_elevation_deg": round(elevation, 2),
+            "cloud_height_m": round(height_m, 2), "shadow_offset_capped": capped,
+            "shadow_offset_px": [int(round(-length_px * math.sin(a))), int(round(length_px * math.cos(a)))]}
+
+
+def _clouds(rng: np.random.Generator, canvas: _Canvas, gsd: float, code: np.ndarray) -> dict[str, Any]:
+    """One to three clouds with their shadows, each on one date.
+
+    The shadow is the cloud's opacity displaced by the scene-wide vector of
+    :func:`_shadow_vector`; it multiplies the ground by ``1 - (1 - darkening) * opacity``.
+    Pixels with opacity (or shadow weight) >= ``CLOUD_MASK_ALPHA`` get codes 1 / 2 in ``code``.
+    """
+    h, w = code.shape
+    sun = _shadow_vector(rng, gsd, min(h, w))
+    sdx, sdy = sun["shadow_offset_px"]
     clouds, layers = [], []
     for _ in range(int(rng.integers(1, 4))):
         radius = float(rng.uniform(0.06, 0.15) * min(h, w))
@@ -746,9 +756,7 @@ def _clouds(rng: np.random.Generator, canvas: _Canvas, gsd: float, code: np.ndar
         np.maximum(cloud_w[sl], part, out=cloud_w[sl])
     code[shadow_w >= CLOUD_MASK_ALPHA] = WEATHER_CODES["shadow"]
     code[cloud_w >= CLOUD_MASK_ALPHA] = WEATHER_CODES["cloud"]
-    return {"sun_azimuth_deg": round(azimuth, 2), "sun_elevation_deg": round(elevation, 2),
-            "cloud_height_m": round(height_m, 2), "shadow_offset_capped": capped,
-            "shadow_offset_px": [sdx, sdy], "mask_alpha": CLOUD_MASK_ALPHA, "clouds": clouds,
+    return {**sun, "mask_alpha": CLOUD_MASK_ALPHA, "clouds": clouds,
             "cloud_fraction": round(float((code == WEATHER_CODES["cloud"]).mean()), 5),
             "shadow_fraction": round(float((code == WEATHER_CODES["shadow"]).mean()), 5)}
 
