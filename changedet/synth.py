@@ -11,6 +11,12 @@ belongs to an object when its centre lies inside the object's outline (pixel
 ``(r, c)`` has its centre at ``(x, y) = (c, r)``), so masks have the nominal size
 recorded in the truth.
 
+Weather (``make_scene(..., weather=...)``, off by default) adds clouds with their
+shadows, thick haze, seasonal change of vegetation and fields, and JPEG
+compression, each from its own random stream so that scenes without weather are
+exactly what they were before it existed. Cloud, shadow and thick-haze pixels are
+255 (not observable) in the class truth.
+
 Shift convention: ``after(x + dx, y + dy) = before(x, y)``.
 """
 
