@@ -733,7 +733,9 @@ def _clouds(rng: np.random.Generator, canvas: _Canvas, gsd: float, code: np.ndar
     clouds, layers = [], []
     for _ in range(int(rng.integers(1, 4))):
         radius = float(rng.uniform(0.06, 0.15) * min(h, w))
-        alpha = _cloud_alpha(rng, radius) * np.float32(rng.uniform(0.9, 1.0))
+        alpha = _cloud_alpha(rng, radius)
+        opacity = float(rng.uniform(0.9, 1.0))
+        alpha *= np.float32(opacity)
         n = alpha.shape[0]
         r0, c0 = int(rng.uniform(0, h)) - n // 2, int(rng.uniform(0, w)) - n // 2
         date, img = _date_of(rng, canvas)
@@ -742,6 +744,7 @@ def _clouds(rng: np.random.Generator, canvas: _Canvas, gsd: float, code: np.ndar
         darkening = float(rng.uniform(0.3, 0.6))
         layers.append((img, alpha, r0, c0, refl, darkening))
         clouds.append({"date": date, "centre_px": [c0 + n // 2, r0 + n // 2], "radius_px": round(radius, 1),
+                       "max_opacity": round(opacity, 4),
                        "reflectance": list(refl), "shadow_darkening": round(darkening, 4)})
     shadow_w = np.zeros((h, w), np.float32)
     cloud_w = np.zeros((h, w), np.float32)
