@@ -151,10 +151,13 @@ def synth(
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     size: Annotated[int, typer.Option("--size", help="Side of the square tile, pixels.")] = 512,
     difficulty: Annotated[str, typer.Option("--difficulty", help="easy, medium or hard.")] = "medium",
+    weather: Annotated[str, typer.Option("--weather", help="none, all, or a comma list of cloud, haze, season, jpeg "
+                                         "(cloud, shadow and thick haze are 255 in the truth).")] = "none",
+    rotation_deg: Annotated[float, typer.Option("--rotation-deg", help="Rotation of after about the tile centre, degrees.")] = 0.0,
 ) -> None:
     """Write a synthetic before/after pair with ground truth.
 
-    Example: changedet synth --out scenes/port1 --scenario port --seed 7
+    Example: changedet synth --out scenes/port1 --scenario port --seed 7 --weather cloud,haze
     """
     from . import synth as synth_mod
 
@@ -164,7 +167,14 @@ def synth(
         if difficulty not in synth_mod.DIFFICULTIES:
             _fail(f"--difficulty {difficulty!r}: choose one of {', '.join(synth_mod.DIFFICULTIES)}", 2)
         try:
-            scene = synth_mod.make_scene(scenario, seed=seed, size=size, difficulty=difficulty)
+            synth_mod.parse_weather(weather)
+        except ValueError as exc:
+            _fail(f"--weather {weather!r}: {exc}", 2)
+        if not -45.0 <= rotation_deg <= 45.0:
+            _fail(f"--rotation-deg {rotation_deg}: give a rotation from -45 to 45 degrees", 2)
+        try:
+            scene = synth_mod.make_scene(scenario, seed=seed, size=size, difficulty=difficulty,
+                                         rotation_deg=rotation_deg, weather=weather)
         except ValueError as exc:
             _fail(str(exc), 2)
         files = synth_mod.write_scene(scene, out)

@@ -7,6 +7,11 @@ overlaps it, *typed correctly* when the predicted object overlapping it most
 has its class, and a predicted object is a true positive when it overlaps any
 truth object.
 
+Truth folders from ``synth --weather`` mark cloud, cloud shadow and thick haze
+255 in ``truth_class.tif``: those pixels are left out of the pixel scores like
+the output's nodata, and truth objects recorded ``"observable": false`` (wholly
+under them) are left out of object recall.
+
 Conventions for empty sets: precision is 1 when nothing was predicted, recall
 is 1 when there is nothing to find; F1 and IoU are then 1 when both are empty.
 """
@@ -174,7 +179,8 @@ def load_truth(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, list[di
         cls_path = path / "truth_class.tif"
         if not cls_path.is_file():
             raise InputError(f"{path}: no truth_class.tif; give a folder written by changedet synth or a label image")
-        truth = _read_band(cls_path) > 0
+        cls = _read_band(cls_path)
+        truth = (cls > 0) & (cls != 255)
         inst_path, meta_path = path / "truth_instances.tif", path / "truth.json"
         instances = _read_band(inst_path).astype(np.int64) if inst_path.is_file() else None
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
@@ -183,6 +189,18 @@ def load_truth(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, list[di
         raise InputError(f"{path}: no such truth file or folder; check the path")
     label = _read_band(path)
     return (label > 127) if label.max() > 1 else (label > 0), None, None, None
+
+
+def truth_ignored(path: str | Path) -> np.ndarray | None:
+    """Pixels a synth truth folder marks not observable (255 in ``truth_class.tif``), or None.
+
+    A plain label image has none: there 255 means change.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    ignored = _read_band(path / "truth_class.tif") == 255
+    return ignored if ignored.any() else None
 
 
 def _predicted_objects(mask: np.ndarray, summary: dict[str, Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:
@@ -220,11 +238,15 @@ def evaluate(out_dir: str | Path, truth_path: str | Path) -> Evaluation:
     if truth.shape != mask.shape:
         raise InputError(f"{truth_path}: truth is {truth.shape[1]}x{truth.shape[0]} but {mask_path} is "
                          f"{mask.shape[1]}x{mask.shape[0]}; give the truth of the same grid")
-    pix = pixel_scores(mask == 1, truth, mask != 255)
+    valid = mask != 255
+    ignored = truth_ignored(truth_path)
+    if ignored is not None:
+        valid &= ~ignored
+    pix = pixel_scores(mask == 1, truth, valid)
     objs = None
     if instances is not None and truth_objects is not None:
         labels, preds = _predicted_objects(mask, summary)
-        objs = object_scores(labels, preds, instances, truth_objects)
+        objs = object_scores(labels, preds, instances, [o for o in truth_objects if o.get("observable", True)])
     shift_err = None
     if truth_shift is not None and "registration" in summary:
         dx, dy = summary["registration"]["shift_px"]

@@ -11,6 +11,12 @@ belongs to an object when its centre lies inside the object's outline (pixel
 ``(r, c)`` has its centre at ``(x, y) = (c, r)``), so masks have the nominal size
 recorded in the truth.
 
+Weather (``make_scene(..., weather=...)``, off by default) adds clouds with their
+shadows, thick haze, seasonal change of vegetation and fields, and JPEG
+compression, each from its own random stream so that scenes without weather are
+exactly what they were before it existed. Cloud, shadow and thick-haze pixels are
+255 (not observable) in the class truth.
+
 Shift convention: ``after(x + dx, y + dy) = before(x, y)``.
 """
 
@@ -86,6 +92,8 @@ class Scene:
     seed: int
     difficulty: str
     nuisances: dict[str, Any] = field(default_factory=dict)
+    weather_mask: np.ndarray | None = None  # (H, W) uint8 WEATHER_CODES on the before grid; None without weather
+    observable_fraction: tuple[float, ...] = ()  # per object, share of its pixels not under weather
 
 
 @dataclass
@@ -102,6 +110,96 @@ class _Canvas:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+@dataclass(frozen=True)
+class _Region:
+    """A mask held on a window of the grid: ``m`` is the full mask's ``[r0:r0 + h, c0:c0 + w]``.
+
+    Placing objects tests and paints many candidate shapes; holding each on its own window
+    keeps that work proportional to the shape, not to the scene (a 4096² scene has ~500).
+    """
+
+    r0: int
+    c0: int
+    m: np.ndarray  # (h, w) bool
+
+    @property
+    def sl(self) -> tuple[slice, slice]:
+        return slice(self.r0, self.r0 + self.m.shape[0]), slice(self.c0, self.c0 + self.m.shape[1])
+
+    def of(self, img: np.ndarray) -> np.ndarray:
+        """The view of a (H, W) or (B, H, W) array on this window."""
+        return img[self.sl] if img.ndim == 2 else img[(slice(None),) + self.sl]
+
+    def __or__(self, other: _Region) -> _Region:
+        r0, c0 = min(self.r0, other.r0), min(self.c0, other.c0)
+        r1 = max(self.r0 + self.m.shape[0], other.r0 + other.m.shape[0])
+        c1 = max(self.c0 + self.m.shape[1], other.c0 + other.m.shape[1])
+        m = np.zeros((r1 - r0, c1 - c0), bool)
+        for g in (self, other):
+            m[g.r0 - r0:g.r0 - r0 + g.m.shape[0], g.c0 - c0:g.c0 - c0 + g.m.shape[1]] |= g.m
+        return _Region(r0, c0, m)
+
+    def on(self, other: _Region) -> np.ndarray:
+        """This region's mask on ``other``'s window (False outside this region's own window)."""
+        out = np.zeros(other.m.shape, bool)
+        r0, r1 = max(self.r0, other.r0), min(self.r0 + self.m.shape[0], other.r0 + other.m.shape[0])
+        c0, c1 = max(self.c0, other.c0), min(self.c0 + self.m.shape[1], other.c0 + other.m.shape[1])
+        if r0 < r1 and c0 < c1:
+            out[r0 - other.r0:r1 - other.r0, c0 - other.c0:c1 - other.c0] = \
+                self.m[r0 - self.r0:r1 - self.r0, c0 - self.c0:c1 - self.c0]
+        return out
+
+    def minus(self, other: _Region) -> _Region:
+        """This region without ``other``'s pixels, on this window."""
+        return _Region(self.r0, self.c0, self.m & ~other.on(self))
+
+    def full(self, shape: tuple[int, int]) -> np.ndarray:
+        out = np.zeros(shape, bool)
+        out[self.sl] = self.m
+        return out
+
+
+def _poly_region(shape: tuple[int, int], pts: np.ndarray) -> _Region:
+    """:func:`_poly_mask` on the polygon's own window (an empty region when it is off the grid)."""
+    pts = np.asarray(pts, dtype=np.float64)
+    rr, cc = draw.polygon(pts[:, 1], pts[:, 0], shape=shape)
+    if rr.size == 0:
+        return _Region(0, 0, np.zeros((0, 0), bool))
+    r0, c0 = int(rr.min()), int(cc.min())
+    m = np.zeros((int(rr.max()) - r0 + 1, int(cc.max()) - c0 + 1), bool)
+    m[rr - r0, cc - c0] = True
+    return _Region(r0, c0, m)
+
+
+def _line_region(shape: tuple[int, int], pts: np.ndarray, width_px: float) -> _Region:
+    """:func:`_line_mask` on the line's own window (an empty region when it is off the grid)."""
+    h, w = shape
+    pts = np.asarray(pts, dtype=np.float64)
+    half = float(width_px) / 2.0
+    r0 = max(0, int(math.floor(pts[:, 1].min() - half)))
+    r1 = min(h - 1, int(math.ceil(pts[:, 1].max() + half)))
+    c0 = max(0, int(math.floor(pts[:, 0].min() - half)))
+    c1 = min(w - 1, int(math.ceil(pts[:, 0].max() + half)))
+    if r0 > r1 or c0 > c1:
+        return _Region(0, 0, np.zeros((0, 0), bool))
+    m = np.zeros((r1 - r0 + 1, c1 - c0 + 1), bool)
+    for a, b in zip(pts[:-1], pts[1:]):
+        sc0 = max(0, int(math.floor(min(a[0], b[0]) - half)))
+        sc1 = min(w - 1, int(math.ceil(max(a[0], b[0]) + half)))
+        sr0 = max(0, int(math.floor(min(a[1], b[1]) - half)))
+        sr1 = min(h - 1, int(math.ceil(max(a[1], b[1]) + half)))
+        if sc0 > sc1 or sr0 > sr1:
+            continue
+        ys, xs = np.mgrid[sr0:sr1 + 1, sc0:sc1 + 1].astype(np.float64)
+        d = b - a
+        len2 = float(d @ d)
+        t = np.zeros_like(xs) if len2 == 0.0 else \
+            np.clip(((xs - a[0]) * d[0] + (ys - a[1]) * d[1]) / len2, 0.0, 1.0)
+        dist2 = (xs - a[0] - t * d[0]) ** 2 + (ys - a[1] - t * d[1]) ** 2
+        m[sr0 - r0:sr1 + 1 - r0, sc0 - c0:sc1 + 1 - c0] |= dist2 <= half * half
+    return _Region(r0, c0, m)
 
 
 def _noise_field(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
@@ -141,11 +239,7 @@ def _poly_mask(shape: tuple[int, int], pts: np.ndarray) -> np.ndarray:
     px² (exact in expectation over sub-pixel placement), unlike an outline fill that also paints
     every pixel the outline touches.
     """
-    m = np.zeros(shape, bool)
-    pts = np.asarray(pts, dtype=np.float64)
-    rr, cc = draw.polygon(pts[:, 1], pts[:, 0], shape=shape)
-    m[rr, cc] = True
-    return m
+    return _poly_region(shape, pts).full(shape)
 
 
 def _line_mask(shape: tuple[int, int], pts: np.ndarray, width_px: float) -> np.ndarray:
@@ -163,25 +257,7 @@ def _line_mask(shape: tuple[int, int], pts: np.ndarray, width_px: float) -> np.n
     (rows, cols) bool mask: the union over segments of the pixels whose centre's distance to
     the segment is at most ``width_px / 2``, each segment evaluated on its own bounding box.
     """
-    h, w = shape
-    m = np.zeros(shape, bool)
-    pts = np.asarray(pts, dtype=np.float64)
-    half = float(width_px) / 2.0
-    for a, b in zip(pts[:-1], pts[1:]):
-        c0 = max(0, int(math.floor(min(a[0], b[0]) - half)))
-        c1 = min(w - 1, int(math.ceil(max(a[0], b[0]) + half)))
-        r0 = max(0, int(math.floor(min(a[1], b[1]) - half)))
-        r1 = min(h - 1, int(math.ceil(max(a[1], b[1]) + half)))
-        if c0 > c1 or r0 > r1:
-            continue
-        ys, xs = np.mgrid[r0:r1 + 1, c0:c1 + 1].astype(np.float64)
-        d = b - a
-        len2 = float(d @ d)
-        t = np.zeros_like(xs) if len2 == 0.0 else \
-            np.clip(((xs - a[0]) * d[0] + (ys - a[1]) * d[1]) / len2, 0.0, 1.0)
-        dist2 = (xs - a[0] - t * d[0]) ** 2 + (ys - a[1] - t * d[1]) ** 2
-        m[r0:r1 + 1, c0:c1 + 1] |= dist2 <= half * half
-    return m
+    return _line_region(shape, pts, width_px).full(shape)
 
 
 def _rect(cx: float, cy: float, length: float, width: float, angle_deg: float) -> np.ndarray:
@@ -205,20 +281,27 @@ def _hull(cx: float, cy: float, length: float, width: float, angle_deg: float) -
     return np.array([c + s * u + t * v for s, t in pts])
 
 
-def _free(canvas: _Canvas, mask: np.ndarray, margin: int = 10) -> bool:
-    """True when ``mask`` stays off occupied ground and ``margin`` px from the edge."""
-    h, w = mask.shape
-    rows, cols = np.nonzero(mask)
+def _free(canvas: _Canvas, reg: _Region, margin: int = 10) -> bool:
+    """True when ``reg`` stays off occupied ground and ``margin`` px from the edge."""
+    h, w = canvas.occupied.shape
+    rows, cols = np.nonzero(reg.m)
     if rows.size == 0:
         return False
-    if rows.min() < margin or cols.min() < margin or rows.max() >= h - margin or cols.max() >= w - margin:
+    if (reg.r0 + rows.min() < margin or reg.c0 + cols.min() < margin or reg.r0 + rows.max() >= h - margin
+            or reg.c0 + cols.max() >= w - margin):
         return False
-    return not (canvas.occupied & mask).any()
+    return not (reg.of(canvas.occupied) & reg.m).any()
 
 
-def _reserve(canvas: _Canvas, mask: np.ndarray, gap_px: int) -> None:
+def _reserve(canvas: _Canvas, reg: _Region, gap_px: int) -> None:
+    """Mark ``reg`` grown by ``gap_px`` as occupied (dilated on its window with a ``gap_px`` margin)."""
+    h, w = canvas.occupied.shape
+    r0, c0 = max(0, reg.r0 - gap_px), max(0, reg.c0 - gap_px)
+    r1, c1 = min(h, reg.r0 + reg.m.shape[0] + gap_px), min(w, reg.c0 + reg.m.shape[1] + gap_px)
+    local = np.zeros((r1 - r0, c1 - c0), np.uint8)
+    local[reg.r0 - r0:reg.r0 - r0 + reg.m.shape[0], reg.c0 - c0:reg.c0 - c0 + reg.m.shape[1]] = reg.m
     k = np.ones((2 * gap_px + 1, 2 * gap_px + 1), np.uint8)
-    canvas.occupied |= cv2.dilate(mask.astype(np.uint8), k).astype(bool)
+    canvas.occupied[r0:r1, c0:c1] |= cv2.dilate(local, k).astype(bool)
 
 
 def _orientation_of(pts: np.ndarray) -> tuple[float, float, float]:
@@ -231,7 +314,7 @@ def _orientation_of(pts: np.ndarray) -> tuple[float, float, float]:
     return max(rect[1]), min(rect[1]), angle
 
 
-def _add_truth(canvas: _Canvas, mask: np.ndarray, cls: str, event: str, length_px: float, width_px: float,
+def _add_truth(canvas: _Canvas, mask: _Region, cls: str, event: str, length_px: float, width_px: float,
                angle: float, gap_px: int = 4) -> None:
     canvas.pending.append({"mask": mask, "cls": cls, "event": event, "length_px": length_px,
                            "width_px": width_px, "angle": angle})
@@ -275,10 +358,11 @@ def _roads(rng: np.random.Generator, canvas: _Canvas, gsd: float, n: int) -> Non
         t = np.linspace(0, 1, 60)[:, None]
         pts = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
         width = max(2, int(round(rng.uniform(3, 8) / gsd)))
-        m = _line_mask(canvas.occupied.shape, pts, width) & ~canvas.water
+        line = _line_region(canvas.occupied.shape, pts, width)
+        m = _Region(line.r0, line.c0, line.m & ~line.of(canvas.water))
         for img in (canvas.before, canvas.after):
-            _paint(img, m, ROAD)
-        canvas.vegetation[m] = 0
+            _paint(m.of(img), m.m, ROAD)
+        m.of(canvas.vegetation)[m.m] = 0
         _reserve(canvas, m, 3)
 
 
@@ -290,17 +374,18 @@ def _buildings(rng: np.random.Generator, canvas: _Canvas, gsd: float, n: int) ->
         tries += 1
         length, width = rng.uniform(6, 25) / gsd, rng.uniform(4, 12) / gsd
         pts = _rect(rng.uniform(0, shape[1]), rng.uniform(0, shape[0]), length, width, rng.uniform(0, 180))
-        m = _poly_mask(shape, pts)
-        if not _free(canvas, m) or (canvas.water & m).any():
+        m = _poly_region(shape, pts)
+        if not _free(canvas, m) or (m.of(canvas.water) & m.m).any():
             continue
-        shadow = _poly_mask(shape, pts + np.array([1.5, 1.5]) / gsd) & ~m
+        shadow = _poly_region(shape, pts + np.array([1.5, 1.5]) / gsd).minus(m)
         roof = ROOFS[rng.integers(len(ROOFS))]
         for img in (canvas.before, canvas.after):
             for b in range(4):
-                img[b][shadow] *= 0.45
-            _paint(img, m, roof)
-        canvas.vegetation[m | shadow] = 0
-        _reserve(canvas, m | shadow, 3)
+                shadow.of(img[b])[shadow.m] *= 0.45
+            _paint(m.of(img), m.m, roof)
+        both = m | shadow
+        both.of(canvas.vegetation)[both.m] = 0
+        _reserve(canvas, both, 3)
         placed += 1
 
 
@@ -323,10 +408,10 @@ def _sea(rng: np.random.Generator, canvas: _Canvas, gsd: float) -> None:
         length, width = rng.uniform(60, 140) / gsd, rng.uniform(8, 14) / gsd
         pts = np.array([[c0, r - width / 2], [c0 + length, r - width / 2], [c0 + length, r + width / 2],
                         [c0, r + width / 2]])
-        m = _poly_mask((h, w), pts)
+        m = _poly_region((h, w), pts)
         for img in (canvas.before, canvas.after):
-            _paint(img, m, CONCRETE)
-        canvas.water &= ~m
+            _paint(m.of(img), m.m, CONCRETE)
+        m.of(canvas.water)[m.m] = False
         _reserve(canvas, m, int(3 / gsd))
 
 
@@ -356,11 +441,11 @@ def _trenches(rng: np.random.Generator, canvas: _Canvas, gsd: float, level: dict
             seg = total_m / n_seg / gsd
             pts.append(pts[-1] + seg * np.array([math.cos(ang), math.sin(ang)]))
         pts_a = np.array(pts)
-        m = _line_mask(shape, pts_a, width_px)
-        if not _free(canvas, m) or (canvas.water & m).any():
+        m = _line_region(shape, pts_a, width_px)
+        if not _free(canvas, m) or (m.of(canvas.water) & m.m).any():
             continue
-        bg = canvas.before[:, m].mean(axis=1)
-        _paint(canvas.after, m, _blend(level, FRESH_SOIL, bg))
+        bg = m.of(canvas.before)[:, m.m].mean(axis=1)
+        _paint(m.of(canvas.after), m.m, _blend(level, FRESH_SOIL, bg))
         # spoil heaped along one side: lighter soil, part of the earthwork
         path_px = sum(float(np.hypot(*(b - a))) for a, b in zip(pts_a[:-1], pts_a[1:]))
         _add_truth(canvas, m, "trench", "appeared", path_px + width_px, width_px, _orientation_of(pts_a)[2])
@@ -377,15 +462,15 @@ def _huts(rng: np.random.Generator, canvas: _Canvas, gsd: float, level: dict[str
         length, width = max(side_a, side_b) / gsd, min(side_a, side_b) / gsd
         angle = rng.uniform(0, 180)
         pts = _rect(rng.uniform(0, shape[1]), rng.uniform(0, shape[0]), length, width, angle)
-        m = _poly_mask(shape, pts)
-        if not _free(canvas, m) or (canvas.water & m).any():
+        m = _poly_region(shape, pts)
+        if not _free(canvas, m) or (m.of(canvas.water) & m.m).any():
             continue
-        bg = canvas.before[:, m].mean(axis=1)
+        bg = m.of(canvas.before)[:, m.m].mean(axis=1)
         roof = ROOFS[rng.integers(len(ROOFS))]
-        shadow = _poly_mask(shape, pts + np.array([0.8, 0.8]) / gsd) & ~m
+        shadow = _poly_region(shape, pts + np.array([0.8, 0.8]) / gsd).minus(m)
         for b in range(4):
-            canvas.after[b][shadow] *= 1 - 0.5 * level["contrast"]
-        _paint(canvas.after, m, _blend(level, roof, bg))
+            shadow.of(canvas.after[b])[shadow.m] *= 1 - 0.5 * level["contrast"]
+        _paint(m.of(canvas.after), m.m, _blend(level, roof, bg))
         _add_truth(canvas, m, "hut", "appeared", length, width, angle % 180)
         placed += 1
 
@@ -399,12 +484,12 @@ def _cleared(rng: np.random.Generator, canvas: _Canvas, gsd: float, level: dict[
         radii = r * rng.uniform(0.6, 1.0, 7)
         c = np.array([rng.uniform(0, shape[1]), rng.uniform(0, shape[0])])
         pts = c + np.column_stack([np.cos(angles) * radii, np.sin(angles) * radii])
-        m = _poly_mask(shape, pts)
-        if not _free(canvas, m) or (canvas.water & m).any():
+        m = _poly_region(shape, pts)
+        if not _free(canvas, m) or (m.of(canvas.water) & m.m).any():
             continue
-        bg = canvas.before[:, m].mean(axis=1)
-        _paint(canvas.after, m, _blend(level, CLEARED, bg))
-        canvas.vegetation[m] = 0
+        bg = m.of(canvas.before)[:, m.m].mean(axis=1)
+        _paint(m.of(canvas.after), m.m, _blend(level, CLEARED, bg))
+        m.of(canvas.vegetation)[m.m] = 0
         long_px, short_px, angle = _orientation_of(pts)
         _add_truth(canvas, m, "other", "appeared", long_px, short_px, angle)
         return
@@ -422,24 +507,285 @@ def _vessels(rng: np.random.Generator, canvas: _Canvas, gsd: float, level: dict[
             width_m = length_m / rng.uniform(3.5, 7.0)
             angle = rng.uniform(0, 180)
             pts = _hull(rng.uniform(0, shape[1]), rng.uniform(0, shape[0]), length_m / gsd, width_m / gsd, angle)
-            m = _poly_mask(shape, pts)
-            if not _free(canvas, m) or not deep[m].all():
+            m = _poly_region(shape, pts)
+            if not _free(canvas, m) or not m.of(deep)[m.m].all():
                 continue
             hull = HULLS[rng.integers(len(HULLS))]
-            bridge = _poly_mask(shape, _rect(*pts[[0, 4]].mean(axis=0) * 0.7 + pts[2] * 0.3, length_m * 0.18 / gsd,
-                                             width_m * 0.6 / gsd, angle)) & m
+            bridge = _poly_region(shape, _rect(*pts[[0, 4]].mean(axis=0) * 0.7 + pts[2] * 0.3,
+                                               length_m * 0.18 / gsd, width_m * 0.6 / gsd, angle))
+            bridge_m = m.m & bridge.on(m)
             targets = {"new": (canvas.after,), "gone": (canvas.before,), "stay": (canvas.before, canvas.after)}[kind]
             for img in targets:
-                bg = img[:, m].mean(axis=1)
+                bg = m.of(img)[:, m.m].mean(axis=1)
                 colour = _blend(level, hull, bg) if kind != "stay" else hull
-                _paint(img, m, colour)
-                _paint(img, bridge, tuple(min(1.0, 1.25 * c) for c in colour))
+                _paint(m.of(img), m.m, colour)
+                _paint(m.of(img), bridge_m, tuple(min(1.0, 1.25 * c) for c in colour))
             if kind == "stay":
                 _reserve(canvas, m, 4)
             else:
                 event = "appeared" if kind == "new" else "departed"
                 _add_truth(canvas, m, "vessel", event, length_m / gsd, width_m / gsd, angle % 180)
             break
+
+
+# --------------------------------------------------------------------------- weather (opt-in)
+
+WEATHER = ("cloud", "haze", "season", "jpeg")
+WEATHER_CODES = {"clear": 0, "cloud": 1, "shadow": 2, "haze": 3}  # truth_weather.tif
+CLOUD_MASK_ALPHA = 0.05  # cloud opacity (or shadow weight) from which a pixel is not observable
+THICK_HAZE_TAU = 0.5  # blue optical depth of haze from which a pixel is not observable
+HAZE_BAND_FACTOR = (0.62, 0.78, 1.0, 0.3)  # optical depth per band relative to blue (red, green, blue, nir)
+STUBBLE = (0.36, 0.31, 0.22, 0.33)
+PLOUGHED = (0.22, 0.18, 0.14, 0.24)  # moist turned soil
+
+
+def parse_weather(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The weather kinds of ``spec``: ``none``, ``all``, one kind or a comma list of kinds.
+
+    Returns the kinds in the canonical order of :data:`WEATHER` (``()`` for ``none``).
+    Raises ValueError naming the unknown kind.
+    """
+    parts = [p.strip() for p in (spec.split(",") if isinstance(spec, str) else spec)]
+    parts = [p for p in parts if p]
+    if not parts:
+        raise ValueError("weather: give none, all, or a comma list of " + ", ".join(WEATHER))
+    kinds: set[str] = set()
+    for p in parts:
+        if p == "all":
+            kinds.update(WEATHER)
+        elif p in WEATHER:
+            kinds.add(p)
+        elif p != "none":
+            raise ValueError(f"unknown weather {p!r}; choose none, all or a comma list of {', '.join(WEATHER)}")
+    if "none" in parts and kinds:
+        raise ValueError("weather: none cannot be combined with other kinds")
+    return tuple(k for k in WEATHER if k in kinds)
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """Like :func:`_noise_field`, drawn at a coarser grid and upsampled when ``sigma`` is large (cheap)."""
+    if sigma <= 8:
+        return _noise_field(rng, shape, sigma)
+    f = sigma / 2.0
+    small = (max(4, int(math.ceil(shape[0] / f)) + 2), max(4, int(math.ceil(shape[1] / f)) + 2))
+    coarse = _noise_field(rng, small, 2.0)
+    up = cv2.resize(coarse, (int(small[1] * f), int(small[0] * f)), interpolation=cv2.INTER_CUBIC)[:shape[0], :shape[1]]
+    return (up - up.mean()) / (up.std() + 1e-9)
+
+
+def _date_of(rng: np.random.Generator, canvas: _Canvas, p_after: float = 0.75) -> tuple[str, np.ndarray]:
+    """Pick the date a nuisance falls on: after with probability ``p_after``."""
+    return ("after", canvas.after) if rng.random() < p_after else ("before", canvas.before)
+
+
+def _truth_union(canvas: _Canvas) -> np.ndarray:
+    union = np.zeros(canvas.occupied.shape, bool)
+    for p in canvas.pending:
+        p["mask"].of(union)[p["mask"].m] = True
+    return union
+
+
+def _season_fields(rng: np.random.Generator, canvas: _Canvas, gsd: float, area_factor: float) -> list[dict[str, Any]]:
+    """Crop parcels on both dates (striped, vegetated) that the season may plough or harvest."""
+    shape = canvas.occupied.shape
+    fields = []
+    for _ in range(max(2, int(round(rng.uniform(1.0, 2.0) * area_factor)))):
+        angle = float(rng.uniform(0, 180))
+        pts = _rect(rng.uniform(0, shape[1]), rng.uniform(0, shape[0]), rng.uniform(40, 120) / gsd,
+                    rng.uniform(30, 80) / gsd, angle)
+        reg = _poly_region(shape, pts)
+        if not reg.m.any():
+            continue
+        period = float(rng.uniform(4, 8))
+        stripes = _stripes(reg, period, angle, 0.08)
+        for img in (canvas.before, canvas.after):
+            _paint(reg.of(img), reg.m, GRASS if rng.random() < 0.5 else SCRUB, 1.0, stripes)
+        reg.of(canvas.vegetation)[reg.m] = 1.0
+        fields.append({"region": reg, "angle": angle, "period": period})
+    return fields
+
+
+def _stripes(reg: _Region, period_px: float, angle_deg: float, amplitude: float) -> np.ndarray:
+    """Multiplicative parallel stripes on ``reg``'s window, crests along ``angle_deg`` (clockwise from north)."""
+    rows, cols = np.mgrid[reg.r0:reg.r0 + reg.m.shape[0], reg.c0:reg.c0 + reg.m.shape[1]].astype(np.float32)
+    a = math.radians(angle_deg)
+    across = cols * math.cos(a) + rows * math.sin(a)
+    return (1.0 + amplitude * np.sin(across * (2 * math.pi / period_px))).astype(np.float32)
+
+
+def _season(rng: np.random.Generator, canvas: _Canvas, fields: list[dict[str, Any]], gsd: float) -> dict[str, Any]:
+    """Phenology on one date: vegetation greens or browns, some fields are ploughed or harvested.
+
+    None of it is change: it is painted outside every truth object and leaves the truth at 0.
+    """
+    date, img = _date_of(rng, canvas, 0.5)
+    keep = ~_truth_union(canvas)
+    gain = float(rng.uniform(0.15, 0.35) * (1 if rng.random() < 0.5 else -1))  # + greening, - browning
+    veg = canvas.vegetation * keep * (1.0 + 0.4 * _smooth_noise(rng, keep.shape, 60 / gsd)).clip(0.3, 1.7)
+    for b, k in enumerate((-0.5, 0.4, -0.2, 1.0)):
+        img[b] *= 1.0 + k * gain * veg
+    changed = []
+    for f in fields:
+        if rng.random() >= 0.7:
+            continue
+        reg = f["region"]
+        kind = "ploughed" if rng.random() < 0.5 else "harvested"
+        colour, amp, period = (PLOUGHED, 0.25, rng.uniform(3, 6)) if kind == "ploughed" else \
+            (STUBBLE, 0.12, rng.uniform(6, 12))
+        angle = float((f["angle"] + rng.choice([0.0, 90.0]) + rng.normal(0, 3)) % 180)
+        m = reg.m & reg.of(keep) & (reg.of(canvas.vegetation) > 0.5)
+        _paint(reg.of(img), m, colour, 1.0, _stripes(reg, float(period), angle, amp))
+        c0, r0 = reg.c0, reg.r0
+        changed.append({"kind": kind, "bbox_px": [c0, r0, c0 + reg.m.shape[1] - 1, r0 + reg.m.shape[0] - 1],
+                        "stripe_period_px": round(float(period), 3), "stripe_angle_deg": round(angle, 2)})
+    return {"date": date, "vegetation_gain": round(gain, 4), "n_fields": len(fields), "fields_changed": changed}
+
+
+def _thick_haze(rng: np.random.Generator, canvas: _Canvas, gsd: float, code: np.ndarray) -> dict[str, Any]:
+    """Haze of spatially varying optical depth: ``I = J t + A (1 - t)``, ``t = exp(-tau k_band)``.
+
+    Thicker in blue (``HAZE_BAND_FACTOR``); pixels with blue depth >= ``THICK_HAZE_TAU`` get
+    code 3 in ``code`` (where it is still 0).
+    """
+    date, img = _date_of(rng, canvas)
+    h, w = code.shape
+    peak = float(rng.uniform(0.3, 1.0))
+    pattern = "patch" if rng.random() < 0.5 else "gradient"
+    texture = 1.0 + 0.15 * _smooth_noise(rng, (h, w), 25 / gsd)
+    if pattern == "patch":
+        cy, cx, radius = rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w, rng.uniform(0.25, 0.5) * min(h, w)
+        rows, cols = np.ogrid[0:h, 0:w]
+        r2 = ((rows - cy) ** 2 + (cols - cx) ** 2).astype(np.float32) / np.float32(radius ** 2)
+        shape_f = np.exp(-r2 * 1.5)
+        geometry = {"centre_px": [round(float(cx), 1), round(float(cy), 1)], "radius_px": round(float(radius), 1)}
+    else:
+        az = float(rng.uniform(0, 360))
+        a = math.radians(az)
+        u = (np.arange(w, dtype=np.float32)[None, :] - w / 2) * math.sin(a) - \
+            (np.arange(h, dtype=np.float32)[:, None] - h / 2) * math.cos(a)
+        shape_f = np.clip(0.5 + u / (0.9 * max(h, w)), 0, 1)  # 0 on one side, 1 on the other
+        geometry = {"thickest_toward_deg": round(az, 2)}
+    tau = (peak * shape_f * texture).astype(np.float32)
+    airlight = tuple(round(float(v * rng.uniform(0.9, 1.1)), 4) for v in (0.30, 0.33, 0.38, 0.26))
+    for b, k in enumerate(HAZE_BAND_FACTOR):
+        t = np.exp(-tau * np.float32(k))
+        img[b] = img[b] * t + np.float32(airlight[b]) * (1 - t)
+    thick = tau >= THICK_HAZE_TAU
+    code[thick & (code == 0)] = WEATHER_CODES["haze"]
+    return {"date": date, "pattern": pattern, **geometry, "peak_tau_blue": round(peak, 4),
+            "band_factor": list(HAZE_BAND_FACTOR), "airlight_reflectance": list(airlight),
+            "thick_tau_blue": THICK_HAZE_TAU, "thick_fraction": round(float(thick.mean()), 5)}
+
+
+def _cloud_alpha(rng: np.random.Generator, radius_px: float) -> np.ndarray:
+    """Opacity 0..1 of one fractal cloud on a square patch of side ~2.8 radius (soft, translucent rim)."""
+    n = int(math.ceil(2.8 * radius_px)) | 1
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) - (n - 1) / 2.0
+    a, aspect = rng.uniform(0, math.pi), rng.uniform(0.55, 1.0)
+    u = (xx * math.cos(a) + yy * math.sin(a)) / radius_px
+    v = (-xx * math.sin(a) + yy * math.cos(a)) / (radius_px * aspect)
+    envelope = 1.0 - (u * u + v * v)
+    lumps = sum(_smooth_noise(rng, (n, n), radius_px * s) * w for s, w in ((0.35, 0.5), (0.12, 0.3), (0.04, 0.2)))
+    density = envelope + 0.45 * lumps
+    alpha = np.clip((density - 0.05) / 0.5, 0, 1)
+    return (alpha * alpha * (3 - 2 * alpha)).astype(np.float32)  # smoothstep: a soft rim
+
+
+def _paste(dst: np.ndarray, patch: np.ndarray, r0: int, c0: int) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """The window of ``dst`` and the part of ``patch`` (top-left at (r0, c0)) that lies on the grid."""
+    h, w = dst.shape[-2:]
+    ph, pw = patch.shape
+    a0, b0, a1, b1 = max(r0, 0), max(c0, 0), min(r0 + ph, h), min(c0 + pw, w)
+    if a0 >= a1 or b0 >= b1:
+        return None
+    return (slice(a0, a1), slice(b0, b1)), patch[a0 - r0:a1 - r0, b0 - c0:b1 - c0]
+
+
+def _shadow_vector(rng: np.random.Generator, gsd: float, side_px: int) -> dict[str, Any]:
+    """Sun azimuth and elevation, cloud height, and the whole-pixel (dx, dy) from a cloud to its shadow.
+
+    The ground offset is ``height / tan(elevation)``, away from the sun (x east, y south), capped at
+    20 % of the tile side; when capped, the height recorded is the one that gives the capped offset.
+    """
+    azimuth, elevation = float(rng.uniform(100, 260)), float(rng.uniform(35, 70))
+    height_m = float(rng.uniform(30, 250))
+    length_px = height_m / math.tan(math.radians(elevation)) / gsd
+    capped = length_px > 0.2 * side_px
+    if capped:
+        length_px = 0.2 * side_px
+        height_m = length_px * gsd * math.tan(math.radians(elevation))
+    a = math.radians(azimuth)
+    return {"sun_azimuth_deg": round(azimuth, 2), "sun_elevation_deg": round(elevation, 2),
+            "cloud_height_m": round(height_m, 2), "shadow_offset_capped": capped,
+            "shadow_offset_px": [int(round(-length_px * math.sin(a))), int(round(length_px * math.cos(a)))]}
+
+
+def _clouds(rng: np.random.Generator, canvas: _Canvas, gsd: float, code: np.ndarray) -> dict[str, Any]:
+    """One to three clouds with their shadows, each on one date.
+
+    The shadow is the cloud's opacity displaced by the scene-wide vector of
+    :func:`_shadow_vector`; it multiplies the ground by ``1 - (1 - darkening) * opacity``.
+    Pixels with opacity (or shadow weight) >= ``CLOUD_MASK_ALPHA`` get codes 1 / 2 in ``code``.
+    """
+    h, w = code.shape
+    sun = _shadow_vector(rng, gsd, min(h, w))
+    sdx, sdy = sun["shadow_offset_px"]
+    clouds, layers = [], []
+    for _ in range(int(rng.integers(1, 4))):
+        radius = float(rng.uniform(0.06, 0.15) * min(h, w))
+        alpha = _cloud_alpha(rng, radius)
+        opacity = float(rng.uniform(0.9, 1.0))
+        alpha *= np.float32(opacity)
+        n = alpha.shape[0]
+        r0, c0 = int(rng.uniform(0, h)) - n // 2, int(rng.uniform(0, w)) - n // 2
+        date, img = _date_of(rng, canvas)
+        brightness = float(rng.uniform(0.55, 0.85))
+        refl = tuple(round(min(0.9, brightness * k), 4) for k in (1.0, 1.0, 1.03, 0.97))
+        darkening = float(rng.uniform(0.3, 0.6))
+        layers.append((img, alpha, r0, c0, refl, darkening))
+        clouds.append({"date": date, "centre_px": [c0 + n // 2, r0 + n // 2], "radius_px": round(radius, 1),
+                       "max_opacity": round(opacity, 4),
+                       "reflectance": list(refl), "shadow_darkening": round(darkening, 4)})
+    shadow_w = np.zeros((h, w), np.float32)
+    cloud_w = np.zeros((h, w), np.float32)
+    for img, alpha, r0, c0, _, darkening in layers:  # shadows first: they lie on the ground, under clouds
+        cut = _paste(code, alpha, r0 + sdy, c0 + sdx)
+        if cut is not None:
+            (sl, part) = cut
+            img[(slice(None),) + sl] *= 1.0 - (1.0 - np.float32(darkening)) * part
+            np.maximum(shadow_w[sl], part, out=shadow_w[sl])
+    for img, alpha, r0, c0, refl, _ in layers:
+        cut = _paste(code, alpha, r0, c0)
+        if cut is None:
+            continue
+        sl, part = cut
+        tex = 0.88 + 0.12 * part  # thicker is brighter
+        for b in range(img.shape[0]):
+            img[b][sl] = img[b][sl] * (1 - part) + np.float32(refl[b]) * tex * part
+        np.maximum(cloud_w[sl], part, out=cloud_w[sl])
+    code[shadow_w >= CLOUD_MASK_ALPHA] = WEATHER_CODES["shadow"]
+    code[cloud_w >= CLOUD_MASK_ALPHA] = WEATHER_CODES["cloud"]
+    return {**sun, "mask_alpha": CLOUD_MASK_ALPHA, "clouds": clouds,
+            "cloud_fraction": round(float((code == WEATHER_CODES["cloud"]).mean()), 5),
+            "shadow_fraction": round(float((code == WEATHER_CODES["shadow"]).mean()), 5)}
+
+
+def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
+    """JPEG round trip of one date: red/green/blue as one colour JPEG (with its chroma subsampling),
+    a fourth band as a grey one; uint16 goes through 8 bits at 255 per unit reflectance."""
+    scale = 1.0 if img.dtype == np.uint8 else 255.0 / 10000.0
+    v = np.clip(np.rint(img.astype(np.float32) * scale), 0, 255).astype(np.uint8)
+    params = [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)]
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(v[2::-1].transpose(1, 2, 0)), params)  # BGR
+    out = np.empty_like(v)
+    out[:3] = cv2.imdecode(buf, cv2.IMREAD_COLOR).transpose(2, 0, 1)[::-1]
+    if v.shape[0] > 3:
+        ok, buf = cv2.imencode(".jpg", v[3], params)
+        out[3] = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+    if img.dtype == np.uint8:
+        return out
+    return np.clip(np.rint(out.astype(np.float32) / scale), 0, 65535).astype(img.dtype)
+
 
 
 # --------------------------------------------------------------------------- nuisances and output
@@ -471,15 +817,16 @@ def _finish(canvas: _Canvas, gsd: float) -> tuple[np.ndarray, np.ndarray, tuple[
     shape = canvas.occupied.shape
     items = []
     for p in canvas.pending:
-        rows, cols = np.nonzero(p["mask"])
+        rows, cols = np.nonzero(p["mask"].m)
+        rows, cols = rows + p["mask"].r0, cols + p["mask"].c0
         items.append((int(rows.min()), int(cols.min()), p, rows, cols))
     items.sort(key=lambda t: (t[0], t[1]))
     truth_class = np.zeros(shape, np.uint8)
     instances = np.zeros(shape, np.uint16)
     objects = []
     for i, (_, _, p, rows, cols) in enumerate(items, start=1):
-        instances[p["mask"]] = i
-        truth_class[p["mask"]] = CLASS_CODES[p["cls"]]
+        instances[rows, cols] = i
+        truth_class[rows, cols] = CLASS_CODES[p["cls"]]
         objects.append(TruthObject(
             id=i, cls=p["cls"], event=p["event"],
             bbox_px=(int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())),
@@ -510,7 +857,8 @@ def _displace(img: np.ndarray, dx: float, dy: float, rotation_deg: float) -> np.
 
 
 def make_scene(scenario: str, seed: int = 0, size: int = 512, difficulty: str = "medium", *,
-               shift_px: tuple[float, float] | None = None, rotation_deg: float = 0.0) -> Scene:
+               shift_px: tuple[float, float] | None = None, rotation_deg: float = 0.0,
+               weather: str | tuple[str, ...] | list[str] = "none") -> Scene:
     """Render a synthetic before/after pair with ground truth.
 
     Parameters
@@ -523,6 +871,13 @@ def make_scene(scenario: str, seed: int = 0, size: int = 512, difficulty: str = 
     shift_px : the (dx, dy) displacement of after; random in ±3 px when not given.
     rotation_deg : rotation of after about the tile centre (counter-clockwise on the map), applied
         before the shift; the truth then records ``after_from_before``, the 2x3 pixel mapping.
+    weather : ``none`` (default: the scene is exactly what it was before weather existed), ``all``,
+        or a comma list of ``cloud`` (1-3 clouds with displaced shadows), ``haze`` (thick haze,
+        a patch or a gradient), ``season`` (greening/browning, fields ploughed or harvested; not
+        change) and ``jpeg`` (each date JPEG-compressed at quality 40-60, applied last). Each kind
+        draws from its own generator, so ``cloud`` gives the same clouds alone as within ``all``.
+        Cloud, shadow and thick-haze pixels are 255 in ``truth_class`` and coded in
+        ``weather_mask``; every parameter is recorded in ``nuisances["weather"]``.
 
     Returns
     -------
@@ -534,6 +889,10 @@ def make_scene(scenario: str, seed: int = 0, size: int = 512, difficulty: str = 
         raise ValueError(f"unknown difficulty {difficulty!r}; choose one of {', '.join(DIFFICULTIES)}")
     if not isinstance(size, int) or size < 128 or size > 16384:
         raise ValueError(f"size {size!r}: give a whole number of pixels from 128 to 16384")
+    kinds = parse_weather(weather)
+    # one generator per weather kind, apart from the scene's: weather never moves the scene's own draws
+    wrng = {k: np.random.default_rng([seed, SCENARIOS.index(scenario), size, DIFFICULTIES.index(difficulty),
+                                      1 + WEATHER.index(k)]) for k in kinds}
     rng = np.random.default_rng([seed, SCENARIOS.index(scenario), size, DIFFICULTIES.index(difficulty)])
     level = LEVELS[difficulty]
     gsd = 1.0 if scenario == "port" else 0.5
@@ -542,6 +901,7 @@ def make_scene(scenario: str, seed: int = 0, size: int = 512, difficulty: str = 
     terrain, veg = _terrain(rng, shape, gsd)
     canvas = _Canvas(before=terrain, after=terrain.copy(), occupied=np.zeros(shape, bool), water=np.zeros(shape, bool),
                      vegetation=veg, instances=np.zeros(shape, np.uint16))
+    fields = _season_fields(wrng["season"], canvas, gsd, area_factor) if "season" in kinds else []
     if scenario == "port":
         _sea(rng, canvas, gsd)
     _roads(rng, canvas, gsd, int(rng.integers(1, 3)))
@@ -557,26 +917,50 @@ def make_scene(scenario: str, seed: int = 0, size: int = 512, difficulty: str = 
             _cleared(rng, canvas, gsd, level)
     else:
         _vessels(rng, canvas, gsd, level, n_changes(2, 5), int(rng.integers(1, 3)), int(rng.integers(1, 4)))
+    record: dict[str, Any] = {"kinds": list(kinds)}
+    if "season" in kinds:
+        record["season"] = _season(wrng["season"], canvas, fields, gsd)
     for img in (canvas.before, canvas.after):
         for b in range(4):
             img[b] = cv2.GaussianBlur(img[b], (0, 0), 0.7)
     nuisances = _nuisances(rng, canvas, level, shape)
+    code = np.zeros(shape, np.uint8) if kinds else None
+    if "haze" in kinds:
+        record["haze"] = _thick_haze(wrng["haze"], canvas, gsd, code)
+    if "cloud" in kinds:
+        record["cloud"] = _clouds(wrng["cloud"], canvas, gsd, code)
     dx, dy = (float(v) for v in rng.uniform(-3, 3, 2))
     if shift_px is not None:
         dx, dy = float(shift_px[0]), float(shift_px[1])
     after = np.stack([_displace(b, dx, dy, float(rotation_deg)) for b in canvas.after])
     nuisances["rotation_deg"] = float(rotation_deg)
-    before = canvas.before + rng.normal(0, level["noise"], canvas.before.shape).astype(np.float32)
-    after = after + rng.normal(0, level["noise"], after.shape).astype(np.float32)
+    # band by band: the same draws as one (4, H, W) call, a quarter of the float64 memory
+    before = canvas.before
+    for img in (before, after):
+        for b in range(4):
+            img[b] += rng.normal(0, level["noise"], shape).astype(np.float32)
     truth_class, instances, objects = _finish(canvas, gsd)
     bands, dtype = (3, "uint8") if scenario == "camp" else (4, "uint16")
+    before_dn, after_dn = _to_dn(before, dtype, bands), _to_dn(after, dtype, bands)
+    observable: tuple[float, ...] = ()
+    if code is not None:
+        truth_class[code > 0] = 255
+        total = np.bincount(instances.ravel(), minlength=len(objects) + 1)
+        clear = np.bincount(instances[code == 0], minlength=len(objects) + 1)
+        observable = tuple(round(float(clear[o.id] / total[o.id]), 4) for o in objects)
+        if "jpeg" in kinds:
+            quality = [int(q) for q in wrng["jpeg"].integers(40, 61, 2)]
+            before_dn, after_dn = _jpeg(before_dn, quality[0]), _jpeg(after_dn, quality[1])
+            record["jpeg"] = {"quality": {"before": quality[0], "after": quality[1]},
+                              "uint16_to_8bit_scale": 255 / 10000 if dtype == "uint16" else 1.0}
+        nuisances["weather"] = record
     x0 = 400_000.0 + 1000.0 * (seed % 97)
     y0 = 3_500_000.0 + 1000.0 * (seed % 89)
-    return Scene(before=_to_dn(before, dtype, bands), after=_to_dn(after, dtype, bands), truth_class=truth_class,
+    return Scene(before=before_dn, after=after_dn, truth_class=truth_class,
                  truth_instances=instances, objects=objects, shift_px=(round(dx, 6), round(dy, 6)),
                  transform=Affine(gsd, 0, x0, 0, -gsd, y0), crs="EPSG:32637", gsd_m=gsd,
                  band_names=("red", "green", "blue", "nir")[:bands], scenario=scenario, seed=seed,
-                 difficulty=difficulty, nuisances=nuisances)
+                 difficulty=difficulty, nuisances=nuisances, weather_mask=code, observable_fraction=observable)
 
 
 def after_from_before(scene: Scene) -> np.ndarray:
@@ -605,7 +989,11 @@ def _write_tif(path: Path, data: np.ndarray, scene: Scene, names: tuple[str, ...
 def write_scene(scene: Scene, out_dir: str | Path) -> dict[str, Path]:
     """Write a scene: before.tif, after.tif, truth_class.tif, truth_instances.tif, truth.json.
 
-    Each file is written to a temporary name and renamed when complete.
+    A scene with weather also gets ``truth_weather.tif`` (uint8: 0 clear, 1 cloud, 2 cloud shadow,
+    3 thick haze) and, per object in truth.json, ``observable_fraction`` (share of its pixels not
+    under weather) and ``observable`` (false when none is: the object is wholly under cloud, shadow
+    or thick haze; it stays in the list, and in truth_instances.tif, while truth_class.tif is 255
+    there). Each file is written to a temporary name and renamed when complete.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -615,13 +1003,19 @@ def write_scene(scene: Scene, out_dir: str | Path) -> dict[str, Path]:
     _write_tif(files["after.tif"], scene.after, scene, scene.band_names)
     _write_tif(files["truth_class.tif"], scene.truth_class, scene)
     _write_tif(files["truth_instances.tif"], scene.truth_instances, scene)
+    if scene.weather_mask is not None:
+        files["truth_weather.tif"] = out / "truth_weather.tif"
+        _write_tif(files["truth_weather.tif"], scene.weather_mask, scene)
     objects = []
-    for o in scene.objects:
+    for i, o in enumerate(scene.objects):
         d = asdict(o)
         d["class"] = d.pop("cls")
         d["bbox_px"] = list(o.bbox_px)
         for k in ("area_m2", "length_m", "width_m", "orientation_deg"):
             d[k] = round(d[k], 3)
+        if scene.weather_mask is not None:
+            d["observable_fraction"] = scene.observable_fraction[i]
+            d["observable"] = scene.observable_fraction[i] > 0
         objects.append(d)
     record = {
         "scenario": scene.scenario, "seed": scene.seed, "size": int(scene.before.shape[1]),

@@ -84,6 +84,21 @@ def test_synth_rejects_unknown_scenario(tmp_path):
     one_line_error(run("synth", "--out", tmp_path / "s", "--scenario", "volcano"), "volcano")
 
 
+@pytest.mark.parametrize("weather", ["fog", "cloud,fog", "none,cloud", ""])
+def test_synth_rejects_bad_weather(tmp_path, weather):
+    one_line_error(run("synth", "--out", tmp_path / "s", "--weather", weather), "--weather")
+    assert not (tmp_path / "s").exists()
+
+
+def test_synth_with_weather_then_eval_ignores_clouds(tmp_path):
+    res = run("synth", "--out", tmp_path / "s", "--scenario", "camp", "--seed", "8", "--size", "256",
+              "--weather", "cloud,jpeg", "--rotation-deg", "0.5")
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "s" / "truth.json").read_text())
+    assert meta["nuisances"]["weather"]["kinds"] == ["cloud", "jpeg"] and meta["nuisances"]["rotation_deg"] == 0.5
+    assert (tmp_path / "s" / "truth_weather.tif").exists()
+
+
 def test_eval_without_outputs_is_a_user_error(tmp_path):
     one_line_error(run("eval", tmp_path, "--truth", CAMP), "change_mask.tif")
 

@@ -110,3 +110,27 @@ def test_a_line_merged_from_fragments_counts_once(tmp_path):
     objs = evaluate(tmp_path / "out", tmp_path / "truth").objects
     assert objs.n_pred == 1 and objs.precision == 1.0
     assert objs.per_class["trench"]["typed_correctly"] == 1
+
+
+def test_weather_pixels_and_unobservable_objects_are_left_out(tmp_path):
+    """synth --weather truth: 255 in truth_class is neither change nor no change; hidden objects are not missed."""
+    mask = np.zeros((8, 8), np.uint8)
+    mask[0:2, :] = 1  # a false alarm on a cloud
+    mask[4:6, 4:6] = 1
+    cls = np.zeros((8, 8), np.uint8)
+    cls[4:6, 4:6] = 3
+    cls[0:3, :] = 255
+    inst = np.zeros((8, 8), np.uint16)
+    inst[4:6, 4:6] = 1
+    inst[0, 0] = 2  # a hut wholly under the cloud
+    _write_run_and_truth(tmp_path, mask, {"detections": [
+        {"bbox_px": [0, 0, 7, 1], "class": "other", "event": "appeared"},
+        {"bbox_px": [4, 4, 5, 5], "class": "hut", "event": "appeared"}]}, cls,
+        {"objects": [{"id": 1, "class": "hut", "event": "appeared", "observable": True},
+                     {"id": 2, "class": "hut", "event": "appeared", "observable": False}]})
+    _tif(tmp_path / "truth" / "truth_instances.tif", inst)
+    ev = evaluate(tmp_path / "out", tmp_path / "truth")
+    assert (ev.pixel.tp, ev.pixel.fp, ev.pixel.fn) == (4, 0, 0)
+    assert ev.objects.per_class["hut"]["n_truth"] == 1 and ev.objects.per_class["hut"]["recall"] == 1.0
+    truth, *_ = load_truth(tmp_path / "truth")
+    assert truth.sum() == 4

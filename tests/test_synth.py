@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 import rasterio
+from scipy import ndimage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -188,3 +189,148 @@ def test_truth_sizes_describe_the_painted_objects(tmp_path):
     # centres span a pixel less than the outline; a hull also loses the last centres of its pointed bow
     assert abs(np.median(rel["hut"]["length"])) < 0.04, np.median(rel["hut"]["length"])
     assert -0.08 < np.median(rel["vessel"]["length"]) < 0.02, np.median(rel["vessel"]["length"])
+
+
+# --------------------------------------------------------------------------- weather (opt-in nuisances)
+
+def _digest(scene) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in (scene.before, scene.after, scene.truth_class, scene.truth_instances):
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+# digests of make_scene(s, seed=4, size=192) as rendered before weather existed (and before objects
+# were placed on their own windows): existing seeds must keep giving these exact scenes
+NO_WEATHER_DIGESTS = {
+    "trenches": "31c418b0e43f513d5524915e91a1daa68ce9d0a4415b0b9a95e627c61a8bcfd5",
+    "camp": "023e1e6490c25460850c6acb7040bf9f770e3258d09bae306d496ab51c527a80",
+    "port": "c585f41fc1e8f4b75af94afbb884f39217edc1d7a18fdf659a0ccfa14a7fdba8",
+}
+
+
+@pytest.mark.parametrize("scenario", synth.SCENARIOS)
+def test_weather_off_leaves_scenes_as_they_were(scenario):
+    plain = synth.make_scene(scenario, seed=4, size=192)
+    assert _digest(plain) == NO_WEATHER_DIGESTS[scenario]
+    none = synth.make_scene(scenario, seed=4, size=192, weather="none")
+    assert _digest(none) == _digest(plain) and none.nuisances == plain.nuisances
+    assert none.weather_mask is None and "weather" not in none.nuisances
+
+
+def test_parse_weather():
+    assert synth.parse_weather("none") == ()
+    assert synth.parse_weather("all") == synth.WEATHER
+    assert synth.parse_weather("jpeg, cloud") == ("cloud", "jpeg")
+    for bad in ("fog", "", "none,cloud"):
+        with pytest.raises(ValueError, match="weather"):
+            synth.parse_weather(bad)
+
+
+@pytest.fixture(scope="module")
+def cloudy():
+    return synth.make_scene("camp", seed=8, size=384, weather="cloud", shift_px=(0.0, 0.0))
+
+
+def test_cloud_and_shadow_are_255_in_truth(cloudy, tmp_path):
+    s, code = cloudy, cloudy.weather_mask
+    rec = s.nuisances["weather"]["cloud"]
+    assert 1 <= len(rec["clouds"]) <= 3
+    assert (code == synth.WEATHER_CODES["cloud"]).any() and (code == synth.WEATHER_CODES["shadow"]).any()
+    assert np.array_equal(s.truth_class == 255, code > 0)
+    # clouds are bright and white in every band on the date they fall on
+    cloud = code == synth.WEATHER_CODES["cloud"]
+    for o in rec["clouds"]:
+        assert all(0.5 * 0.9 <= r <= 0.9 for r in o["reflectance"])
+    dates = {o["date"] for o in rec["clouds"]}
+    img = s.after if dates == {"after"} else s.before if dates == {"before"} else None
+    if img is not None:
+        core = cloud & (ndimage.binary_erosion(cloud, iterations=6))
+        assert img[:, core].mean() > 140 and img[:, ~(code > 0)].mean() < 110
+    files = synth.write_scene(s, tmp_path / "c")
+    with rasterio.open(files["truth_class.tif"]) as ds:
+        assert np.array_equal(ds.read(1) == 255, code > 0)
+    with rasterio.open(files["truth_weather.tif"]) as ds:
+        assert np.array_equal(ds.read(1), code)
+    meta = json.loads(files["truth.json"].read_text())
+    assert meta["nuisances"]["weather"]["cloud"]["shadow_offset_px"] == rec["shadow_offset_px"]
+    for o, frac in zip(meta["objects"], s.observable_fraction):
+        assert o["observable_fraction"] == frac and o["observable"] == (frac > 0)
+
+
+def test_shadow_is_the_cloud_displaced_by_the_recorded_vector(cloudy):
+    code, (dx, dy) = cloudy.weather_mask, cloudy.nuisances["weather"]["cloud"]["shadow_offset_px"]
+    assert np.hypot(dx, dy) > 5
+    h, w = code.shape
+    rows, cols = np.nonzero(code == synth.WEATHER_CODES["shadow"])
+    src_r, src_c = rows - dy, cols - dx
+    inside = (src_r >= 0) & (src_r < h) & (src_c >= 0) & (src_c < w)
+    assert inside.sum() > 100
+    # every shadow pixel whose source lies on the grid is cast by a cloud pixel
+    assert (code[src_r[inside], src_c[inside]] == synth.WEATHER_CODES["cloud"]).all()
+    # and the shadow darkens the ground on its date relative to the other date
+    clouds = cloudy.nuisances["weather"]["cloud"]["clouds"]
+    if {c["date"] for c in clouds} == {"after"}:
+        shadow = code == synth.WEATHER_CODES["shadow"]
+        assert cloudy.after[:, shadow].mean() < 0.75 * cloudy.before[:, shadow].mean()
+
+
+def test_object_wholly_under_cloud_is_kept_and_not_observable():
+    for seed in range(30):
+        s = synth.make_scene("camp", seed=seed, size=256, weather="cloud,haze")
+        if 0.0 in s.observable_fraction:
+            break
+    else:
+        pytest.skip("no object wholly under weather in 30 seeds")
+    i = s.observable_fraction.index(0.0)
+    o = s.objects[i]
+    assert (s.truth_instances == o.id).any() and (s.truth_class[s.truth_instances == o.id] == 255).all()
+
+
+def test_thick_haze_is_255_and_recorded():
+    s = synth.make_scene("trenches", seed=2, size=320, weather="haze")
+    rec = s.nuisances["weather"]["haze"]
+    assert rec["thick_tau_blue"] == synth.THICK_HAZE_TAU and 0.3 <= rec["peak_tau_blue"] <= 1.0
+    assert np.array_equal(s.truth_class == 255, s.weather_mask == synth.WEATHER_CODES["haze"])
+    assert abs((s.weather_mask > 0).mean() - rec["thick_fraction"]) < 1e-4
+    plain = synth.make_scene("trenches", seed=2, size=320)
+    hazy = s.after if rec["date"] == "after" else s.before
+    clear = plain.after if rec["date"] == "after" else plain.before
+    lift = hazy.astype(float).mean(axis=(1, 2)) - clear.astype(float).mean(axis=(1, 2))
+    assert lift[2] > lift[0] > 0 and lift[2] > lift[3], "haze adds most in blue"
+
+
+def test_season_is_not_change():
+    plain = synth.make_scene("trenches", seed=5, size=320)
+    s = synth.make_scene("trenches", seed=5, size=320, weather="season")
+    rec = s.nuisances["weather"]["season"]
+    assert np.array_equal(s.truth_class, plain.truth_class) and s.objects == plain.objects
+    assert set(np.unique(s.truth_class)) <= {0, 1, 2, 3, 4} and not (s.weather_mask > 0).any()
+    assert rec["fields_changed"] and abs(rec["vegetation_gain"]) >= 0.15
+    date = rec["date"]
+    other = "before" if date == "after" else "after"
+    # the two dates now differ far more on unchanged ground than without season
+    unchanged = s.truth_class == 0
+    diff = np.abs(getattr(s, date).astype(float) - getattr(s, other).astype(float))[:, unchanged].mean()
+    base = np.abs(plain.after.astype(float) - plain.before.astype(float))[:, unchanged].mean()
+    assert diff > 1.2 * base
+
+
+def test_jpeg_changes_pixels_not_truth():
+    plain = synth.make_scene("port", seed=6, size=256)
+    s = synth.make_scene("port", seed=6, size=256, weather="jpeg")
+    q = s.nuisances["weather"]["jpeg"]["quality"]
+    assert 40 <= q["before"] <= 60 and 40 <= q["after"] <= 60
+    assert np.array_equal(s.truth_class, plain.truth_class) and np.array_equal(s.truth_instances, plain.truth_instances)
+    assert not np.array_equal(s.before, plain.before) and not np.array_equal(s.after, plain.after)
+    err = np.abs(s.after.astype(float) - plain.after.astype(float)).mean()
+    assert 0 < err < 300, err  # artefacts, not a different scene (DN 10000 = reflectance 1)
+
+
+def test_weather_kinds_draw_independently():
+    a = synth.make_scene("camp", seed=9, size=256, weather="cloud")
+    b = synth.make_scene("camp", seed=9, size=256, weather="cloud,jpeg")
+    assert a.nuisances["weather"]["cloud"] == b.nuisances["weather"]["cloud"]
+    assert np.array_equal(a.weather_mask, b.weather_mask)
