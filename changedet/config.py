@@ -180,10 +180,10 @@ class ObserveConfig(_Section):
     cloud_min_brightening: float = Field(0.4, gt=0, description="cloud core: and brighter than the other date by this")
     rim_min_brightness: float = Field(0.5, gt=0, description="cloud rim (thin edge): every visible band this bright")
     rim_min_brightening: float = Field(0.15, gt=0, description="cloud rim: and brighter than the other date by this")
-    cloud_min_area_m2: float = Field(20000.0, ge=0, description="smaller bright regions are roofs, not clouds")
-    cloud_min_radius_m: float = Field(50.0, ge=0, description=(
+    cloud_min_area_m2: float = Field(5000.0, ge=0, description="smaller bright regions are roofs, not clouds")
+    cloud_min_radius_m: float = Field(20.0, ge=0, description=(
         "a cloud's core holds a disk this wide (radius); roads and roof rows do not"))
-    shadow_min_darkening: float = Field(0.15, gt=0, description="shadow: darker than the other date by this in every band")
+    shadow_min_darkening: float = Field(0.05, gt=0, description="shadow: darker than the other date by this (mean level)")
     shadow_max_ratio: float = Field(0.7, gt=0, le=1, description="shadow: mean level at most this share of the other date's")
     shadow_max_level: float = Field(0.25, gt=0, description="shadow: mean level at most this (among the scene's darkest)")
     shadow_min_area_m2: float = Field(2000.0, ge=0, description="dark regions smaller than this are not shadows")
@@ -196,7 +196,7 @@ class ObserveConfig(_Section):
     haze_min_area_m2: float = Field(20000.0, ge=0, description="smaller hazy patches are left observable")
     saturation_min_area_m2: float = Field(10000.0, ge=0, description=(
         "blown-out areas (every visible band at the clipping level) at least this large are not observable"))
-    buffer_m: float = Field(60.0, ge=0, description="clouds and shadows grow by this much (at most 64 px)")
+    buffer_m: float = Field(30.0, ge=0, description="clouds and shadows grow by this much (at most 64 px)")
 
 
 class ProcessingConfig(_Section):

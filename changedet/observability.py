@@ -13,7 +13,8 @@ other date there, so a white roof present on both dates is never a cloud. Two st
 2. :func:`resolve`, on the whole scene, turns them into regions: cloud cores grown into their soft
    rims and kept when large (``cloud_min_area_m2``) and thick (``cloud_min_radius_m``); each date's
    cloud shadow found by the one displacement that best lays its clouds onto its dark regions
-   (sun and cloud height are the same for a scene, Fmask's idea); thick haze; blown-out areas.
+   (sun and cloud height are the same for a scene, Fmask's idea), the shadow being the clouds'
+   footprint moved by it; thick haze; blown-out areas.
 
 Both dates are handled alike. Band values are compared in units of ``before``'s 2nd..98th
 percentile range per band (:class:`Scale`), which a cloud or a shadow does not depend on.
@@ -118,7 +119,7 @@ def _one_date(x: np.ndarray, y: np.ndarray, raw: np.ndarray, scale: Scale, param
     bits[(bright >= params.rim_min_brightness) & (rise >= params.rim_min_brightening)] |= RIM
     lx, ly = x.mean(axis=0), y.mean(axis=0)
     contrast_x, contrast_y = _detail(lx), _detail(ly)
-    fall = (x - y).max(axis=0)  # darker than the other date in every band, the near infrared too
+    fall = lx - ly
     dark = ((fall <= -params.shadow_min_darkening) & (lx <= params.shadow_max_ratio * np.maximum(ly, 1e-3))
             & (lx <= params.shadow_max_level))
     bits[dark] |= DARK
@@ -145,7 +146,7 @@ def evidence(before: np.ndarray, after: np.ndarray, valid: np.ndarray, scale: Sc
     -----
     Bits per date: ``CORE`` bright and white in every visible band and brighter than the other
     date by ``cloud_min_brightening``; ``RIM`` the same with the rim's looser limits; ``DARK`` darker
-    than the other date in every band and among the scene's darkest (``shadow_max_level``); ``HAZY`` brighter with its local contrast gone (and bluer
+    than the other date (by ``shadow_min_darkening`` and ``shadow_max_ratio``) and among the scene's darkest (``shadow_max_level``); ``HAZY`` brighter with its local contrast gone (and bluer
     than redder where colour is known); ``SAT`` every visible band at the clipping level.
     """
     x, y = scale.apply(before), scale.apply(after)
@@ -301,8 +302,15 @@ def _haze(hazy: np.ndarray, gsd_m: float, params: ObserveConfig) -> np.ndarray:
         return hazy
     closed = cv2.morphologyEx(hazy.astype(np.uint8), cv2.MORPH_CLOSE, _disk(3)).astype(bool)
     big = _large(closed, _area_px(params.haze_min_area_m2, gsd_m))
-    holes = _large(~big, _area_px(params.haze_min_area_m2, gsd_m))  # what stays outside: large gaps only
-    return ~holes
+    if not big.any():
+        return big
+    # holes: gaps enclosed by haze (not reaching the scene's border) smaller than a haze patch
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((~big).astype(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    hole = stats[:, cv2.CC_STAT_AREA] < _area_px(params.haze_min_area_m2, gsd_m)
+    hole[edge] = False
+    hole[0] = False
+    return big | hole[labels]
 
 
 def resolve(ev_before: np.ndarray, ev_after: np.ndarray, valid: np.ndarray, gsd_m: float,
@@ -330,8 +338,9 @@ def resolve(ev_before: np.ndarray, ev_after: np.ndarray, valid: np.ndarray, gsd_
             found = shadow_offset(cl, dark, _px(params.shadow_max_offset_m, gsd_m), params.shadow_min_lift)
             if found is not None:
                 off = (float(found[0]), float(found[1]))
-                reach = _dilate(_shift(cl, found[0], found[1]), buffer_px)
-                shadow_any |= _dilate(dark & reach, buffer_px)
+                # the shadow is the cloud's footprint moved by the sun's offset (as in Fmask): dark
+                # ground darkened is still dark, so a per-pixel test would leave holes in it
+                shadow_any |= _dilate(_shift(cl, found[0], found[1]), buffer_px)
             cloud_any |= _dilate(cl, buffer_px)
         offsets.append(off)
         haze_any |= _haze((ev & HAZY) > 0, gsd_m, params)

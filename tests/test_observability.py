@@ -184,3 +184,13 @@ def test_zero_filled_corners_without_declared_nodata_are_nodata(tmp_path):
     assert (mask[fill] == 255).all() and (mask[~fill] != 255).mean() > 0.95
     assert any("taken as nodata" in w for w in res.summary["warnings"])
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["not_observable_m2"]["nodata"] > 0
+
+
+def test_a_scene_smaller_than_a_haze_patch_is_not_all_haze():
+    # regression: the haze hole-filling took a whole small scene for a hole in haze
+    before = _ground(64, 5)
+    after = before.copy()
+    after[:, 20:30, 20:30] *= 0.5  # some change, no haze anywhere
+    valid = np.ones(before.shape[1:], bool)
+    eb, ea = O.evidence(before, after, valid, _scale(before), PARAMS)
+    assert (O.resolve(eb, ea, valid, 0.5, PARAMS).reason == O.OBSERVABLE).all()
