@@ -178,9 +178,11 @@ class ObserveConfig(_Section):
     enabled: bool = Field(True, description="mask clouds, shadows, haze and saturation as not observable (255)")
     cloud_min_brightness: float = Field(0.9, gt=0, description="cloud core: every visible band at least this bright")
     cloud_min_brightening: float = Field(0.4, gt=0, description="cloud core: and brighter than the other date by this")
+    cloud_max_rectangularity: float = Field(0.8, gt=0, le=1, description=(
+        "a bright region filling this share of its minimum-area rectangle is a roof, not a cloud"))
     rim_min_brightness: float = Field(0.5, gt=0, description="cloud rim (thin edge): every visible band this bright")
     rim_min_brightening: float = Field(0.15, gt=0, description="cloud rim: and brighter than the other date by this")
-    cloud_min_area_m2: float = Field(5000.0, ge=0, description="smaller bright regions are roofs, not clouds")
+    cloud_min_area_m2: float = Field(2000.0, ge=0, description="smaller bright regions are roofs, not clouds")
     cloud_min_radius_m: float = Field(20.0, ge=0, description=(
         "a cloud's core holds a disk this wide (radius); roads and roof rows do not"))
     shadow_min_darkening: float = Field(0.05, gt=0, description="shadow: darker than the other date by this (mean level)")

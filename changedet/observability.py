@@ -208,8 +208,8 @@ def clouds(core: np.ndarray, rim: np.ndarray, gsd_m: float, params: ObserveConfi
     """Cloud regions of one date: each rim region holding a core, kept when large and thick.
 
     A cloud is a blob: its core holds a disk of ``cloud_min_radius_m``, which a new road, a roof
-    row or a hangar does not (a white roof wider than twice that, new on one date, can be taken for
-    a cloud: it is then hatched, not hidden).
+    row does not; and it is ragged: a region that fills ``cloud_max_rectangularity`` of its
+    minimum-area rectangle is a roof, a hangar or a paved yard.
     """
     grown = (rim | core).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8, ltype=cv2.CV_32S)
@@ -223,6 +223,13 @@ def clouds(core: np.ndarray, rim: np.ndarray, gsd_m: float, params: ObserveConfi
     deepest = np.zeros(n, np.float32)
     np.maximum.at(deepest, labels[core], radius[core])
     keep &= deepest * gsd_m >= params.cloud_min_radius_m
+    # a roof, a hangar or a paved yard is rectilinear: it fills its minimum-area rectangle
+    for i in np.flatnonzero(keep):
+        x, y, w, h = stats[i, :4]
+        sub = (labels[y:y + h, x:x + w] == i).astype(np.uint8)
+        contours, _ = cv2.findContours(sub, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        (_, _), (rw, rh), _ = cv2.minAreaRect(np.concatenate(contours))
+        keep[i] = stats[i, cv2.CC_STAT_AREA] < params.cloud_max_rectangularity * max(rw * rh, 1.0)
     return keep[labels]
 
 
@@ -242,7 +249,8 @@ def shadow_offset(cloud: np.ndarray, dark: np.ndarray, max_offset_px: int, min_l
     the scene, not under a cloud) are counted, and the share of them that lands on dark pixels is
     compared with the share of dark pixels in the scene. Among displacements whose lift reaches
     ``min_lift`` (dark pixels met by chance give a lift near 1; thin clouds cast no dark shadow, so
-    a share near 1 cannot be asked for), the one laying the most cloud pixels on dark ones wins.
+    a share near 1 cannot be asked for), the one laying the most cloud pixels on dark ones beyond
+    chance wins.
     """
     if not cloud.any() or not dark.any():
         return None
@@ -267,9 +275,10 @@ def shadow_offset(cloud: np.ndarray, dark: np.ndarray, max_offset_px: int, min_l
     sel &= kept >= 0.1 * float(c.sum())  # at least a tenth of the clouds' shadow can be seen
     density = float(d.sum()) / max(float(seen.sum()), 1e-6)
     lift = np.where(sel, hit / np.maximum(kept, 1e-6), 0.0) / max(density, 1e-9)
-    # among displacements well above chance, the one that lays the most cloud pixels on dark ones:
-    # a small cloud whose footprint happens to fit a large cloud's shadow must not win on share
-    score = np.where(lift >= min_lift, hit, -1.0)
+    # among displacements well above chance, the one that lays the most cloud pixels on dark ones
+    # beyond chance: a small cloud whose footprint happens to fit a large cloud's shadow must not
+    # win on share, nor a large footprint on dark pixels it meets anyway
+    score = np.where(lift >= min_lift, hit - density * kept, -1.0)  # dark pixels met beyond chance
     iy, ix = np.unravel_index(int(np.argmax(score)), score.shape)
     if score[iy, ix] < 0:
         return None
