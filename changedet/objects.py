@@ -681,6 +681,31 @@ def classify(shape: Shape, ctx: Context, params: ObjectsConfig) -> tuple[str, fl
     return best, round(float(np.clip(0.5 + 0.5 * best_m, 0.0, 1.0)) * strength, 4)
 
 
+# --------------------------------------------------------------------------- what the grid can resolve
+
+#: the narrowest dimension of a typical object of each class: a dug trench is 1-2 m wide, a hut
+#: or tent ``hut_min_side_m`` and up, a small vessel (``vessel_min_length_m``) a fifth as wide as long
+TYPICAL_WIDTH_M = {"trench": 1.5}
+WIDTH_PER_LENGTH = {"vessel": 0.2}
+
+
+def too_fine(gsd_m: float, params: ObjectsConfig) -> dict[str, str]:
+    """Classes whose typical objects are narrower than a pixel of this grid, with why (empty: none).
+
+    Such objects mix with their surroundings inside one pixel: they may still raise the change
+    score, but their outline and type cannot be trusted, and many will be missed.
+    """
+    widths = {"trench": TYPICAL_WIDTH_M["trench"], "hut": params.hut_min_side_m,
+              "vessel": WIDTH_PER_LENGTH["vessel"] * params.vessel_min_length_m}
+    out = {}
+    for cls, width in widths.items():
+        if width < gsd_m:
+            plural = {"trench": "trenches"}.get(cls, cls + "s")
+            out[cls] = (f"a typical {cls} is {width:.3g} m across, under one {gsd_m:.3g} m pixel: "
+                        f"{plural} are at best faint here, their outlines and types unreliable")
+    return out
+
+
 # --------------------------------------------------------------------------- water context
 
 

@@ -616,6 +616,7 @@ def _summary(site: str, before: Any, after: Any, pair: PairSource, models: _Mode
         "counts": counts,
         "changed_area_m2": round(float(np.count_nonzero(mask == 1)) * pair.gsd_m ** 2, 3),
         "changed_fraction": round(float(np.count_nonzero(mask == 1)) / max(int(np.count_nonzero(mask != 255)), 1), 6),
+        "too_fine": objects.too_fine(pair.gsd_m, cfg.objects),
         "observable_fraction": obs.observable_fraction(),
         "not_observable_m2": obs.areas_m2(pair.gsd_m),
         "observability": {"enabled": cfg.observe.enabled,
@@ -731,6 +732,8 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         groups = objects.group_fragments(labels, comps, water, pair.gsd_m, cfg.objects)
         dets, notes = describe_objects(pair, models, cfg, labels, groups, q, water, progress)
         warns.extend(notes)
+        fine = objects.too_fine(pair.gsd_m, cfg.objects)
+        warns.extend(f"too fine for the grid: {why}" for why in fine.values())
         classes = class_image(labels, mask, dets)
     with timer("write"):
         feats, records = detection_features(pair, dets, labels)

@@ -196,3 +196,13 @@ def test_a_scene_smaller_than_a_haze_patch_is_not_all_haze():
     valid = np.ones(before.shape[1:], bool)
     eb, ea = O.evidence(before, after, valid, _scale(before), PARAMS)
     assert (O.resolve(eb, ea, valid, 0.5, PARAMS).reason == O.OBSERVABLE).all()
+
+
+def test_classes_too_fine_for_the_grid_are_named():
+    from changedet.config import ObjectsConfig
+    from changedet.objects import too_fine
+
+    assert too_fine(0.5, ObjectsConfig()) == {}
+    coarse = too_fine(10.0, ObjectsConfig())
+    assert set(coarse) == {"trench", "hut", "vessel"} and "10 m pixel" in coarse["trench"]
+    assert set(too_fine(1.55, ObjectsConfig())) == {"trench"}  # vessels 1.6 m, huts 2 m still resolved
