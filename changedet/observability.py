@@ -42,6 +42,9 @@ REASONS = {NODATA: "nodata", SATURATED: "saturated", CLOUD: "cloud", CLOUD_SHADO
 
 #: evidence bits of one date
 CORE, RIM, DARK, HAZY, SAT = 1, 2, 4, 8, 16
+#: on coarse grids a cloud's core must still hold a disk this wide (px): a blob a few pixels across
+#: (a turbid stretch of river, a rail yard at 10 m) cannot be told from a cloud by its shape
+MIN_CLOUD_RADIUS_PX = 5
 #: Gaussian sigma (px) of the local contrast the haze test compares
 CONTRAST_SIGMA_PX = 3.0
 
@@ -222,7 +225,7 @@ def clouds(core: np.ndarray, rim: np.ndarray, gsd_m: float, params: ObserveConfi
     radius = cv2.distanceTransform(core.astype(np.uint8), cv2.DIST_L2, 5)
     deepest = np.zeros(n, np.float32)
     np.maximum.at(deepest, labels[core], radius[core])
-    keep &= deepest * gsd_m >= params.cloud_min_radius_m
+    keep &= deepest >= max(params.cloud_min_radius_m / gsd_m, MIN_CLOUD_RADIUS_PX)
     # a roof, a hangar or a paved yard is rectilinear: it fills its minimum-area rectangle
     for i in np.flatnonzero(keep):
         x, y, w, h = stats[i, :4]
