@@ -173,6 +173,19 @@ def test_shadow_like_pixels_across_a_line_do_not_cut_it():
     assert shape.length_m == pytest.approx(72.0, abs=1.0)
 
 
+def test_above_the_atmosphere_green_over_nir_is_not_water_unless_nir_is_dark():
+    # Sentinel-2 L1C: roofs and streets have green above NIR (NDWI > 0) from path radiance; water
+    # also absorbs the near infrared. Bands B G R NIR, reflectance-like
+    img = np.zeros((4, 80, 80), np.float32)
+    img[:, :, :40] = np.array([0.14, 0.13, 0.12, 0.11])[:, None, None]  # street: NDWI 0.08, NIR bright
+    img[:, :, 40:] = np.array([0.10, 0.08, 0.05, 0.02])[:, None, None]  # river: NDWI 0.6, NIR dark
+    img += np.random.default_rng(0).normal(0, 0.002, img.shape).astype(np.float32)
+    params = ObjectsConfig()
+    model = O.fit_water(img.reshape(4, -1), params)
+    water = O.water_mask(img, img, np.ones((80, 80), bool), model, params)
+    assert water[:, 45:].mean() > 0.95 and not water[:, :35].any()
+
+
 def test_green_vegetation_is_not_water_without_nir():
     # RGB: dark smooth grass (G well above B) versus dark smooth water (B above G)
     img = np.zeros((3, 80, 80), np.float32)
