@@ -136,6 +136,9 @@ class ObjectsConfig(_Section):
     shadow_max_frac: float = Field(
         0.5, gt=0, le=1, description="a shadow is beside an object: never more than this share of a region")
     ring_px: int = Field(6, ge=1, description="width of the context ring around an object")
+    broad_min_ring_share: float = Field(0.5, gt=0, le=1, description=(
+        "a region whose ring changed this much (at half its own score) is part of a broad change "
+        "(ploughing, harvest, a clearing): never a hut or a trench"))
     max_objects: int = Field(5000, ge=1, description="objects beyond this many (smallest first) are not described")
 
 

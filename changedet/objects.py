@@ -66,6 +66,7 @@ class Context:
     brightness_change: float  # mean luminance change in the region, noise sigmas
     mean_score: float
     shadow_frac: float = 0.0  # share of the changed region that is the object's new cast shadow
+    ring_change: float = 0.0  # share of the ring changed at least half as strongly as the region
 
 
 @dataclass(frozen=True)
@@ -626,8 +627,14 @@ def measure_context(obj: np.ndarray, before: np.ndarray, after: np.ndarray, vali
         return float(np.sqrt(np.mean(d * d)))
 
     lum_change = float(((after[:, inside] - before[:, inside]).mean(axis=0) / sig.mean()).mean())
+    mean_score = float(score[inside].mean())
+    # a fragment of a broad surface change (a field ploughed or harvested, a clearing) has changed
+    # ground all round it; a hut or a trench dug into unchanged ground does not
+    # (past the edge's blur: the outer part of the ring)
+    outer = rim & ~ring(obj, max(1, params.ring_px // 2)) & np.isfinite(score)
+    ring_change = float((score[outer] >= 0.5 * mean_score).mean()) if outer.any() else 0.0
     return Context(water_frac=water_frac, distinct_before=distinct(before), distinct_after=distinct(after),
-                   brightness_change=lum_change, mean_score=float(score[inside].mean()))
+                   brightness_change=lum_change, mean_score=mean_score, ring_change=ring_change)
 
 
 def event_of(ctx: Context, ratio: float = 1.5) -> str:
@@ -670,6 +677,8 @@ def classify(shape: Shape, ctx: Context, params: ObjectsConfig) -> tuple[str, fl
             _margin(shape.length_m, params.hut_max_side_m, False),
         ],
     }
+    if ctx.ring_change >= params.broad_min_ring_share:  # part of a broad change: at most `other`
+        rules = {"vessel": rules["vessel"]}
     strength = float(np.clip(0.5 + ctx.mean_score, 0.0, 1.0))
     best, best_m = "other", -1.0
     for name, margins in rules.items():
