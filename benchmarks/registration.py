@@ -94,7 +94,7 @@ def synthetic_table(n: int, size: int, first_seed: int, work: Path) -> list[dict
     return rows
 
 
-def weather_table(n: int, size: int, first_seed: int, work: Path) -> list[dict]:
+def weather_table(n: int, size: int, first_seed: int, work: Path, params: RegisterConfig) -> list[dict]:
     """Hard scenes with a cloud on one date, thick haze and JPEG, shifted ±5 px and rotated ±0.3°."""
     rng = np.random.default_rng(first_seed)
     rows = []
@@ -106,7 +106,7 @@ def weather_table(n: int, size: int, first_seed: int, work: Path) -> list[dict]:
                                  shift_px=shift, rotation_deg=rot, weather="cloud,haze,jpeg")
         folder = work / f"wx_{i}"
         synth.write_scene(scene, folder)
-        reg, shape, secs = register_files(folder / "before.tif", folder / "after.tif", RegisterConfig())
+        reg, shape, secs = register_files(folder / "before.tif", folder / "after.tif", params)
         truth = synth.after_from_before(scene)
         hidden = float((scene.weather_mask > 0).mean())
         rows.append({"scenario": scenario, "err": centre_error(reg.matrix, truth, shape),
@@ -258,12 +258,15 @@ def main() -> int:
     ap.add_argument("--weather", action="store_true",
                     help="only the weather table: hard scenes with cloud, haze and JPEG, rotated ±0.3°")
     ap.add_argument("--weather-n", type=int, default=20, help="scenes of the weather table")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a RegisterConfig override for the weather table, e.g. max_weather_frac=1 (the old vote)")
     args = ap.parse_args()
     head = (f"{'set':<22} {'n':>4} {'median px':>9} {'p95 px':>8} {'corner med px':>12} {'corner p95':>11} "
             f"{'rot err med °':>13} {'s / MPix':>9}")
     if args.weather:
         with tempfile.TemporaryDirectory(prefix="changedet-reg-") as tmp:
-            rows = weather_table(args.weather_n, args.size, args.first_seed + 3000, Path(tmp))
+            params = RegisterConfig.model_validate(dict(kv.split("=", 1) for kv in args.set))
+            rows = weather_table(args.weather_n, args.size, args.first_seed + 3000, Path(tmp), params)
         rot = np.array([r["rot_err"] for r in rows])
         print(head)
         print(summarize(rows, "weather rot ≤0.3°"))
