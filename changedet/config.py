@@ -36,6 +36,8 @@ class RegisterConfig(_Section):
     model: Literal["auto", "translation", "affine"] = Field(
         "auto", description="global model; auto takes the affine only when the tie points ask for it")
     inlier_px: float = Field(1.0, gt=0, description="tie points further than this from the model are outliers")
+    max_weather_frac: float = Field(0.2, ge=0, le=1, description=(
+        "chips with more than this share under cloud, cloud shadow or thick haze do not vote; 1 = all vote"))
     local: bool = Field(False, description="add a smooth local displacement field from a tie-point grid")
     local_grid: int = Field(8, ge=3, le=32, description="tie points per side of the local grid")
     local_chip_px: int = Field(64, ge=32, description="chip side for the local tie points")

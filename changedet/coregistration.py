@@ -12,12 +12,34 @@ from dataclasses import replace
 
 import numpy as np
 
+from . import observability
 from . import registration as R
-from .arrays import luminance
-from .config import RegisterConfig
+from .arrays import band_roles, luminance
+from .config import ObserveConfig, RegisterConfig
 from .io import Box, PairSource
+from .learned import features as lfeatures
 
 ProgressFn = Callable[[str, int, int], None]
+#: a decimated read of both dates: before, its validity, after, its validity, the decimation factor
+Decimated = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]
+
+
+def rgb_bands(pair: PairSource) -> tuple[int, int, int]:
+    """Red, green and blue among the bands the run reads (:func:`changedet.learned.features.rgb_of`)."""
+    ds, idx = pair.before, pair.before_bands
+    desc = tuple(ds.descriptions[i - 1] for i in idx)
+    interp = tuple(ds.colorinterp[i - 1].name for i in idx)
+    return lfeatures.rgb_of(desc, interp)
+
+
+def observability_scale(pair: PairSource, before_samples: np.ndarray) -> observability.Scale:
+    """The scene's band scale for the observability tests, with the bands' roles and clipping level."""
+    n = pair.n_bands
+    rgb = rgb_bands(pair) if n >= 3 else None
+    dtype = np.dtype(pair.before.dtypes[pair.before_bands[0] - 1])
+    # only 8-bit data has a known clipping level; 16-bit sensors clip at 2^11, 2^12 or not at all
+    saturation = 255.0 if dtype == np.uint8 else None
+    return observability.Scale.fit(before_samples, rgb, band_roles(n).nir, saturation)
 
 
 def read_registered(pair: PairSource, reg: R.Registration, box: Box) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -97,10 +119,17 @@ def measure_chips(pair: PairSource, matrix: np.ndarray, boxes: list[Box], params
     return np.array(ps, float).reshape(-1, 2), np.array(ds, float).reshape(-1, 2), np.array(cs, float)
 
 
-def coarse_shift(pair: PairSource, params: RegisterConfig) -> tuple[np.ndarray, list[str]]:
+def read_decimated_pair(pair: PairSource, max_px: int) -> Decimated:
+    """Both dates decimated so that the long side is at most ``max_px``."""
+    b, bv, factor = pair.read_decimated("before", max_px)
+    a, av, _ = pair.read_decimated("after", max_px)
+    return b, bv, a, av, factor
+
+
+def coarse_shift(pair: PairSource, params: RegisterConfig,
+                 decimated: Decimated | None = None) -> tuple[np.ndarray, list[str]]:
     """Whole-tile phase correlation on decimated images: an integer starting shift."""
-    b, bv, factor = pair.read_decimated("before", params.coarse_max_px)
-    a, av, _ = pair.read_decimated("after", params.coarse_max_px)
+    b, bv, a, av, factor = decimated or read_decimated_pair(pair, params.coarse_max_px)
     cdx, cdy = R.phase_shift(luminance(b), luminance(a), 10, bv, av)
     notes = []
     limit = R.coarse_limit_px(pair.shape, params)
@@ -110,14 +139,53 @@ def coarse_shift(pair: PairSource, params: RegisterConfig) -> tuple[np.ndarray, 
     return R.translation(round(cdx * factor), round(cdy * factor)), notes
 
 
-def estimate_registration(pair: PairSource, params: RegisterConfig, progress: ProgressFn) -> R.Registration:
-    """Coarse shift, two passes of chip tie points with a robust global fit, optional local field."""
+def _on_grid(img: np.ndarray, valid: np.ndarray, dx: int, dy: int) -> tuple[np.ndarray, np.ndarray]:
+    """``out(x, y) = img(x + dx, y + dy)`` for whole pixels; what falls outside is invalid."""
+    out, vout = np.zeros_like(img), np.zeros_like(valid)
+    h, w = valid.shape
+    ys, yd = (slice(dy, h), slice(0, h - dy)) if dy >= 0 else (slice(0, h + dy), slice(-dy, h))
+    xs, xd = (slice(dx, w), slice(0, w - dx)) if dx >= 0 else (slice(0, w + dx), slice(-dx, w))
+    out[:, yd, xd] = img[:, ys, xs]
+    vout[yd, xd] = valid[ys, xs]
+    return out, vout
+
+
+def weather_share(pair: PairSource, decimated: Decimated, matrix: np.ndarray, boxes: list[Box],
+                  observe: ObserveConfig) -> np.ndarray:
+    """Share of each chip under cloud, cloud shadow or thick haze on either date, from the decimated read.
+
+    ``after`` is put on the grid by the coarse shift ``matrix`` (whole decimated pixels) first.
+    """
+    b, bv, a, av, factor = decimated
+    a, av = _on_grid(a, av, int(round(matrix[0, 2] / factor)), int(round(matrix[1, 2] / factor)))
+    valid = bv & av
+    if valid.sum() < 64:
+        return np.zeros(len(boxes))
+    scale = observability_scale(pair, b[:, valid])
+    hidden = R.hidden_by_weather(b, a, valid, scale, observe)
+    return R.chip_hidden_share(hidden, boxes, factor)
+
+
+def estimate_registration(pair: PairSource, params: RegisterConfig, progress: ProgressFn,
+                          observe: ObserveConfig | None = None) -> R.Registration:
+    """Coarse shift, two passes of chip tie points with a robust global fit, optional local field.
+
+    Chips under cloud, cloud shadow or thick haze (``observe``'s tests on a decimated read) do not vote.
+    """
     if not params.enabled:
         return R.identity()
     centre = ((pair.width - 1) / 2.0, (pair.height - 1) / 2.0)
-    m0, notes = coarse_shift(pair, params)
+    decimated = read_decimated_pair(pair, params.coarse_max_px)
+    m0, notes = coarse_shift(pair, params, decimated)
     reg = R.Registration(m0, "translation", 0.0, float("nan"), 0, centre=centre)
     boxes = R.chip_boxes(pair.shape, params.chip_px, params.grid)
+    if params.max_weather_frac < 1.0:
+        share = weather_share(pair, decimated, m0, boxes, observe or ObserveConfig())
+        keep = R.clear_chips(share, params.max_weather_frac)
+        if not keep.all():
+            notes.append(f"registration: {int((~keep).sum())} of {len(boxes)} chips under cloud, shadow or haze "
+                         "left out")
+        boxes = [box for box, k in zip(boxes, keep) if k]
     for trust in (False, True):  # the second pass starts every chip at the first fit's prediction
         # the first pass only has to bring every chip into Lucas-Kanade's basin for the second
         p, d, ncc = measure_chips(pair, reg.matrix, boxes, params, progress, trust_model=trust, refine=trust)

@@ -31,7 +31,7 @@ from . import (__version__, differencing, learned, objects, observability, quick
 from .learned import features as lfeatures
 from .learned import guided
 from .learned import score as lscore
-from .coregistration import estimate_registration, read_registered
+from .coregistration import estimate_registration, observability_scale, read_registered, rgb_bands
 from .arrays import band_roles, crop, luminance
 from .config import Config
 from .errors import RegistrationError
@@ -141,24 +141,6 @@ class _Learned:
                 "threshold": round(self.head.threshold, 4), "stretch": self.stretch.to_json(),
                 "trained_on": card.get("training", {}).get("datasets", {}),
                 "created": card.get("created", "")}
-
-
-def rgb_bands(pair: PairSource) -> tuple[int, int, int]:
-    """Red, green and blue among the bands the run reads (:func:`changedet.learned.features.rgb_of`)."""
-    ds, idx = pair.before, pair.before_bands
-    desc = tuple(ds.descriptions[i - 1] for i in idx)
-    interp = tuple(ds.colorinterp[i - 1].name for i in idx)
-    return lfeatures.rgb_of(desc, interp)
-
-
-def observability_scale(pair: PairSource, before_samples: np.ndarray) -> observability.Scale:
-    """The scene's band scale for the observability tests, with the bands' roles and clipping level."""
-    n = pair.n_bands
-    rgb = rgb_bands(pair) if n >= 3 else None
-    dtype = np.dtype(pair.before.dtypes[pair.before_bands[0] - 1])
-    # only 8-bit data has a known clipping level; 16-bit sensors clip at 2^11, 2^12 or not at all
-    saturation = 255.0 if dtype == np.uint8 else None
-    return observability.Scale.fit(before_samples, rgb, band_roles(n).nir, saturation)
 
 
 def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch: lfeatures.Stretch, cfg: Config,
@@ -680,7 +662,7 @@ def _detect(before: str | Path, after: str | Path, out_dir: str | Path, cfg: Con
 def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: Any, info_a: Any,
          warns: list[str], timer: _Timer, require_registration: bool, progress: ProgressFn) -> RunResult:
     with timer("register"):
-        reg = estimate_registration(pair, cfg.registration, progress)
+        reg = estimate_registration(pair, cfg.registration, progress, cfg.observe)
         warns.extend(reg.warnings)
         applied = reg.method == "none" or reg.confidence >= cfg.registration.min_confidence
         if not applied:

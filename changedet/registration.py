@@ -28,7 +28,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.registration import phase_cross_correlation
 
-from .config import RegisterConfig
+from . import observability as obs
+from .config import ObserveConfig, RegisterConfig
 
 Box = tuple[int, int, int, int]
 
@@ -434,9 +435,37 @@ def fit_model(p: np.ndarray, q: np.ndarray, kind: str, inlier_px: float = 1.0) -
         return ma, ia, "affine"
     both = it & ia
     rt, ra = _rms(p, q, mt, both), _rms(p, q, ma, both)
-    if ia.sum() >= it.sum() and rt > 1.5 * ra and rt - ra > 0.03:
+    if ia.sum() >= it.sum() and ((rt > 1.5 * ra and rt - ra > 0.03) or affine_is_significant(p[ia], q[ia], ma, mt)):
         return ma, ia, "affine"
     return mt, it, "translation"
+
+
+def affine_is_significant(p: np.ndarray, q: np.ndarray, ma: np.ndarray, mt: np.ndarray, k: float = 4.0,
+                          min_px: float = 0.05) -> bool:
+    """Whether an affine fit differs from a shift by more than its own uncertainty where it matters.
+
+    At the corners of the tie points' bounding box the two models' predictions differ by ``delta``;
+    the affine's prediction there has a standard error ``sigma * sqrt(leverage + 1/n)`` (``sigma``
+    the robust spread of its residuals). The affine is significant when ``|delta|`` exceeds ``k``
+    standard errors and ``min_px``: a rotation of a few hundredths of a degree moves a large tile's
+    corners by tenths of a pixel, which the RMS of chips near the centre hides, while noise alone
+    stays within the bound.
+    """
+    n = len(p)
+    if n < 6:
+        return False
+    design = np.column_stack([p, np.ones(n)])
+    e = design @ ma.T - q
+    sigma = max(1.4826 * float(np.median(np.abs(e))), 0.005)
+    try:
+        inv = np.linalg.inv(design.T @ design)
+    except np.linalg.LinAlgError:
+        return False
+    (x0, y0), (x1, y1) = p.min(axis=0), p.max(axis=0)
+    corners = np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]], float)
+    delta = np.hypot(*(corners @ (ma - mt).T).T)
+    se = sigma * np.sqrt(np.einsum("ij,jk,ik->i", corners, inv, corners) + 1.0 / n)
+    return bool(np.any((delta > k * se) & (delta > min_px)))
 
 
 def confidence_of(ncc_values: np.ndarray, inliers: np.ndarray, n_chips: int) -> float:
@@ -588,3 +617,102 @@ def chip_is_clear(saturated: np.ndarray, max_frac: float = 0.5) -> bool:
 def coarse_limit_px(shape: tuple[int, int], params: RegisterConfig) -> float:
     """Largest shift searched, in grid pixels."""
     return params.max_shift_frac * max(shape)
+
+
+# --------------------------------------------------------------------------- weather
+
+
+def match_percentiles(src: np.ndarray, ref: np.ndarray, use: np.ndarray, lo: float = 2.0,
+                      hi: float = 98.0) -> np.ndarray:
+    """``src`` mapped band by band so that its ``lo``..``hi`` percentiles over ``use`` meet ``ref``'s.
+
+    Parameters
+    ----------
+    src, ref : (bands, h, w) arrays of one grid.
+    use : (h, w) bool, the pixels whose percentiles are matched.
+
+    Returns
+    -------
+    (bands, h, w) float32.
+    """
+    out = np.asarray(src, np.float32).copy()
+    if not use.any():
+        return out
+    for b in range(out.shape[0]):
+        s_lo, s_hi = np.percentile(out[b][use], [lo, hi])
+        r_lo, r_hi = np.percentile(np.asarray(ref[b], np.float32)[use], [lo, hi])
+        gain = (r_hi - r_lo) / max(float(s_hi - s_lo), 1e-6)
+        out[b] = (out[b] - s_lo) * gain + r_lo
+    return out
+
+
+def hidden_by_weather(before: np.ndarray, after: np.ndarray, valid: np.ndarray, scale: obs.Scale,
+                      params: ObserveConfig, open_px: int = 2) -> np.ndarray:
+    """Where a cloud or its bright rim covers the ground on either date: chips there must not vote.
+
+    Parameters
+    ----------
+    before, after : (bands, h, w) a cheap (decimated) read of both dates, ``after`` roughly on
+        ``before``'s grid (a whole-pixel coarse shift is enough: the test looks at regions, not edges).
+    valid : (h, w) bool, valid on both.
+    scale : ``before``'s band scale (:class:`changedet.observability.Scale`).
+    params : the observability thresholds (cloud core and rim brightness and brightening).
+    open_px : radius of the opening that removes specks (a new white roof, glints).
+
+    Returns
+    -------
+    (h, w) bool.
+
+    Notes
+    -----
+    ``after`` is first matched to ``before`` by per-band percentiles (5th and 75th, so that clouds
+    over a fifth of the scene do not stretch the match), fitted twice, the second time on the
+    pixels the first pass left clear. Then the per-pixel cloud evidence of
+    :func:`changedet.observability.evidence` (bright and white in every visible band, and brighter
+    than the other date) marks cloud cores and rims on either date. No size or shape rule applies:
+    a chip asks only how much of it a bright newcomer covers, and a large new roof must not vote
+    either. Shadows and haze darken or veil the ground without moving it, which the chip
+    measurement's gain and offset absorb.
+    """
+    use = valid
+    hidden = np.zeros(valid.shape, bool)
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * open_px + 1, 2 * open_px + 1))
+    for _ in range(2):
+        matched = match_percentiles(after, before, use, 5.0, 75.0)
+        ev_b, ev_a = obs.evidence(before, matched, valid, scale, params)
+        bright = (((ev_b | ev_a) & (obs.CORE | obs.RIM)) > 0).astype(np.uint8)
+        hidden = cv2.dilate(cv2.morphologyEx(bright, cv2.MORPH_OPEN, disk), disk) > 0
+        use = valid & ~hidden
+        if use.mean() < 0.1:
+            break
+    return hidden
+
+
+def chip_hidden_share(hidden: np.ndarray, boxes: list[Box], factor: float) -> np.ndarray:
+    """Share of each chip (a box on the full grid) that ``hidden`` (the grid decimated by ``factor``) covers.
+
+    Returns
+    -------
+    (n,) float64 in 0..1, 0 for a chip that falls outside ``hidden``.
+    """
+    h, w = hidden.shape
+    out = np.zeros(len(boxes))
+    for i, (r0, c0, bh, bw) in enumerate(boxes):
+        a0, b0 = int(np.floor(r0 / factor)), int(np.floor(c0 / factor))
+        a1, b1 = int(np.ceil((r0 + bh) / factor)), int(np.ceil((c0 + bw) / factor))
+        part = hidden[max(a0, 0):min(a1, h), max(b0, 0):min(b1, w)]
+        out[i] = float(part.mean()) if part.size else 0.0
+    return out
+
+
+def clear_chips(share: np.ndarray, max_frac: float, min_chips: int = 6) -> np.ndarray:
+    """Chips that vote: those with at most ``max_frac`` of their area hidden by weather.
+
+    When fewer than ``min_chips`` are that clear, the ``min_chips`` least hidden vote (ties by
+    position), so that an overcast scene is still measured, and its confidence says how well.
+    """
+    keep = share <= max_frac
+    if keep.sum() < min(min_chips, len(share)):
+        keep = np.zeros(len(share), bool)
+        keep[np.argsort(share, kind="stable")[:min_chips]] = True
+    return keep

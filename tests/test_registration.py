@@ -236,3 +236,65 @@ def test_bright_8bit_scene_with_clipped_pixels_still_registers(tmp_path):
         reg = estimate_registration(pair, RegisterConfig(), lambda *a: None)
     assert reg.n_tiepoints >= 20
     assert reg.shift_px == pytest.approx((dx, dy), abs=0.05)
+
+
+def test_chip_exclusion_marks_a_bright_newcomer_and_spares_the_rest():
+    """A white blob brighter than the other date hides the chips it covers; roofs on both dates do not."""
+    from changedet import observability as O
+    from changedet.config import ObserveConfig
+
+    img = textured(6, (192, 192))  # 256 px with its margin
+    ground = (img - img.min()) / np.ptp(img) * 0.3 + 0.1
+    before = np.stack([ground, ground * 0.9, ground * 0.8])
+    before[:, 180:200, 20:60] = 0.9  # a white roof on both dates
+    after = before * 1.05 + 0.01
+    yy, xx = np.mgrid[0:256, 0:256]
+    cloud = np.clip(1.5 - np.hypot(yy - 60, xx - 190) / 30, 0, 1)  # soft rim, opaque core
+    after = after * (1 - cloud) + 0.85 * cloud
+    valid = np.ones((256, 256), bool)
+    samples = before.reshape(3, -1)
+    scale = O.Scale.fit(samples, (0, 1, 2), None, None)
+    hidden = R.hidden_by_weather(before, after, valid, scale, ObserveConfig())
+    assert hidden[60, 190] and hidden[cloud > 0.5].mean() > 0.95
+    assert not hidden[180:200, 20:60].any() and hidden[cloud == 0].mean() < 0.02
+    boxes = [(20, 150, 80, 80), (150, 10, 80, 80), (150, 150, 80, 80)]
+    share = R.chip_hidden_share(hidden, boxes, 1.0)
+    assert share[0] > 0.5 and share[1] == 0 and share[2] == 0
+    # the same on a grid decimated by 2: boxes are in full-grid pixels
+    assert R.chip_hidden_share(hidden[::2, ::2], boxes, 2.0)[0] == pytest.approx(share[0], abs=0.05)
+    assert R.clear_chips(share, 0.25, min_chips=2).tolist() == [False, True, True]
+    assert R.clear_chips(share, 0.25, min_chips=3).all()  # too few clear: the least hidden still vote
+
+
+def test_affine_significance_sees_a_small_rotation_but_not_noise():
+    p = grid_points(6, 1024)
+    rng = np.random.default_rng(4)
+    t = np.radians(0.04)  # 0.5 px at the corners of a 1024 px tile
+    rot = np.array([[np.cos(t), -np.sin(t), 1.0], [np.sin(t), np.cos(t), 0.5]])
+    for true, expect in ((rot, "affine"), (R.translation(1.0, 0.5), "translation")):
+        q = np.column_stack([p, np.ones(len(p))]) @ true.T + rng.normal(0, 0.03, p.shape)
+        assert R.fit_model(p, q, "auto")[2] == expect
+
+
+@pytest.mark.parametrize("seed", [8005, 8014])
+def test_known_shift_and_rotation_recovered_under_a_cloud(tmp_path, seed):
+    """Hard synth scene with a cloud (and its shadow) on one date: shift within 0.1 px, corners within 0.2 px."""
+    from changedet import synth
+    from changedet.config import RegisterConfig
+    from changedet.coregistration import estimate_registration
+    from changedet.io import open_pair
+
+    rot = 0.12
+    scene = synth.make_scene("trenches", seed=seed, size=512, difficulty="hard", shift_px=(2.37, -3.61),
+                             rotation_deg=rot, weather="cloud")
+    assert (scene.weather_mask == synth.WEATHER_CODES["cloud"]).mean() > 0.02
+    synth.write_scene(scene, tmp_path)
+    with open_pair(tmp_path / "before.tif", tmp_path / "after.tif") as pair:
+        reg = estimate_registration(pair, RegisterConfig(), lambda *a: None)
+    truth = synth.after_from_before(scene)
+    h, w = scene.truth_class.shape
+    corners = np.array([[0, 0, 1], [w - 1, 0, 1], [0, h - 1, 1], [w - 1, h - 1, 1]], float)
+    centre = np.array([(w - 1) / 2, (h - 1) / 2, 1.0])
+    assert np.hypot(*(reg.matrix @ centre - truth @ centre)) <= 0.1
+    assert np.hypot(*(corners @ reg.matrix.T - corners @ truth.T).T).max() <= 0.2
+    assert abs(reg.rotation_deg - rot) <= 0.03
