@@ -19,7 +19,7 @@ before, ``departed`` the other way round (a ship that left the quay), else
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -688,6 +688,27 @@ def classify(shape: Shape, ctx: Context, params: ObjectsConfig) -> tuple[str, fl
     if best == "other":
         return "other", round(0.5 * strength, 4)
     return best, round(float(np.clip(0.5 + 0.5 * best_m, 0.0, 1.0)) * strength, 4)
+
+
+def drop_small_broad(dets: list[Detection], params: ObjectsConfig) -> tuple[list[Detection], list[Detection]]:
+    """Detections kept (renumbered in order) and those dropped: small fragments of broad change.
+
+    A region with changed ground all round it (``ring_change`` at least ``broad_min_ring_share``)
+    is a piece of a broad surface change: a field ploughed or harvested, greening, a clearing. Such
+    change is reported only when large (``broad_min_area_m2``); its small fragments, which the
+    threshold cuts out of the field's texture, are not objects. Vessels keep their own rule, and
+    long thin fragments (elongation of a trench) stay: a trench dug across a changed field.
+    """
+    keep, drop = [], []
+    for d in dets:
+        small = d.shape.area_m2 < params.broad_min_area_m2
+        # a long thin fragment may be a piece of a trench in a changed field: it stays
+        blobby = d.shape.elongation < params.trench_min_elongation
+        if d.cls == "other" and small and blobby and d.context.ring_change >= params.broad_min_ring_share and d.group:
+            drop.append(d)
+        else:
+            keep.append(d)
+    return [replace(d, id=i + 1) for i, d in enumerate(keep)], drop
 
 
 # --------------------------------------------------------------------------- what the grid can resolve

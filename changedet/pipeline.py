@@ -718,6 +718,11 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         groups = objects.group_fragments(labels, comps, water, pair.gsd_m, cfg.objects)
         dets, notes = describe_objects(pair, models, cfg, labels, groups, q, water, progress)
         warns.extend(notes)
+        dets, dropped = objects.drop_small_broad(dets, cfg.objects)
+        if dropped:
+            mask[np.isin(labels, [lab for d in dropped for lab in d.group.labels])] = 0
+            warns.append(f"objects: {len(dropped)} small fragments of broad change (ploughing, harvest, "
+                         f"clearing; under {cfg.objects.broad_min_area_m2:g} m²) left out")
         fine = objects.too_fine(pair.gsd_m, cfg.objects)
         warns.extend(f"too fine for the grid: {why}" for why in fine.values())
         classes = class_image(labels, mask, dets)

@@ -59,6 +59,31 @@ def test_rules_type_objects(shp, context, expected):
     assert 0 <= conf <= 1
 
 
+@pytest.mark.parametrize("shp,water", [(shape(60, 2, 0.8), 0.0), (shape(10, 6), 0.0), (shape(80, 14, 0.7), 0.9)])
+def test_a_fragment_of_broad_change_is_never_a_hut_or_trench(shp, water):
+    from dataclasses import replace
+
+    alone, _ = O.classify(shp, replace(ctx(water=water), ring_change=0.1), ObjectsConfig())
+    broad, _ = O.classify(shp, replace(ctx(water=water), ring_change=0.9), ObjectsConfig())
+    assert alone in ("trench", "hut", "vessel")
+    assert broad == ("vessel" if alone == "vessel" else "other")  # vessels keep their water rule
+
+
+def test_small_fragments_of_broad_change_are_dropped_and_the_rest_renumbered():
+    from dataclasses import replace
+
+    def det(i, cls, area, ring):
+        shp = replace(shape(10, 10), area_m2=area)
+        return O.Detection(id=i, cls=cls, event="changed", confidence=0.5, shape=shp,
+                           context=replace(ctx(), ring_change=ring), bbox_px=(0, 0, 1, 1), group=O.Group((i,), (), (0, 0, 1, 1)))
+
+    dets = [det(1, "other", 200, 0.9), det(2, "hut", 30, 0.0), det(3, "other", 5000, 0.9), det(4, "other", 200, 0.1)]
+    keep, drop = O.drop_small_broad(dets, ObjectsConfig(broad_min_area_m2=1000))
+    assert [d.group.labels for d in drop] == [(1,)]
+    assert [d.group.labels for d in keep] == [(2,), (3,), (4,)] and [d.id for d in keep] == [1, 2, 3]
+    assert O.drop_small_broad(dets, ObjectsConfig(broad_min_area_m2=0))[1] == []
+
+
 def test_events_from_distinctness():
     assert O.event_of(ctx(before=0.5, after=6)) == "appeared"
     assert O.event_of(ctx(before=6, after=0.5)) == "departed"
