@@ -183,8 +183,8 @@ def estimate_registration(pair: PairSource, params: RegisterConfig, progress: Pr
         share = weather_share(pair, decimated, m0, boxes, observe or ObserveConfig())
         keep = R.clear_chips(share, params.max_weather_frac)
         if not keep.all():
-            notes.append(f"registration: {int((~keep).sum())} of {len(boxes)} chips under cloud, shadow or haze "
-                         "left out")
+            notes.append(f"registration: {int((~keep).sum())} of {len(boxes)} chips left out, mostly covered by "
+                         "something bright and white on one date only (cloud, haze, or new white roofs or ships)")
         boxes = [box for box, k in zip(boxes, keep) if k]
     for trust in (False, True):  # the second pass starts every chip at the first fit's prediction
         # the first pass only has to bring every chip into Lucas-Kanade's basin for the second
