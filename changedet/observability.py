@@ -177,6 +177,9 @@ class Observability:
         counts = np.bincount(self.reason.ravel(), minlength=len(REASONS) + 1)
         return {name: round(float(counts[code]) * gsd_m * gsd_m, 1) for code, name in REASONS.items()}
 
+    def observable_km2(self, gsd_m: float) -> float:
+        return float(np.count_nonzero(self.reason == OBSERVABLE)) * gsd_m * gsd_m / 1e6
+
     def observable_fraction(self) -> float:
         return round(float(np.count_nonzero(self.reason == OBSERVABLE)) / max(self.reason.size, 1), 6)
 

@@ -578,6 +578,7 @@ def _summary(site: str, before: Any, after: Any, pair: PairSource, models: _Mode
              thr: threshold.Threshold, mask: np.ndarray, records: list[dict[str, Any]], warns: list[str],
              timings: dict[str, float], applied: bool, obs: observability.Observability) -> dict[str, Any]:
     counts = {k: sum(r["class"] == k for r in records) for k in objects.CLASS_CODES}
+    obs_km2 = obs.observable_km2(pair.gsd_m)
     reg = models.reg.to_json()
     reg["applied"] = applied
     return {
@@ -599,11 +600,9 @@ def _summary(site: str, before: Any, after: Any, pair: PairSource, models: _Mode
         "counts": counts,
         "changed_area_m2": round(float(np.count_nonzero(mask == 1)) * pair.gsd_m ** 2, 3),
         "changed_fraction": round(float(np.count_nonzero(mask == 1)) / max(int(np.count_nonzero(mask != 255)), 1), 6),
-        "too_fine": objects.too_fine(pair.gsd_m, cfg.objects),
         "observable_fraction": obs.observable_fraction(),
-        "observable_km2": round(float(np.count_nonzero(obs.observable())) * pair.gsd_m ** 2 / 1e6, 6),
-        "detections_per_km2": round(len(records) / max(float(np.count_nonzero(obs.observable())) * pair.gsd_m ** 2 / 1e6,
-                                                       1e-9), 3) if obs.observable().any() else 0.0,
+        "observable_km2": round(obs_km2, 6),
+        "detections_per_km2": round(len(records) / obs_km2, 3) if obs_km2 > 0 else 0.0,
         "not_observable_m2": obs.areas_m2(pair.gsd_m),
         "observability": {"enabled": cfg.observe.enabled,
                           "shadow_offset_px": {"before": obs.shadow_offset_px[0], "after": obs.shadow_offset_px[1]}},
@@ -746,6 +745,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
     summary = _summary(site, info_b, info_a, pair, replace(models, reg=reg), cfg, thr, mask,
                        records, warns, timer.timings, applied, obs)
     summary["model"] = lrn.to_json() if lrn else {"enabled": False}
+    summary["too_fine"] = fine
     write_json(stage.file("summary.json"), summary)
     stage.commit(names)
     return RunResult(stage.out_dir, summary)
