@@ -93,6 +93,9 @@ class DecideConfig(_Section):
         "90th percentile of it, and grows down to half that; 0 turns line detection off"))
     line_min_length_m: float = Field(8.0, ge=0, description=(
         "lines found by line evidence are kept only when their centre line is at least this long"))
+    false_alarms_per_km2: float = Field(100.0, ge=0, description=(
+        "false-alarm budget: a changed region is kept when the expected number of regions at least as "
+        "extreme under the pair's own no-change statistics is at most this per km2 (0 = off)"))
 
 
 class ObjectsConfig(_Section):

@@ -26,7 +26,7 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from . import (__version__, differencing, learned, objects, observability, quicklook, radiometry, registration, threshold,
+from . import (__version__, differencing, learned, objects, observability, quicklook, radiometry, registration, significance, threshold,
                vector)
 from .learned import features as lfeatures
 from .learned import guided
@@ -702,6 +702,13 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
             thr = replace(thr, raw=classical.raw)
         else:
             mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m)
+        mask, budget = significance.keep_significant(
+            mask, q, obs.observable(), pair.gsd_m, cfg.decide.false_alarms_per_km2, thr.low,
+            lambda sim_q: threshold.cut(sim_q, thr, cfg.decide, pair.gsd_m))
+        if budget.rejected:
+            warns.append(f"false-alarm budget: {budget.rejected} of {budget.tested} changed regions "
+                         f"({budget.rejected_m2:.0f} m²) not significant at "
+                         f"{cfg.decide.false_alarms_per_km2:g} false alarms per km²")
         lines = threshold.line_mask(lq, mask, cfg.decide, pair.gsd_m, differencing.LINE_FLANK_PX,
                                     cfg.measure.line_length_px)
         mask[(mask == 0) & (lines == 1)] = 1
@@ -744,6 +751,8 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
             raise OSError(f"{stage.file('quicklook.png')}: could not write the quick-look")
     summary = _summary(site, info_b, info_a, pair, replace(models, reg=reg), cfg, thr, mask,
                        records, warns, timer.timings, applied, obs)
+    summary["false_alarm_budget"] = {**budget.to_json(), "expected_false_detections": round(
+        cfg.decide.false_alarms_per_km2 * obs.observable_km2(pair.gsd_m), 3)}
     summary["model"] = lrn.to_json() if lrn else {"enabled": False}
     summary["too_fine"] = fine
     write_json(stage.file("summary.json"), summary)

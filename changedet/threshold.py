@@ -193,9 +193,14 @@ def decide(q: np.ndarray, params: DecideConfig, gsd_m: float,
         thr = choose(histogram(q), params)
     else:
         thr = Threshold("model", fixed, fixed, fixed * params.hysteresis_low_ratio)
-    mask = clean(hysteresis(q, thr), params, gsd_m)
+    mask = cut(q, thr, params, gsd_m)
     mask[q == NODATA] = NODATA
     return mask, thr
+
+
+def cut(q: np.ndarray, thr: Threshold, params: DecideConfig, gsd_m: float) -> np.ndarray:
+    """The pixel decision at given thresholds: hysteresis, then clean-up; uint8 0/1."""
+    return clean(hysteresis(q, thr), params, gsd_m)
 
 
 #: a line's pixels keep at least this share of its typical line evidence (z^2): a quarter is where
