@@ -209,6 +209,17 @@ class ObserveConfig(_Section):
     saturation_min_area_m2: float = Field(10000.0, ge=0, description=(
         "blown-out areas (every visible band at the clipping level) at least this large are not observable"))
     buffer_m: float = Field(30.0, ge=0, description="clouds and shadows grow by this much (at most 64 px)")
+    cloud_model: Literal["classical", "csmask"] = Field("classical", description=(
+        "clouds and cloud shadows: classical (any imagery), or csmask (Sentinel-2 B02 B03 B04 B08 [B11 B12]; "
+        "the ukis-csmask CNN of the optional extra changedet[csmask])"))
+    csmask_product_level: Literal["l1c", "l2a"] = Field("l1c", description=(
+        "csmask: the Sentinel-2 product level of both dates (top-of-atmosphere l1c or surface l2a)"))
+    csmask_dn_scale: float = Field(10000.0, gt=0, description=(
+        "csmask: reflectance = (DN + csmask_dn_offset) / csmask_dn_scale (10000 for Sentinel-2 L1C/L2A)"))
+    csmask_dn_offset: float = Field(0.0, description=(
+        "csmask: added to DN before scaling (-1000 for products of processing baseline 04.00 or later)"))
+    csmask_gsd_m: float = Field(30.0, gt=0, description=(
+        "csmask: the bands are averaged to about this pixel size first (the models do best near 30 m)"))
 
 
 class ProcessingConfig(_Section):

@@ -328,15 +328,38 @@ def _haze(hazy: np.ndarray, gsd_m: float, params: ObserveConfig) -> np.ndarray:
     return big | hole[labels]
 
 
+def _classical_cloud_shadow(ev: np.ndarray, gsd_m: float, params: ObserveConfig
+                            ) -> tuple[np.ndarray, np.ndarray, tuple[float, float] | None]:
+    """Clouds, their shadow and the cloud-to-shadow displacement (or None) of one date's evidence bits."""
+    cl = clouds((ev & CORE) > 0, (ev & RIM) > 0, gsd_m, params)
+    if not cl.any():
+        return cl, cl, None
+    dark = _large((ev & DARK) > 0, _area_px(params.shadow_min_area_m2, gsd_m))
+    found = shadow_offset(cl, dark, _px(params.shadow_max_offset_m, gsd_m), params.shadow_min_lift)
+    if found is None:
+        return cl, np.zeros_like(cl), None
+    # the shadow is the cloud's footprint moved by the sun's offset (as in Fmask): dark ground
+    # darkened is still dark, so a per-pixel test would leave holes in it
+    return cl, _shift(cl, found[0], found[1]), (float(found[0]), float(found[1]))
+
+
 def resolve(ev_before: np.ndarray, ev_after: np.ndarray, valid: np.ndarray, gsd_m: float,
-            params: ObserveConfig) -> Observability:
+            params: ObserveConfig,
+            cloud_shadow: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+            ) -> Observability:
     """The scene's reason raster from both dates' evidence bits (:func:`evidence`).
+
+    Parameters
+    ----------
+    cloud_shadow : optional ((cloud, shadow) of before, (cloud, shadow) of after), (h, w) bool each,
+        found by another detector (:mod:`changedet.cloudmask`). They replace the clouds and shadows
+        found from the evidence bits; haze and saturation still come from the bits.
 
     Returns
     -------
     Observability with ``reason`` uint8 (h, w): 0 observable, else the first of nodata, cloud,
     cloud shadow, haze, saturated that holds on either date (clouds and shadows are buffered by
-    ``buffer_m``), and the shadow displacement found per date.
+    ``buffer_m``), and the shadow displacement found per date (None with ``cloud_shadow``).
     """
     reason = np.zeros(valid.shape, np.uint8)
     buffer_px = min(_px(params.buffer_m, gsd_m), 64)
@@ -345,18 +368,13 @@ def resolve(ev_before: np.ndarray, ev_after: np.ndarray, valid: np.ndarray, gsd_
     haze_any = np.zeros(valid.shape, bool)
     sat_any = np.zeros(valid.shape, bool)
     offsets: list[tuple[float, float] | None] = []
-    for ev in (ev_before, ev_after):
-        cl = clouds((ev & CORE) > 0, (ev & RIM) > 0, gsd_m, params)
-        off = None
-        if cl.any():
-            dark = _large((ev & DARK) > 0, _area_px(params.shadow_min_area_m2, gsd_m))
-            found = shadow_offset(cl, dark, _px(params.shadow_max_offset_m, gsd_m), params.shadow_min_lift)
-            if found is not None:
-                off = (float(found[0]), float(found[1]))
-                # the shadow is the cloud's footprint moved by the sun's offset (as in Fmask): dark
-                # ground darkened is still dark, so a per-pixel test would leave holes in it
-                shadow_any |= _dilate(_shift(cl, found[0], found[1]), buffer_px)
-            cloud_any |= _dilate(cl, buffer_px)
+    for i, ev in enumerate((ev_before, ev_after)):
+        if cloud_shadow is not None:
+            (cl, sh), off = cloud_shadow[i], None
+        else:
+            cl, sh, off = _classical_cloud_shadow(ev, gsd_m, params)
+        cloud_any |= _dilate(cl, buffer_px)
+        shadow_any |= _dilate(sh, buffer_px)
         offsets.append(off)
         haze_any |= _haze((ev & HAZY) > 0, gsd_m, params)
         sat_any |= _large((ev & SAT) > 0, _area_px(params.saturation_min_area_m2, gsd_m))

@@ -26,15 +26,15 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from . import (__version__, differencing, learned, objects, observability, quicklook, radiometry, registration, significance, threshold,
-               vector)
+from . import (__version__, cloudmask, differencing, learned, objects, observability, quicklook, radiometry,
+               registration, significance, threshold, vector)
 from .learned import features as lfeatures
 from .learned import guided
 from .learned import score as lscore
 from .coregistration import estimate_registration, observability_scale, read_registered, rgb_bands
 from .arrays import band_roles, crop, luminance
 from .config import Config
-from .errors import RegistrationError
+from .errors import InputError, RegistrationError
 from .io import (
     BandWriter,
     Box,
@@ -321,8 +321,58 @@ def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
     return _Scores(q, lq, objects.keep_large_water(water, cfg.objects, pair.gsd_m), ev_b, ev_a)
 
 
+def csmask_bands(pair: PairSource, before: str | Path, after: str | Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Check that ``observe.cloud_model: csmask`` can run on this pair; the bands it takes from each date.
+
+    Raises ConfigError when the extra is missing, InputError naming the file whose bands do not fit.
+    """
+    cloudmask.require_installed()
+    out = []
+    for ds, idx, path in ((pair.before, pair.before_bands, before), (pair.after, pair.after_bands, after)):
+        try:
+            out.append(cloudmask.model_bands(cloudmask.band_names(tuple(ds.descriptions[i - 1] for i in idx))))
+        except ValueError as exc:
+            raise InputError(f"{path}: {exc}; or set observe.cloud_model=classical") from None
+    if len(out[0]) != len(out[1]):
+        out = [b[:4] for b in out]  # both dates through the same model
+    return out[0], out[1]
+
+
+def csmask_pass(pair: PairSource, reg: registration.Registration, cfg: Config, bands: tuple[tuple[int, ...], ...]
+                ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Cloud and shadow masks of both dates (on the grid, ``after`` registered) by ukis-csmask.
+
+    Each date is averaged to about ``observe.csmask_gsd_m`` window by window (windows on block
+    boundaries, so the result equals one whole-scene average), classified whole at that size, and
+    the classes taken back to the grid by pixel replication.
+    """
+    o = cfg.observe
+    factor = max(1, int(round(o.csmask_gsd_m / pair.gsd_m)))
+    gh, gw = -(-pair.height // factor), -(-pair.width // factor)
+    sums = [np.zeros((len(b), gh, gw)) for b in bands]
+    counts = [np.zeros((gh, gw)) for _ in bands]
+    step = max(1, cfg.processing.window_px // factor) * factor
+    for r, c, h, w in iter_windows(pair.shape, step):
+        b, a, v = read_registered(pair, reg, (r, c, h, w))
+        for k, img in enumerate((b, a)):
+            x = cloudmask.reflectance(img[list(bands[k])], o.csmask_dn_scale, o.csmask_dn_offset)
+            s, n = cloudmask.block_sums(x, v, factor)
+            sums[k][:, r // factor:r // factor + s.shape[1], c // factor:c // factor + s.shape[2]] = s
+            counts[k][r // factor:r // factor + n.shape[0], c // factor:c // factor + n.shape[1]] = n
+    out = []
+    for k in range(2):
+        ok = counts[k] > 0
+        img = (sums[k] / np.maximum(counts[k], 1)).astype(np.float32)
+        cs = cloudmask.cloud_shadow(img, ok, o.csmask_product_level, cfg.model.threads)
+        out.append(tuple(np.repeat(np.repeat(m, factor, 0), factor, 1)[:pair.height, :pair.width]
+                         for m in (cs.cloud, cs.shadow)))
+    return (out[0][0], out[0][1]), (out[1][0], out[1][1])
+
+
 def observe(pair: PairSource, cfg: Config, sc: _Scores, score_path: Path,
-            lrn: _Learned | None) -> observability.Observability:
+            lrn: _Learned | None,
+            cloud_shadow: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+            ) -> observability.Observability:
     """Find what cannot be seen on either date and take it out of every later stage.
 
     Not-observable pixels become nodata in the quantised scores (so nothing is decided there),
@@ -330,7 +380,7 @@ def observe(pair: PairSource, cfg: Config, sc: _Scores, score_path: Path,
     """
     valid = sc.q != threshold.NODATA
     if cfg.observe.enabled:
-        obs = observability.resolve(sc.ev_before, sc.ev_after, valid, pair.gsd_m, cfg.observe)
+        obs = observability.resolve(sc.ev_before, sc.ev_after, valid, pair.gsd_m, cfg.observe, cloud_shadow)
     else:
         obs = observability.Observability(np.where(valid, observability.OBSERVABLE, observability.NODATA)
                                           .astype(np.uint8), (None, None))
@@ -660,6 +710,9 @@ def _detect(before: str | Path, after: str | Path, out_dir: str | Path, cfg: Con
 
 def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: Any, info_a: Any,
          warns: list[str], timer: _Timer, require_registration: bool, progress: ProgressFn) -> RunResult:
+    csm_bands = None  # checked first: a missing extra or unfit bands must not cost a registration
+    if cfg.observe.enabled and cfg.observe.cloud_model == "csmask":
+        csm_bands = csmask_bands(pair, info_b.path, info_a.path)
     with timer("register"):
         reg = estimate_registration(pair, cfg.registration, progress, cfg.observe)
         warns.extend(reg.warnings)
@@ -691,7 +744,8 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
     with timer("measure"):
         sc = score_pass(pair, models, cfg, stage.file("score.scratch.tif"), progress, lrn)
     with timer("observe"):
-        obs = observe(pair, cfg, sc, stage.file("score.scratch.tif"), lrn)
+        given = csmask_pass(pair, used, cfg, csm_bands) if csm_bands is not None else None
+        obs = observe(pair, cfg, sc, stage.file("score.scratch.tif"), lrn, given)
         q, lq, water = sc.q, sc.lq, sc.water
         del sc
     with timer("decide"):
