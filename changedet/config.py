@@ -143,6 +143,10 @@ class ObjectsConfig(_Section):
         "(ploughing, harvest, a clearing): never a hut or a trench"))
     broad_min_area_m2: float = Field(1000.0, ge=0, description=(
         "and is kept (as other) only when at least this large; 0 keeps every fragment"))
+    broad_line_min_distinct: float = Field(3.0, ge=0, description=(
+        "a smaller long thin fragment (trench elongation) stays only when it stands out from its ring by "
+        "this many noise sigmas on one date (a trench cut across a ploughed field, not a furrow of it); "
+        "0 keeps every long thin fragment"))
     max_objects: int = Field(5000, ge=1, description="objects beyond this many (smallest first) are not described")
 
 

@@ -696,15 +696,20 @@ def drop_small_broad(dets: list[Detection], params: ObjectsConfig) -> tuple[list
     A region with changed ground all round it (``ring_change`` at least ``broad_min_ring_share``)
     is a piece of a broad surface change: a field ploughed or harvested, greening, a clearing. Such
     change is reported only when large (``broad_min_area_m2``); its small fragments, which the
-    threshold cuts out of the field's texture, are not objects. Vessels keep their own rule, and
-    long thin fragments (elongation of a trench) stay: a trench dug across a changed field.
+    threshold cuts out of the field's texture, are not objects. Vessels keep their own rule.
+
+    A long thin fragment (elongation of a trench) stays when it stands out from its ring on one
+    date by at least ``broad_line_min_distinct`` noise sigmas: a trench dug across a changed field
+    differs from the field around it. A furrow or a stripe of stubble is cut out of the field's own
+    texture and looks like its ring on both dates.
     """
     keep, drop = [], []
     for d in dets:
         small = d.shape.area_m2 < params.broad_min_area_m2
-        # a long thin fragment may be a piece of a trench in a changed field: it stays
-        blobby = d.shape.elongation < params.trench_min_elongation
-        if d.cls == "other" and small and blobby and d.context.ring_change >= params.broad_min_ring_share and d.group:
+        line = d.shape.elongation >= params.trench_min_elongation
+        distinct = max(d.context.distinct_before, d.context.distinct_after) >= params.broad_line_min_distinct
+        if d.cls == "other" and small and not (line and distinct) \
+                and d.context.ring_change >= params.broad_min_ring_share and d.group:
             drop.append(d)
         else:
             keep.append(d)
