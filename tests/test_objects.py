@@ -84,18 +84,20 @@ def test_small_fragments_of_broad_change_are_dropped_and_the_rest_renumbered():
     assert O.drop_small_broad(dets, ObjectsConfig(broad_min_area_m2=0))[1] == []
 
 
-def test_long_thin_fragments_of_broad_change_stay_only_when_they_stand_out_from_their_ring():
+def test_long_thin_fragments_of_broad_change_are_left_out_only_inside_a_field_that_changed_throughout():
     from dataclasses import replace
 
-    def det(i, before, after):
+    def det(i, before, after, level):
         return O.Detection(id=i, cls="other", event="changed", confidence=0.5, shape=shape(40, 2, 0.8),
-                           context=replace(ctx(before=before, after=after), ring_change=0.9), bbox_px=(0, 0, 1, 1),
-                           group=O.Group((i,), (), (0, 0, 1, 1)))
+                           context=replace(ctx(before=before, after=after), ring_change=0.9, ring_level=level),
+                           bbox_px=(0, 0, 1, 1), group=O.Group((i,), (), (0, 0, 1, 1)))
 
-    dets = [det(1, 0.4, 1.2), det(2, 0.3, 6.0)]  # a furrow of the field; a trench dug across it
+    # a furrow of a ploughed field; a trench dug across it; a piece of a faint trench in speckled noise
+    dets = [det(1, 0.4, 1.2, 0.95), det(2, 0.3, 6.0, 0.95), det(3, 0.4, 1.2, 0.5)]
     keep, drop = O.drop_small_broad(dets, ObjectsConfig())
-    assert [d.group.labels for d in drop] == [(1,)] and [d.group.labels for d in keep] == [(2,)]
+    assert [d.group.labels for d in drop] == [(1,)] and [d.group.labels for d in keep] == [(2,), (3,)]
     assert O.drop_small_broad(dets, ObjectsConfig(broad_line_min_distinct=0))[1] == []
+    assert len(O.drop_small_broad(dets, ObjectsConfig(broad_line_min_ring_level=0))[1]) == 2
 
 
 def _field(rng, size=120, period_px=4.0):
