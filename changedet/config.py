@@ -141,10 +141,6 @@ class ObjectsConfig(_Section):
     broad_min_ring_share: float = Field(0.5, gt=0, le=1, description=(
         "a region whose ring changed this much (at half its own score) is part of a broad change "
         "(ploughing, harvest, a clearing): never a hut or a trench"))
-    broad_min_side_share: float = Field(0.6, gt=0, le=1, description=(
-        "a region whose outer ring changed this much (at half its own score) on one side of its long axis "
-        "lies along the edge of a broad change (a parcel ploughed, harvested or greened as a whole): never "
-        "a hut or a trench"))
     broad_min_area_m2: float = Field(1000.0, ge=0, description=(
         "and is kept (as other) only when at least this large; 0 keeps every fragment"))
     broad_line_min_distinct: float = Field(3.0, ge=0, description=(

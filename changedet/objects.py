@@ -67,7 +67,6 @@ class Context:
     mean_score: float
     shadow_frac: float = 0.0  # share of the changed region that is the object's new cast shadow
     ring_change: float = 0.0  # share of the ring changed at least half as strongly as the region
-    ring_side_change: float = 0.0  # the same share on the more changed side of the region's long axis
     ring_level: float = 0.0  # median score of the outer ring over the region's mean score
 
 
@@ -639,34 +638,7 @@ def measure_context(obj: np.ndarray, before: np.ndarray, after: np.ndarray, vali
     ring_level = float(np.median(score[outer]) / max(mean_score, 1e-6)) if outer.any() else 0.0
     return Context(water_frac=water_frac, distinct_before=distinct(before), distinct_after=distinct(after),
                    brightness_change=lum_change, mean_score=mean_score, ring_change=ring_change,
-                   ring_side_change=side_share(obj, outer, changed), ring_level=ring_level)
-
-
-def side_share(obj: np.ndarray, outer: np.ndarray, changed: np.ndarray) -> float:
-    """Share of ``outer`` that is ``changed`` on the more changed side of ``obj``'s long axis, 0..1.
-
-    Parameters
-    ----------
-    obj, outer, changed : (h, w) bool; ``changed`` within ``outer``.
-
-    Notes
-    -----
-    The long axis runs through the region's centroid along the main eigenvector of its pixel
-    coordinates' covariance. A side holding under a quarter of the ring (a region at the tile's
-    edge) does not count. A region along the edge of a field that changed as a whole (a headland,
-    the boundary of a ploughed or greened parcel) has the field on one side only: its whole ring
-    may be half unchanged, but that side is changed nearly all along.
-    """
-    rows, cols = np.nonzero(obj)
-    rr, cc = np.nonzero(outer)
-    if rows.size < 3 or rr.size == 0:
-        return 0.0
-    cov = np.cov(np.vstack([rows, cols]).astype(np.float64))
-    axis = np.linalg.eigh(cov)[1][:, 1]  # (drow, dcol) of the largest eigenvalue
-    side = (rr - rows.mean()) * axis[1] - (cc - cols.mean()) * axis[0] > 0
-    hit = changed[rr, cc]
-    shares = [float(hit[s].mean()) for s in (side, ~side) if s.sum() >= 0.25 * rr.size]
-    return max(shares, default=0.0)
+                   ring_level=ring_level)
 
 
 def event_of(ctx: Context, ratio: float = 1.5) -> str:
@@ -709,8 +681,7 @@ def classify(shape: Shape, ctx: Context, params: ObjectsConfig) -> tuple[str, fl
             _margin(shape.length_m, params.hut_max_side_m, False),
         ],
     }
-    # part of a broad change, or along the edge of one (a field that changed as a whole): at most `other`
-    if ctx.ring_change >= params.broad_min_ring_share or ctx.ring_side_change >= params.broad_min_side_share:
+    if ctx.ring_change >= params.broad_min_ring_share:  # part of a broad change: at most `other`
         rules = {"vessel": rules["vessel"]}
     strength = float(np.clip(0.5 + ctx.mean_score, 0.0, 1.0))
     best, best_m = "other", -1.0

@@ -161,40 +161,6 @@ def test_a_hut_on_a_field_is_a_hut_and_a_trench_across_a_ploughed_field_is_kept(
     assert cls == "other" and kept  # broad change around it: not typed, but not left out either
 
 
-def test_a_line_along_the_edge_of_a_ploughed_field_is_not_a_trench():
-    # the boundary of a parcel that changed as a whole leaves a thin line of change along it: the
-    # field lies on one side of it only, so its ring as a whole is mostly unchanged
-    rng = np.random.default_rng(2)
-    before = _field(rng)
-    after = before + rng.normal(0, 0.004, before.shape).astype(np.float32)
-    cols = np.arange(120, dtype=np.float32)[None, None, :]
-    ploughed = np.array([0.22, 0.18, 0.14], np.float32)[:, None, None] * (1 + 0.25 * np.sin(cols * 2 * np.pi / 3.5))
-    after[:, :, 62:] = np.broadcast_to(ploughed, (3, 120, 120))[:, :, 62:]
-    edge = np.zeros((120, 120), bool)
-    edge[20:100, 56:60] = True
-    after[:, edge] = before[:, edge] * 0.7  # a darker headland furrow along the field
-    params = ObjectsConfig()
-    valid, score = np.ones(edge.shape, bool), np.ones(edge.shape, np.float32)
-    score[:, :62] = 0.1
-    score[edge] = 0.9
-    sigma = np.full(3, 0.006, np.float32)
-    context = O.measure_context(edge, before, after, valid, np.zeros_like(edge), score, sigma, params)
-    assert context.ring_change < params.broad_min_ring_share and context.ring_side_change > 0.9
-    shp = O.measure_shape(edge, (0, 0), 1.0, params)
-    assert O.classify(shp, context, params)[0] == "other"
-    assert O.classify(shp, context, ObjectsConfig(broad_min_side_share=1.0))[0] == "trench"  # without the rule
-
-
-def test_side_share_of_a_region_changed_all_round_or_not_at_all():
-    obj = np.zeros((40, 40), bool)
-    obj[18:22, 5:35] = True
-    outer = O.ring(obj, 6) & ~O.ring(obj, 3)
-    assert O.side_share(obj, outer, outer) == 1.0
-    assert O.side_share(obj, outer, np.zeros_like(outer)) == 0.0
-    below = outer & (np.arange(40)[:, None] > 21)
-    assert O.side_share(obj, outer, below) == pytest.approx(1.0, abs=0.15)
-
-
 def test_events_from_distinctness():
     assert O.event_of(ctx(before=0.5, after=6)) == "appeared"
     assert O.event_of(ctx(before=6, after=0.5)) == "departed"
