@@ -633,8 +633,7 @@ def measure_context(obj: np.ndarray, before: np.ndarray, after: np.ndarray, vali
     # ground all round it; a hut or a trench dug into unchanged ground does not
     # (past the edge's blur: the outer part of the ring)
     outer = rim & ~ring(obj, max(1, params.ring_px // 2)) & np.isfinite(score)
-    changed = outer & (score >= 0.5 * mean_score)
-    ring_change = float(changed.sum() / outer.sum()) if outer.any() else 0.0
+    ring_change = float((score[outer] >= 0.5 * mean_score).mean()) if outer.any() else 0.0
     ring_level = float(np.median(score[outer]) / max(mean_score, 1e-6)) if outer.any() else 0.0
     return Context(water_frac=water_frac, distinct_before=distinct(before), distinct_after=distinct(after),
                    brightness_change=lum_change, mean_score=mean_score, ring_change=ring_change,
