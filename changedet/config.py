@@ -146,6 +146,13 @@ class ObjectsConfig(_Section):
         "(ploughing, harvest, a clearing): never a hut or a trench"))
     broad_min_area_m2: float = Field(1000.0, ge=0, description=(
         "and is kept (as other) only when at least this large; 0 keeps every fragment"))
+    broad_line_min_distinct: float = Field(3.0, ge=0, description=(
+        "a smaller long thin fragment (trench elongation) is left out only when it stands out from its ring "
+        "by less than this many noise sigmas on both dates (a furrow of a ploughed field, not a trench cut "
+        "across it); 0 keeps every long thin fragment"))
+    broad_line_min_ring_level: float = Field(0.8, ge=0, description=(
+        "and only when the median score of its outer ring reaches this share of its own mean score (the "
+        "field around it changed throughout, not in specks of noise); 0: whatever the ring's level"))
     max_objects: int = Field(5000, ge=1, description="objects beyond this many (smallest first) are not described")
 
 

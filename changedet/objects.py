@@ -67,6 +67,7 @@ class Context:
     mean_score: float
     shadow_frac: float = 0.0  # share of the changed region that is the object's new cast shadow
     ring_change: float = 0.0  # share of the ring changed at least half as strongly as the region
+    ring_level: float = 0.0  # median score of the outer ring over the region's mean score
 
 
 @dataclass(frozen=True)
@@ -633,8 +634,10 @@ def measure_context(obj: np.ndarray, before: np.ndarray, after: np.ndarray, vali
     # (past the edge's blur: the outer part of the ring)
     outer = rim & ~ring(obj, max(1, params.ring_px // 2)) & np.isfinite(score)
     ring_change = float((score[outer] >= 0.5 * mean_score).mean()) if outer.any() else 0.0
+    ring_level = float(np.median(score[outer]) / max(mean_score, 1e-6)) if outer.any() else 0.0
     return Context(water_frac=water_frac, distinct_before=distinct(before), distinct_after=distinct(after),
-                   brightness_change=lum_change, mean_score=mean_score, ring_change=ring_change)
+                   brightness_change=lum_change, mean_score=mean_score, ring_change=ring_change,
+                   ring_level=ring_level)
 
 
 def event_of(ctx: Context, ratio: float = 1.5) -> str:
@@ -696,15 +699,25 @@ def drop_small_broad(dets: list[Detection], params: ObjectsConfig) -> tuple[list
     A region with changed ground all round it (``ring_change`` at least ``broad_min_ring_share``)
     is a piece of a broad surface change: a field ploughed or harvested, greening, a clearing. Such
     change is reported only when large (``broad_min_area_m2``); its small fragments, which the
-    threshold cuts out of the field's texture, are not objects. Vessels keep their own rule, and
-    long thin fragments (elongation of a trench) stay: a trench dug across a changed field.
+    threshold cuts out of the field's texture, are not objects. Vessels keep their own rule.
+
+    A long thin fragment (elongation of a trench) is left out only when the field around it changed
+    about as strongly as it did (the median score of its outer ring at least ``broad_line_min_ring_level``
+    of its own: in a noisy scene, the ring of a piece of a faint trench is changed in specks, not
+    throughout) and it does not stand out from that ring on either date by ``broad_line_min_distinct``
+    noise sigmas: a trench dug across a changed field differs from the field around it, while a furrow
+    or a stripe of stubble is cut out of the field's own texture and looks like its ring on both dates.
     """
     keep, drop = [], []
     for d in dets:
         small = d.shape.area_m2 < params.broad_min_area_m2
-        # a long thin fragment may be a piece of a trench in a changed field: it stays
-        blobby = d.shape.elongation < params.trench_min_elongation
-        if d.cls == "other" and small and blobby and d.context.ring_change >= params.broad_min_ring_share and d.group:
+        ctx = d.context
+        if d.shape.elongation >= params.trench_min_elongation:
+            distinct = max(ctx.distinct_before, ctx.distinct_after) >= params.broad_line_min_distinct
+            texture = not distinct and ctx.ring_level >= params.broad_line_min_ring_level
+        else:
+            texture = True
+        if d.cls == "other" and small and texture and ctx.ring_change >= params.broad_min_ring_share and d.group:
             drop.append(d)
         else:
             keep.append(d)

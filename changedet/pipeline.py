@@ -550,6 +550,7 @@ def detection_features(pair: PairSource, dets: list[objects.Detection],
         feats.append({"type": "Feature", "id": d.id, "geometry": geom, "properties": props})
         extra = {"elongation": round(d.shape.elongation, 3), "rectangularity": round(d.shape.rectangularity, 3),
                  "water_frac": round(d.context.water_frac, 3), "ring_change": round(d.context.ring_change, 3),
+                 "ring_level": round(d.context.ring_level, 3),
                  "mean_score": round(d.context.mean_score, 4),
                  "brightness_change": round(d.context.brightness_change, 3),
                  "shadow_frac": round(d.context.shadow_frac, 3)}

@@ -84,6 +84,83 @@ def test_small_fragments_of_broad_change_are_dropped_and_the_rest_renumbered():
     assert O.drop_small_broad(dets, ObjectsConfig(broad_min_area_m2=0))[1] == []
 
 
+def test_long_thin_fragments_of_broad_change_are_left_out_only_inside_a_field_that_changed_throughout():
+    from dataclasses import replace
+
+    def det(i, before, after, level):
+        return O.Detection(id=i, cls="other", event="changed", confidence=0.5, shape=shape(40, 2, 0.8),
+                           context=replace(ctx(before=before, after=after), ring_change=0.9, ring_level=level),
+                           bbox_px=(0, 0, 1, 1), group=O.Group((i,), (), (0, 0, 1, 1)))
+
+    # a furrow of a ploughed field; a trench dug across it; a piece of a faint trench in speckled noise
+    dets = [det(1, 0.4, 1.2, 0.95), det(2, 0.3, 6.0, 0.95), det(3, 0.4, 1.2, 0.5)]
+    keep, drop = O.drop_small_broad(dets, ObjectsConfig())
+    assert [d.group.labels for d in drop] == [(1,)] and [d.group.labels for d in keep] == [(2,), (3,)]
+    assert O.drop_small_broad(dets, ObjectsConfig(broad_line_min_distinct=0))[1] == []
+    assert len(O.drop_small_broad(dets, ObjectsConfig(broad_line_min_ring_level=0))[1]) == 2
+
+
+def _field(rng, size=120, period_px=4.0):
+    """A striped crop parcel: (3, size, size) grass with 8 % stripes across the columns."""
+    cols = np.arange(size, dtype=np.float32)[None, None, :]
+    grass = np.array([0.10, 0.16, 0.08], np.float32)[:, None, None]
+    img = grass * (1 + 0.08 * np.sin(cols * 2 * np.pi / period_px)) * np.ones((1, size, 1), np.float32)
+    return img + rng.normal(0, 0.004, img.shape).astype(np.float32)
+
+
+def _object(region, before, after, params=None):
+    """Measure, put in context, type and filter one region as ``describe_objects`` does (1 m pixels)."""
+    params = params or ObjectsConfig()
+    sigma = np.full(before.shape[0], 0.004 * math.sqrt(2), np.float32)
+    mag = np.sqrt((((after - before) / sigma[:, None, None]) ** 2).mean(axis=0))
+    score = np.clip(mag / 20.0, 0, 1)  # a stand-in for the fused score: 0.5 at 10 noise sigmas
+    valid = np.ones(region.shape, bool)
+    shp = O.measure_shape(region, (0, 0), 1.0, params)
+    context = O.measure_context(region, before, after, valid, np.zeros_like(region), score, sigma, params)
+    cls, conf = O.classify(shp, context, params)
+    det = O.Detection(id=1, cls=cls, event=O.event_of(context), confidence=conf, shape=shp, context=context,
+                      bbox_px=(0, 0, 1, 1), group=O.Group((1,), (), (0, 0, 1, 1)))
+    kept, _ = O.drop_small_broad([det], params)
+    return cls, bool(kept)
+
+
+def test_a_piece_cut_out_of_a_ploughed_field_is_no_hut_or_trench_and_is_left_out():
+    rng = np.random.default_rng(0)
+    before = _field(rng)
+    cols = np.arange(120, dtype=np.float32)[None, None, :]
+    ploughed = np.array([0.22, 0.18, 0.14], np.float32)[:, None, None]
+    after = ploughed * (1 + 0.25 * np.sin(cols * 2 * np.pi / 3.5)) * np.ones((1, 120, 1), np.float32)
+    after += rng.normal(0, 0.004, after.shape).astype(np.float32)
+    piece = np.zeros((120, 120), bool)
+    piece[55:61, 30:70] = True  # 40 x 6 m across the furrows: the threshold cut it out of the field
+    cls, kept = _object(piece, before, after)
+    assert cls == "other" and not kept
+    block = np.zeros((120, 120), bool)
+    block[50:62, 50:62] = True  # a rectangle of it: hut-shaped
+    cls, kept = _object(block, before, after)
+    assert cls == "other" and not kept
+
+
+def test_a_hut_on_a_field_is_a_hut_and_a_trench_across_a_ploughed_field_is_kept():
+    rng = np.random.default_rng(1)
+    before = _field(rng)
+    after = before + rng.normal(0, 0.004, before.shape).astype(np.float32)
+    hut = np.zeros((120, 120), bool)
+    hut[50:58, 40:52] = True  # 12 x 8 m roof on an unchanged field
+    after[:, hut] = np.array([0.55, 0.52, 0.50], np.float32)[:, None]
+    assert _object(hut, before, after) == ("hut", True)
+
+    cols = np.arange(120, dtype=np.float32)[None, None, :]
+    ploughed = np.array([0.22, 0.18, 0.14], np.float32)[:, None, None]
+    after = ploughed * (1 + 0.25 * np.sin(cols * 2 * np.pi / 3.5)) * np.ones((1, 120, 1), np.float32)
+    after += rng.normal(0, 0.004, after.shape).astype(np.float32)
+    trench = np.zeros((120, 120), bool)
+    trench[58:61, 20:100] = True  # 80 x 3 m of dark moist earth cut across the ploughed field
+    after[:, trench] = np.array([0.08, 0.07, 0.06], np.float32)[:, None]
+    cls, kept = _object(trench, before, after)
+    assert cls == "other" and kept  # broad change around it: not typed, but not left out either
+
+
 def test_events_from_distinctness():
     assert O.event_of(ctx(before=0.5, after=6)) == "appeared"
     assert O.event_of(ctx(before=6, after=0.5)) == "departed"
