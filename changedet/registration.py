@@ -8,8 +8,8 @@ matrix ``M`` that maps a grid pixel ``(x, y)`` to where it lies in ``after``:
 
 Method: a coarse phase correlation on decimated images finds large shifts;
 then phase correlation on a grid of full-resolution chips gives one tie point
-per chip, and a robust fit (a shift, or an affine transform when the tie points
-vary systematically) combines them. A second pass starts every chip at that
+per chip, and a robust fit (a shift, or a similarity or affine transform when the
+tie points vary systematically) combines them. A second pass starts every chip at that
 fit's prediction and refines it by robust Lucas-Kanade (Fourier-shifted chips,
 gain and offset, Tukey weights; phase correlation with an upsampled DFT,
 Guizar-Sicairos et al. 2008, only where it fails), and held-back tie points
@@ -410,6 +410,58 @@ def fit_affine(p: np.ndarray, q: np.ndarray, inlier_px: float, iterations: int =
     return m, inl
 
 
+def _param_rows(kind: str, pts: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """(n, 2, k) rows of the linear model of the displacement at ``pts``: k = 4 (similarity) or 6 (affine).
+
+    Similarity parameters ``(a, b, tx, ty)``: ``dx = a x - b y + tx``, ``dy = b x + a y + ty`` about
+    ``centre``; affine parameters: the two rows of the 2x3 matrix.
+    """
+    n = len(pts)
+    rows = np.zeros((n, 2, 4 if kind == "similarity" else 6))
+    if kind == "similarity":
+        x, y = (pts - centre).T
+        rows[:, 0, 0], rows[:, 0, 1], rows[:, 0, 2] = x, -y, 1.0
+        rows[:, 1, 0], rows[:, 1, 1], rows[:, 1, 3] = y, x, 1.0
+    else:
+        design = np.column_stack([pts, np.ones(n)])
+        rows[:, 0, :3], rows[:, 1, 3:] = design, design
+    return rows
+
+
+def _similarity_matrix(theta: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """The 2x3 matrix of similarity parameters ``(a, b, tx, ty)`` about ``centre``."""
+    a, b, tx, ty = theta
+    lin = np.array([[1.0 + a, -b], [b, 1.0 + a]])
+    return np.column_stack([lin, np.array([tx, ty]) + centre - lin @ centre])
+
+
+def fit_similarity(p: np.ndarray, q: np.ndarray, inlier_px: float,
+                   iterations: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Robust similarity (shift, rotation, isotropic scale) from tie points ``p`` (before) -> ``q`` (after).
+
+    Starts from the shift's inliers, then Tukey-weighted least squares of the displacements, as
+    :func:`fit_affine`; four parameters instead of six, so the corners it extrapolates to carry
+    less of the tie points' noise (a rotation is measured from both components of every point).
+    """
+    m, inl = fit_translation(p, q, inlier_px)
+    centre = p.mean(axis=0)
+    rows = _param_rows("similarity", p, centre).reshape(-1, 4)
+    target = (q - p).reshape(-1)
+    design = np.column_stack([p, np.ones(len(p))])
+    w = inl.astype(float)
+    for _ in range(iterations):
+        if w.sum() < 4:
+            break
+        sw = np.sqrt(np.repeat(w, 2))
+        theta, *_ = np.linalg.lstsq(rows * sw[:, None], target * sw, rcond=None)
+        m = _similarity_matrix(theta, centre)
+        err = np.hypot(*(design @ m.T - q).T)
+        scale = max(1.4826 * float(np.median(err[w > 0])), 0.05)
+        w = _tukey(err, scale)
+    inl = np.hypot(*(design @ m.T - q).T) <= inlier_px
+    return m, inl
+
+
 def _rms(p: np.ndarray, q: np.ndarray, m: np.ndarray, sel: np.ndarray) -> float:
     if not sel.any():
         return float("nan")
@@ -417,54 +469,76 @@ def _rms(p: np.ndarray, q: np.ndarray, m: np.ndarray, sel: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.sum(e[sel] ** 2, axis=1))))
 
 
-def fit_model(p: np.ndarray, q: np.ndarray, kind: str, inlier_px: float = 1.0) -> tuple[np.ndarray, np.ndarray, str]:
-    """Fit ``translation``, ``affine`` or, with ``auto``, the affine only when the points ask for it.
+def _truncated_loss(p: np.ndarray, q: np.ndarray, m: np.ndarray, inlier_px: float) -> float:
+    """Sum of squared errors, each at most ``inlier_px`` squared: residuals and outliers in one number."""
+    e = np.column_stack([p, np.ones(len(p))]) @ m.T - q
+    return float(np.minimum(np.sum(e * e, axis=1), inlier_px**2).sum())
 
-    The affine is kept when there are at least 6 inliers spread over two dimensions
-    and it explains the tie points clearly better than a shift (RMS 1.5x lower and
-    at least 0.03 px less), so noise alone never buys a rotation.
+
+_FITS = {"similarity": fit_similarity, "affine": fit_affine}
+
+
+def fit_model(p: np.ndarray, q: np.ndarray, kind: str, inlier_px: float = 1.0) -> tuple[np.ndarray, np.ndarray, str]:
+    """Fit ``translation``, ``similarity``, ``affine`` or, with ``auto``, the simplest the points ask for.
+
+    ``auto`` climbs from a shift to a similarity (rotation, isotropic scale) to an affine (shear,
+    anisotropic scale), taking each step only when the bigger model fits at least as well under
+    a loss truncated at ``inlier_px`` (so it does not buy a better fit by dropping points) and
+    explains the tie points clearly better: RMS 1.5x lower and at least 0.03 px less, or a
+    difference at the corners beyond its own uncertainty (:func:`affine_is_significant`).
+    A bigger model needs at least 6 inliers spread over two dimensions. Noise alone never buys a
+    rotation, and a rotation alone never buys the shear terms, whose noise the corners would carry.
     """
     mt, it = fit_translation(p, q, inlier_px)
     if kind == "translation" or len(p) < 6:
         return mt, it, "translation"
-    ma, ia = fit_affine(p, q, inlier_px)
-    spread = np.linalg.svd(p[ia] - p[ia].mean(axis=0), compute_uv=False) if ia.sum() >= 6 else np.zeros(2)
-    if spread.size < 2 or spread[-1] < 1e-6:
-        return mt, it, "translation"
-    if kind == "affine":
-        return ma, ia, "affine"
-    both = it & ia
-    rt, ra = _rms(p, q, mt, both), _rms(p, q, ma, both)
-    if ia.sum() >= it.sum() and ((rt > 1.5 * ra and rt - ra > 0.03) or affine_is_significant(p[ia], q[ia], ma, mt)):
-        return ma, ia, "affine"
-    return mt, it, "translation"
+    best = (mt, it, "translation")
+    for bigger in ("similarity", "affine"):
+        if kind not in ("auto", bigger):
+            continue
+        mb, ib = _FITS[bigger](p, q, inlier_px)
+        spread = np.linalg.svd(p[ib] - p[ib].mean(axis=0), compute_uv=False) if ib.sum() >= 6 else np.zeros(2)
+        if spread.size < 2 or spread[-1] < 1e-6:
+            continue
+        if kind == bigger:
+            return mb, ib, bigger
+        m, inl, name = best
+        both = inl & ib
+        rs, rb = _rms(p, q, m, both), _rms(p, q, mb, both)
+        if _truncated_loss(p, q, mb, inlier_px) <= _truncated_loss(p, q, m, inlier_px) and (
+                (rs > 1.5 * rb and rs - rb > 0.03) or affine_is_significant(p[ib], q[ib], mb, m, kind=bigger)):
+            best = (mb, ib, bigger)
+    return best
 
 
 def affine_is_significant(p: np.ndarray, q: np.ndarray, ma: np.ndarray, mt: np.ndarray, k: float = 4.0,
-                          min_px: float = 0.05) -> bool:
-    """Whether an affine fit differs from a shift by more than its own uncertainty where it matters.
+                          min_px: float = 0.05, kind: str = "affine") -> bool:
+    """Whether a fit ``ma`` differs from a simpler one ``mt`` by more than its own uncertainty where it matters.
 
     At the corners of the tie points' bounding box the two models' predictions differ by ``delta``;
-    the affine's prediction there has a standard error ``sigma * sqrt(leverage + 1/n)`` (``sigma``
-    the robust spread of its residuals). The affine is significant when ``|delta|`` exceeds ``k``
-    standard errors and ``min_px``: a rotation of a few hundredths of a degree moves a large tile's
-    corners by tenths of a pixel, which the RMS of chips near the centre hides, while noise alone
-    stays within the bound.
+    ``ma``'s prediction there (a ``kind`` model, ``affine`` or ``similarity``) has a standard error
+    ``sigma * sqrt(leverage + 1/n)`` (``sigma`` the robust spread of its residuals). It is
+    significant when ``|delta|`` exceeds ``k`` standard errors and ``min_px``: a rotation of a few
+    hundredths of a degree moves a large tile's corners by tenths of a pixel, which the RMS of
+    chips near the centre hides, while noise alone stays within the bound.
     """
     n = len(p)
     if n < 6:
         return False
-    design = np.column_stack([p, np.ones(n)])
-    e = design @ ma.T - q
+    e = np.column_stack([p, np.ones(n)]) @ ma.T - q
     sigma = max(1.4826 * float(np.median(np.abs(e))), 0.005)
+    centre = p.mean(axis=0)
+    rows = _param_rows(kind, p, centre).reshape(n * 2, -1)
     try:
-        inv = np.linalg.inv(design.T @ design)
+        inv = np.linalg.inv(rows.T @ rows)
     except np.linalg.LinAlgError:
         return False
     (x0, y0), (x1, y1) = p.min(axis=0), p.max(axis=0)
-    corners = np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]], float)
-    delta = np.hypot(*(corners @ (ma - mt).T).T)
-    se = sigma * np.sqrt(np.einsum("ij,jk,ik->i", corners, inv, corners) + 1.0 / n)
+    corners = np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]], float)
+    at = _param_rows(kind, corners, centre)
+    leverage = np.einsum("cki,ij,ckj->ck", at, inv, at).max(axis=1)  # the less certain component
+    delta = np.hypot(*(np.column_stack([corners, np.ones(4)]) @ (ma - mt).T).T)
+    se = sigma * np.sqrt(leverage + 1.0 / n)
     return bool(np.any((delta > k * se) & (delta > min_px)))
 
 
