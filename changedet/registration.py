@@ -366,13 +366,16 @@ def _shift_image(img: np.ndarray, dx: float, dy: float, interp: int = cv2.INTER_
                           flags=interp | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
 
 
-def fit_translation(p: np.ndarray, q: np.ndarray, inlier_px: float,
-                    iterations: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def fit_translation(p: np.ndarray, q: np.ndarray, inlier_px: float, iterations: int = 10,
+                    info: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Robust shift from tie points ``p`` (before) -> ``q`` (after).
 
     A median vote gates the points within ``inlier_px``; among those a Tukey-weighted
     mean (scale from their spread, at least 0.05 px) discounts the sub-pixel outliers
     a plain mean would average in (chips on water, moving ships, changed ground).
+    With ``info`` ((n, 2, 2), see :func:`shift_information`) each point counts by the
+    precision of its two components (a generalised least-squares mean) and the Tukey
+    weights see its residual in those units.
     """
     d = q - p
     med = np.median(d, axis=0)
@@ -381,40 +384,79 @@ def fit_translation(p: np.ndarray, q: np.ndarray, inlier_px: float,
     for _ in range(iterations):
         if w.sum() == 0:
             break
-        t = (d * w[:, None]).sum(axis=0) / w.sum()
+        t = _weighted_mean(d, w, info)
         err = np.hypot(*(d - t).T)
         gate = err <= inlier_px
         if not gate.any():
             break
-        scale = max(1.4826 * float(np.median(err[gate])), 0.05)
-        w = np.where(gate, _tukey(err, scale), 0.0)
+        white = _whitened(d - t, info)
+        scale = max(1.4826 * float(np.median(white[gate])), 0.05)
+        w = np.where(gate, _tukey(white, scale), 0.0)
     inl = np.hypot(*(d - t).T) <= inlier_px
     return translation(float(t[0]), float(t[1])), inl
 
 
-def fit_affine(p: np.ndarray, q: np.ndarray, inlier_px: float, iterations: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def _weighted_mean(d: np.ndarray, w: np.ndarray, info: np.ndarray | None) -> np.ndarray:
+    if info is None:
+        return (d * w[:, None]).sum(axis=0) / w.sum()
+    wi = info * w[:, None, None]
+    return np.linalg.solve(wi.sum(axis=0), np.einsum("nij,nj->i", wi, d))
+
+
+def _whitened(e: np.ndarray, info: np.ndarray | None) -> np.ndarray:
+    """Length of each (n, 2) residual in units of its point's precision (plain length without ``info``)."""
+    if info is None:
+        return np.hypot(*e.T)
+    return np.sqrt(np.maximum(np.einsum("ni,nij,nj->n", e, info, e), 0.0))
+
+
+def shift_information(img: np.ndarray, valid: np.ndarray | None = None, max_anisotropy: float = 50.0) -> np.ndarray:
+    """How well a chip fixes each direction of its shift: the shape of its gradients' 2x2 moment matrix.
+
+    Parameters
+    ----------
+    img : (h, w) the chip (of before).
+    valid : (h, w) bool, pixels that take part.
+    max_anisotropy : the weak direction keeps at least this fraction's inverse of the strong one's
+        precision, so that a chip of one straight edge still counts a little along it.
+
+    Returns
+    -------
+    (2, 2) float64, symmetric, trace 2: the identity for isotropic texture; for a chip whose
+    texture is one road, near zero along the road (the aperture problem: Lucas-Kanade and phase
+    correlation both measure a shift across an edge much better than along it).
+
+    Notes
+    -----
+    The gradients are taken as :func:`refine_lk` takes them (Gaussian blur of 1 px, Sobel). Only
+    the shape is kept: how much a chip counts overall is the robust fit's business (Tukey weights,
+    the inlier gate), how it counts by direction is this matrix's.
+    """
+    g = cv2.GaussianBlur(np.asarray(img, np.float32), (0, 0), 1.0)
+    gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
+    use = np.ones(g.shape, bool) if valid is None else valid
+    gx, gy = gx[use].astype(np.float64), gy[use].astype(np.float64)
+    moments = np.array([[gx @ gx, gx @ gy], [gx @ gy, gy @ gy]])
+    vals, vecs = np.linalg.eigh(moments)
+    if not np.isfinite(vals).all() or vals[1] <= 0:
+        return np.eye(2)
+    vals = np.maximum(vals, vals[1] / max_anisotropy)
+    shaped = (vecs * vals) @ vecs.T
+    return 2.0 * shaped / np.trace(shaped)
+
+
+def fit_affine(p: np.ndarray, q: np.ndarray, inlier_px: float, iterations: int = 10,
+               info: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Robust affine from tie points: start from the shift's inliers, then Tukey-weighted least squares."""
-    m, inl = fit_translation(p, q, inlier_px)
-    design = np.column_stack([p, np.ones(len(p))])
-    w = inl.astype(float)
-    for _ in range(iterations):
-        if w.sum() < 6:
-            break
-        sw = np.sqrt(w)[:, None]
-        sol, *_ = np.linalg.lstsq(design * sw, q * sw, rcond=None)
-        m = sol.T
-        err = np.hypot(*(design @ sol - q).T)
-        scale = max(1.4826 * float(np.median(err[w > 0])), 0.05)
-        w = _tukey(err, scale)
-    inl = np.hypot(*(design @ m.T - q).T) <= inlier_px
-    return m, inl
+    return _fit_linear("affine", p, q, inlier_px, iterations, info)
 
 
 def _param_rows(kind: str, pts: np.ndarray, centre: np.ndarray) -> np.ndarray:
     """(n, 2, k) rows of the linear model of the displacement at ``pts``: k = 4 (similarity) or 6 (affine).
 
     Similarity parameters ``(a, b, tx, ty)``: ``dx = a x - b y + tx``, ``dy = b x + a y + ty`` about
-    ``centre``; affine parameters: the two rows of the 2x3 matrix.
+    ``centre``; affine parameters: the two rows of the 2x3 matrix minus the identity.
     """
     n = len(pts)
     rows = np.zeros((n, 2, 4 if kind == "similarity" else 6))
@@ -428,36 +470,50 @@ def _param_rows(kind: str, pts: np.ndarray, centre: np.ndarray) -> np.ndarray:
     return rows
 
 
-def _similarity_matrix(theta: np.ndarray, centre: np.ndarray) -> np.ndarray:
-    """The 2x3 matrix of similarity parameters ``(a, b, tx, ty)`` about ``centre``."""
+def _matrix_of(kind: str, theta: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """The 2x3 matrix of the displacement parameters of :func:`_param_rows`."""
+    if kind != "similarity":
+        return np.eye(2, 3) + theta.reshape(2, 3)
     a, b, tx, ty = theta
     lin = np.array([[1.0 + a, -b], [b, 1.0 + a]])
     return np.column_stack([lin, np.array([tx, ty]) + centre - lin @ centre])
 
 
-def fit_similarity(p: np.ndarray, q: np.ndarray, inlier_px: float,
-                   iterations: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def fit_similarity(p: np.ndarray, q: np.ndarray, inlier_px: float, iterations: int = 10,
+                   info: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Robust similarity (shift, rotation, isotropic scale) from tie points ``p`` (before) -> ``q`` (after).
 
     Starts from the shift's inliers, then Tukey-weighted least squares of the displacements, as
     :func:`fit_affine`; four parameters instead of six, so the corners it extrapolates to carry
     less of the tie points' noise (a rotation is measured from both components of every point).
     """
-    m, inl = fit_translation(p, q, inlier_px)
+    return _fit_linear("similarity", p, q, inlier_px, iterations, info)
+
+
+def _fit_linear(kind: str, p: np.ndarray, q: np.ndarray, inlier_px: float, iterations: int,
+                info: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Iteratively reweighted (generalised, with ``info``) least squares of a similarity or affine."""
+    m, inl = fit_translation(p, q, inlier_px, info=info)
+    n, k = len(p), 4 if kind == "similarity" else 6
     centre = p.mean(axis=0)
-    rows = _param_rows("similarity", p, centre).reshape(-1, 4)
-    target = (q - p).reshape(-1)
-    design = np.column_stack([p, np.ones(len(p))])
+    rows = _param_rows(kind, p, centre)
+    precision = np.broadcast_to(np.eye(2), (n, 2, 2)) if info is None else info
+    design = np.column_stack([p, np.ones(n)])
     w = inl.astype(float)
     for _ in range(iterations):
-        if w.sum() < 4:
+        if w.sum() < k:
             break
-        sw = np.sqrt(np.repeat(w, 2))
-        theta, *_ = np.linalg.lstsq(rows * sw[:, None], target * sw, rcond=None)
-        m = _similarity_matrix(theta, centre)
-        err = np.hypot(*(design @ m.T - q).T)
-        scale = max(1.4826 * float(np.median(err[w > 0])), 0.05)
-        w = _tukey(err, scale)
+        wi = precision * w[:, None, None]
+        normal = np.einsum("nai,nab,nbj->ij", rows, wi, rows)
+        try:
+            theta = np.linalg.solve(normal, np.einsum("nai,nab,nb->i", rows, wi, q - p))
+        except np.linalg.LinAlgError:
+            break
+        m = _matrix_of(kind, theta, centre)
+        e = design @ m.T - q
+        white = _whitened(e, info)
+        scale = max(1.4826 * float(np.median(white[w > 0])), 0.05)
+        w = _tukey(white, scale)
     inl = np.hypot(*(design @ m.T - q).T) <= inlier_px
     return m, inl
 
@@ -478,7 +534,8 @@ def _truncated_loss(p: np.ndarray, q: np.ndarray, m: np.ndarray, inlier_px: floa
 _FITS = {"similarity": fit_similarity, "affine": fit_affine}
 
 
-def fit_model(p: np.ndarray, q: np.ndarray, kind: str, inlier_px: float = 1.0) -> tuple[np.ndarray, np.ndarray, str]:
+def fit_model(p: np.ndarray, q: np.ndarray, kind: str, inlier_px: float = 1.0,
+              info: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """Fit ``translation``, ``similarity``, ``affine`` or, with ``auto``, the simplest the points ask for.
 
     ``auto`` climbs from a shift to a similarity (rotation, isotropic scale) to an affine (shear,
@@ -488,15 +545,17 @@ def fit_model(p: np.ndarray, q: np.ndarray, kind: str, inlier_px: float = 1.0) -
     difference at the corners beyond its own uncertainty (:func:`affine_is_significant`).
     A bigger model needs at least 6 inliers spread over two dimensions. Noise alone never buys a
     rotation, and a rotation alone never buys the shear terms, whose noise the corners would carry.
+    With ``info`` ((n, 2, 2), :func:`shift_information`) every fit weighs each tie point's two
+    components by their precision.
     """
-    mt, it = fit_translation(p, q, inlier_px)
+    mt, it = fit_translation(p, q, inlier_px, info=info)
     if kind == "translation" or len(p) < 6:
         return mt, it, "translation"
     best = (mt, it, "translation")
     for bigger in ("similarity", "affine"):
         if kind not in ("auto", bigger):
             continue
-        mb, ib = _FITS[bigger](p, q, inlier_px)
+        mb, ib = _FITS[bigger](p, q, inlier_px, info=info)
         spread = np.linalg.svd(p[ib] - p[ib].mean(axis=0), compute_uv=False) if ib.sum() >= 6 else np.zeros(2)
         if spread.size < 2 or spread[-1] < 1e-6:
             continue
@@ -554,7 +613,8 @@ def confidence_of(ncc_values: np.ndarray, inliers: np.ndarray, n_chips: int) -> 
     return float(np.clip(share * max(float(np.median(ncc_values[inliers])), 0.0), 0.0, 1.0))
 
 
-def holdout_residual(p: np.ndarray, q: np.ndarray, kind: str, inlier_px: float, every: int = 4) -> float:
+def holdout_residual(p: np.ndarray, q: np.ndarray, kind: str, inlier_px: float, every: int = 4,
+                     info: np.ndarray | None = None) -> float:
     """RMS error on held-back tie points (every ``every``-th) of a model fitted on the others.
 
     Held-back points that the full model calls outliers (changed ground) are left out.
@@ -564,8 +624,8 @@ def holdout_residual(p: np.ndarray, q: np.ndarray, kind: str, inlier_px: float, 
     held[::every] = True
     if n < 2 * every or held.all():
         return float("nan")
-    m, _, _ = fit_model(p[~held], q[~held], kind, inlier_px)
-    _, full_inl, _ = fit_model(p, q, kind, inlier_px)
+    m, _, _ = fit_model(p[~held], q[~held], kind, inlier_px, None if info is None else info[~held])
+    _, full_inl, _ = fit_model(p, q, kind, inlier_px, info)
     return _rms(p, q, m, held & full_inl)
 
 
