@@ -437,7 +437,9 @@ def shift_information(img: np.ndarray, valid: np.ndarray | None = None, max_anis
     gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
     use = np.ones(g.shape, bool) if valid is None else valid
     gx, gy = gx[use].astype(np.float64), gy[use].astype(np.float64)
-    moments = np.array([[gx @ gx, gx @ gy], [gx @ gy, gy @ gy]])
+    # elementwise sums, not BLAS dot products: a threaded BLAS costs tens of ms a call on a busy machine
+    sxy = float(np.sum(gx * gy))
+    moments = np.array([[float(np.sum(gx * gx)), sxy], [sxy, float(np.sum(gy * gy))]])
     vals, vecs = np.linalg.eigh(moments)
     if not np.isfinite(vals).all() or vals[1] <= 0:
         return np.eye(2)
