@@ -33,8 +33,9 @@ class RegisterConfig(_Section):
     max_shift_frac: float = Field(0.125, gt=0, le=0.5, description="largest shift searched, as a fraction of the tile")
     min_chip_std: float = Field(1e-3, ge=0, description="chips whose relative std is below this are skipped")
     min_confidence: float = Field(0.3, ge=0, le=1, description="below this the registration is flagged")
-    model: Literal["auto", "translation", "affine"] = Field(
-        "auto", description="global model; auto takes the affine only when the tie points ask for it")
+    model: Literal["auto", "translation", "similarity", "affine"] = Field(
+        "auto", description=("global model: translation, similarity (shift, rotation, isotropic scale), affine, "
+                             "or auto: the simplest of these the tie points clearly ask for"))
     inlier_px: float = Field(1.0, gt=0, description="tie points further than this from the model are outliers")
     max_weather_frac: float = Field(0.2, ge=0, le=1, description=(
         "chips with more than this share under cloud, cloud shadow or thick haze do not vote; 1 = all vote"))

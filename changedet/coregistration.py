@@ -77,7 +77,8 @@ def _read_after_chip(pair: PairSource, box: Box, offset: tuple[int, int],
 
 def measure_chips(pair: PairSource, matrix: np.ndarray, boxes: list[Box], params: RegisterConfig,
                   progress: ProgressFn, stage: str = "register",
-                  trust_model: bool = False, refine: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  trust_model: bool = False,
+                  refine: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Displacement of every usable chip, read at the integer offset the model predicts.
 
     With ``trust_model`` the subpixel search starts at the model's prediction
@@ -89,9 +90,11 @@ def measure_chips(pair: PairSource, matrix: np.ndarray, boxes: list[Box], params
     p : (n, 2) chip centres (x, y) on the grid.
     d : (n, 2) displacement (dx, dy) of each centre in after, pixels.
     ncc : (n,) correlation after correction.
+    info : (n, 2, 2) how well each chip fixes each direction of its shift, on the grid
+        (:func:`changedet.registration.shift_information` of the chip of before).
     """
     sat = _saturation_level(pair)
-    ps, ds, cs = [], [], []
+    ps, ds, cs, infos = [], [], [], []
     for i, box in enumerate(boxes):
         progress(stage, i + 1, len(boxes))
         r0, c0, h, w = box
@@ -116,7 +119,9 @@ def measure_chips(pair: PairSource, matrix: np.ndarray, boxes: list[Box], params
         ps.append(centre)
         ds.append(np.array([ox, oy]) + lin @ (dx, dy))
         cs.append(score)
-    return np.array(ps, float).reshape(-1, 2), np.array(ds, float).reshape(-1, 2), np.array(cs, float)
+        infos.append(R.shift_information(lb, vb))
+    return (np.array(ps, float).reshape(-1, 2), np.array(ds, float).reshape(-1, 2), np.array(cs, float),
+            np.array(infos, float).reshape(-1, 2, 2))
 
 
 def read_decimated_pair(pair: PairSource, max_px: int) -> Decimated:
@@ -188,19 +193,19 @@ def estimate_registration(pair: PairSource, params: RegisterConfig, progress: Pr
         boxes = [box for box, k in zip(boxes, keep) if k]
     for trust in (False, True):  # the second pass starts every chip at the first fit's prediction
         # the first pass only has to bring every chip into Lucas-Kanade's basin for the second
-        p, d, ncc = measure_chips(pair, reg.matrix, boxes, params, progress, trust_model=trust, refine=trust)
+        p, d, ncc, info = measure_chips(pair, reg.matrix, boxes, params, progress, trust_model=trust, refine=trust)
         good = ncc >= 0.2
         if good.sum() == 0:
             return replace(reg, confidence=0.0, warnings=tuple(notes) + (
                 "registration: no chip matched (no texture, nodata or saturation); no correction measured",))
         q = p + d
-        m, inl, kind = R.fit_model(p[good], q[good], params.model, params.inlier_px)
+        m, inl, kind = R.fit_model(p[good], q[good], params.model, params.inlier_px, info[good])
         reg = replace(reg, matrix=m, method=kind)
     inliers = np.zeros(len(p), bool)
     inliers[np.flatnonzero(good)[inl]] = True
     held = np.zeros(len(p), bool)
     held[np.flatnonzero(good)[::4]] = True
-    residual = R.holdout_residual(p[good], q[good], kind, params.inlier_px)
+    residual = R.holdout_residual(p[good], q[good], kind, params.inlier_px, info=info[good])
     chips = tuple(R.ChipVector(row=float(y), col=float(x), dx=float(dx), dy=float(dy), ncc=float(c))
                   for (x, y), (dx, dy), c in zip(p, d, ncc))
     reg = replace(reg, confidence=R.confidence_of(ncc, inliers, len(boxes)), residual_px=residual,
@@ -215,7 +220,7 @@ def add_local_field(pair: PairSource, reg: R.Registration, params: RegisterConfi
                     progress: ProgressFn) -> R.Registration:
     """Residual tie points on a denser grid -> outliers rejected -> a smooth displacement field."""
     boxes = R.chip_boxes(pair.shape, params.local_chip_px, params.local_grid)
-    p, d, ncc = measure_chips(pair, reg.matrix, boxes, params, progress, stage="local", trust_model=True)
+    p, d, ncc, _ = measure_chips(pair, reg.matrix, boxes, params, progress, stage="local", trust_model=True)
     good = ncc >= 0.2
     r_after = d - (np.column_stack([p, np.ones(len(p))]) @ reg.matrix.T - p)  # what the global model misses
     if good.sum() >= 4:

@@ -8,8 +8,8 @@ matrix ``M`` that maps a grid pixel ``(x, y)`` to where it lies in ``after``:
 
 Method: a coarse phase correlation on decimated images finds large shifts;
 then phase correlation on a grid of full-resolution chips gives one tie point
-per chip, and a robust fit (a shift, or an affine transform when the tie points
-vary systematically) combines them. A second pass starts every chip at that
+per chip, and a robust fit (a shift, or a similarity or affine transform when the
+tie points vary systematically) combines them. A second pass starts every chip at that
 fit's prediction and refines it by robust Lucas-Kanade (Fourier-shifted chips,
 gain and offset, Tukey weights; phase correlation with an upsampled DFT,
 Guizar-Sicairos et al. 2008, only where it fails), and held-back tie points
@@ -366,13 +366,16 @@ def _shift_image(img: np.ndarray, dx: float, dy: float, interp: int = cv2.INTER_
                           flags=interp | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
 
 
-def fit_translation(p: np.ndarray, q: np.ndarray, inlier_px: float,
-                    iterations: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def fit_translation(p: np.ndarray, q: np.ndarray, inlier_px: float, iterations: int = 10,
+                    info: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Robust shift from tie points ``p`` (before) -> ``q`` (after).
 
     A median vote gates the points within ``inlier_px``; among those a Tukey-weighted
     mean (scale from their spread, at least 0.05 px) discounts the sub-pixel outliers
     a plain mean would average in (chips on water, moving ships, changed ground).
+    With ``info`` ((n, 2, 2), see :func:`shift_information`) each point counts by the
+    precision of its two components (a generalised least-squares mean) and the Tukey
+    weights see its residual in those units.
     """
     d = q - p
     med = np.median(d, axis=0)
@@ -381,31 +384,138 @@ def fit_translation(p: np.ndarray, q: np.ndarray, inlier_px: float,
     for _ in range(iterations):
         if w.sum() == 0:
             break
-        t = (d * w[:, None]).sum(axis=0) / w.sum()
+        t = _weighted_mean(d, w, info)
         err = np.hypot(*(d - t).T)
         gate = err <= inlier_px
         if not gate.any():
             break
-        scale = max(1.4826 * float(np.median(err[gate])), 0.05)
-        w = np.where(gate, _tukey(err, scale), 0.0)
+        white = _whitened(d - t, info)
+        scale = max(1.4826 * float(np.median(white[gate])), 0.05)
+        w = np.where(gate, _tukey(white, scale), 0.0)
     inl = np.hypot(*(d - t).T) <= inlier_px
     return translation(float(t[0]), float(t[1])), inl
 
 
-def fit_affine(p: np.ndarray, q: np.ndarray, inlier_px: float, iterations: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def _weighted_mean(d: np.ndarray, w: np.ndarray, info: np.ndarray | None) -> np.ndarray:
+    if info is None:
+        return (d * w[:, None]).sum(axis=0) / w.sum()
+    wi = info * w[:, None, None]
+    return np.linalg.solve(wi.sum(axis=0), np.einsum("nij,nj->i", wi, d))
+
+
+def _whitened(e: np.ndarray, info: np.ndarray | None) -> np.ndarray:
+    """Length of each (n, 2) residual in units of its point's precision (plain length without ``info``)."""
+    if info is None:
+        return np.hypot(*e.T)
+    return np.sqrt(np.maximum(np.einsum("ni,nij,nj->n", e, info, e), 0.0))
+
+
+def shift_information(img: np.ndarray, valid: np.ndarray | None = None, max_anisotropy: float = 50.0) -> np.ndarray:
+    """How well a chip fixes each direction of its shift: the shape of its gradients' 2x2 moment matrix.
+
+    Parameters
+    ----------
+    img : (h, w) the chip (of before).
+    valid : (h, w) bool, pixels that take part.
+    max_anisotropy : the weak direction keeps at least this fraction's inverse of the strong one's
+        precision, so that a chip of one straight edge still counts a little along it.
+
+    Returns
+    -------
+    (2, 2) float64, symmetric, trace 2: the identity for isotropic texture; for a chip whose
+    texture is one road, near zero along the road (the aperture problem: Lucas-Kanade and phase
+    correlation both measure a shift across an edge much better than along it).
+
+    Notes
+    -----
+    The gradients are taken as :func:`refine_lk` takes them (Gaussian blur of 1 px, Sobel). Only
+    the shape is kept: how much a chip counts overall is the robust fit's business (Tukey weights,
+    the inlier gate), how it counts by direction is this matrix's.
+    """
+    g = cv2.GaussianBlur(np.asarray(img, np.float32), (0, 0), 1.0)
+    gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
+    use = np.ones(g.shape, bool) if valid is None else valid
+    gx, gy = gx[use].astype(np.float64), gy[use].astype(np.float64)
+    # elementwise sums, not BLAS dot products: a threaded BLAS costs tens of ms a call on a busy machine
+    sxy = float(np.sum(gx * gy))
+    moments = np.array([[float(np.sum(gx * gx)), sxy], [sxy, float(np.sum(gy * gy))]])
+    vals, vecs = np.linalg.eigh(moments)
+    if not np.isfinite(vals).all() or vals[1] <= 0:
+        return np.eye(2)
+    vals = np.maximum(vals, vals[1] / max_anisotropy)
+    shaped = (vecs * vals) @ vecs.T
+    return 2.0 * shaped / np.trace(shaped)
+
+
+def fit_affine(p: np.ndarray, q: np.ndarray, inlier_px: float, iterations: int = 10,
+               info: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Robust affine from tie points: start from the shift's inliers, then Tukey-weighted least squares."""
-    m, inl = fit_translation(p, q, inlier_px)
-    design = np.column_stack([p, np.ones(len(p))])
+    return _fit_linear("affine", p, q, inlier_px, iterations, info)
+
+
+def _param_rows(kind: str, pts: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """(n, 2, k) rows of the linear model of the displacement at ``pts``: k = 4 (similarity) or 6 (affine).
+
+    Similarity parameters ``(a, b, tx, ty)``: ``dx = a x - b y + tx``, ``dy = b x + a y + ty`` about
+    ``centre``; affine parameters: the two rows of the 2x3 matrix minus the identity.
+    """
+    n = len(pts)
+    rows = np.zeros((n, 2, 4 if kind == "similarity" else 6))
+    if kind == "similarity":
+        x, y = (pts - centre).T
+        rows[:, 0, 0], rows[:, 0, 1], rows[:, 0, 2] = x, -y, 1.0
+        rows[:, 1, 0], rows[:, 1, 1], rows[:, 1, 3] = y, x, 1.0
+    else:
+        design = np.column_stack([pts, np.ones(n)])
+        rows[:, 0, :3], rows[:, 1, 3:] = design, design
+    return rows
+
+
+def _matrix_of(kind: str, theta: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """The 2x3 matrix of the displacement parameters of :func:`_param_rows`."""
+    if kind != "similarity":
+        return np.eye(2, 3) + theta.reshape(2, 3)
+    a, b, tx, ty = theta
+    lin = np.array([[1.0 + a, -b], [b, 1.0 + a]])
+    return np.column_stack([lin, np.array([tx, ty]) + centre - lin @ centre])
+
+
+def fit_similarity(p: np.ndarray, q: np.ndarray, inlier_px: float, iterations: int = 10,
+                   info: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Robust similarity (shift, rotation, isotropic scale) from tie points ``p`` (before) -> ``q`` (after).
+
+    Starts from the shift's inliers, then Tukey-weighted least squares of the displacements, as
+    :func:`fit_affine`; four parameters instead of six, so the corners it extrapolates to carry
+    less of the tie points' noise (a rotation is measured from both components of every point).
+    """
+    return _fit_linear("similarity", p, q, inlier_px, iterations, info)
+
+
+def _fit_linear(kind: str, p: np.ndarray, q: np.ndarray, inlier_px: float, iterations: int,
+                info: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Iteratively reweighted (generalised, with ``info``) least squares of a similarity or affine."""
+    m, inl = fit_translation(p, q, inlier_px, info=info)
+    n, k = len(p), 4 if kind == "similarity" else 6
+    centre = p.mean(axis=0)
+    rows = _param_rows(kind, p, centre)
+    precision = np.broadcast_to(np.eye(2), (n, 2, 2)) if info is None else info
+    design = np.column_stack([p, np.ones(n)])
     w = inl.astype(float)
     for _ in range(iterations):
-        if w.sum() < 6:
+        if w.sum() < k:
             break
-        sw = np.sqrt(w)[:, None]
-        sol, *_ = np.linalg.lstsq(design * sw, q * sw, rcond=None)
-        m = sol.T
-        err = np.hypot(*(design @ sol - q).T)
-        scale = max(1.4826 * float(np.median(err[w > 0])), 0.05)
-        w = _tukey(err, scale)
+        wi = precision * w[:, None, None]
+        normal = np.einsum("nai,nab,nbj->ij", rows, wi, rows)
+        try:
+            theta = np.linalg.solve(normal, np.einsum("nai,nab,nb->i", rows, wi, q - p))
+        except np.linalg.LinAlgError:
+            break
+        m = _matrix_of(kind, theta, centre)
+        e = design @ m.T - q
+        white = _whitened(e, info)
+        scale = max(1.4826 * float(np.median(white[w > 0])), 0.05)
+        w = _tukey(white, scale)
     inl = np.hypot(*(design @ m.T - q).T) <= inlier_px
     return m, inl
 
@@ -417,54 +527,79 @@ def _rms(p: np.ndarray, q: np.ndarray, m: np.ndarray, sel: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.sum(e[sel] ** 2, axis=1))))
 
 
-def fit_model(p: np.ndarray, q: np.ndarray, kind: str, inlier_px: float = 1.0) -> tuple[np.ndarray, np.ndarray, str]:
-    """Fit ``translation``, ``affine`` or, with ``auto``, the affine only when the points ask for it.
+def _truncated_loss(p: np.ndarray, q: np.ndarray, m: np.ndarray, inlier_px: float) -> float:
+    """Sum of squared errors, each at most ``inlier_px`` squared: residuals and outliers in one number."""
+    e = np.column_stack([p, np.ones(len(p))]) @ m.T - q
+    return float(np.minimum(np.sum(e * e, axis=1), inlier_px**2).sum())
 
-    The affine is kept when there are at least 6 inliers spread over two dimensions
-    and it explains the tie points clearly better than a shift (RMS 1.5x lower and
-    at least 0.03 px less), so noise alone never buys a rotation.
+
+_FITS = {"similarity": fit_similarity, "affine": fit_affine}
+
+
+def fit_model(p: np.ndarray, q: np.ndarray, kind: str, inlier_px: float = 1.0,
+              info: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """Fit ``translation``, ``similarity``, ``affine`` or, with ``auto``, the simplest the points ask for.
+
+    ``auto`` climbs from a shift to a similarity (rotation, isotropic scale) to an affine (shear,
+    anisotropic scale), taking each step only when the bigger model fits at least as well under
+    a loss truncated at ``inlier_px`` (so it does not buy a better fit by dropping points) and
+    explains the tie points clearly better: RMS 1.5x lower and at least 0.03 px less, or a
+    difference at the corners beyond its own uncertainty (:func:`affine_is_significant`).
+    A bigger model needs at least 6 inliers spread over two dimensions. Noise alone never buys a
+    rotation, and a rotation alone never buys the shear terms, whose noise the corners would carry.
+    With ``info`` ((n, 2, 2), :func:`shift_information`) every fit weighs each tie point's two
+    components by their precision.
     """
-    mt, it = fit_translation(p, q, inlier_px)
+    mt, it = fit_translation(p, q, inlier_px, info=info)
     if kind == "translation" or len(p) < 6:
         return mt, it, "translation"
-    ma, ia = fit_affine(p, q, inlier_px)
-    spread = np.linalg.svd(p[ia] - p[ia].mean(axis=0), compute_uv=False) if ia.sum() >= 6 else np.zeros(2)
-    if spread.size < 2 or spread[-1] < 1e-6:
-        return mt, it, "translation"
-    if kind == "affine":
-        return ma, ia, "affine"
-    both = it & ia
-    rt, ra = _rms(p, q, mt, both), _rms(p, q, ma, both)
-    if ia.sum() >= it.sum() and ((rt > 1.5 * ra and rt - ra > 0.03) or affine_is_significant(p[ia], q[ia], ma, mt)):
-        return ma, ia, "affine"
-    return mt, it, "translation"
+    best = (mt, it, "translation")
+    for bigger in ("similarity", "affine"):
+        if kind not in ("auto", bigger):
+            continue
+        mb, ib = _FITS[bigger](p, q, inlier_px, info=info)
+        spread = np.linalg.svd(p[ib] - p[ib].mean(axis=0), compute_uv=False) if ib.sum() >= 6 else np.zeros(2)
+        if spread.size < 2 or spread[-1] < 1e-6:
+            continue
+        if kind == bigger:
+            return mb, ib, bigger
+        m, inl, name = best
+        both = inl & ib
+        rs, rb = _rms(p, q, m, both), _rms(p, q, mb, both)
+        if _truncated_loss(p, q, mb, inlier_px) <= _truncated_loss(p, q, m, inlier_px) and (
+                (rs > 1.5 * rb and rs - rb > 0.03) or affine_is_significant(p[ib], q[ib], mb, m, kind=bigger)):
+            best = (mb, ib, bigger)
+    return best
 
 
 def affine_is_significant(p: np.ndarray, q: np.ndarray, ma: np.ndarray, mt: np.ndarray, k: float = 4.0,
-                          min_px: float = 0.05) -> bool:
-    """Whether an affine fit differs from a shift by more than its own uncertainty where it matters.
+                          min_px: float = 0.05, kind: str = "affine") -> bool:
+    """Whether a fit ``ma`` differs from a simpler one ``mt`` by more than its own uncertainty where it matters.
 
     At the corners of the tie points' bounding box the two models' predictions differ by ``delta``;
-    the affine's prediction there has a standard error ``sigma * sqrt(leverage + 1/n)`` (``sigma``
-    the robust spread of its residuals). The affine is significant when ``|delta|`` exceeds ``k``
-    standard errors and ``min_px``: a rotation of a few hundredths of a degree moves a large tile's
-    corners by tenths of a pixel, which the RMS of chips near the centre hides, while noise alone
-    stays within the bound.
+    ``ma``'s prediction there (a ``kind`` model, ``affine`` or ``similarity``) has a standard error
+    ``sigma * sqrt(leverage + 1/n)`` (``sigma`` the robust spread of its residuals). It is
+    significant when ``|delta|`` exceeds ``k`` standard errors and ``min_px``: a rotation of a few
+    hundredths of a degree moves a large tile's corners by tenths of a pixel, which the RMS of
+    chips near the centre hides, while noise alone stays within the bound.
     """
     n = len(p)
     if n < 6:
         return False
-    design = np.column_stack([p, np.ones(n)])
-    e = design @ ma.T - q
+    e = np.column_stack([p, np.ones(n)]) @ ma.T - q
     sigma = max(1.4826 * float(np.median(np.abs(e))), 0.005)
+    centre = p.mean(axis=0)
+    rows = _param_rows(kind, p, centre).reshape(n * 2, -1)
     try:
-        inv = np.linalg.inv(design.T @ design)
+        inv = np.linalg.inv(rows.T @ rows)
     except np.linalg.LinAlgError:
         return False
     (x0, y0), (x1, y1) = p.min(axis=0), p.max(axis=0)
-    corners = np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]], float)
-    delta = np.hypot(*(corners @ (ma - mt).T).T)
-    se = sigma * np.sqrt(np.einsum("ij,jk,ik->i", corners, inv, corners) + 1.0 / n)
+    corners = np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]], float)
+    at = _param_rows(kind, corners, centre)
+    leverage = np.einsum("cki,ij,ckj->ck", at, inv, at).max(axis=1)  # the less certain component
+    delta = np.hypot(*(np.column_stack([corners, np.ones(4)]) @ (ma - mt).T).T)
+    se = sigma * np.sqrt(leverage + 1.0 / n)
     return bool(np.any((delta > k * se) & (delta > min_px)))
 
 
@@ -480,7 +615,8 @@ def confidence_of(ncc_values: np.ndarray, inliers: np.ndarray, n_chips: int) -> 
     return float(np.clip(share * max(float(np.median(ncc_values[inliers])), 0.0), 0.0, 1.0))
 
 
-def holdout_residual(p: np.ndarray, q: np.ndarray, kind: str, inlier_px: float, every: int = 4) -> float:
+def holdout_residual(p: np.ndarray, q: np.ndarray, kind: str, inlier_px: float, every: int = 4,
+                     info: np.ndarray | None = None) -> float:
     """RMS error on held-back tie points (every ``every``-th) of a model fitted on the others.
 
     Held-back points that the full model calls outliers (changed ground) are left out.
@@ -490,8 +626,8 @@ def holdout_residual(p: np.ndarray, q: np.ndarray, kind: str, inlier_px: float, 
     held[::every] = True
     if n < 2 * every or held.all():
         return float("nan")
-    m, _, _ = fit_model(p[~held], q[~held], kind, inlier_px)
-    _, full_inl, _ = fit_model(p, q, kind, inlier_px)
+    m, _, _ = fit_model(p[~held], q[~held], kind, inlier_px, None if info is None else info[~held])
+    _, full_inl, _ = fit_model(p, q, kind, inlier_px, info)
     return _rms(p, q, m, held & full_inl)
 
 
