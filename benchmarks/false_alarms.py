@@ -59,7 +59,7 @@ def calibration(budgets: list[float], sizes: list[int]) -> Iterator[str]:
             n = cv2.connectedComponents(mask, connectivity=8)[0] - 1
             kept = []
             for b in budgets:
-                t = significance.test_regions(mask, q, np.ones_like(mask, bool), 1.0, level,
+                t = significance.judge_regions(mask, q, np.ones_like(mask, bool), 1.0, level,
                                               lambda s, lv=level: (s > lv * threshold.LEVELS).astype(np.uint8), b)
                 kept.append(int(np.count_nonzero(t.nfa_per_km2[1:] <= b)) / km2)
             yield f"{size:>6} {km2:>6.2f} {level:>5.2f} {n / km2:>11.0f} " + " ".join(f"{k:>9.1f}" for k in kept)
@@ -89,7 +89,7 @@ def judge(name: str, before: str, after: str, gsd: float | None, truth: np.ndarr
     line = ""
     n_true = n_false = 0
     for b in budgets:
-        t = significance.test_regions(mask, q, a["observable"], a["gsd"], a["low"], a["decide"], b)
+        t = significance.judge_regions(mask, q, a["observable"], a["gsd"], a["low"], a["decide"], b)
         n = len(t.area_px)
         observed = np.bincount(t.labels[~ignore], minlength=n)
         changed = np.bincount(t.labels[is_change], minlength=n)

@@ -807,7 +807,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
     summary = _summary(site, info_b, info_a, pair, replace(models, reg=reg), cfg, thr, mask,
                        records, warns, timer.timings, applied, obs)
     summary["false_alarm_budget"] = {**budget.to_json(), "expected_false_detections": round(
-        cfg.decide.false_alarms_per_km2 * obs.observable_km2(pair.gsd_m), 3)}
+        cfg.decide.false_alarms_per_km2 * summary["observable_km2"], 3)}
     summary["model"] = lrn.to_json() if lrn else {"enabled": False}
     summary["too_fine"] = fine
     write_json(stage.file("summary.json"), summary)

@@ -163,11 +163,12 @@ def _logit(level: np.ndarray) -> np.ndarray:
 def null_survival(q: np.ndarray, sample: np.ndarray, top: int) -> tuple[np.ndarray, int, float]:
     """``S[t] = P(q >= t)`` of the no-change score, levels 0..254; where its tail starts; the tail's slope.
 
-    Empirical over the ``sample`` pixels up to ``t1``: the lower of ``top`` (below the decision's
-    low threshold, where the decision has not yet taken the null's pixels away) and the highest
-    level at least :data:`MIN_TAIL_PX` pixels reach. Beyond, the tail is extrapolated as a Gaussian
-    one in the logit of the score: the normal score ``z(t) = Phi^-1(1 - S(t))`` is fitted as a
-    straight line in ``logit(t)`` from the median to ``t1`` (exact for a smooth Gaussian noise seen
+    Empirical over the ``sample`` pixels up to ``t1``: the lowest of ``top`` (below the decision's
+    low threshold), the level where ``S`` falls to :data:`TAIL_FROM` (above it change mixes in)
+    and the highest level at least :data:`MIN_TAIL_PX` pixels reach. Beyond, the tail is
+    extrapolated as a Gaussian one in the logit of the score: the normal score
+    ``z(t) = Phi^-1(1 - S(t))`` is fitted as a straight line in ``logit(t)`` from the median (or
+    :data:`MIN_FIT_LEVELS` levels below ``t1`` when the median is an atom at 0) to ``t1`` (exact for a smooth Gaussian noise seen
     through a logistic, as the score's ``z² / (z² + k²)`` is). Returns the survival, ``t1`` and the
     slope of ``z`` per unit of logit.
     """
@@ -244,7 +245,7 @@ def rate_per_km2(masses: np.ndarray, sim_masses: np.ndarray, sim_km2: float) -> 
     return rate
 
 
-def test_regions(mask: np.ndarray, q: np.ndarray, observable: np.ndarray, gsd_m: float, low: float,
+def judge_regions(mask: np.ndarray, q: np.ndarray, observable: np.ndarray, gsd_m: float, low: float,
                  decide: Callable[[np.ndarray], np.ndarray], per_km2: float) -> RegionTest:
     """The a-contrario test of every changed region of ``mask`` (0/1/255) on the decision score ``q``.
 
@@ -291,7 +292,7 @@ def keep_significant(mask: np.ndarray, q: np.ndarray, observable: np.ndarray, gs
     """
     if per_km2 <= 0 or not np.any(mask == 1):
         return mask, Budget(per_km2, 0.0, 0, 0.0, 0, 1.0, 0.0, 0, 0, 0.0)
-    t = test_regions(mask, q, observable, gsd_m, low, decide, per_km2)
+    t = judge_regions(mask, q, observable, gsd_m, low, decide, per_km2)
     reject = t.nfa_per_km2 > per_km2
     reject[0] = False
     out = mask.copy()
