@@ -15,7 +15,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -356,7 +356,8 @@ def _overlap_window(before: Any, after: Any, georef: bool) -> Window:
     return win
 
 
-def open_pair(before_path: str | Path, after_path: str | Path, gsd_m: float | None = None) -> PairSource:
+def open_pair(before_path: str | Path, after_path: str | Path, gsd_m: float | None = None,
+              check_size: Callable[[int, int], None] | None = None) -> PairSource:
     """Open both inputs, validate them and put ``after`` on ``before``'s grid.
 
     Parameters
@@ -364,6 +365,8 @@ def open_pair(before_path: str | Path, after_path: str | Path, gsd_m: float | No
     before_path, after_path : any raster GDAL reads. ``before`` is the reference grid.
     gsd_m : ground sample distance in metres; overrides the grid's (needed for
         images without georeferencing, where it defaults to 1 with a warning).
+    check_size : called with the output grid's (height, width) as soon as it is known, before
+        any read of image data; raises to refuse a pair too large to process.
     """
     before = open_raster(before_path)
     closers: list[Any] = [before]
@@ -386,6 +389,8 @@ def open_pair(before_path: str | Path, after_path: str | Path, gsd_m: float | No
                     "using their top-left-aligned overlap"
                 )
         grid = _overlap_window(before, after, georef)
+        if check_size is not None:
+            check_size(int(grid.height), int(grid.width))
         # after the checks, so that their messages name the inputs
         if before.driver in SLOW_WINDOW_DRIVERS or after.driver in SLOW_WINDOW_DRIVERS:
             scratch = _ScratchDir()
