@@ -15,9 +15,10 @@ from .errors import InputError
 
 #: Peak resident memory of ``detect`` is base + bytes per pixel of the output grid (the whole-grid
 #: uint8 and int32 products; windows and chips are bounded by ``processing.window_px``). Measured
-#: with ``/usr/bin/time -v`` on synth camp scenes of 1024² to 4096² px, model off: 224 MB + 39.8 B/px
-#: (within 19 MB); these constants round up. With the learned stage the peak is onnxruntime's
-#: working set during that stage (1.25-1.35 GB at 1-9 Mpx), or the later stages', whichever is larger.
+#: with ``/usr/bin/time -v`` on synth camp scenes of 1024² to 4096² px: model off 224 MB + 39.8 B/px
+#: (within 19 MB); with the learned stage, onnxruntime's working set sets the peak (1.28, 1.33, 1.35,
+#: 1.52 GB at 1, 4, 9, 17 Mpx) until the later stages' outgrow it. The constants lie above every
+#: measured peak, by 20 to 100 MB.
 BASE_BYTES = 240 * 2**20
 BYTES_PER_PX = 44
 MODEL_PEAK_BYTES = 1300 * 2**20
