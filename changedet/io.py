@@ -96,7 +96,7 @@ def open_raster(path: str | Path) -> rasterio.DatasetReader:
         raise InputError(
             f"{path}: complex data ({dtype}) is not supported; convert it to amplitude first, e.g. "
             f"gdal_translate DERIVED_SUBDATASET:AMPLITUDE:{path} amplitude.tif "
-            "(or gdal_calc.py -A it --calc='abs(A)' --type=Float32)"
+            f"(or gdal_calc.py -A {path} --calc='abs(A)' --type=Float32 --outfile=amplitude.tif)"
         )
     return ds
 
