@@ -237,6 +237,15 @@ class ProcessingConfig(_Section):
     quicklook_max_px: int = Field(1000, ge=128, description="long side of each quick-look panel")
 
 
+class LimitsConfig(_Section):
+    """How large a pair may be; checked from the files' headers before any long work."""
+
+    max_megapixels: float | None = Field(None, gt=0, description=(
+        "largest output grid (the overlap of the pair), megapixels; null: only the memory check"))
+    memory_fraction: float = Field(0.8, ge=0, description=(
+        "refuse a pair whose estimated peak memory exceeds this share of the memory available; 0 turns the check off"))
+
+
 class Config(_Section):
     """The whole effective configuration of a run."""
 
@@ -248,6 +257,7 @@ class Config(_Section):
     observe: ObserveConfig = ObserveConfig()
     objects: ObjectsConfig = ObjectsConfig()
     processing: ProcessingConfig = ProcessingConfig()
+    limits: LimitsConfig = LimitsConfig()
     model: ModelConfig = ModelConfig()
 
     @model_validator(mode="before")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -51,8 +52,12 @@ def read_registered(pair: PairSource, reg: R.Registration, box: Box) -> tuple[np
     return b, a, vb & va
 
 
-def _saturation_level(pair: PairSource) -> float | None:
-    dtype = np.dtype(pair.before.dtypes[0])
+def saturation_level(ds: Any, bands: list[int]) -> float | None:
+    """The value an integer image clips at (its dtype's maximum); None for float data.
+
+    Each date has its own: a uint8 ``before`` and a uint16 ``after`` clip at 255 and 65535.
+    """
+    dtype = np.dtype(ds.dtypes[bands[0] - 1])
     return float(np.iinfo(dtype).max) if dtype.kind in "ui" else None
 
 
@@ -93,7 +98,8 @@ def measure_chips(pair: PairSource, matrix: np.ndarray, boxes: list[Box], params
     info : (n, 2, 2) how well each chip fixes each direction of its shift, on the grid
         (:func:`changedet.registration.shift_information` of the chip of before).
     """
-    sat = _saturation_level(pair)
+    sat_level_b = saturation_level(pair.before, pair.before_bands)
+    sat_level_a = saturation_level(pair.after, pair.after_bands)
     ps, ds, cs, infos = [], [], [], []
     for i, box in enumerate(boxes):
         progress(stage, i + 1, len(boxes))
@@ -107,8 +113,9 @@ def measure_chips(pair: PairSource, matrix: np.ndarray, boxes: list[Box], params
         lb, la = luminance(b), luminance(a)
         if not (R.chip_is_usable(lb, vb, params.min_chip_std) and R.chip_is_usable(la, va, params.min_chip_std)):
             continue
-        if sat is not None:
-            sat_b, sat_a = (b >= sat).any(axis=0), (a >= sat).any(axis=0)
+        if sat_level_b is not None or sat_level_a is not None:
+            sat_b = (b >= sat_level_b).any(axis=0) if sat_level_b is not None else np.zeros_like(vb)
+            sat_a = (a >= sat_level_a).any(axis=0) if sat_level_a is not None else np.zeros_like(va)
             if not R.chip_is_clear(sat_b | sat_a):
                 continue
             # clipped pixels (bright roofs, cloud cores) are left out, each image its own: one

@@ -11,10 +11,12 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,14 @@ def open_raster(path: str | Path) -> rasterio.DatasetReader:
     if ds.count == 0 or ds.width < 8 or ds.height < 8:
         ds.close()
         raise InputError(f"{path}: has no bands or is smaller than 8x8 pixels; give a real image")
+    if any(str(dt).startswith("complex") for dt in ds.dtypes):
+        dtype = ds.dtypes[0]
+        ds.close()
+        raise InputError(
+            f"{path}: complex data ({dtype}) is not supported; convert it to amplitude first, e.g. "
+            f"gdal_translate DERIVED_SUBDATASET:AMPLITUDE:{path} amplitude.tif "
+            f"(or gdal_calc.py -A {path} --calc='abs(A)' --type=Float32 --outfile=amplitude.tif)"
+        )
     return ds
 
 
@@ -180,6 +190,7 @@ class PairSource:
     georeferenced: bool
     gsd_m: float
     warnings: list[str] = field(default_factory=list)
+    paths: tuple[str, str] = ("before", "after")  # the files as the user named them, for messages
     _closers: list[Any] = field(default_factory=list)
 
     @property
@@ -219,28 +230,91 @@ class PairSource:
 
     def read_before(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
         """Read a box of ``before``: (bands, h, w) float32 and a (h, w) bool validity mask."""
-        return _read_box(self.before, self.before_bands, box, self.grid_window)
+        return _read_box(self.before, self.before_bands, box, self.grid_window, self.paths[0])
 
     def read_after(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
         """Read a box of ``after`` on the grid, before image-based registration."""
-        return _read_box(self.after, self.after_bands, box, self.grid_window)
+        return _read_box(self.after, self.after_bands, box, self.grid_window, self.paths[1])
 
     def read_decimated(self, which: str, max_px: int) -> tuple[np.ndarray, np.ndarray, float]:
         """Read the whole grid decimated so that its long side is at most ``max_px``.
 
         Returns (bands, h, w) float32, (h, w) bool validity and the decimation factor.
+        Non-finite values (NaN, ±Inf) are invalid, as in :meth:`read_before`.
         """
         ds, bands = (self.before, self.before_bands) if which == "before" else (self.after, self.after_bands)
+        path = self.paths[0] if which == "before" else self.paths[1]
         factor = max(1.0, max(self.height, self.width) / float(max_px))
         out_h = max(1, int(round(self.height / factor)))
         out_w = max(1, int(round(self.width / factor)))
-        data = ds.read(bands, window=self.grid_window, out_shape=(len(bands), out_h, out_w),
-                       resampling=Resampling.average, out_dtype="float32")
-        mask = ds.dataset_mask(window=self.grid_window, out_shape=(out_h, out_w), resampling=Resampling.nearest)
-        return data, mask > 0, factor
+        with reading(path, ds, self.grid_window):
+            data = ds.read(bands, window=self.grid_window, out_shape=(len(bands), out_h, out_w),
+                           resampling=Resampling.average, out_dtype="float32")
+            mask = ds.dataset_mask(window=self.grid_window, out_shape=(out_h, out_w), resampling=Resampling.nearest)
+        valid = mask > 0
+        drop_nonfinite(data, valid)
+        return data, valid, factor
 
 
-def _read_box(ds: Any, bands: list[int], box: Box, grid: Window) -> tuple[np.ndarray, np.ndarray]:
+@contextmanager
+def reading(path: str | Path, ds: Any, window: Window) -> Iterator[None]:
+    """Turn a read of ``window`` of ``ds`` that fails part-way (a truncated file, a corrupt tile) into
+    an :class:`InputError` naming ``path`` and the rows of the damaged block.
+
+    Such files open fine: GDAL only finds the damage when it decodes the blocks a read needs.
+    """
+    try:
+        yield
+    except RasterioError as exc:
+        reason = _gdal_reason(exc)
+        r0 = int(window.row_off)
+        r1 = r0 + max(int(math.ceil(window.height)), 1) - 1
+        block = _BLOCK.search(reason)
+        src = getattr(ds, "src_dataset", ds)  # GDAL names the block of the file, not of a warped view
+        if block and getattr(src, "block_shapes", None):
+            bh = src.block_shapes[0][0]
+            r0 = int(block.group(2)) * bh
+            r1 = min(r0 + bh, src.height) - 1
+        rows = f"row {r0}" if r0 == r1 else f"rows {r0}–{r1}"
+        raise InputError(f"{path}: is damaged: reading {rows} failed ({reason}); re-download or re-export it") from None
+
+
+#: GDAL's words for a block it could not decode: "IReadBlock failed at X offset 1, Y offset 2"
+_BLOCK = re.compile(r"X offset (\d+), Y offset (\d+)")
+
+
+def _gdal_reason(exc: BaseException) -> str:
+    """GDAL's own words for a failed read, one line and without the file's name.
+
+    rasterio's "Read failed. See previous exception for details." carries them in its cause.
+    """
+    seen = []
+    cur: BaseException | None = exc
+    while cur is not None and len(seen) < 4:
+        text = " ".join(str(cur).split())
+        if text and not text.startswith("Read failed"):
+            seen.append(text)
+        cur = cur.__cause__ or cur.__context__
+    reason = seen[0] if seen else "read failed"
+    reason = re.sub(r"^.*?, (band \d+: )", r"\1", reason)  # GDAL starts with the file's full path
+    return reason if len(reason) <= 160 else reason[:157] + "..."
+
+
+def drop_nonfinite(data: np.ndarray, valid: np.ndarray) -> None:
+    """NaN and ±Inf are nodata, declared or not: mark them invalid (in place) and set every band there to 0.
+
+    Float products use NaN for nodata without always declaring it, and one band may hold a NaN the
+    others do not; no stage downstream may see a non-finite value.
+    """
+    if data.dtype.kind != "f":
+        return
+    bad = ~np.isfinite(data).all(axis=0)
+    if bad.any():
+        valid &= ~bad
+        data[:, bad] = 0
+
+
+def _read_box(ds: Any, bands: list[int], box: Box, grid: Window, path: str) -> tuple[np.ndarray, np.ndarray]:
     row0, col0, h, w = box
     data = np.zeros((len(bands), h, w), dtype=np.float32)
     valid = np.zeros((h, w), dtype=bool)
@@ -250,8 +324,10 @@ def _read_box(ds: Any, bands: list[int], box: Box, grid: Window) -> tuple[np.nda
         return data, valid
     win = Window(grid.col_off + c_lo, grid.row_off + r_lo, c_hi - c_lo, r_hi - r_lo)
     sub = (slice(r_lo - row0, r_hi - row0), slice(c_lo - col0, c_hi - col0))
-    data[(slice(None),) + sub] = ds.read(bands, window=win, out_dtype="float32")
-    valid[sub] = ds.dataset_mask(window=win) > 0
+    with reading(path, ds, win):
+        data[(slice(None),) + sub] = ds.read(bands, window=win, out_dtype="float32")
+        valid[sub] = ds.dataset_mask(window=win) > 0
+    drop_nonfinite(data, valid)
     return data, valid
 
 
@@ -280,7 +356,8 @@ def _overlap_window(before: Any, after: Any, georef: bool) -> Window:
     return win
 
 
-def open_pair(before_path: str | Path, after_path: str | Path, gsd_m: float | None = None) -> PairSource:
+def open_pair(before_path: str | Path, after_path: str | Path, gsd_m: float | None = None,
+              check_size: Callable[[int, int], None] | None = None) -> PairSource:
     """Open both inputs, validate them and put ``after`` on ``before``'s grid.
 
     Parameters
@@ -288,6 +365,8 @@ def open_pair(before_path: str | Path, after_path: str | Path, gsd_m: float | No
     before_path, after_path : any raster GDAL reads. ``before`` is the reference grid.
     gsd_m : ground sample distance in metres; overrides the grid's (needed for
         images without georeferencing, where it defaults to 1 with a warning).
+    check_size : called with the output grid's (height, width) as soon as it is known, before
+        any read of image data; raises to refuse a pair too large to process.
     """
     before = open_raster(before_path)
     closers: list[Any] = [before]
@@ -310,20 +389,24 @@ def open_pair(before_path: str | Path, after_path: str | Path, gsd_m: float | No
                     "using their top-left-aligned overlap"
                 )
         grid = _overlap_window(before, after, georef)
+        if check_size is not None:
+            check_size(int(grid.height), int(grid.width))
         # after the checks, so that their messages name the inputs
         if before.driver in SLOW_WINDOW_DRIVERS or after.driver in SLOW_WINDOW_DRIVERS:
             scratch = _ScratchDir()
             closers.insert(0, scratch)  # closed last, after the copies in it
             if before.driver in SLOW_WINDOW_DRIVERS:
-                before = local_copy(before, scratch.path, "before")
+                with reading(before_path, before, Window(0, 0, before.width, before.height)):
+                    before = local_copy(before, scratch.path, "before")
                 closers.append(before)
             if after.driver in SLOW_WINDOW_DRIVERS:
-                after = local_copy(after, scratch.path, "after")
+                with reading(after_path, after, Window(0, 0, after.width, after.height)):
+                    after = local_copy(after, scratch.path, "after")
                 closers.append(after)
         fills = []
         for name, path in (("before", before_path), ("after", after_path)):
             ds = before if name == "before" else after
-            fill = undeclared_fill(ds)
+            fill = undeclared_fill(ds, path)
             fills.append(fill)
             if fill is not None:
                 notes.append(f"{path}: no nodata value is declared; the value {fill:g} that fills its corners "
@@ -355,7 +438,7 @@ def open_pair(before_path: str | Path, after_path: str | Path, gsd_m: float | No
             notes.append("no ground sample distance known: areas and lengths are in pixels (give --gsd)")
         return PairSource(before=before, after=after_src, grid_window=grid, before_bands=b_bands,
                           after_bands=a_bands, georeferenced=georef, gsd_m=float(gsd), warnings=notes,
-                          _closers=closers)
+                          paths=(str(before_path), str(after_path)), _closers=closers)
     except RasterioError as exc:
         for obj in reversed(closers):
             obj.close()
@@ -366,7 +449,7 @@ def open_pair(before_path: str | Path, after_path: str | Path, gsd_m: float | No
         raise
 
 
-def undeclared_fill(ds: Any) -> float | None:
+def undeclared_fill(ds: Any, path: str | Path) -> float | None:
     """The fill value of an image that declares no nodata: 0 in every band at two or more corners.
 
     Scenes cut from a larger product (a Sentinel-2 tile's corner, a rotated strip) are often padded
@@ -379,7 +462,10 @@ def undeclared_fill(ds: Any) -> float | None:
         return None
     bands = data_band_indexes(ds)
     corners = [(0, 0), (0, ds.width - 1), (ds.height - 1, 0), (ds.height - 1, ds.width - 1)]
-    zero = sum(bool(np.all(ds.read(bands, window=Window(c, r, 1, 1)) == 0)) for r, c in corners)
+    zero = 0
+    for r, c in corners:
+        with reading(path, ds, Window(c, r, 1, 1)):
+            zero += bool(np.all(ds.read(bands, window=Window(c, r, 1, 1)) == 0))
     return 0.0 if zero >= 2 else None
 
 
@@ -393,8 +479,9 @@ def check_observable(ds: Any, bands: list[int], path: str | Path, window: Window
     win = window or Window(0, 0, ds.width, ds.height)
     scale = max(1.0, max(win.width, win.height) / max_px)
     shape = (len(bands), max(1, int(win.height / scale)), max(1, int(win.width / scale)))
-    data = ds.read(bands, window=win, out_shape=shape, masked=True, resampling=Resampling.average)
-    valid = ~np.ma.getmaskarray(data).any(axis=0)
+    with reading(path, ds, win):
+        data = ds.read(bands, window=win, out_shape=shape, masked=True, resampling=Resampling.average)
+    valid = ~np.ma.getmaskarray(data).any(axis=0) & np.isfinite(np.asarray(data.data, np.float64)).all(axis=0)
     if not valid.any():
         raise InputError(f"{path}: nothing observable in it: every pixel is nodata; check the file or its nodata value")
     values = np.asarray(data.data)[:, valid]

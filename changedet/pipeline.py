@@ -27,7 +27,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from . import (__version__, cloudmask, differencing, learned, objects, observability, quicklook, radiometry,
-               registration, significance, threshold, vector)
+               registration, resources, significance, threshold, vector)
 from .learned import features as lfeatures
 from .learned import guided
 from .learned import score as lscore
@@ -700,7 +700,10 @@ def _detect(before: str | Path, after: str | Path, out_dir: str | Path, cfg: Con
     out_dir = Path(out_dir)
     site = site or out_dir.name
     t0 = time.perf_counter()
-    with open_pair(before, after, gsd_m or cfg.gsd_m) as pair:
+    def check_size(height: int, width: int) -> None:
+        resources.check_grid(before, height, width, cfg.limits, cfg.model.enabled)
+
+    with open_pair(before, after, gsd_m or cfg.gsd_m, check_size) as pair:
         info_b, info_a = raster_info(pair.before, before), raster_info(pair.after, after)
         timer.timings["load"] = round(time.perf_counter() - t0, 3)
         stage = OutputStage(out_dir)
