@@ -37,10 +37,11 @@ def observability_scale(pair: PairSource, before_samples: np.ndarray) -> observa
     """The scene's band scale for the observability tests, with the bands' roles and clipping level."""
     n = pair.n_bands
     rgb = rgb_bands(pair) if n >= 3 else None
-    dtype = np.dtype(pair.before.dtypes[pair.before_bands[0] - 1])
-    # only 8-bit data has a known clipping level; 16-bit sensors clip at 2^11, 2^12 or not at all
-    saturation = 255.0 if dtype == np.uint8 else None
-    return observability.Scale.fit(before_samples, rgb, band_roles(n).nir, saturation)
+    # only 8-bit data has a known clipping level; 16-bit sensors clip at 2^11, 2^12 or not at all.
+    # Each date has its own: a uint8 before and a uint16 after clip differently.
+    levels = tuple(255.0 if np.dtype(ds.dtypes[bands[0] - 1]) == np.uint8 else None
+                   for ds, bands in ((pair.before, pair.before_bands), (pair.after, pair.after_bands)))
+    return observability.Scale.fit(before_samples, rgb, band_roles(n).nir, levels)
 
 
 def read_registered(pair: PairSource, reg: R.Registration, box: Box) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -54,7 +54,8 @@ class Scale:
     """Per-band scale of the scene: values map to ``(x - lo) / (hi - lo)``, ``before``'s 2nd..98th percentiles.
 
     ``visible`` are the bands a cloud whitens (all but NIR and SWIR); ``blue`` and ``red`` serve
-    the haze test (None: no colour). ``saturation`` is the level a band clips at (None: float data).
+    the haze test (None: no colour). ``saturation`` is the level a band clips at on each date,
+    ``(before, after)`` (None: not known, e.g. float data): each image clips at its own level.
     """
 
     lo: tuple[float, ...]
@@ -63,12 +64,16 @@ class Scale:
     blue: int | None
     red: int | None
     nir: int | None
-    saturation: float | None
+    saturation: tuple[float | None, float | None]
 
     @staticmethod
     def fit(before: np.ndarray, rgb: tuple[int, int, int] | None, nir: int | None,
-            saturation: float | None) -> Scale:
-        """From (bands, n) valid samples of ``before``; ``rgb`` 0-based red, green, blue (None: no colour)."""
+            saturation: float | None | tuple[float | None, float | None]) -> Scale:
+        """From (bands, n) valid samples of ``before``; ``rgb`` 0-based red, green, blue (None: no colour).
+
+        ``saturation``: the clipping level of each date, or one level for both.
+        """
+        levels = saturation if isinstance(saturation, tuple) else (saturation, saturation)
         lo, hi = [], []
         for band in np.asarray(before, np.float64):
             p2, p98 = np.percentile(band, [2, 98]) if band.size else (0.0, 1.0)
@@ -81,7 +86,7 @@ class Scale:
         else:
             visible = tuple(i for i in range(n) if i != nir) or (0,)
             red = blue = None
-        return Scale(tuple(lo), tuple(hi), visible, blue, red, nir, saturation)
+        return Scale(tuple(lo), tuple(hi), visible, blue, red, nir, levels)
 
     def apply(self, img: np.ndarray) -> np.ndarray:
         lo = np.asarray(self.lo, np.float32)[:, None, None]
@@ -108,8 +113,10 @@ def _detail(x: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(hp, (0, 0), CONTRAST_SIGMA_PX, borderType=cv2.BORDER_REFLECT)
 
 
-def _one_date(x: np.ndarray, y: np.ndarray, raw: np.ndarray, scale: Scale, params: ObserveConfig) -> np.ndarray:
-    """Evidence bits of date ``x`` against the other date ``y`` (both scaled), uint8."""
+def _one_date(x: np.ndarray, y: np.ndarray, raw: np.ndarray, level: float | None, scale: Scale,
+              params: ObserveConfig) -> np.ndarray:
+    """Evidence bits of date ``x`` against the other date ``y`` (both scaled), uint8; ``raw`` is
+    ``x`` as read, ``level`` the value its bands clip at (None: not known)."""
     vis = list(scale.visible)
     xv, yv = x[vis], y[vis]
     bright = xv.min(axis=0)  # the darkest visible band still bright: bright and white
@@ -130,13 +137,13 @@ def _one_date(x: np.ndarray, y: np.ndarray, raw: np.ndarray, scale: Scale, param
     if scale.blue is not None and scale.red is not None:  # haze scatters blue more than red (HOT)
         hazy &= (x[scale.blue] - y[scale.blue]) >= (x[scale.red] - y[scale.red])
     bits[hazy] |= HAZY
-    if scale.saturation is not None:
-        bits[(raw[vis] >= scale.saturation).all(axis=0)] |= SAT
+    if level is not None:
+        bits[(raw[vis] >= level).all(axis=0)] |= SAT
     return bits
 
 
 def evidence(before: np.ndarray, after: np.ndarray, valid: np.ndarray, scale: Scale,
-             params: ObserveConfig) -> tuple[np.ndarray, np.ndarray]:
+             params: ObserveConfig, after_raw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel evidence bits of each date (uint8 (h, w) each; 0 where invalid).
 
     Parameters
@@ -144,6 +151,8 @@ def evidence(before: np.ndarray, after: np.ndarray, valid: np.ndarray, scale: Sc
     before, after : (bands, h, w) arrays, ``after`` already on ``before``'s radiometry.
     valid : (h, w) bool.
     scale : the scene's :class:`Scale`.
+    after_raw : ``after`` as read, before its radiometric match (None: ``after`` is as read); its
+        saturation is judged on these values against its own clipping level.
 
     Notes
     -----
@@ -153,8 +162,8 @@ def evidence(before: np.ndarray, after: np.ndarray, valid: np.ndarray, scale: Sc
     than redder where colour is known); ``SAT`` every visible band at the clipping level.
     """
     x, y = scale.apply(before), scale.apply(after)
-    eb = _one_date(x, y, before, scale, params)
-    ea = _one_date(y, x, after, scale, params)
+    eb = _one_date(x, y, before, scale.saturation[0], scale, params)
+    ea = _one_date(y, x, after if after_raw is None else after_raw, scale.saturation[1], scale, params)
     eb[~valid] = 0
     ea[~valid] = 0
     return eb, ea

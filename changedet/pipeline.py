@@ -299,11 +299,11 @@ def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
     try:
         for i, box in enumerate(boxes):
             b, a, v = read_registered(pair, models.reg, grow(box, halo))
-            a = radiometry.apply(a, models.fit, b)
+            a_raw, a = a, radiometry.apply(a, models.fit, b)
             s = differencing.change_score(b, a, v, models.noise, cfg.measure)
             ln = differencing.line_score(b, a, v, models.noise, cfg.measure.line_length_px)
             w = objects.water_mask(b, a, v, models.water, cfg.objects)
-            eb, ea = observability.evidence(b, a, v, models.scale, cfg.observe)
+            eb, ea = observability.evidence(b, a, v, models.scale, cfg.observe, after_raw=a_raw)
             s, ln, v, w, eb, ea = (crop(x, halo) for x in (s, ln, v, w, eb, ea))
             r, c, h, wd = box
             if lrn is not None:  # lines the model calls irrelevant (kerbs, shadows) are not evidence

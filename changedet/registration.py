@@ -815,7 +815,7 @@ def hidden_by_weather(before: np.ndarray, after: np.ndarray, valid: np.ndarray, 
     disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * open_px + 1, 2 * open_px + 1))
     for _ in range(2):
         matched = match_percentiles(after, before, use, 5.0, 75.0)
-        ev_b, ev_a = obs.evidence(before, matched, valid, scale, params)
+        ev_b, ev_a = obs.evidence(before, matched, valid, scale, params, after_raw=after)
         bright = (((ev_b | ev_a) & (obs.CORE | obs.RIM)) > 0).astype(np.uint8)
         hidden = cv2.dilate(cv2.morphologyEx(bright, cv2.MORPH_OPEN, disk), disk) > 0
         use = valid & ~hidden

@@ -206,3 +206,19 @@ def test_classes_too_fine_for_the_grid_are_named():
     coarse = too_fine(10.0, ObjectsConfig())
     assert set(coarse) == {"trench", "hut", "vessel"} and "10 m pixel" in coarse["trench"]
     assert set(too_fine(1.55, ObjectsConfig())) == {"trench"}  # vessels 1.6 m, huts 2 m still resolved
+
+
+def test_each_date_clips_at_its_own_level():
+    """A uint8 before clips at 255; a uint16 after of the same scene (x 257) does not clip there."""
+    before = (_ground(96) * 255 / 0.5).clip(0, 255).astype(np.float32)
+    before[:, 10:40, 10:40] = 255.0  # blown out on before only
+    after_raw = before * 257.0  # uint16 values: every pixel >= 255, none at its own clipping level
+    scale = O.Scale.fit(before.reshape(4, -1), (2, 1, 0), 3, (255.0, None))
+    valid = np.ones(before.shape[1:], bool)
+    eb, ea = O.evidence(before, before.copy(), valid, scale, PARAMS, after_raw=after_raw)
+    assert ((eb & O.SAT) > 0)[10:40, 10:40].all()
+    assert ((eb & O.SAT) > 0).sum() == 30 * 30
+    assert not (ea & O.SAT).any()
+    both = O.Scale.fit(before.reshape(4, -1), (2, 1, 0), 3, 255.0)  # one level for both dates, as before
+    eb2, ea2 = O.evidence(before, before.copy(), valid, both, PARAMS)
+    assert ((ea2 & O.SAT) > 0).sum() == 30 * 30
