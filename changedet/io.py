@@ -14,10 +14,12 @@ import logging
 import math
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,8 +113,13 @@ class _ScratchDir:
     """A temporary folder for local copies of inputs, removed on ``close``; marked with its owner."""
 
     def __init__(self) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
-        mark_owner(self.path)
+        with _signals_held():
+            self.path = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+            try:
+                mark_owner(self.path)
+            except BaseException:
+                self.close()
+                raise
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -466,6 +473,17 @@ def owner_record() -> dict[str, Any]:
             "start_ticks": stat[19] if stat else None}
 
 
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP while a folder is made and marked, so that none is left unmarked."""
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def mark_owner(folder: Path) -> None:
     """Write :data:`OWNER_FILE` into ``folder`` (atomically: a half-written record is never read)."""
     tmp = folder / f"{OWNER_FILE}.tmp"
@@ -541,7 +559,7 @@ def sweep_dead_staging(folder: Path) -> list[Path]:
 WRITE_FAULTS = {
     errno.ENOSPC: ("the disk is full", "free some space or choose an --out on another disk"),
     errno.EDQUOT: ("the disk quota is used up", "free some space or choose an --out on another disk"),
-    errno.EROFS: ("the file system is read-only", "choose an --out on a writable disk"),
+    errno.EROFS: ("the disk is read-only", "choose an --out on a writable disk"),
     errno.EACCES: ("not permitted to write there", "choose an --out folder you can write to"),
     errno.EPERM: ("not permitted to write there", "choose an --out folder you can write to"),
 }
@@ -670,16 +688,20 @@ class OutputStage:
     def __enter__(self) -> OutputStage:
         quiet_libtiff()
         try:
-            self.path = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}{STAGING_MARK}", dir=self._anchor))
-            mark_owner(self.path)
+            with _signals_held():
+                self.path = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}{STAGING_MARK}", dir=self._anchor))
+                mark_owner(self.path)
             umask = os.umask(0)
             os.umask(umask)
             self.path.chmod(0o777 & ~umask)  # mkdtemp makes it private; the output folder should not be
         except OSError as exc:
             self._discard()
             if exc.errno in WRITE_FAULTS:
-                raise write_error(self._anchor, exc.errno) from None
+                raise write_error(self.out_dir, exc.errno) from None
             raise OutputError(f"{self._anchor}: cannot create files there ({exc.strerror}); choose another --out") from None
+        except BaseException:
+            self._discard()
+            raise
         return self
 
     def file(self, name: str) -> Path:
