@@ -691,8 +691,10 @@ def detect_pair(before: str | Path, after: str | Path, out_dir: str | Path, conf
     """
     cfg = config or Config()
     progress = progress or _no_progress
-    # GDAL's block cache defaults to 5 % of RAM; windows are read once, so a small cache keeps memory flat
-    with rasterio.Env(GDAL_CACHEMAX=64), warnings.catch_warnings():
+    # GDAL's block cache defaults to 5 % of RAM; windows are read once, so a small cache keeps memory flat.
+    # rasterio passes GDAL_CACHEMAX to GDALSetCacheMax64, in bytes: a bare 64 was a 64-byte cache, and
+    # copying a PNG input printed GDAL's "block cache size (64) should be at least the size of the swath"
+    with rasterio.Env(GDAL_CACHEMAX=64 * 2**20), warnings.catch_warnings():
         # the missing georeferencing is recorded once, in the summary's warnings
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         return _detect(before, after, out_dir, cfg, site, gsd_m, require_registration, progress)
