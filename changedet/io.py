@@ -113,13 +113,12 @@ class _ScratchDir:
     """A temporary folder for local copies of inputs, removed on ``close``; marked with its owner."""
 
     def __init__(self) -> None:
-        with _signals_held():
-            self.path = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
-            try:
-                mark_owner(self.path)
-            except BaseException:
-                self.close()
-                raise
+        self.path = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+        try:
+            mark_owner(self.path)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -329,8 +328,9 @@ def open_pair(before_path: str | Path, after_path: str | Path, gsd_m: float | No
         grid = _overlap_window(before, after, georef)
         # after the checks, so that their messages name the inputs
         if before.driver in SLOW_WINDOW_DRIVERS or after.driver in SLOW_WINDOW_DRIVERS:
-            scratch = _ScratchDir()
-            closers.insert(0, scratch)  # closed last, after the copies in it
+            with _signals_held():  # a stop signal lands after the folder is marked and will be closed
+                scratch = _ScratchDir()
+                closers.insert(0, scratch)  # closed last, after the copies in it
             if before.driver in SLOW_WINDOW_DRIVERS:
                 before = local_copy(before, scratch.path, "before")
                 closers.append(before)
