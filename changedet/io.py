@@ -455,6 +455,13 @@ def _proc_stat(pid: int) -> list[str] | None:
     return stat[stat.rindex(")") + 2:].split()
 
 
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def _boot_id() -> str | None:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -470,7 +477,7 @@ def owner_record() -> dict[str, Any]:
     pid = os.getpid()
     stat = _proc_stat(pid)
     return {"tool": "changedet", "pid": pid, "host": socket.gethostname(), "boot_id": _boot_id(),
-            "start_ticks": stat[19] if stat else None}
+            "pid_namespace": _pid_namespace(), "start_ticks": stat[19] if stat else None}
 
 
 @contextmanager
@@ -494,13 +501,16 @@ def mark_owner(folder: Path) -> None:
 def owner_is_dead(record: dict[str, Any]) -> bool:
     """True only when the process that wrote ``record`` is known to have ended.
 
-    Unknown cases (another host, no ``/proc`` and no permission to signal) count as alive.
+    Unknown cases (another host, another container's pids, no ``/proc`` and no permission to
+    signal) count as alive.
     """
     if record.get("tool") != "changedet" or record.get("host") != socket.gethostname():
         return False
     boot = _boot_id()
     if boot and record.get("boot_id") and record["boot_id"] != boot:
         return True  # the machine restarted since
+    if record.get("pid_namespace") != _pid_namespace():
+        return False  # its pid means another process here (a container sharing the folder)
     pid = int(record["pid"])
     stat = _proc_stat(pid)
     if stat is not None:

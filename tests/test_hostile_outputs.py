@@ -376,6 +376,7 @@ def test_sweep_removes_only_folders_of_dead_changedet_runs(tmp_path):
         ".a.changedet-reused": {**me, "start_ticks": "1"},  # our pid, another process's start time
         ".a.changedet-live": me,
         ".a.changedet-elsewhere": {**me, "pid": _dead_pid(), "host": me["host"] + "-other"},
+        ".a.changedet-container": {**me, "pid": _dead_pid(), "pid_namespace": "pid:[1]"},
         ".a.changedet-notours": {**me, "pid": _dead_pid(), "tool": "other"},
         "a-dead-but-not-a-staging-name": {**me, "pid": _dead_pid()},
     }
