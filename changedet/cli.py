@@ -51,7 +51,7 @@ class _Signalled(BaseException):
         self.signum = signum
 
 
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 def _on_signal(signum: int, frame: object) -> None:

@@ -483,6 +483,9 @@ def owner_record() -> dict[str, Any]:
 @contextmanager
 def _signals_held() -> Iterator[None]:
     """Hold SIGINT, SIGTERM and SIGHUP while a folder is made and marked, so that none is left unmarked."""
+    if not hasattr(signal, "pthread_sigmask"):  # not on Windows
+        yield
+        return
     held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
     before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
@@ -581,15 +584,16 @@ def write_fault(folder: Path) -> int | None:
     GDAL, libtiff and OpenCV report a full disk as a failed write without the cause; asking the
     file system is what tells a full or read-only disk from a bug.
     """
-    try:
-        st = os.statvfs(folder)
-        if st.f_flag & os.ST_RDONLY:
-            return errno.EROFS
-        free = st.f_bfree if os.geteuid() == 0 else st.f_bavail  # root may use the reserved blocks
-        if st.f_blocks > 0 and free == 0:
-            return errno.ENOSPC
-    except OSError:
-        pass
+    if hasattr(os, "statvfs"):
+        try:
+            st = os.statvfs(folder)
+            if st.f_flag & os.ST_RDONLY:
+                return errno.EROFS
+            free = st.f_bfree if os.geteuid() == 0 else st.f_bavail  # root may use the reserved blocks
+            if st.f_blocks > 0 and free == 0:
+                return errno.ENOSPC
+        except OSError:
+            pass
     probe = folder / f"{STAGING_MARK}probe-{os.getpid()}"
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -690,7 +694,7 @@ class OutputStage:
             raise OutputError(f"{self.out_dir}: exists and is not a folder; choose another --out")
         target = self.out_dir if self.out_dir.exists() else anchor
         if not os.access(target, os.W_OK | os.X_OK):
-            raise write_error(target, errno.EROFS if os.statvfs(target).f_flag & os.ST_RDONLY else errno.EACCES)
+            raise write_error(target, write_fault(target) or errno.EACCES)
         self._anchor = anchor
         self.path: Path | None = None
         sweep_dead_staging(anchor)
