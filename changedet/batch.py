@@ -19,9 +19,9 @@ from typing import Any
 
 
 from .config import Config, _merge, build_config, read_yaml
-from .errors import ChangedetError, ConfigError
-from .io import sha256_file
-from .pipeline import ProgressFn, detect_pair
+from .errors import ChangedetError, ConfigError, OutputError, OutputWriteError
+from .io import as_write_error, files_match, sha256_file, write_error, write_fault
+from .pipeline import CONTRACT_FILES, OUTPUT_FILES, ProgressFn, detect_pair, summary_schema
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -86,15 +86,28 @@ def read_manifest(path: str | Path) -> tuple[list[Site], dict[str, Any]]:
 
 
 def is_current(site: Site, out: Path, cfg: Config) -> bool:
-    """True when ``out`` holds a complete run of this site's inputs with this configuration."""
+    """True when ``out`` holds a complete run of this site's inputs with this configuration.
+
+    Complete: ``summary.json`` has every key its schema requires, and every file it records
+    (``files``) is there with that size and SHA-256, and no other contract file is; current:
+    the same configuration and input files (SHA-256).
+    """
     summary_path = out / "summary.json"
     if not summary_path.is_file():
         return False
     try:
-        summary = json.loads(summary_path.read_text())
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        if not isinstance(summary, dict) or not set(summary_schema()["required"]) <= set(summary):
+            return False
+        files = summary["files"]
+        if not set(OUTPUT_FILES) - {"summary.json"} <= set(files):
+            return False
+        if any((out / name).is_file() for name in CONTRACT_FILES if name != "summary.json" and name not in files):
+            return False
         return (summary["config"] == cfg.model_dump(mode="json")
                 and summary["inputs"]["before"]["sha256"] == sha256_file(site.before)
-                and summary["inputs"]["after"]["sha256"] == sha256_file(site.after))
+                and summary["inputs"]["after"]["sha256"] == sha256_file(site.after)
+                and files_match(out, files))
     except (OSError, KeyError, ValueError, TypeError):
         return False
 
@@ -113,6 +126,8 @@ def run_site(site: Site, out: Path, cfg: Config, progress: ProgressFn | None) ->
                                   progress=progress).summary
         record["n_detections"] = len(summary["detections"])
         record["changed_area_m2"] = summary["changed_area_m2"]
+    except OutputWriteError:
+        raise  # a full or read-only disk is not this site's fault: the next sites would fail the same way
     except ChangedetError as exc:
         record.update(status="failed", error=str(exc))
     except Exception as exc:  # noqa: BLE001 - one site's bug must not stop the batch
@@ -128,6 +143,8 @@ def run_batch(manifest_path: str | Path, out_dir: str | Path, base_config_data: 
 
     Sites run one after another in manifest order, so results are deterministic.
     """
+    if str(out_dir) == "":
+        raise OutputError("--out is empty; give the batch's output folder")
     manifest_path, out_dir = Path(manifest_path), Path(out_dir)
     sites, overrides = read_manifest(manifest_path)
     configs = {}
@@ -138,7 +155,7 @@ def run_batch(manifest_path: str | Path, out_dir: str | Path, base_config_data: 
             cfg = cfg.model_copy(update={"model": cfg.model.model_copy(
                 update={"path": str(manifest_path.parent / cfg.model.path)})})
         configs[s.name] = cfg
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _make_out(out_dir)
     records = []
     for s in sites:
         rec = run_site(s, out_dir / s.name, configs[s.name], progress)
@@ -154,6 +171,30 @@ def run_batch(manifest_path: str | Path, out_dir: str | Path, base_config_data: 
         "n_failed": sum(r["status"] in ("failed", "error") for r in records),
     }
     tmp = out_dir / ".batch_summary.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / "batch_summary.json")
+    try:
+        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, out_dir / "batch_summary.json")
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        err = as_write_error(exc, out_dir, out_dir)
+        if err is None:
+            raise
+        raise err from exc
     return result
+
+
+def _make_out(out_dir: Path) -> None:
+    """Create the batch's output folder, or say in one line why it cannot be written."""
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise OutputError(f"{folder}: is a file, not a folder; choose another --out")
+            break
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise as_write_error(exc, out_dir, out_dir) or OutputError(
+            f"{out_dir}: cannot be created ({exc.strerror}); choose another --out") from None
+    code = write_fault(out_dir)  # the folder must take files before any work
+    if code is not None:
+        raise write_error(out_dir, code)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,15 +43,48 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+class _Signalled(BaseException):
+    """SIGINT, SIGTERM or SIGHUP arrived: unwind like Ctrl-C, so that staging and scratch are removed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    for sig in _STOP_SIGNALS:  # the clean-up that follows must not be cut short by a second signal
+        signal.signal(sig, signal.SIG_IGN)
+    raise _Signalled(signum)
+
+
 @contextmanager
-def _errors() -> Iterator[None]:
-    """Map library errors to exit codes: user error 2, bug 1."""
+def _stop_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP (and SIGINT) into an exception while a command runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _on_signal) for sig in _STOP_SIGNALS}
     try:
         yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Map library errors to exit codes: user error 2, bug 1, a stop signal 128 + its number."""
+    try:
+        with _stop_signals():
+            yield
     except ChangedetError as exc:
         _fail(str(exc), 2)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
+    except (KeyboardInterrupt, _Signalled) as exc:
+        signum = exc.signum if isinstance(exc, _Signalled) else int(signal.SIGINT)
+        _fail(f"interrupted by {signal.Signals(signum).name}; the unfinished run's files were removed", 128 + signum)
     except (typer.Exit, typer.Abort):
         raise
     except Exception as exc:  # noqa: BLE001 - the last line of defence
@@ -78,6 +113,16 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
         yield update
 
 
+def _out_path(value: str, what: str) -> Path:
+    """``--out`` as a path; an empty one would silently mean the working folder."""
+    if not value.strip():
+        _fail(f"--out {value!r}: is empty; give {what}", 2)
+    return Path(value)
+
+
+OUT_METAVAR = "PATH"
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"changedet {__version__}")
@@ -100,7 +145,7 @@ def _main(
 def detect(
     before: Annotated[Path, typer.Argument(help="Reference image (any GDAL raster); its grid is the output grid.")],
     after: Annotated[Path, typer.Argument(help="Later image of the same site.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created when the run completes).")],
+    out: Annotated[str, typer.Option("--out", "-o", metavar=OUT_METAVAR, help="Output folder (created when the run completes).")],
     config: ConfigOpt = None,
     preset: PresetOpt = None,
     set_: SetOpt = None,
@@ -117,6 +162,7 @@ def detect(
     from .pipeline import detect_pair
 
     with _errors():
+        out_dir = _out_path(out, "the output folder")
         sets = list(set_ or [])
         if model is not None:
             sets.append(f"model.path={json.dumps(str(model))}")
@@ -129,7 +175,7 @@ def detect(
             _fail(f"--gsd {gsd}: must be a positive number of metres", 2)
         try:
             with _progress() as progress:
-                result = detect_pair(before, after, out, cfg, site=site, gsd_m=gsd,
+                result = detect_pair(before, after, out_dir, cfg, site=site, gsd_m=gsd,
                                      require_registration=require_registration, progress=progress)
         except RegistrationError as exc:
             _fail(str(exc), 1)
@@ -146,7 +192,7 @@ def detect(
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the scene into.")],
+    out: Annotated[str, typer.Option("--out", "-o", metavar=OUT_METAVAR, help="Folder to write the scene into.")],
     scenario: Annotated[str, typer.Option("--scenario", help="trenches, camp or port.")] = "trenches",
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     size: Annotated[int, typer.Option("--size", help="Side of the square tile, pixels.")] = 512,
@@ -162,6 +208,7 @@ def synth(
     from . import synth as synth_mod
 
     with _errors():
+        out_dir = _out_path(out, "the folder to write the scene into")
         if scenario not in synth_mod.SCENARIOS:
             _fail(f"--scenario {scenario!r}: choose one of {', '.join(synth_mod.SCENARIOS)}", 2)
         if difficulty not in synth_mod.DIFFICULTIES:
@@ -177,9 +224,9 @@ def synth(
                                          rotation_deg=rotation_deg, weather=weather)
         except ValueError as exc:
             _fail(str(exc), 2)
-        files = synth_mod.write_scene(scene, out)
+        files = synth_mod.write_scene(scene, out_dir)
         if not _state["quiet"]:
-            typer.echo(f"{scenario} seed {seed}: {len(scene.objects)} objects, shift {list(scene.shift_px)} px -> {out}")
+            typer.echo(f"{scenario} seed {seed}: {len(scene.objects)} objects, shift {list(scene.shift_px)} px -> {out_dir}")
             for name in sorted(files):
                 typer.echo(f"  {files[name]}")
 
@@ -204,7 +251,7 @@ def eval_(
 @app.command()
 def batch(
     manifest: Annotated[Path, typer.Argument(help="YAML manifest: sites with name, before, after, optional config.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder; each site goes to OUT/<name>/.")],
+    out: Annotated[str, typer.Option("--out", "-o", metavar=OUT_METAVAR, help="Output folder; each site goes to OUT/<name>/.")],
     config: ConfigOpt = None,
     preset: PresetOpt = None,
     set_: SetOpt = None,
@@ -217,6 +264,7 @@ def batch(
     from .config import _read_yaml
 
     with _errors():
+        out_dir = _out_path(out, "the batch's output folder")
         base = _read_yaml(config) if config else {}
 
         def said(name: str, status: str) -> None:
@@ -224,11 +272,11 @@ def batch(
                 typer.echo(f"{name}: {status}")
 
         with _progress() as progress:
-            result = run_batch(manifest, out, base, sets=set_ or [], preset=preset, progress=progress,
+            result = run_batch(manifest, out_dir, base, sets=set_ or [], preset=preset, progress=progress,
                                site_callback=said)
         if not _state["quiet"]:
             typer.echo(f"{result['n_ok']} ok, {result['n_skipped']} skipped, {result['n_failed']} failed "
-                       f"-> {Path(out) / 'batch_summary.json'}")
+                       f"-> {out_dir / 'batch_summary.json'}")
         if result["n_failed"]:
             raise typer.Exit(1)
 
@@ -236,7 +284,7 @@ def batch(
 @app.command()
 def train(
     manifest: Annotated[Path, typer.Argument(help="YAML manifest of labelled pairs (before, after, label raster or GeoJSON).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (.npz); its card goes beside it as .card.json.")],
+    out: Annotated[str, typer.Option("--out", "-o", metavar=OUT_METAVAR, help="Model file to write (.npz); its card goes beside it as .card.json.")],
     augment: Annotated[Optional[int], typer.Option("--augment", help="Views per pair, 1-8 (rotations and flips; default 2).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Passes over the samples (default 30).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed of sampling and training (default 0).")] = None,
@@ -249,18 +297,19 @@ def train(
     from .learned.training import train as train_head
 
     with _errors():
+        out_file = _out_path(out, "the model file to write (.npz)")
         pairs, options = load_manifest(manifest)
         for key, value in (("augment", augment), ("epochs", epochs), ("seed", seed)):
             if value is not None:
                 options[key] = value
-        if not str(out).endswith(".npz"):
+        if not out.endswith(".npz"):
             _fail(f"--out {out}: a model file ends in .npz", 2)
         with _progress() as progress:
-            hd, digest = train_head(pairs, out, options, progress=progress)
+            hd, digest = train_head(pairs, out_file, options, progress=progress)
         if not _state["quiet"]:
             tr = hd.card["training"]
             typer.echo(f"{len(pairs)} pairs, {tr['samples']} samples, {tr['seconds']:.0f} s, threshold "
-                       f"{hd.threshold:.3f} -> {out} (sha256 {digest[:12]})")
+                       f"{hd.threshold:.3f} -> {out_file} (sha256 {digest[:12]})")
 
 
 @app.command()

@@ -27,6 +27,13 @@ class OutputError(ChangedetError):
     """The output location cannot be written."""
 
 
+class OutputWriteError(OutputError):
+    """The output location stopped taking files: the disk is full, read-only or not permitted.
+
+    Not a fault of one site: :func:`changedet.batch.run_batch` stops on it instead of going on.
+    """
+
+
 class RegistrationError(ChangedetError):
     """Registration failed and the user asked for it to be required."""
 

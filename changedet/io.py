@@ -7,12 +7,16 @@ import this module; :mod:`changedet.pipeline` composes the two.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import math
 import os
 import re
 import shutil
+import signal
+import socket
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -31,7 +35,9 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from .errors import InputError, NoOverlapError, OutputError
+from .errors import ChangedetError, InputError, NoOverlapError, OutputError, OutputWriteError
+
+log = logging.getLogger(__name__)
 
 #: Windows are (row0, col0, height, width) tuples on the output grid.
 Box = tuple[int, int, int, int]
@@ -108,11 +114,20 @@ SLOW_WINDOW_DRIVERS = frozenset({"JP2OpenJPEG", "JPEG2000", "JP2ECW", "JP2KAK", 
                                  "PNG", "JPEG", "GIF"})
 
 
+#: local copies of slow-format inputs go to ``$TMPDIR/changedet-inputs-XXXX``
+SCRATCH_PREFIX = "changedet-inputs-"
+
+
 class _ScratchDir:
-    """A temporary folder for local copies of inputs, removed on ``close``."""
+    """A temporary folder for local copies of inputs, removed on ``close``; marked with its owner."""
 
     def __init__(self) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix="changedet-inputs-"))
+        self.path = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+        try:
+            mark_owner(self.path)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -393,8 +408,9 @@ def open_pair(before_path: str | Path, after_path: str | Path, gsd_m: float | No
             check_size(int(grid.height), int(grid.width))
         # after the checks, so that their messages name the inputs
         if before.driver in SLOW_WINDOW_DRIVERS or after.driver in SLOW_WINDOW_DRIVERS:
-            scratch = _ScratchDir()
-            closers.insert(0, scratch)  # closed last, after the copies in it
+            with _signals_held():  # a stop signal lands after the folder is marked and will be closed
+                scratch = _ScratchDir()
+                closers.insert(0, scratch)  # closed last, after the copies in it
             if before.driver in SLOW_WINDOW_DRIVERS:
                 with reading(before_path, before, Window(0, 0, before.width, before.height)):
                     before = local_copy(before, scratch.path, "before")
@@ -508,15 +524,253 @@ def grow(box: Box, halo: int) -> Box:
 # --------------------------------------------------------------------------- output
 
 
+# ---- who owns a staging or scratch folder: a dead run's are swept by the next run
+
+#: the file in a staging or scratch folder that names the process writing it
+OWNER_FILE = ".changedet-owner.json"
+#: staging folders are ``.<output name>.changedet-XXXX`` beside the output folder
+STAGING_MARK = ".changedet-"
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields 3.. of ``/proc/PID/stat`` (state first, start time at index 19); None when not there."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def owner_record() -> dict[str, Any]:
+    """This process as the owner of a folder: pid, host, boot and the process start time.
+
+    The start time (clock ticks after boot, from ``/proc/PID/stat``) tells a reused pid from the owner.
+    """
+    pid = os.getpid()
+    stat = _proc_stat(pid)
+    return {"tool": "changedet", "pid": pid, "host": socket.gethostname(), "boot_id": _boot_id(),
+            "pid_namespace": _pid_namespace(), "start_ticks": stat[19] if stat else None}
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP while a folder is made and marked, so that none is left unmarked."""
+    if not hasattr(signal, "pthread_sigmask"):  # not on Windows
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def mark_owner(folder: Path) -> None:
+    """Write :data:`OWNER_FILE` into ``folder`` (atomically: a half-written record is never read)."""
+    tmp = folder / f"{OWNER_FILE}.tmp"
+    tmp.write_text(json.dumps(owner_record()) + "\n", encoding="utf-8")
+    os.replace(tmp, folder / OWNER_FILE)
+
+
+def owner_is_dead(record: dict[str, Any]) -> bool:
+    """True only when the process that wrote ``record`` is known to have ended.
+
+    Unknown cases (another host, another container's pids, no ``/proc`` and no permission to
+    signal) count as alive.
+    """
+    if record.get("tool") != "changedet" or record.get("host") != socket.gethostname():
+        return False
+    boot = _boot_id()
+    if boot and record.get("boot_id") and record["boot_id"] != boot:
+        return True  # the machine restarted since
+    if record.get("pid_namespace") != _pid_namespace():
+        return False  # its pid means another process here (a container sharing the folder)
+    pid = int(record["pid"])
+    stat = _proc_stat(pid)
+    if stat is not None:
+        return stat[0] in ("Z", "X") or (record.get("start_ticks") is not None and stat[19] != record["start_ticks"])
+    if Path("/proc/self/stat").exists():
+        return True  # /proc works and the pid is gone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def sweep_dead_runs(folder: Path, is_ours: Any) -> list[Path]:
+    """Remove the folders in ``folder`` that ``is_ours(name)`` and whose owner record names a dead run.
+
+    A folder without a readable owner record is left alone: it was not made by this changedet,
+    or its owner is only starting. Returns what was removed.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not is_ours(entry.name) or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            record = json.loads((Path(entry.path) / OWNER_FILE).read_text(encoding="utf-8"))
+            dead = isinstance(record, dict) and owner_is_dead(record)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if dead:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            if not os.path.lexists(entry.path):
+                log.info("removed %s, left by a changedet run that ended without cleaning up", entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def sweep_dead_scratch() -> list[Path]:
+    """Remove the ``changedet-inputs-*`` copies that dead runs left in this process's TMPDIR."""
+    return sweep_dead_runs(Path(tempfile.gettempdir()), lambda name: name.startswith(SCRATCH_PREFIX))
+
+
+def sweep_dead_staging(folder: Path) -> list[Path]:
+    """Remove the staging folders ``.NAME.changedet-*`` that dead runs left in ``folder``."""
+    return sweep_dead_runs(folder, lambda name: name.startswith(".") and STAGING_MARK in name[1:])
+
+
+# ---- what went wrong when the output side stopped taking files
+
+#: errno -> (what, what to do)
+WRITE_FAULTS = {
+    errno.ENOSPC: ("the disk is full", "free some space or choose an --out on another disk"),
+    errno.EDQUOT: ("the disk quota is used up", "free some space or choose an --out on another disk"),
+    errno.EROFS: ("the disk is read-only", "choose an --out on a writable disk"),
+    errno.EACCES: ("not permitted to write there", "choose an --out folder you can write to"),
+    errno.EPERM: ("not permitted to write there", "choose an --out folder you can write to"),
+}
+
+
+def write_fault(folder: Path) -> int | None:
+    """Why ``folder`` cannot take a new file (an errno of :data:`WRITE_FAULTS`), None when it can.
+
+    GDAL, libtiff and OpenCV report a full disk as a failed write without the cause; asking the
+    file system is what tells a full or read-only disk from a bug.
+    """
+    if hasattr(os, "statvfs"):
+        try:
+            st = os.statvfs(folder)
+            if st.f_flag & os.ST_RDONLY:
+                return errno.EROFS
+            free = st.f_bfree if os.geteuid() == 0 else st.f_bavail  # root may use the reserved blocks
+            if st.f_blocks > 0 and free == 0:
+                return errno.ENOSPC
+        except OSError:
+            pass
+    probe = folder / f"{STAGING_MARK}probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, bytes(4096))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        return exc.errno if exc.errno in WRITE_FAULTS else None
+    return None
+
+
+def write_error(where: Path, code: int) -> OutputWriteError:
+    """The one-line error for a write fault ``code`` (an errno) at the output ``where``."""
+    what, fix = WRITE_FAULTS[code]
+    return OutputWriteError(f"{where}: cannot write the outputs: {what} ({os.strerror(code)}); {fix}")
+
+
+def as_write_error(exc: BaseException, folder: Path, where: Path) -> OutputWriteError | None:
+    """``exc``, raised while writing into ``folder``, as a write fault at ``where``; None when it is not one.
+
+    An ``OSError`` whose errno is a fault counts when it names no file or a file under ``folder``
+    or ``where`` (a permission error from reading an input is not the output's fault); any other
+    failure counts when ``folder`` itself cannot take a file (:func:`write_fault`).
+    """
+    if not isinstance(exc, Exception) or isinstance(exc, ChangedetError):
+        return None
+    if isinstance(exc, OSError) and exc.errno in WRITE_FAULTS:
+        names = [Path(os.fsdecode(n)).absolute() for n in (exc.filename, exc.filename2) if n is not None]
+        if not names or any(n.is_relative_to(folder.absolute()) or n.is_relative_to(where.absolute())
+                            for n in names):
+            return write_error(where, exc.errno)
+    code = write_fault(folder)
+    return write_error(where, code) if code is not None else None
+
+
+_libtiff_quiet = False
+
+
+def quiet_libtiff() -> None:
+    """Stop libtiff printing raw lines (``_tiffWriteProc: No space left on device.``) on stderr.
+
+    GDAL reports the same failures as exceptions; libtiff's global error handler (used for the
+    writes of GDAL's file layer) prints straight to the C stderr, past Python and logging. Best
+    effort: nothing happens when the library cannot be found.
+    """
+    global _libtiff_quiet
+    if _libtiff_quiet:
+        return
+    _libtiff_quiet = True
+    import ctypes
+
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return
+    paths = {ln.split()[-1] for ln in maps if "/libtiff" in ln and ".so" in ln}
+    for lib_path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(lib_path)
+            lib.TIFFSetErrorHandler.restype = ctypes.c_void_p
+            lib.TIFFSetErrorHandler.argtypes = [ctypes.c_void_p]
+            lib.TIFFSetErrorHandler(None)
+        except (OSError, AttributeError):
+            continue
+
+
 class OutputStage:
     """A private folder beside the output folder; moved into place only when complete.
 
-    Use as a context manager: on an exception the staging folder is removed and
-    nothing is left behind.
+    Use as a context manager: on an exception the staging folder is removed and nothing is
+    left behind; a failure caused by the output side (full, read-only, not permitted) becomes
+    :class:`~changedet.errors.OutputWriteError`. The folder records its owner
+    (:data:`OWNER_FILE`), so that a later run can remove it if this process dies without
+    cleaning up (``kill -9``, power cut); such leftovers of dead runs beside ``out_dir`` are
+    removed when a stage is made.
+
+    Parameters
+    ----------
+    out_dir : the output folder.
+    contract : every file name this kind of output may hold; on :meth:`commit` those of them
+        in ``out_dir`` that the run did not produce are removed (a user's other files stay).
     """
 
-    def __init__(self, out_dir: str | Path) -> None:
+    def __init__(self, out_dir: str | Path, contract: tuple[str, ...] | list[str] = ()) -> None:
+        if str(out_dir) == "":
+            raise OutputError("--out is empty; give the output folder")
         self.out_dir = Path(out_dir).absolute()
+        self.contract = tuple(contract)
         anchor = self.out_dir.parent
         while not anchor.exists():
             anchor = anchor.parent
@@ -526,18 +780,28 @@ class OutputStage:
             raise OutputError(f"{self.out_dir}: exists and is not a folder; choose another --out")
         target = self.out_dir if self.out_dir.exists() else anchor
         if not os.access(target, os.W_OK | os.X_OK):
-            raise OutputError(f"{target}: not writable; choose an --out folder you can write to")
+            raise write_error(target, write_fault(target) or errno.EACCES)
         self._anchor = anchor
         self.path: Path | None = None
+        sweep_dead_staging(anchor)
 
     def __enter__(self) -> OutputStage:
+        quiet_libtiff()
         try:
-            self.path = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.changedet-", dir=self._anchor))
+            with _signals_held():
+                self.path = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}{STAGING_MARK}", dir=self._anchor))
+                mark_owner(self.path)
             umask = os.umask(0)
             os.umask(umask)
             self.path.chmod(0o777 & ~umask)  # mkdtemp makes it private; the output folder should not be
         except OSError as exc:
+            self._discard()
+            if exc.errno in WRITE_FAULTS:
+                raise write_error(self.out_dir, exc.errno) from None
             raise OutputError(f"{self._anchor}: cannot create files there ({exc.strerror}); choose another --out") from None
+        except BaseException:
+            self._discard()
+            raise
         return self
 
     def file(self, name: str) -> Path:
@@ -545,7 +809,12 @@ class OutputStage:
         return self.path / name
 
     def commit(self, names: list[str]) -> None:
-        """Move the finished files into the output folder."""
+        """Move the finished files ``names`` into the output folder, in order.
+
+        Into an existing folder the last name moves last, after the contract files this run
+        did not produce were removed: put the run's record there, so that it never describes
+        files of another run.
+        """
         assert self.path is not None
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         if not self.out_dir.exists():
@@ -555,13 +824,28 @@ class OutputStage:
             os.rename(self.path, self.out_dir)
             self.path = None
             return
-        for name in names:
+        for name in names[:-1]:
             os.replace(self.path / name, self.out_dir / name)
+        for stale in set(self.contract) - set(names):
+            if (self.out_dir / stale).is_file():
+                (self.out_dir / stale).unlink()
+        if names:
+            os.replace(self.path / names[-1], self.out_dir / names[-1])
 
-    def __exit__(self, *exc: object) -> None:
+    def _discard(self) -> None:
         if self.path is not None:
             shutil.rmtree(self.path, ignore_errors=True)
             self.path = None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        err = None
+        if exc is not None and self.path is not None:
+            err = as_write_error(exc, self.path, self.out_dir)  # asked before the staged files are freed
+        elif exc is not None:
+            err = as_write_error(exc, self._anchor, self.out_dir)
+        self._discard()
+        if err is not None:
+            raise err from exc
 
 
 def _profile(height: int, width: int, dtype: str, nodata: float | None, crs: Any, transform: Affine) -> dict[str, Any]:
@@ -610,6 +894,28 @@ def to_cog(src: Path, dst: Path, resampling: str = "nearest", predictor: str = "
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         rasterio.shutil.copy(str(src), str(dst), driver="COG", COMPRESS="DEFLATE", PREDICTOR=predictor,
                              BLOCKSIZE="512", OVERVIEW_RESAMPLING=resampling.upper(), NUM_THREADS="1")
+
+
+def file_record(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    """``{name: {"bytes": size, "sha256": hex}}`` of the files ``names`` in ``folder``.
+
+    ``summary.json`` keeps this of every other file of the run, so that a resumed batch can
+    tell a complete output folder from one whose files were removed, truncated or replaced.
+    """
+    return {name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)} for name in names}
+
+
+def files_match(folder: Path, record: Any) -> bool:
+    """True when every file of a :func:`file_record` is in ``folder`` with that size and SHA-256."""
+    if not isinstance(record, dict) or not record:
+        return False
+    for name, want in record.items():
+        path = folder / name
+        if Path(name).name != name or not isinstance(want, dict) or not path.is_file():
+            return False
+        if path.stat().st_size != want.get("bytes") or sha256_file(path) != want.get("sha256"):
+            return False
+    return True
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -34,7 +34,7 @@ from .learned import score as lscore
 from .coregistration import estimate_registration, observability_scale, read_registered, rgb_bands
 from .arrays import band_roles, crop, luminance
 from .config import Config
-from .errors import InputError, RegistrationError
+from .errors import InputError, OutputError, RegistrationError
 from .io import (
     BandWriter,
     Box,
@@ -43,7 +43,9 @@ from .io import (
     grow,
     iter_windows,
     open_pair,
+    file_record,
     raster_info,
+    sweep_dead_scratch,
     to_cog,
     write_band,
     write_json,
@@ -54,6 +56,8 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = "1.0"
 OUTPUT_FILES = ["change_mask.tif", "change_class.tif", "change_score.tif", "detections.geojson",
                 "summary.json", "quicklook.png"]
+#: every file a run may write into its output folder (tie points only when asked and found)
+CONTRACT_FILES = (*OUTPUT_FILES, "tiepoints.geojson")
 
 #: progress(stage, done, total)
 ProgressFn = Callable[[str, int, int], None]
@@ -687,8 +691,10 @@ def detect_pair(before: str | Path, after: str | Path, out_dir: str | Path, conf
     """
     cfg = config or Config()
     progress = progress or _no_progress
-    # GDAL's block cache defaults to 5 % of RAM; windows are read once, so a small cache keeps memory flat
-    with rasterio.Env(GDAL_CACHEMAX=64), warnings.catch_warnings():
+    # GDAL's block cache defaults to 5 % of RAM; windows are read once, so a small cache keeps memory flat.
+    # rasterio passes GDAL_CACHEMAX to GDALSetCacheMax64, in bytes: a bare 64 was a 64-byte cache, and
+    # copying a PNG input printed GDAL's "block cache size (64) should be at least the size of the swath"
+    with rasterio.Env(GDAL_CACHEMAX=64 * 2**20), warnings.catch_warnings():
         # the missing georeferencing is recorded once, in the summary's warnings
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         return _detect(before, after, out_dir, cfg, site, gsd_m, require_registration, progress)
@@ -697,16 +703,19 @@ def detect_pair(before: str | Path, after: str | Path, out_dir: str | Path, conf
 def _detect(before: str | Path, after: str | Path, out_dir: str | Path, cfg: Config, site: str | None,
             gsd_m: float | None, require_registration: bool, progress: ProgressFn) -> RunResult:
     timer = _Timer()
+    if str(out_dir) == "":
+        raise OutputError("--out is empty; give the output folder")
     out_dir = Path(out_dir)
     site = site or out_dir.name
     t0 = time.perf_counter()
     def check_size(height: int, width: int) -> None:
         resources.check_grid(before, height, width, cfg.limits, cfg.model.enabled)
 
+    sweep_dead_scratch()
     with open_pair(before, after, gsd_m or cfg.gsd_m, check_size) as pair:
         info_b, info_a = raster_info(pair.before, before), raster_info(pair.after, after)
         timer.timings["load"] = round(time.perf_counter() - t0, 3)
-        stage = OutputStage(out_dir)
+        stage = OutputStage(out_dir, CONTRACT_FILES)
         warns = list(pair.warnings)
         with stage:
             return _run(pair, cfg, stage, site, info_b, info_a, warns, timer, require_registration, progress)
@@ -799,22 +808,24 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         to_cog(stage.file("class.scratch.tif"), stage.file("change_class.tif"))
         to_cog(stage.file("score.scratch.tif"), stage.file("change_score.tif"), "average", "FLOATING_POINT")
         write_json(stage.file("detections.geojson"), vector.feature_collection(feats, pair.georeferenced))
-        names = list(OUTPUT_FILES)
+        names = [n for n in OUTPUT_FILES if n != "summary.json"]
         if cfg.registration.write_tiepoints and reg.chips:
             write_json(stage.file("tiepoints.geojson"), tiepoint_features(pair, reg))
             names.append("tiepoints.geojson")
         picture = render_quicklook(pair, models, cfg, dets, labels, site,
                                    (obs.reason == observability.OBSERVABLE) | (obs.reason == observability.NODATA))
-        if not cv2.imwrite(str(stage.file("quicklook.png")), picture):
-            raise OSError(f"{stage.file('quicklook.png')}: could not write the quick-look")
+        # encoded here and written by Python: a failed write is then an OSError with its cause,
+        # not libpng's "Write Error" on stderr
+        stage.file("quicklook.png").write_bytes(quicklook.encode_png(picture))
     summary = _summary(site, info_b, info_a, pair, replace(models, reg=reg), cfg, thr, mask,
                        records, warns, timer.timings, applied, obs)
     summary["false_alarm_budget"] = {**budget.to_json(), "expected_false_detections": round(
         cfg.decide.false_alarms_per_km2 * summary["observable_km2"], 3)}
     summary["model"] = lrn.to_json() if lrn else {"enabled": False}
     summary["too_fine"] = fine
+    summary["files"] = file_record(stage.file("summary.json").parent, names)
     write_json(stage.file("summary.json"), summary)
-    stage.commit(names)
+    stage.commit([*names, "summary.json"])  # the record last: it never describes files of another run
     return RunResult(stage.out_dir, summary)
 
 

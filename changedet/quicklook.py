@@ -116,3 +116,11 @@ def render(before: np.ndarray, after: np.ndarray, outlines: list[Outline], count
                             else "before"), gap, _title(after, "after (registered)"), gap,
                      _title(det, f"detections {title}".strip())])
     return np.vstack([row, _legend(row.shape[1], counts, share)])
+
+
+def encode_png(picture: np.ndarray) -> bytes:
+    """The picture, (H, W, 3) uint8 BGR, as PNG bytes (OpenCV's encoder, the same bytes every time)."""
+    ok, buf = cv2.imencode(".png", picture)
+    if not ok:
+        raise ValueError(f"could not encode a {picture.shape} {picture.dtype} picture as PNG")
+    return buf.tobytes()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -986,6 +987,10 @@ def _write_tif(path: Path, data: np.ndarray, scene: Scene, names: tuple[str, ...
     os.replace(tmp, path)
 
 
+#: every file :func:`write_scene` may write (truth_weather.tif only for a scene with weather)
+SCENE_FILES = ("before.tif", "after.tif", "truth_class.tif", "truth_instances.tif", "truth_weather.tif", "truth.json")
+
+
 def write_scene(scene: Scene, out_dir: str | Path) -> dict[str, Path]:
     """Write a scene: before.tif, after.tif, truth_class.tif, truth_instances.tif, truth.json.
 
@@ -993,19 +998,27 @@ def write_scene(scene: Scene, out_dir: str | Path) -> dict[str, Path]:
     3 thick haze) and, per object in truth.json, ``observable_fraction`` (share of its pixels not
     under weather) and ``observable`` (false when none is: the object is wholly under cloud, shadow
     or thick haze; it stays in the list, and in truth_instances.tif, while truth_class.tif is 255
-    there). Each file is written to a temporary name and renamed when complete.
+    there). The files are written to a staging folder beside ``out_dir`` and moved in when all are
+    complete (:class:`~changedet.io.OutputStage`); a scene file of an earlier scene that this one
+    does not have (truth_weather.tif) is removed.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {name: out / name for name in ("before.tif", "after.tif", "truth_class.tif", "truth_instances.tif",
-                                           "truth.json")}
-    _write_tif(files["before.tif"], scene.before, scene, scene.band_names)
-    _write_tif(files["after.tif"], scene.after, scene, scene.band_names)
-    _write_tif(files["truth_class.tif"], scene.truth_class, scene)
-    _write_tif(files["truth_instances.tif"], scene.truth_instances, scene)
+    from .io import OutputStage
+
+    with OutputStage(out_dir, SCENE_FILES) as stage:
+        names = _write_scene_files(scene, stage.file)
+        stage.commit(names)  # truth.json last
+    return {name: Path(out_dir) / name for name in names}
+
+
+def _write_scene_files(scene: Scene, file: Callable[[str], Path]) -> list[str]:
+    names = ["before.tif", "after.tif", "truth_class.tif", "truth_instances.tif"]
+    _write_tif(file("before.tif"), scene.before, scene, scene.band_names)
+    _write_tif(file("after.tif"), scene.after, scene, scene.band_names)
+    _write_tif(file("truth_class.tif"), scene.truth_class, scene)
+    _write_tif(file("truth_instances.tif"), scene.truth_instances, scene)
     if scene.weather_mask is not None:
-        files["truth_weather.tif"] = out / "truth_weather.tif"
-        _write_tif(files["truth_weather.tif"], scene.weather_mask, scene)
+        names.append("truth_weather.tif")
+        _write_tif(file("truth_weather.tif"), scene.weather_mask, scene)
     objects = []
     for i, o in enumerate(scene.objects):
         d = asdict(o)
@@ -1024,7 +1037,5 @@ def write_scene(scene: Scene, out_dir: str | Path) -> dict[str, Path]:
         "nuisances": scene.nuisances, "objects": objects,
         "counts": {c: sum(o.cls == c for o in scene.objects) for c in CLASS_CODES},
     }
-    tmp = files["truth.json"].with_name(".truth.json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, files["truth.json"])
-    return files
+    file("truth.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return [*names, "truth.json"]

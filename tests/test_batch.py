@@ -4,6 +4,8 @@ import pytest
 
 from changedet import batch
 from changedet.errors import ConfigError, InputError
+from changedet.io import file_record
+from changedet.pipeline import OUTPUT_FILES, summary_schema
 
 
 def write_manifest(tmp_path, text):
@@ -40,9 +42,14 @@ def fake_detect(calls):
         if "bad" in str(before):
             raise InputError(f"{before}: no such file; check the path")
         out.mkdir(parents=True, exist_ok=True)
-        summary = {"config": cfg.model_dump(mode="json"), "detections": [{}], "changed_area_m2": 12.0,
+        names = [n for n in OUTPUT_FILES if n != "summary.json"]
+        for name in names:
+            (out / name).write_text(name)
+        summary = {**{key: None for key in summary_schema()["required"]},
+                   "config": cfg.model_dump(mode="json"), "detections": [{}], "changed_area_m2": 12.0,
                    "inputs": {"before": {"sha256": batch.sha256_file(before)},
-                              "after": {"sha256": batch.sha256_file(after)}}}
+                              "after": {"sha256": batch.sha256_file(after)}},
+                   "files": file_record(out, names)}
         (out / "summary.json").write_text(json.dumps(summary))
 
         class R:

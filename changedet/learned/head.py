@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
+from ..io import as_write_error, write_error, write_fault
 from .features import N_FEATURES
 
 FORMAT = "changedet-head/1"
@@ -83,18 +84,41 @@ def save(head: Head, path: Path) -> str:
     for i, (w, b) in enumerate(zip(head.weights, head.biases)):
         arrays[f"w{i}"], arrays[f"b{i}"] = w, b
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **arrays)
-    tmp.replace(path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    check_model_path(path)
     card_path = card_path_of(path)
-    card_tmp = card_path.with_name(f".{card_path.name}.tmp")
-    card_tmp.write_text(json.dumps({**head.card, "model_file": path.name, "model_sha256": digest},
-                                   indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    card_tmp.replace(card_path)
+    tmp, card_tmp = path.with_name(f".{path.name}.tmp"), card_path.with_name(f".{card_path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        card_tmp.write_text(json.dumps({**head.card, "model_file": path.name, "model_sha256": digest},
+                                       indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.replace(path)  # both complete before either is moved into place
+        card_tmp.replace(card_path)
+    except Exception as exc:
+        for t in (tmp, card_tmp):
+            t.unlink(missing_ok=True)
+        err = as_write_error(exc, path.parent, path.parent)
+        if err is None:
+            raise
+        raise err from exc
     return digest
+
+
+def check_model_path(path: Path) -> None:
+    """Raise :class:`OutputError` when a model file cannot be written at ``path`` (before any training)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a model file name ending in .npz")
+    for folder in path.parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise OutputError(f"{folder}: is a file, not a folder; choose another --out")
+            code = write_fault(folder)
+            if code is not None:
+                raise write_error(folder, code)
+            break
 
 
 def card_path_of(path: Path) -> Path:

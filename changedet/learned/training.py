@@ -369,6 +369,7 @@ def model_card(pairs: list[LabelledPair], options: dict[str, Any], head: head_mo
 def train(pairs: list[LabelledPair], out: Path, options: dict[str, Any] | None = None, *,
           progress: ProgressFn | None = None, card_extra: dict[str, Any] | None = None) -> tuple[head_mod.Head, str]:
     """Train a head on ``pairs`` and write it to ``out`` with its card; returns the head and file hash."""
+    head_mod.check_model_path(out)  # a bad --out fails before the training, not after it
     options = dict(options or {})
     views = int(options.get("augment", 2))
     if not 1 <= views <= 8:
