@@ -53,7 +53,7 @@ from .io import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: `files` (issue 13)
 OUTPUT_FILES = ["change_mask.tif", "change_class.tif", "change_score.tif", "detections.geojson",
                 "summary.json", "quicklook.png"]
 #: every file a run may write into its output folder (tie points only when asked and found)
