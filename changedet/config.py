@@ -13,13 +13,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ChangedetError, ConfigError
+from .errors import ConfigError, shown
+from .yamlfile import YamlRefused, load_text, read_yaml
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # nan and inf pass every bound (gt, le) unnoticed and fail only after a whole run
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class RegisterConfig(_Section):
@@ -264,38 +266,20 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if p.stem != "default")
 
 
-def read_yaml(path: Path, what: str, error: type[ChangedetError] = ConfigError) -> Any:
-    """The parsed content of a YAML file (config, batch or training manifest).
-
-    A missing or unreadable file, or bad syntax, raises ``error`` with one line naming the file,
-    the line of the syntax error and the fix.
-    """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise error(f"{path}: cannot read the {what} ({exc.strerror}); check the path") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise error(f"{path}: not valid YAML{where}; fix the {what}'s syntax") from None
-
-
 def _read_yaml(path: Path) -> dict[str, Any]:
     data = read_yaml(path, "config file")
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
+        raise ConfigError(f"{path}: a config file must be a mapping of keys to values, not a "
+                          f"{type(data).__name__}; see configs/default.yaml")
     return data
 
 
-def _preset_data(name: str) -> dict[str, Any]:
-    path = PRESET_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(list_presets())}")
-    return _read_yaml(path)
+def _preset_data(name: Any, where: str = "preset") -> dict[str, Any]:
+    if name not in list_presets():  # a name, never a path: "../x" must not reach the file system
+        raise ConfigError(f"{where} {shown(name)}: unknown preset; choose one of: {', '.join(list_presets())}")
+    return _read_yaml(PRESET_DIR / f"{name}.yaml")
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -312,15 +296,17 @@ def parse_set(item: str) -> dict[str, Any]:
     """Turn ``"decide.min_area_m2=10"`` into ``{"decide": {"min_area_m2": 10}}``."""
     key, sep, raw = item.partition("=")
     key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set decide.min_area_m2=10")
+    parts = key.split(".")
+    if not sep or not all(parts):
+        raise ConfigError(f"--set {shown(item)}: expected key=value, e.g. --set decide.min_area_m2=10")
     try:
-        value = yaml.safe_load(raw)
+        value = load_text(raw)
+    except YamlRefused as exc:
+        raise ConfigError(f"--set {shown(item)}: the value is refused: {exc.problem}; {exc.fix}") from None
     except yaml.YAMLError:
         value = raw
     node: dict[str, Any] = {}
     cursor = node
-    parts = key.split(".")
     for part in parts[:-1]:
         cursor[part] = {}
         cursor = cursor[part]
@@ -328,12 +314,17 @@ def parse_set(item: str) -> dict[str, Any]:
     return node
 
 
-def _describe(err: ValidationError, source: str) -> str:
+def _describe(err: ValidationError, source: str, sets: list[str] | tuple[str, ...] = ()) -> str:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
+    loc = [str(p) for p in first["loc"]]
+    for item in sets:  # a key a --set gave (or lies under) is the --set's fault, not the file's
+        parts = item.partition("=")[0].strip().split(".")
+        if loc[:len(parts)] == parts or parts[:len(loc)] == loc:
+            source = "--set"
+    key = shown(".".join(loc))
     if first["type"] == "extra_forbidden":
-        return f"{source}: unknown config key {key!r}; see configs/default.yaml for the valid keys"
-    return f"{source}: config key {key!r}: {first['msg']} (got {first.get('input')!r})"
+        return f"{source}: unknown config key {key}; see configs/default.yaml for the valid keys"
+    return f"{source}: config key {key}: {first['msg']} (got {shown(first.get('input'))})"
 
 
 def build_config(
@@ -347,16 +338,17 @@ def build_config(
     merged: dict[str, Any] = {}
     data = dict(data or {})
     file_preset = data.pop("preset", None)
-    preset = preset or file_preset
-    if preset:
-        merged = _merge(merged, _preset_data(str(preset)))
+    if preset is not None:
+        merged = _merge(merged, _preset_data(preset, "--preset"))
+    elif file_preset is not None:
+        merged = _merge(merged, _preset_data(file_preset, f"{source}: preset"))
     merged = _merge(merged, data)
     for item in sets:
         merged = _merge(merged, parse_set(item))
     try:
         return Config.model_validate(merged)
     except ValidationError as err:
-        raise ConfigError(_describe(err, source)) from None
+        raise ConfigError(_describe(err, source, sets)) from None
 
 
 def load_config(
