@@ -28,10 +28,11 @@ class RegisterConfig(_Section):
     """Image-based fine registration of ``after`` onto ``before``."""
 
     enabled: bool = True
-    chip_px: int = Field(160, ge=32, description="side of a correlation chip, pixels")
+    chip_px: int = Field(160, ge=32, le=2048, description="side of a correlation chip, pixels")
     grid: int = Field(6, ge=1, le=16, description="chips per side of the chip grid")
-    upsample: int = Field(100, ge=1, description="subpixel upsampling of the phase-correlation fallback")
-    coarse_max_px: int = Field(512, ge=64, description="long side of the decimated image for the coarse search")
+    upsample: int = Field(100, ge=1, le=1000, description="subpixel upsampling of the phase-correlation fallback")
+    coarse_max_px: int = Field(512, ge=64, le=8192,
+                               description="long side of the decimated image for the coarse search")
     max_shift_frac: float = Field(0.125, gt=0, le=0.5, description="largest shift searched, as a fraction of the tile")
     min_chip_std: float = Field(1e-3, ge=0, description="chips whose relative std is below this are skipped")
     min_confidence: float = Field(0.3, ge=0, le=1, description="below this the registration is flagged")
@@ -43,7 +44,7 @@ class RegisterConfig(_Section):
         "chips with more than this share under cloud, cloud shadow or thick haze do not vote; 1 = all vote"))
     local: bool = Field(False, description="add a smooth local displacement field from a tie-point grid")
     local_grid: int = Field(8, ge=3, le=32, description="tie points per side of the local grid")
-    local_chip_px: int = Field(64, ge=32, description="chip side for the local tie points")
+    local_chip_px: int = Field(64, ge=32, le=1024, description="chip side for the local tie points")
     write_tiepoints: bool = Field(False, description="also write tiepoints.geojson for inspection")
 
 
@@ -63,9 +64,9 @@ class MeasureConfig(_Section):
 
     ssim_weight: float = Field(0.25, ge=0, le=1, description="weight of the SSIM evidence in the fusion")
     cva_k: float = Field(4.0, gt=0, description="noise sigmas of change at which the CVA score is 0.5")
-    ssim_sigma_px: float = Field(1.0, gt=0, description="Gaussian window sigma of local SSIM")
+    ssim_sigma_px: float = Field(1.0, gt=0, le=32, description="Gaussian window sigma of local SSIM")
     ssim_noise_k: float = Field(2.0, ge=0, description="SSIM stabiliser, in noise sigmas")
-    smooth_sigma_px: float = Field(0.0, ge=0, description="Gaussian smoothing of the fused score")
+    smooth_sigma_px: float = Field(0.0, ge=0, le=32, description="Gaussian smoothing of the fused score")
     brightness_weight: float = Field(1.0, ge=0, le=1, description=(
         "weight of change along each pixel's spectral direction (shadow, haze, vegetation vigour); 1 = plain CVA"))
     tolerance_px: int = Field(1, ge=0, le=3, description=(
@@ -84,8 +85,8 @@ class DecideConfig(_Section):
     min_score: float = Field(0.4, ge=0, le=1, description="the threshold never goes below this")
     max_score: float = Field(0.9, ge=0, le=1, description="the threshold never goes above this")
     hysteresis_low_ratio: float = Field(0.75, gt=0, le=1, description="low threshold = ratio * high threshold")
-    open_px: int = Field(1, ge=0, description="radius of the morphological opening")
-    close_px: int = Field(1, ge=0, description="radius of the morphological closing")
+    open_px: int = Field(1, ge=0, le=32, description="radius of the morphological opening")
+    close_px: int = Field(1, ge=0, le=32, description="radius of the morphological closing")
     min_area_m2: float = Field(4.0, ge=0, description="smaller changed regions are dropped")
     fill_holes_m2: float = Field(4.0, ge=0, description="holes smaller than this are filled")
     edge_min_cover: float = Field(0.5, ge=0, le=1, description=(
@@ -143,7 +144,7 @@ class ObjectsConfig(_Section):
         0.12, ge=0, description="and dims all bands alike (spread of the after/before band ratios)")
     shadow_max_frac: float = Field(
         0.5, gt=0, le=1, description="a shadow is beside an object: never more than this share of a region")
-    ring_px: int = Field(6, ge=1, description="width of the context ring around an object")
+    ring_px: int = Field(6, ge=1, le=64, description="width of the context ring around an object")
     broad_min_ring_share: float = Field(0.5, gt=0, le=1, description=(
         "a region whose ring changed this much (at half its own score) is part of a broad change "
         "(ploughing, harvest, a clearing): never a hut or a trench"))
@@ -156,7 +157,7 @@ class ObjectsConfig(_Section):
     broad_line_min_ring_level: float = Field(0.8, ge=0, description=(
         "and only when the median score of its outer ring reaches this share of its own mean score (the "
         "field around it changed throughout, not in specks of noise); 0: whatever the ring's level"))
-    max_objects: int = Field(5000, ge=1, description="objects beyond this many (smallest first) are not described")
+    max_objects: int = Field(5000, ge=1, le=1_000_000, description="objects beyond this many (smallest first) are not described")
 
 
 class ModelConfig(_Section):
@@ -178,8 +179,8 @@ class ModelConfig(_Section):
     region_probability: float = Field(1.0, ge=0, le=2, description=(
         "a changed region whose mean learned probability is below this times the model's threshold keeps "
         "only its pixels that reach it (pieces of 2x2 model cells or more); 0 keeps every region whole"))
-    window_px: int = Field(1024, ge=128, description="side of a window of the learned stage (multiple of 16)")
-    threads: int = Field(0, ge=0, description="onnxruntime threads; 0 = every core (results do not depend on it)")
+    window_px: int = Field(1024, ge=128, le=8192, description="side of a window of the learned stage (multiple of 16)")
+    threads: int = Field(0, ge=0, le=256, description="onnxruntime threads; 0 = every core (results do not depend on it)")
 
     @field_validator("window_px")
     @classmethod
@@ -235,8 +236,8 @@ class ObserveConfig(_Section):
 class ProcessingConfig(_Section):
     """How the work is cut up; does not change results."""
 
-    window_px: int = Field(512, ge=64, description="side of a processing window")
-    quicklook_max_px: int = Field(1000, ge=128, description="long side of each quick-look panel")
+    window_px: int = Field(512, ge=64, le=32768, description="side of a processing window")
+    quicklook_max_px: int = Field(1000, ge=128, le=8192, description="long side of each quick-look panel")
 
 
 class Config(_Section):

@@ -351,3 +351,15 @@ def test_training_options_are_checked_for_library_callers_too():
     with pytest.raises(InputError, match="epochs 0"):
         training.check_options({"epochs": 0})
     assert training.check_options({}) == {"augment": 2, "epochs": 30, "seed": 0}
+
+
+@pytest.mark.parametrize("key", ["registration.upsample", "registration.chip_px", "measure.smooth_sigma_px",
+                                 "measure.ssim_sigma_px", "decide.open_px", "objects.ring_px",
+                                 "processing.window_px", "model.window_px", "model.threads"])
+def test_sizes_that_would_exhaust_memory_are_refused(key):
+    with pytest.raises(ConfigError, match=f"--set: config key '{key}': Input should be less than or equal"):
+        build_config(sets=[f"{key}=1000000000"])
+
+
+def test_a_huge_size_is_refused_before_any_work(run):
+    run.check(run(*detect("--set", "measure.smooth_sigma_px=1e9")), "'measure.smooth_sigma_px'", "less than")
