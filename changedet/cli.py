@@ -45,8 +45,22 @@ PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help=f"Named
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override one key, e.g. --set decide.min_area_m2=10 (repeatable).")]
 
 
+def _one_line(message: str, limit: int = 500) -> str:
+    """``message`` as one printable line of at most ``limit`` characters.
+
+    Messages quote what the user gave (paths, values, typer's echo of an option): control
+    characters (newlines too: a path may hold one) are escaped, and an overlong message loses
+    its middle, so that the start (what was wrong) and the end (the fix, a file's name) remain.
+    """
+    message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message.strip())
+    if len(message) <= limit:
+        return message
+    half = (limit - 1) // 2
+    return message[:half] + "…" + message[-half:]
+
+
 def _fail(message: str, code: int) -> None:
-    typer.echo(f"changedet: error: {message}", err=True)
+    typer.echo(f"changedet: error: {_one_line(message)}", err=True)
     raise typer.Exit(code)
 
 
@@ -290,13 +304,6 @@ def _check_site(site: str) -> None:
     if not site.strip() or len(site) > 200 or any(unicodedata.category(c).startswith("C") for c in site):
         _fail(f"--site {shown(site)}: give a name of 1 to 200 printable characters (no newlines or "
               "control characters)", 2)
-
-
-def _one_line(message: str, limit: int = 300) -> str:
-    """A message of typer's (which may quote what the user typed) as one bounded, printable line."""
-    message = " ".join(message.split())
-    message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
-    return message if len(message) <= limit else message[:limit - 1] + "…"
 
 
 def _usage_error(exc: _click_exceptions.UsageError) -> None:

@@ -363,3 +363,11 @@ def test_sizes_that_would_exhaust_memory_are_refused(key):
 
 def test_a_huge_size_is_refused_before_any_work(run):
     run.check(run(*detect("--set", "measure.smooth_sigma_px=1e9")), "'measure.smooth_sigma_px'", "less than")
+
+
+def test_every_error_is_one_bounded_printable_line(run):
+    """Messages of other modules quote paths too: the CLI escapes newlines and bounds the length."""
+    line = run.check(run("detect", run.dir / "no\nsuch.tif", AFTER, "--out", "out"), "no\\nsuch.tif")
+    assert "\x1b" not in line
+    line = run.check(run(*detect("--set", "model.path=" + "x" * 5000)), "model file", "check the path")
+    assert len(line) < 600
