@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import os
 import re
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 
-from .config import Config, _merge, build_config
+from .config import MAX_GSD_M, Config, _merge, build_config
 from .errors import ChangedetError, ConfigError, shown
 from .io import sha256_file
 from .pipeline import ProgressFn, detect_pair
@@ -63,8 +62,9 @@ def _site(entry: Any, i: int, base: Path, manifest: Path) -> Site:
         raise ConfigError(f"{where} ({name}): config must be a mapping of overrides")
     gsd = entry.get("gsd_m")
     if gsd is not None and (not isinstance(gsd, (int, float)) or isinstance(gsd, bool)
-                            or not math.isfinite(gsd) or gsd <= 0):
-        raise ConfigError(f"{where} ({name}): gsd_m {shown(gsd)} must be a positive number of metres")
+                            or not 0 < gsd <= MAX_GSD_M):  # nan fails this too
+        raise ConfigError(f"{where} ({name}): gsd_m {shown(gsd)} must be a positive number of metres, "
+                          f"at most {MAX_GSD_M:g}")
     return Site(name, base / entry["before"], base / entry["after"], cfg, gsd)
 
 

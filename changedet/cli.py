@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -19,7 +18,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from . import __version__
-from .config import list_presets, load_config
+from .config import MAX_GSD_M, list_presets, load_config
 from .errors import ChangedetError, shown
 
 try:  # typer >= 0.2x carries its own copy of click; older typer runs on click itself
@@ -140,8 +139,8 @@ def detect(
     from .pipeline import detect_pair
 
     with _errors():
-        if gsd is not None and not (math.isfinite(gsd) and gsd > 0):
-            _fail(f"--gsd {gsd}: must be a positive number of metres", 2)
+        if gsd is not None and not 0 < gsd <= MAX_GSD_M:  # nan fails this too
+            _fail(f"--gsd {gsd}: give a positive number of metres, at most {MAX_GSD_M:g}", 2)
         if site is not None:
             _check_site(site)
         sets = list(set_ or [])

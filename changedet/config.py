@@ -17,6 +17,8 @@ from .errors import ConfigError, shown
 from .yamlfile import YamlRefused, load_text, read_yaml
 
 PRESET_DIR = Path(__file__).parent / "presets"
+#: the coarsest ground sample distance accepted (metres): beyond it, areas overflow into nonsense
+MAX_GSD_M = 10_000.0
 
 
 class _Section(BaseModel):
@@ -243,7 +245,7 @@ class ProcessingConfig(_Section):
 class Config(_Section):
     """The whole effective configuration of a run."""
 
-    gsd_m: float | None = Field(None, gt=0, description="ground sample distance override, metres")
+    gsd_m: float | None = Field(None, gt=0, le=MAX_GSD_M, description="ground sample distance override, metres")
     registration: RegisterConfig = RegisterConfig()
     normalize: NormalizeConfig = NormalizeConfig()
     measure: MeasureConfig = MeasureConfig()

@@ -211,6 +211,7 @@ def test_every_float_key_refuses_non_finite_values(value):
     (("--gsd", "nan"), "--gsd nan"),
     (("--gsd", "inf"), "--gsd inf"),
     (("--gsd", "-inf"), "--gsd -inf"),
+    (("--gsd", "1e308"), "--gsd 1e+308"),
     (("--set", "gsd_m=.inf"), "'gsd_m'"),
     (("--set", "decide.min_area_m2=.nan"), "'decide.min_area_m2'"),
 ])
@@ -223,7 +224,7 @@ def test_non_finite_value_in_a_config_file_names_the_file(run):
     run.check(run(*detect("--config", cfg)), "c.yaml", "'measure.cva_k'", "finite")
 
 
-@pytest.mark.parametrize("site", ["gsd_m: .nan", "gsd_m: .inf", "gsd_m: true", "config: {gsd_m: -.inf}"])
+@pytest.mark.parametrize("site", ["gsd_m: .nan", "gsd_m: .inf", "gsd_m: true", "gsd_m: 1e300", "config: {gsd_m: -.inf}"])
 def test_non_finite_values_in_a_batch_manifest(run, site):
     m = run.write("m.yaml", f"sites:\n  - {{name: a, before: b.tif, after: a.tif, {site}}}\n")
     run.check(run("batch", m, "--out", "out"), "m.yaml", "gsd_m")
