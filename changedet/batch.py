@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 
-from .config import Config, _merge, build_config, read_yaml
-from .errors import ChangedetError, ConfigError, OutputError, OutputWriteError
+from .config import MAX_GSD_M, Config, _merge, build_config
+from .errors import ChangedetError, ConfigError, OutputError, OutputWriteError, shown
 from .io import as_write_error, files_match, sha256_file, write_error, write_fault
 from .pipeline import CONTRACT_FILES, OUTPUT_FILES, ProgressFn, detect_pair, summary_schema
+from .yamlfile import read_yaml
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: a site name names a folder: matched whole (``fullmatch``; ``$`` would let a final newline through)
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -41,22 +43,29 @@ def _site(entry: Any, i: int, base: Path, manifest: Path) -> Site:
     where = f"{manifest}: site {i + 1}"
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: must be a mapping with name, before and after")
-    unknown = set(entry) - {"name", "before", "after", "config", "gsd_m"}
+    unknown = [k for k in entry if k not in ("name", "before", "after", "config", "gsd_m")]
     if unknown:
-        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}; use name, before, after, config, gsd_m")
+        raise ConfigError(f"{where}: unknown key {shown(unknown[0])}; use name, before, after, config, gsd_m")
     for key in ("name", "before", "after"):
-        if not entry.get(key):
+        if entry.get(key) is None or entry.get(key) == "":
             raise ConfigError(f"{where}: missing {key!r}")
-    name = str(entry["name"])
-    if not NAME.match(name):
-        raise ConfigError(f"{where}: name {name!r} must be letters, digits, '-', '_' or '.' (it names a folder)")
+    name = entry["name"]
+    if not isinstance(name, (str, int)) or isinstance(name, bool) or not NAME.fullmatch(str(name)):
+        raise ConfigError(f"{where}: name {shown(name)} must be 1 to 100 letters, digits, '-', '_' or '.', "
+                          "starting with a letter or digit (it names a folder)")
+    name = str(name)
+    for key in ("before", "after"):
+        if not isinstance(entry[key], str) or "\0" in entry[key]:
+            raise ConfigError(f"{where} ({name}): {key} {shown(entry[key])} must be a path (a string)")
     cfg = entry.get("config") or {}
     if not isinstance(cfg, dict):
         raise ConfigError(f"{where} ({name}): config must be a mapping of overrides")
     gsd = entry.get("gsd_m")
-    if gsd is not None and (not isinstance(gsd, (int, float)) or gsd <= 0):
-        raise ConfigError(f"{where} ({name}): gsd_m must be a positive number of metres")
-    return Site(name, base / str(entry["before"]), base / str(entry["after"]), cfg, gsd)
+    if gsd is not None and (not isinstance(gsd, (int, float)) or isinstance(gsd, bool)
+                            or not 0 < gsd <= MAX_GSD_M):  # nan fails this too
+        raise ConfigError(f"{where} ({name}): gsd_m {shown(gsd)} must be a positive number of metres, "
+                          f"at most {MAX_GSD_M:g}")
+    return Site(name, base / entry["before"], base / entry["after"], cfg, gsd)
 
 
 def read_manifest(path: str | Path) -> tuple[list[Site], dict[str, Any]]:
@@ -69,10 +78,12 @@ def read_manifest(path: str | Path) -> tuple[list[Site], dict[str, Any]]:
     data = read_yaml(path, "manifest")
     overrides: dict[str, Any] = {}
     if isinstance(data, dict):
-        extra = set(data) - {"config", "sites"}
+        extra = [k for k in data if k not in ("config", "sites")]
         if extra:
-            raise ConfigError(f"{path}: unknown key {sorted(extra)[0]!r}; a manifest has 'config' and 'sites'")
+            raise ConfigError(f"{path}: unknown key {shown(extra[0])}; a manifest has 'config' and 'sites'")
         overrides = data.get("config") or {}
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"{path}: config must be a mapping of overrides, e.g. config: {{preset: vhr-0.5m}}")
         data = data.get("sites")
     if not isinstance(data, list) or not data:
         raise ConfigError(f"{path}: no sites; list them under 'sites:' with name, before and after")
@@ -80,7 +91,7 @@ def read_manifest(path: str | Path) -> tuple[list[Site], dict[str, Any]]:
     seen: set[str] = set()
     for s in sites:
         if s.name in seen:
-            raise ConfigError(f"{path}: site name {s.name!r} is used twice; names must be unique")
+            raise ConfigError(f"{path}: site name {shown(s.name)} is used twice; names must be unique")
         seen.add(s.name)
     return sites, overrides
 

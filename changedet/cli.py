@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,8 +20,15 @@ from typing import Annotated, Any, Optional
 import typer
 
 from . import __version__
-from .config import list_presets, load_config
-from .errors import ChangedetError
+from .config import MAX_GSD_M, list_presets, load_config
+from .errors import ChangedetError, shown
+
+try:  # typer >= 0.2x carries its own copy of click; older typer runs on click itself
+    from typer._click import exceptions as _click_exceptions
+except ImportError:  # pragma: no cover
+    from click import exceptions as _click_exceptions  # type: ignore[no-redef]
+#: click raises it (from 8.2) for a group called with no arguments, after printing the help
+_NO_ARGS_IS_HELP = getattr(_click_exceptions, "NoArgsIsHelpError", ())
 
 app = typer.Typer(
     name="changedet",
@@ -38,8 +46,22 @@ PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help=f"Named
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override one key, e.g. --set decide.min_area_m2=10 (repeatable).")]
 
 
+def _one_line(message: str, limit: int = 500) -> str:
+    """``message`` as one printable line of at most ``limit`` characters.
+
+    Messages quote what the user gave (paths, values, typer's echo of an option): control
+    characters (newlines too: a path may hold one) are escaped, and an overlong message loses
+    its middle, so that the start (what was wrong) and the end (the fix, a file's name) remain.
+    """
+    message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message.strip())
+    if len(message) <= limit:
+        return message
+    half = (limit - 1) // 2
+    return message[:half] + "…" + message[-half:]
+
+
 def _fail(message: str, code: int) -> None:
-    typer.echo(f"changedet: error: {message}", err=True)
+    typer.echo(f"changedet: error: {_one_line(message)}", err=True)
     raise typer.Exit(code)
 
 
@@ -163,6 +185,10 @@ def detect(
 
     with _errors():
         out_dir = _out_path(out, "the output folder")
+        if gsd is not None and not 0 < gsd <= MAX_GSD_M:  # nan fails this too
+            _fail(f"--gsd {gsd}: give a positive number of metres, at most {MAX_GSD_M:g}", 2)
+        if site is not None:
+            _check_site(site)
         sets = list(set_ or [])
         if model is not None:
             sets.append(f"model.path={json.dumps(str(model))}")
@@ -171,8 +197,6 @@ def detect(
             from .learned import load_model
 
             load_model(cfg.model.path)  # a bad model file fails before any work
-        if gsd is not None and gsd <= 0:
-            _fail(f"--gsd {gsd}: must be a positive number of metres", 2)
         try:
             with _progress() as progress:
                 result = detect_pair(before, after, out_dir, cfg, site=site, gsd_m=gsd,
@@ -210,15 +234,19 @@ def synth(
     with _errors():
         out_dir = _out_path(out, "the folder to write the scene into")
         if scenario not in synth_mod.SCENARIOS:
-            _fail(f"--scenario {scenario!r}: choose one of {', '.join(synth_mod.SCENARIOS)}", 2)
+            _fail(f"--scenario {shown(scenario)}: choose one of {', '.join(synth_mod.SCENARIOS)}", 2)
         if difficulty not in synth_mod.DIFFICULTIES:
-            _fail(f"--difficulty {difficulty!r}: choose one of {', '.join(synth_mod.DIFFICULTIES)}", 2)
+            _fail(f"--difficulty {shown(difficulty)}: choose one of {', '.join(synth_mod.DIFFICULTIES)}", 2)
         try:
             synth_mod.parse_weather(weather)
         except ValueError as exc:
-            _fail(f"--weather {weather!r}: {exc}", 2)
-        if not -45.0 <= rotation_deg <= 45.0:
+            _fail(f"--weather {shown(weather)}: {exc}", 2)
+        if not -45.0 <= rotation_deg <= 45.0:  # nan fails this too
             _fail(f"--rotation-deg {rotation_deg}: give a rotation from -45 to 45 degrees", 2)
+        if not 128 <= size <= 16384:
+            _fail(f"--size {size}: give a whole number of pixels from 128 to 16384", 2)
+        if seed < 0:
+            _fail(f"--seed {seed}: give a whole number from 0 up", 2)
         try:
             scene = synth_mod.make_scene(scenario, seed=seed, size=size, difficulty=difficulty,
                                          rotation_deg=rotation_deg, weather=weather)
@@ -293,17 +321,17 @@ def train(
 
     Example: changedet train labels.yaml --out models/my_site.npz
     """
-    from .learned.training import load_manifest
+    from .learned.training import check_options, load_manifest
     from .learned.training import train as train_head
 
     with _errors():
         out_file = _out_path(out, "the model file to write (.npz)")
-        pairs, options = load_manifest(manifest)
-        for key, value in (("augment", augment), ("epochs", epochs), ("seed", seed)):
-            if value is not None:
-                options[key] = value
+        given = {k: v for k, v in (("augment", augment), ("epochs", epochs), ("seed", seed)) if v is not None}
+        check_options(given, "--")
         if not out.endswith(".npz"):
             _fail(f"--out {out}: a model file ends in .npz", 2)
+        pairs, options = load_manifest(manifest)
+        options.update(given)
         with _progress() as progress:
             hd, digest = train_head(pairs, out_file, options, progress=progress)
         if not _state["quiet"]:
@@ -319,6 +347,45 @@ def presets() -> None:
         typer.echo(name)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+def _check_site(site: str) -> None:
+    """``--site`` is printed and written to summary.json: one printable line of sensible length."""
+    if not site.strip() or len(site) > 200 or any(unicodedata.category(c).startswith("C") for c in site):
+        _fail(f"--site {shown(site)}: give a name of 1 to 200 printable characters (no newlines or "
+              "control characters)", 2)
+
+
+def _usage_error(exc: _click_exceptions.UsageError) -> None:
+    """Print a usage error (typer's own: missing option, bad value, ...) as one line."""
+    names, ctx = [], exc.ctx
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    command = " ".join(["changedet", *reversed(names), "--help"])
+    typer.echo(f"changedet: error: {_one_line(exc.format_message())} (see '{command}')", err=True)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console-script (and ``python -m changedet``) entry point.
+
+    The command runs with click's standalone mode off, so that typer's own usage errors
+    (a missing option, a value that is not a number, an unknown option) come back here and
+    are printed as one line, as every other error is; help, ``--version`` and exit codes are
+    unchanged.
+    """
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=args, standalone_mode=False)
+    except _NO_ARGS_IS_HELP as exc:  # no arguments at all: the help
+        if exc.format_message().strip():  # typer with rich has printed it already
+            exc.show()
+        code = exc.exit_code
+    except _click_exceptions.UsageError as exc:
+        _usage_error(exc)
+        code = 2
+    except _click_exceptions.ClickException as exc:
+        typer.echo(f"changedet: error: {_one_line(exc.format_message())}", err=True)
+        code = exc.exit_code
+    except typer.Abort:
+        typer.echo("changedet: error: aborted", err=True)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

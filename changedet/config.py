@@ -13,23 +13,28 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ChangedetError, ConfigError
+from .errors import ConfigError, shown
+from .yamlfile import YamlRefused, load_text, read_yaml
 
 PRESET_DIR = Path(__file__).parent / "presets"
+#: the coarsest ground sample distance accepted (metres): beyond it, areas overflow into nonsense
+MAX_GSD_M = 10_000.0
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # nan and inf pass every bound (gt, le) unnoticed and fail only after a whole run
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class RegisterConfig(_Section):
     """Image-based fine registration of ``after`` onto ``before``."""
 
     enabled: bool = True
-    chip_px: int = Field(160, ge=32, description="side of a correlation chip, pixels")
+    chip_px: int = Field(160, ge=32, le=2048, description="side of a correlation chip, pixels")
     grid: int = Field(6, ge=1, le=16, description="chips per side of the chip grid")
-    upsample: int = Field(100, ge=1, description="subpixel upsampling of the phase-correlation fallback")
-    coarse_max_px: int = Field(512, ge=64, description="long side of the decimated image for the coarse search")
+    upsample: int = Field(100, ge=1, le=1000, description="subpixel upsampling of the phase-correlation fallback")
+    coarse_max_px: int = Field(512, ge=64, le=8192,
+                               description="long side of the decimated image for the coarse search")
     max_shift_frac: float = Field(0.125, gt=0, le=0.5, description="largest shift searched, as a fraction of the tile")
     min_chip_std: float = Field(1e-3, ge=0, description="chips whose relative std is below this are skipped")
     min_confidence: float = Field(0.3, ge=0, le=1, description="below this the registration is flagged")
@@ -41,7 +46,7 @@ class RegisterConfig(_Section):
         "chips with more than this share under cloud, cloud shadow or thick haze do not vote; 1 = all vote"))
     local: bool = Field(False, description="add a smooth local displacement field from a tie-point grid")
     local_grid: int = Field(8, ge=3, le=32, description="tie points per side of the local grid")
-    local_chip_px: int = Field(64, ge=32, description="chip side for the local tie points")
+    local_chip_px: int = Field(64, ge=32, le=1024, description="chip side for the local tie points")
     write_tiepoints: bool = Field(False, description="also write tiepoints.geojson for inspection")
 
 
@@ -61,9 +66,9 @@ class MeasureConfig(_Section):
 
     ssim_weight: float = Field(0.25, ge=0, le=1, description="weight of the SSIM evidence in the fusion")
     cva_k: float = Field(4.0, gt=0, description="noise sigmas of change at which the CVA score is 0.5")
-    ssim_sigma_px: float = Field(1.0, gt=0, description="Gaussian window sigma of local SSIM")
+    ssim_sigma_px: float = Field(1.0, gt=0, le=32, description="Gaussian window sigma of local SSIM")
     ssim_noise_k: float = Field(2.0, ge=0, description="SSIM stabiliser, in noise sigmas")
-    smooth_sigma_px: float = Field(0.0, ge=0, description="Gaussian smoothing of the fused score")
+    smooth_sigma_px: float = Field(0.0, ge=0, le=32, description="Gaussian smoothing of the fused score")
     brightness_weight: float = Field(1.0, ge=0, le=1, description=(
         "weight of change along each pixel's spectral direction (shadow, haze, vegetation vigour); 1 = plain CVA"))
     tolerance_px: int = Field(1, ge=0, le=3, description=(
@@ -82,8 +87,8 @@ class DecideConfig(_Section):
     min_score: float = Field(0.4, ge=0, le=1, description="the threshold never goes below this")
     max_score: float = Field(0.9, ge=0, le=1, description="the threshold never goes above this")
     hysteresis_low_ratio: float = Field(0.75, gt=0, le=1, description="low threshold = ratio * high threshold")
-    open_px: int = Field(1, ge=0, description="radius of the morphological opening")
-    close_px: int = Field(1, ge=0, description="radius of the morphological closing")
+    open_px: int = Field(1, ge=0, le=32, description="radius of the morphological opening")
+    close_px: int = Field(1, ge=0, le=32, description="radius of the morphological closing")
     min_area_m2: float = Field(4.0, ge=0, description="smaller changed regions are dropped")
     fill_holes_m2: float = Field(4.0, ge=0, description="holes smaller than this are filled")
     edge_min_cover: float = Field(0.5, ge=0, le=1, description=(
@@ -141,7 +146,7 @@ class ObjectsConfig(_Section):
         0.12, ge=0, description="and dims all bands alike (spread of the after/before band ratios)")
     shadow_max_frac: float = Field(
         0.5, gt=0, le=1, description="a shadow is beside an object: never more than this share of a region")
-    ring_px: int = Field(6, ge=1, description="width of the context ring around an object")
+    ring_px: int = Field(6, ge=1, le=64, description="width of the context ring around an object")
     broad_min_ring_share: float = Field(0.5, gt=0, le=1, description=(
         "a region whose ring changed this much (at half its own score) is part of a broad change "
         "(ploughing, harvest, a clearing): never a hut or a trench"))
@@ -154,7 +159,7 @@ class ObjectsConfig(_Section):
     broad_line_min_ring_level: float = Field(0.8, ge=0, description=(
         "and only when the median score of its outer ring reaches this share of its own mean score (the "
         "field around it changed throughout, not in specks of noise); 0: whatever the ring's level"))
-    max_objects: int = Field(5000, ge=1, description="objects beyond this many (smallest first) are not described")
+    max_objects: int = Field(5000, ge=1, le=1_000_000, description="objects beyond this many (smallest first) are not described")
 
 
 class ModelConfig(_Section):
@@ -176,8 +181,8 @@ class ModelConfig(_Section):
     region_probability: float = Field(1.0, ge=0, le=2, description=(
         "a changed region whose mean learned probability is below this times the model's threshold keeps "
         "only its pixels that reach it (pieces of 2x2 model cells or more); 0 keeps every region whole"))
-    window_px: int = Field(1024, ge=128, description="side of a window of the learned stage (multiple of 16)")
-    threads: int = Field(0, ge=0, description="onnxruntime threads; 0 = every core (results do not depend on it)")
+    window_px: int = Field(1024, ge=128, le=8192, description="side of a window of the learned stage (multiple of 16)")
+    threads: int = Field(0, ge=0, le=256, description="onnxruntime threads; 0 = every core (results do not depend on it)")
 
     @field_validator("window_px")
     @classmethod
@@ -233,8 +238,8 @@ class ObserveConfig(_Section):
 class ProcessingConfig(_Section):
     """How the work is cut up; does not change results."""
 
-    window_px: int = Field(512, ge=64, description="side of a processing window")
-    quicklook_max_px: int = Field(1000, ge=128, description="long side of each quick-look panel")
+    window_px: int = Field(512, ge=64, le=32768, description="side of a processing window")
+    quicklook_max_px: int = Field(1000, ge=128, le=8192, description="long side of each quick-look panel")
 
 
 class LimitsConfig(_Section):
@@ -249,7 +254,7 @@ class LimitsConfig(_Section):
 class Config(_Section):
     """The whole effective configuration of a run."""
 
-    gsd_m: float | None = Field(None, gt=0, description="ground sample distance override, metres")
+    gsd_m: float | None = Field(None, gt=0, le=MAX_GSD_M, description="ground sample distance override, metres")
     registration: RegisterConfig = RegisterConfig()
     normalize: NormalizeConfig = NormalizeConfig()
     measure: MeasureConfig = MeasureConfig()
@@ -274,38 +279,20 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if p.stem != "default")
 
 
-def read_yaml(path: Path, what: str, error: type[ChangedetError] = ConfigError) -> Any:
-    """The parsed content of a YAML file (config, batch or training manifest).
-
-    A missing or unreadable file, or bad syntax, raises ``error`` with one line naming the file,
-    the line of the syntax error and the fix.
-    """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise error(f"{path}: cannot read the {what} ({exc.strerror}); check the path") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise error(f"{path}: not valid YAML{where}; fix the {what}'s syntax") from None
-
-
 def _read_yaml(path: Path) -> dict[str, Any]:
     data = read_yaml(path, "config file")
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
+        raise ConfigError(f"{path}: a config file must be a mapping of keys to values, not a "
+                          f"{type(data).__name__}; see configs/default.yaml")
     return data
 
 
-def _preset_data(name: str) -> dict[str, Any]:
-    path = PRESET_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(list_presets())}")
-    return _read_yaml(path)
+def _preset_data(name: Any, where: str = "preset") -> dict[str, Any]:
+    if name not in list_presets():  # a name, never a path: "../x" must not reach the file system
+        raise ConfigError(f"{where} {shown(name)}: unknown preset; choose one of: {', '.join(list_presets())}")
+    return _read_yaml(PRESET_DIR / f"{name}.yaml")
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -322,15 +309,17 @@ def parse_set(item: str) -> dict[str, Any]:
     """Turn ``"decide.min_area_m2=10"`` into ``{"decide": {"min_area_m2": 10}}``."""
     key, sep, raw = item.partition("=")
     key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set decide.min_area_m2=10")
+    parts = key.split(".")
+    if not sep or not all(parts):
+        raise ConfigError(f"--set {shown(item)}: expected key=value, e.g. --set decide.min_area_m2=10")
     try:
-        value = yaml.safe_load(raw)
+        value = load_text(raw)
+    except YamlRefused as exc:
+        raise ConfigError(f"--set {shown(item)}: the value is refused: {exc.problem}; {exc.fix}") from None
     except yaml.YAMLError:
         value = raw
     node: dict[str, Any] = {}
     cursor = node
-    parts = key.split(".")
     for part in parts[:-1]:
         cursor[part] = {}
         cursor = cursor[part]
@@ -338,12 +327,17 @@ def parse_set(item: str) -> dict[str, Any]:
     return node
 
 
-def _describe(err: ValidationError, source: str) -> str:
+def _describe(err: ValidationError, source: str, sets: list[str] | tuple[str, ...] = ()) -> str:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
+    loc = [str(p) for p in first["loc"]]
+    for item in sets:  # a key a --set gave (or lies under) is the --set's fault, not the file's
+        parts = item.partition("=")[0].strip().split(".")
+        if loc[:len(parts)] == parts or parts[:len(loc)] == loc:
+            source = "--set"
+    key = shown(".".join(loc))
     if first["type"] == "extra_forbidden":
-        return f"{source}: unknown config key {key!r}; see configs/default.yaml for the valid keys"
-    return f"{source}: config key {key!r}: {first['msg']} (got {first.get('input')!r})"
+        return f"{source}: unknown config key {key}; see configs/default.yaml for the valid keys"
+    return f"{source}: config key {key}: {first['msg']} (got {shown(first.get('input'))})"
 
 
 def build_config(
@@ -357,16 +351,17 @@ def build_config(
     merged: dict[str, Any] = {}
     data = dict(data or {})
     file_preset = data.pop("preset", None)
-    preset = preset or file_preset
-    if preset:
-        merged = _merge(merged, _preset_data(str(preset)))
+    if preset is not None:
+        merged = _merge(merged, _preset_data(preset, "--preset"))
+    elif file_preset is not None:
+        merged = _merge(merged, _preset_data(file_preset, f"{source}: preset"))
     merged = _merge(merged, data)
     for item in sets:
         merged = _merge(merged, parse_set(item))
     try:
         return Config.model_validate(merged)
     except ValidationError as err:
-        raise ConfigError(_describe(err, source)) from None
+        raise ConfigError(_describe(err, source, sets)) from None
 
 
 def load_config(

@@ -40,3 +40,19 @@ class RegistrationError(ChangedetError):
 
 class ChangedetWarning(UserWarning):
     """A soft problem; recorded in ``summary.json`` ``warnings``."""
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """A bounded ``repr`` of a user's value for an error message: at most ``limit`` characters.
+
+    Values come from files and options the user controls and may be huge (or, through YAML
+    aliases, share structure that would expand exponentially): :mod:`reprlib` bounds the work
+    of building the repr, and the result is cut with "…".
+    """
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother = 2, limit, limit
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = 4
+    text = r.repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"

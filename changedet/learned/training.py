@@ -37,8 +37,9 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
 from .. import __version__, radiometry
-from ..config import NormalizeConfig, read_yaml
-from ..errors import InputError
+from ..config import NormalizeConfig
+from ..errors import InputError, shown
+from ..yamlfile import read_yaml
 from . import head as head_mod
 from .features import ENCODER_PATH, HALO_PX, HEAD_STRIDE, Stretch, rgb_of
 from .score import features as box_features
@@ -94,28 +95,67 @@ def _files(value: Any, base: Path, key: str, where: str) -> tuple[str, ...]:
     return tuple(str(p if (p := Path(v)).is_absolute() or "://" in v else base / p) for v in items)
 
 
+#: the options of training, their bounds and defaults (manifest keys; ``--augment`` ... on the command line)
+OPTIONS = {"augment": (1, 8, 2), "epochs": (1, 1000, 30), "seed": (0, 2**63 - 1, 0)}
+_PAIR_KEYS = ("before", "after", "label", "group", "weight", "change_values", "dataset")
+
+
+def check_options(options: dict[str, Any], prefix: str = "") -> dict[str, int]:
+    """``augment``, ``epochs`` and ``seed`` of ``options`` checked and completed with their defaults.
+
+    A value that is not a whole number within its bounds raises :class:`InputError` naming
+    ``prefix`` + the key (``"--"`` on the command line, ``"<manifest>: "`` in a manifest).
+    """
+    out = {}
+    for key, (low, high, default) in OPTIONS.items():
+        value = options.get(key)
+        if value is None:
+            value = default
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise InputError(f"{prefix}{key} {shown(value)}: give a whole number from {low} to {high}")
+        out[key] = value
+    return out
+
+
+def _change_values(value: Any, where: str) -> tuple[int, ...]:
+    items = [] if value is None else value if isinstance(value, list) else [value]
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in items):
+        raise InputError(f"{where}change_values {shown(value)}: give a list of whole numbers (label values)")
+    return tuple(items)
+
+
 def load_manifest(path: str | Path) -> tuple[list[LabelledPair], dict[str, Any]]:
     """Pairs and options of a training manifest; every problem is an :class:`InputError` naming it."""
     path = Path(path)
     data = read_yaml(path, "training manifest", InputError)
     if not isinstance(data, dict) or not isinstance(data.get("pairs"), list) or not data["pairs"]:
         raise InputError(f"{path}: a training manifest needs a non-empty 'pairs' list of before/after/label")
-    default_values = tuple(int(v) for v in data.get("change_values", []) or [])
+    unknown = [k for k in data if k not in ("pairs", "change_values", *OPTIONS)]
+    if unknown:
+        raise InputError(f"{path}: unknown key {shown(unknown[0])}; use pairs, change_values, "
+                         f"{', '.join(OPTIONS)}")
+    options = {k: data[k] for k in OPTIONS if data.get(k) is not None}
+    check_options(options, f"{path}: ")
+    default_values = _change_values(data.get("change_values"), f"{path}: ")
     pairs = []
     for i, item in enumerate(data["pairs"]):
         where = f"{path}: pairs[{i}]"
         if not isinstance(item, dict) or not {"before", "after", "label"} <= set(item):
             raise InputError(f"{where}: needs before, after and label")
+        unknown = [k for k in item if k not in _PAIR_KEYS]
+        if unknown:
+            raise InputError(f"{where}: unknown key {shown(unknown[0])}; use {', '.join(_PAIR_KEYS)}")
         label = _files(item["label"], path.parent, "label", where)
         weight = item.get("weight", 1.0)
-        if not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight <= 0:
-            raise InputError(f"{where}: weight must be a positive number")
-        values = tuple(int(v) for v in item.get("change_values", default_values) or [])
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not np.isfinite(weight) \
+                or weight <= 0:
+            raise InputError(f"{where}: weight {shown(weight)} must be a positive number")
+        values = (_change_values(item["change_values"], f"{where}: ") if "change_values" in item
+                  else default_values)
         before = _files(item["before"], path.parent, "before", where)
         pairs.append(LabelledPair(before, _files(item["after"], path.parent, "after", where), label[0],
                                   str(item.get("group", Path(before[0]).stem)), float(weight), values,
                                   str(item.get("dataset", ""))))
-    options = {k: v for k, v in data.items() if k != "pairs"}
     return pairs, options
 
 
@@ -370,12 +410,8 @@ def train(pairs: list[LabelledPair], out: Path, options: dict[str, Any] | None =
           progress: ProgressFn | None = None, card_extra: dict[str, Any] | None = None) -> tuple[head_mod.Head, str]:
     """Train a head on ``pairs`` and write it to ``out`` with its card; returns the head and file hash."""
     head_mod.check_model_path(out)  # a bad --out fails before the training, not after it
-    options = dict(options or {})
-    views = int(options.get("augment", 2))
-    if not 1 <= views <= 8:
-        raise InputError(f"augment: {views} views; give 1 to 8")
-    epochs = int(options.get("epochs", 30))
-    seed = int(options.get("seed", 0))
+    opts = check_options(dict(options or {}))
+    views, epochs, seed = opts["augment"], opts["epochs"], opts["seed"]
     t0 = time.perf_counter()
     samples = collect(pairs, views, seed, progress=progress)
     if not (samples.y >= 0.5).any():
