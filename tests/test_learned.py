@@ -190,3 +190,18 @@ def test_model_disabled_gives_the_classical_run(tmp_path):
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["model"] == {"enabled": False}
     assert summary["threshold"]["method"] != "model"
+
+
+def test_training_reads_non_finite_values_as_nodata(tmp_path):
+    """NaN and ±Inf in a training image are invalid and never reach the features as values."""
+    rng = np.random.default_rng(4)
+    img = rng.random((3, 40, 40)).astype(np.float32)
+    img[1, 5:9, 5:9] = np.nan
+    img[:, 20, 20] = np.inf
+    path = tmp_path / "f.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=40, height=40, count=3, dtype="float32") as dst:
+        dst.write(img)
+    data, valid, *_ = T.read_stack((str(path),))
+    assert np.isfinite(data).all()
+    assert not valid[5:9, 5:9].any() and not valid[20, 20]
+    assert valid.sum() == 40 * 40 - 16 - 1

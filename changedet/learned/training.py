@@ -188,7 +188,9 @@ def read_stack(files: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, Any, Any
         arrays.append(data)
         valid = mask if valid is None else valid & mask
     img = np.concatenate(arrays, axis=0)
-    valid = valid & np.isfinite(img).all(axis=0)
+    finite = np.isfinite(img)
+    valid = valid & finite.all(axis=0)
+    img[~finite] = 0.0  # NaN and ±Inf are nodata; as values they would spread through every filter
     rgb = rgb_of(tuple(descs), tuple(interp)) if len(files) == 1 else rgb_of((None,) * img.shape[0])
     return img, valid, transform, crs, rgb
 
