@@ -23,13 +23,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
+
+warnings.simplefilter("ignore", NotGeoreferencedWarning)  # the "plain after" case writes one on purpose
 
 CONTRACT = ("change_mask.tif", "change_class.tif", "change_score.tif", "detections.geojson", "summary.json",
             "quicklook.png")
@@ -48,12 +52,14 @@ class Ctx:
     base: Path
     cmd: list[str]
 
+    def __post_init__(self) -> None:
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
     @property
     def tmp(self) -> Path:
         return self.dir / "tmp"
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        self.tmp.mkdir(exist_ok=True)
         return {**os.environ, "TMPDIR": str(self.tmp), "NO_COLOR": "1", "COLUMNS": "100", **(extra or {})}
 
     def run(self, *args: object, cwd: Path | None = None, env: dict[str, str] | None = None,
@@ -643,7 +649,7 @@ def _(ctx):
 
 @case("configs", "missing argument")
 def _(ctx):
-    return error(ctx.run("detect", ctx.pair()[0], "--out", "o"), ctx, "AFTER", absent=(ctx.dir / "o",))
+    return error(ctx.run("detect", ctx.pair()[0], "--out", "o"), ctx, "after", absent=(ctx.dir / "o",))
 
 
 @case("configs", "--model missing file")
@@ -1055,7 +1061,6 @@ def main() -> int:
         if groups and group not in groups:
             continue
         ctx = Ctx(root / f"case{i:03d}", base, cmd)
-        ctx.dir.mkdir()
         t0 = time.monotonic()
         try:
             why = fn(ctx)
