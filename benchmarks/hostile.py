@@ -297,34 +297,30 @@ def _base_arrays(ctx: Ctx) -> tuple[np.ndarray, np.ndarray]:
     return ctx.read(ctx.pair()[0]), ctx.read(ctx.pair()[1])
 
 
+def _nothing_observable(ctx: Ctx, proc: subprocess.CompletedProcess[str], name: str, what: str) -> str | None:
+    """Exit 2 naming ``name``, or a summary with observable_fraction 0 and no detections."""
+    if proc.returncode == 0:
+        s = summary(ctx.dir / "o")
+        return None if s["observable_fraction"] == 0 and not s["detections"] else what
+    return error(proc, ctx, name, absent=(ctx.dir / "o",))
+
+
 @case("rasters", "all-zero before")
 def _(ctx):
     b = ctx.write("zero.tif", np.zeros_like(_base_arrays(ctx)[0]))
-    proc = detect(ctx, b, ctx.pair()[1])
-    if proc.returncode == 0:
-        s = summary(ctx.dir / "o")
-        return None if s["observable_fraction"] == 0 and not s["detections"] else "typed detections on zeros"
-    return error(proc, ctx, "zero.tif", absent=(ctx.dir / "o",))
+    return _nothing_observable(ctx, detect(ctx, b, ctx.pair()[1]), "zero.tif", "typed detections on zeros")
 
 
 @case("rasters", "constant after")
 def _(ctx):
     a = ctx.write("const.tif", np.full_like(_base_arrays(ctx)[1], 117))
-    proc = detect(ctx, ctx.pair()[0], a)
-    if proc.returncode == 0:
-        s = summary(ctx.dir / "o")
-        return None if s["observable_fraction"] == 0 and not s["detections"] else "typed detections on a constant"
-    return error(proc, ctx, "const.tif", absent=(ctx.dir / "o",))
+    return _nothing_observable(ctx, detect(ctx, ctx.pair()[0], a), "const.tif", "typed detections on a constant")
 
 
 @case("rasters", "all nodata")
 def _(ctx):
     a = ctx.write("nd.tif", np.full_like(_base_arrays(ctx)[1], 7), nodata=7)
-    proc = detect(ctx, ctx.pair()[0], a)
-    if proc.returncode == 0:
-        s = summary(ctx.dir / "o")
-        return None if s["observable_fraction"] == 0 and not s["detections"] else "detections in nodata"
-    return error(proc, ctx, "nd.tif", absent=(ctx.dir / "o",))
+    return _nothing_observable(ctx, detect(ctx, ctx.pair()[0], a), "nd.tif", "detections in nodata")
 
 
 def _float_pair(ctx: Ctx) -> tuple[np.ndarray, np.ndarray]:
@@ -332,16 +328,28 @@ def _float_pair(ctx: Ctx) -> tuple[np.ndarray, np.ndarray]:
     return b.astype("float32") / 255, a.astype("float32") / 255
 
 
+def _not_observable(ctx: Ctx, proc: subprocess.CompletedProcess[str], regions: list, what: str) -> str | None:
+    """The run succeeded and wrote 255 over every region (numpy index expressions) of the mask."""
+    bad = ok(proc, ctx, ctx.dir / "o")
+    if bad:
+        return bad
+    m = ctx.read(ctx.dir / "o" / "change_mask.tif")[0]
+    return None if all((m[r] == 255).all() for r in regions) else what
+
+
+def _with_reference(ctx: Ctx, proc: subprocess.CompletedProcess[str]) -> str | None:
+    """None when the run succeeded and so did a run of the base uint8 pair into ``ref/``."""
+    return ok(proc, ctx, ctx.dir / "o") or ("the uint8 reference run failed"
+                                          if detect(ctx, *ctx.pair(), out="ref").returncode else None)
+
+
 @case("rasters", "float32 reflectance 0-1")
 def _(ctx):
     fb, fa = _float_pair(ctx)
     proc = detect(ctx, ctx.write("fb.tif", fb), ctx.write("fa.tif", fa))
-    bad = ok(proc, ctx, ctx.dir / "o")
+    bad = _with_reference(ctx, proc)
     if bad:
         return bad
-    ref = detect(ctx, *ctx.pair(), out="ref")
-    if ref.returncode:
-        return "the uint8 reference run failed"
     m1, m0 = ctx.read(ctx.dir / "o" / "change_mask.tif"), ctx.read(ctx.dir / "ref" / "change_mask.tif")
     agree = float(((m1 == 1) == (m0 == 1)).mean())
     return None if agree >= 0.99 else f"float and uint8 masks agree on {agree:.3f} of pixels"
@@ -352,11 +360,7 @@ def _(ctx):
     fb, fa = _float_pair(ctx)
     fa[:, 40:80, 40:80] = np.nan
     proc = detect(ctx, ctx.write("fb.tif", fb), ctx.write("fa.tif", fa))
-    bad = ok(proc, ctx, ctx.dir / "o")
-    if bad:
-        return bad
-    m = ctx.read(ctx.dir / "o" / "change_mask.tif")[0]
-    return None if (m[40:80, 40:80] == 255).all() else "NaN pixels not 255"
+    return _not_observable(ctx, proc, [np.s_[40:80, 40:80]], "NaN pixels not 255")
 
 
 @case("rasters", "float32 NaN in one band only")
@@ -364,11 +368,7 @@ def _(ctx):
     fb, fa = _float_pair(ctx)
     fb[1, 10:50, 100:150] = np.nan
     proc = detect(ctx, ctx.write("fb.tif", fb), ctx.write("fa.tif", fa))
-    bad = ok(proc, ctx, ctx.dir / "o")
-    if bad:
-        return bad
-    m = ctx.read(ctx.dir / "o" / "change_mask.tif")[0]
-    return None if (m[10:50, 100:150] == 255).all() else "pixels with a NaN band not 255"
+    return _not_observable(ctx, proc, [np.s_[10:50, 100:150]], "pixels with a NaN band not 255")
 
 
 @case("rasters", "float32 NaN declared as nodata")
@@ -385,11 +385,7 @@ def _(ctx):
     fa[:, 5:25, 5:25] = np.inf
     fa[:, 120:140, 5:25] = -np.inf
     proc = detect(ctx, ctx.write("fb.tif", fb), ctx.write("fa.tif", fa))
-    bad = ok(proc, ctx, ctx.dir / "o")
-    if bad:
-        return bad
-    m = ctx.read(ctx.dir / "o" / "change_mask.tif")[0]
-    return None if (m[5:25, 5:25] == 255).all() and (m[120:140, 5:25] == 255).all() else "Inf pixels not 255"
+    return _not_observable(ctx, proc, [np.s_[5:25, 5:25], np.s_[120:140, 5:25]], "Inf pixels not 255")
 
 
 @case("rasters", "float64 0-10000 with a 1e30 outlier")
@@ -404,12 +400,9 @@ def _(ctx):
 def _(ctx):
     b, a = _base_arrays(ctx)
     proc = detect(ctx, ctx.pair()[0], ctx.write("a16.tif", a.astype("uint16") * 257))
-    bad = ok(proc, ctx, ctx.dir / "o")
+    bad = _with_reference(ctx, proc)
     if bad:
         return bad
-    ref = detect(ctx, *ctx.pair(), out="ref")
-    if ref.returncode:
-        return "the uint8 reference run failed"
     s, s0 = summary(ctx.dir / "o"), summary(ctx.dir / "ref")
     n, n0 = len(s["detections"]), len(s0["detections"])
     reg, reg0 = s["registration"]["applied"], s0["registration"]["applied"]
@@ -523,11 +516,7 @@ def _(ctx):
     a = a.copy()
     a[:, :, 80:] = 0
     proc = detect(ctx, ctx.pair()[0], ctx.write("half_nd.tif", a, nodata=0))
-    bad = ok(proc, ctx, ctx.dir / "o")
-    if bad:
-        return bad
-    m = ctx.read(ctx.dir / "o" / "change_mask.tif")[0]
-    return None if (m[:, 82:] == 255).all() else "nodata half not 255"
+    return _not_observable(ctx, proc, [np.s_[:, 82:]], "nodata half not 255")
 
 
 # ---------------------------------------------------------------- configs
@@ -543,98 +532,53 @@ def _(ctx):
     return error(detect(ctx, *ctx.pair(), "--config", ctx.dir / "cfgdir"), ctx, "cfgdir", absent=(ctx.dir / "o",))
 
 
-@case("configs", "--config invalid YAML")
-def _(ctx):
-    (ctx.dir / "bad.yaml").write_text("decide: [1, 2\n  x: {\n")
-    return error(detect(ctx, *ctx.pair(), "--config", ctx.dir / "bad.yaml"), ctx, "bad.yaml", absent=(ctx.dir / "o",))
-
-
-@case("configs", "--config is a YAML list")
-def _(ctx):
-    (ctx.dir / "list.yaml").write_text("- 1\n- 2\n")
-    return error(detect(ctx, *ctx.pair(), "--config", ctx.dir / "list.yaml"), ctx, "list.yaml", absent=(ctx.dir / "o",))
-
-
-@case("configs", "unknown key")
-def _(ctx):
-    (ctx.dir / "k.yaml").write_text("decide:\n  bogus: 1\n")
-    return error(detect(ctx, *ctx.pair(), "--config", ctx.dir / "k.yaml"), ctx, "bogus", absent=(ctx.dir / "o",))
-
-
-@case("configs", "wrong type")
-def _(ctx):
-    (ctx.dir / "t.yaml").write_text("decide:\n  min_area_m2: lots\n")
-    return error(detect(ctx, *ctx.pair(), "--config", ctx.dir / "t.yaml"), ctx, "min_area_m2", absent=(ctx.dir / "o",))
-
-
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
 
-
-@case("configs", "YAML alias bomb in --config")
-def _(ctx):
-    (ctx.dir / "bomb.yaml").write_text(BOMB.replace("a: &a", "decide:\n  min_area_m2: &a", 1).replace("\nb:", "\nb:", 1))
-    # the bomb's root keys are unknown, but the loader must refuse it before building anything
-    return error(detect(ctx, *ctx.pair(), "--config", ctx.dir / "bomb.yaml"), ctx, "bomb.yaml", absent=(ctx.dir / "o",))
-
-
-@case("configs", "deeply nested YAML")
-def _(ctx):
-    (ctx.dir / "deep.yaml").write_text("decide: " + "[" * 5000 + "]" * 5000 + "\n")
-    return error(detect(ctx, *ctx.pair(), "--config", ctx.dir / "deep.yaml"), ctx, "deep.yaml", absent=(ctx.dir / "o",))
-
-
-@case("configs", "5 MB config file")
-def _(ctx):
-    (ctx.dir / "big.yaml").write_text("# " + "x" * 5_000_000 + "\ndecide: {}\n")
-    return error(detect(ctx, *ctx.pair(), "--config", ctx.dir / "big.yaml"), ctx, "big.yaml", absent=(ctx.dir / "o",))
+#: --config files refused: (case, file name, its text, what the line must name). The bomb's root
+#: keys are unknown too, but the loader must refuse it before building anything.
+CONFIG_FILE_ERRORS = (
+    ("--config invalid YAML", "bad.yaml", "decide: [1, 2\n  x: {\n", "bad.yaml"),
+    ("--config is a YAML list", "list.yaml", "- 1\n- 2\n", "list.yaml"),
+    ("unknown key", "k.yaml", "decide:\n  bogus: 1\n", "bogus"),
+    ("wrong type", "t.yaml", "decide:\n  min_area_m2: lots\n", "min_area_m2"),
+    ("YAML alias bomb in --config", "bomb.yaml", BOMB.replace("a: &a", "decide:\n  min_area_m2: &a", 1), "bomb.yaml"),
+    ("deeply nested YAML", "deep.yaml", "decide: " + "[" * 5000 + "]" * 5000 + "\n", "deep.yaml"),
+    ("5 MB config file", "big.yaml", "# " + "x" * 5_000_000 + "\ndecide: {}\n", "big.yaml"),
+)
 
 
-@case("configs", "--set without '='")
-def _(ctx):
-    return error(detect(ctx, *ctx.pair(), "--set", "decide.min_area_m2"), ctx, "decide.min_area_m2",
-                 absent=(ctx.dir / "o",))
+def _config_file_error(name: str, text: str, needle: str) -> Check:
+    def check(ctx: Ctx) -> str | None:
+        (ctx.dir / name).write_text(text)
+        return error(detect(ctx, *ctx.pair(), "--config", ctx.dir / name), ctx, needle, absent=(ctx.dir / "o",))
+    return check
 
 
-@case("configs", "--set unknown key")
-def _(ctx):
-    return error(detect(ctx, *ctx.pair(), "--set", "nothing.here=1"), ctx, "nothing", absent=(ctx.dir / "o",))
+for _case, _file, _text, _needle in CONFIG_FILE_ERRORS:
+    case("configs", _case)(_config_file_error(_file, _text, _needle))
 
 
-@case("configs", "--set a float to .nan")
-def _(ctx):
-    return error(detect(ctx, *ctx.pair(), "--set", "decide.min_area_m2=.nan"), ctx, "min_area_m2",
-                 absent=(ctx.dir / "o",))
+#: detect refused for one option or key: (case, the extra arguments, what the line must name)
+OPTION_ERRORS = (
+    ("--set without '='", ("--set", "decide.min_area_m2"), "decide.min_area_m2"),
+    ("--set unknown key", ("--set", "nothing.here=1"), "nothing"),
+    ("--set a float to .nan", ("--set", "decide.min_area_m2=.nan"), "min_area_m2"),
+    ("--set gsd_m=.inf", ("--set", "gsd_m=.inf"), "gsd_m"),
+    ("--gsd nan", ("--gsd", "nan"), "--gsd"),
+    ("--gsd inf", ("--gsd", "inf"), "--gsd"),
+    ("--gsd -1", ("--gsd", "-1"), "--gsd"),
+    ("--gsd abc", ("--gsd", "abc"), "--gsd"),
+    ("--preset unknown", ("--preset", "nosuch"), "nosuch"),
+)
 
 
-@case("configs", "--set gsd_m=.inf")
-def _(ctx):
-    return error(detect(ctx, *ctx.pair(), "--set", "gsd_m=.inf"), ctx, "gsd_m", absent=(ctx.dir / "o",))
+def _option_error(extra: tuple[str, ...], needle: str) -> Check:
+    return lambda ctx: error(detect(ctx, *ctx.pair(), *extra), ctx, needle, absent=(ctx.dir / "o",))
 
 
-@case("configs", "--gsd nan")
-def _(ctx):
-    return error(detect(ctx, *ctx.pair(), "--gsd", "nan"), ctx, "--gsd", absent=(ctx.dir / "o",))
-
-
-@case("configs", "--gsd inf")
-def _(ctx):
-    return error(detect(ctx, *ctx.pair(), "--gsd", "inf"), ctx, "--gsd", absent=(ctx.dir / "o",))
-
-
-@case("configs", "--gsd -1")
-def _(ctx):
-    return error(detect(ctx, *ctx.pair(), "--gsd", "-1"), ctx, "--gsd", absent=(ctx.dir / "o",))
-
-
-@case("configs", "--gsd abc")
-def _(ctx):
-    return error(detect(ctx, *ctx.pair(), "--gsd", "abc"), ctx, "--gsd", absent=(ctx.dir / "o",))
-
-
-@case("configs", "--preset unknown")
-def _(ctx):
-    return error(detect(ctx, *ctx.pair(), "--preset", "nosuch"), ctx, "nosuch", absent=(ctx.dir / "o",))
+for _name, _extra, _needle in OPTION_ERRORS:
+    case("configs", _name)(_option_error(_extra, _needle))
 
 
 @case("configs", "--out missing")
@@ -693,32 +637,43 @@ def _(ctx):
     return error(ctx.run("batch", manifest(ctx, ""), "--out", "b"), ctx, "sites.yaml", absent=(ctx.dir / "b",))
 
 
-@case("manifests", "site name with a trailing newline")
-def _(ctx):
-    b, a = ctx.pair()
-    m = manifest(ctx, f'sites:\n  - {{name: "camp\\n", before: {b}, after: {a}}}\n')
-    return error(ctx.run("batch", m, "--out", "b"), ctx, "sites.yaml", absent=(ctx.dir / "b",))
+#: batch manifests refused before any site runs: (case, the manifest with {b} and {a} for the pair's
+#: paths, what the line must name)
+MANIFEST_ERRORS = (
+    ("site name with a trailing newline",
+     'sites:\n  - {{name: "camp\\n", before: {b}, after: {a}}}\n',
+     "sites.yaml"),
+    ("site name with a slash",
+     "sites:\n  - {{name: ../escape, before: {b}, after: {a}}}\n",
+     "escape"),
+    ("duplicate site names",
+     "sites:\n  - {{name: x, before: {b}, after: {a}}}\n  - {{name: x, before: {b}, after: {a}}}\n",
+     "'x'"),
+    ("duplicate YAML keys",
+     "sites:\n  - {{name: x, before: {b}, before: {a}, after: {a}}}\n",
+     "before"),
+    ("alias bomb in a manifest",
+     BOMB.replace("{", "{{").replace("}", "}}") + "sites:\n  - {{name: x, before: {b}, after: {a}, config: {{decide: *i}}}}\n",
+     "sites.yaml"),
+    ("gsd_m: .inf in a manifest",
+     "sites:\n  - {{name: x, before: {b}, after: {a}, gsd_m: .inf}}\n",
+     "gsd_m"),
+    ("unknown config key in one site",
+     "sites:\n  - {{name: x, before: {b}, after: {a}, config: {{decide: {{nope: 1}}}}}}\n",
+     "nope"),
+)
 
 
-@case("manifests", "site name with a slash")
-def _(ctx):
-    b, a = ctx.pair()
-    m = manifest(ctx, f"sites:\n  - {{name: ../escape, before: {b}, after: {a}}}\n")
-    return error(ctx.run("batch", m, "--out", "b"), ctx, "escape", absent=(ctx.dir / "b", ctx.dir / "escape"))
+def _manifest_error(text: str, needle: str) -> Check:
+    def check(ctx: Ctx) -> str | None:
+        b, a = ctx.pair()
+        m = manifest(ctx, text.format(b=b, a=a))
+        return error(ctx.run("batch", m, "--out", "b"), ctx, needle, absent=(ctx.dir / "b", ctx.dir / "escape"))
+    return check
 
 
-@case("manifests", "duplicate site names")
-def _(ctx):
-    b, a = ctx.pair()
-    m = manifest(ctx, f"sites:\n  - {{name: x, before: {b}, after: {a}}}\n  - {{name: x, before: {b}, after: {a}}}\n")
-    return error(ctx.run("batch", m, "--out", "b"), ctx, "'x'", absent=(ctx.dir / "b",))
-
-
-@case("manifests", "duplicate YAML keys")
-def _(ctx):
-    b, a = ctx.pair()
-    m = manifest(ctx, f"sites:\n  - {{name: x, before: {b}, before: {a}, after: {a}}}\n")
-    return error(ctx.run("batch", m, "--out", "b"), ctx, "before", absent=(ctx.dir / "b",))
+for _case, _text, _needle in MANIFEST_ERRORS:
+    case("manifests", _case)(_manifest_error(_text, _needle))
 
 
 @case("manifests", "a site with a missing input: recorded, rest go on")
@@ -735,20 +690,6 @@ def _(ctx):
     return complete(ctx.dir / "b" / "good") or (None if status == {"bad": "failed", "good": "ok"} else str(status))
 
 
-@case("manifests", "alias bomb in a manifest")
-def _(ctx):
-    b, a = ctx.pair()
-    m = manifest(ctx, BOMB + f"sites:\n  - {{name: x, before: {b}, after: {a}, config: {{decide: *i}}}}\n")
-    return error(ctx.run("batch", m, "--out", "b"), ctx, "sites.yaml", absent=(ctx.dir / "b",))
-
-
-@case("manifests", "gsd_m: .inf in a manifest")
-def _(ctx):
-    b, a = ctx.pair()
-    m = manifest(ctx, f"sites:\n  - {{name: x, before: {b}, after: {a}, gsd_m: .inf}}\n")
-    return error(ctx.run("batch", m, "--out", "b"), ctx, "gsd_m", absent=(ctx.dir / "b",))
-
-
 @case("manifests", "path that is a number")
 def _(ctx):
     b, _ = ctx.pair()
@@ -757,13 +698,6 @@ def _(ctx):
     if proc.returncode == 1:  # recorded as a failed site
         return None if "12" in (ctx.dir / "b" / "batch_summary.json").read_text() else "failure not recorded"
     return error(proc, ctx, "sites.yaml", absent=(ctx.dir / "b",))
-
-
-@case("manifests", "unknown config key in one site")
-def _(ctx):
-    b, a = ctx.pair()
-    m = manifest(ctx, f"sites:\n  - {{name: x, before: {b}, after: {a}, config: {{decide: {{nope: 1}}}}}}\n")
-    return error(ctx.run("batch", m, "--out", "b"), ctx, "nope", absent=(ctx.dir / "b",))
 
 
 @case("manifests", "train manifest alias bomb")
