@@ -122,7 +122,7 @@ class _ScratchDir:
     """A temporary folder for local copies of inputs, removed on ``close``; marked with its owner."""
 
     def __init__(self) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+        self.path = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{owner_token()}-"))
         try:
             mark_owner(self.path)
         except BaseException:
@@ -566,6 +566,31 @@ def owner_record() -> dict[str, Any]:
             "pid_namespace": _pid_namespace(), "start_ticks": stat[19] if stat else None}
 
 
+def owner_token() -> str:
+    """This process in a folder's name: ``HOST.PID.START`` (HOST a hash of the host name and pid namespace).
+
+    The name is set atomically when the folder is made, so even a run killed before it wrote its
+    :data:`OWNER_FILE` can be judged dead by the next run.
+    """
+    rec = owner_record()
+    host = hashlib.sha256(f"{rec['host']}\0{rec['pid_namespace']}".encode()).hexdigest()[:8]
+    return f"{host}.{rec['pid']}.{rec['start_ticks'] or 0}"
+
+
+_TOKEN = re.compile(r"(?P<host>[0-9a-f]{8})\.(?P<pid>\d+)\.(?P<start>\d+)-[A-Za-z0-9_]+")
+
+
+def _owner_from_name(name: str) -> dict[str, Any] | None:
+    """The owner record a folder's name implies (:func:`owner_token`), or None when it has no token."""
+    m = _TOKEN.search(name)
+    if m is None or not m.group(0) == name[m.start():]:
+        return None
+    mine = owner_token().split(".")[0] == m["host"]
+    return {"tool": "changedet", "pid": int(m["pid"]), "host": socket.gethostname() if mine else None,
+            "boot_id": None, "pid_namespace": _pid_namespace() if mine else None,
+            "start_ticks": m["start"] if m["start"] != "0" else None}
+
+
 @contextmanager
 def _signals_held() -> Iterator[None]:
     """Hold SIGINT, SIGTERM and SIGHUP while a folder is made and marked, so that none is left unmarked."""
@@ -618,8 +643,8 @@ def owner_is_dead(record: dict[str, Any]) -> bool:
 def sweep_dead_runs(folder: Path, is_ours: Any) -> list[Path]:
     """Remove the folders in ``folder`` that ``is_ours(name)`` and whose owner record names a dead run.
 
-    A folder without a readable owner record is left alone: it was not made by this changedet,
-    or its owner is only starting. Returns what was removed.
+    Without an owner record the owner is read from the folder's name (:func:`owner_token`); a
+    folder with neither is left alone: it was not made by this changedet. Returns what was removed.
     """
     removed = []
     try:
@@ -630,7 +655,10 @@ def sweep_dead_runs(folder: Path, is_ours: Any) -> list[Path]:
         if not is_ours(entry.name) or not entry.is_dir(follow_symlinks=False):
             continue
         try:
-            record = json.loads((Path(entry.path) / OWNER_FILE).read_text(encoding="utf-8"))
+            try:
+                record = json.loads((Path(entry.path) / OWNER_FILE).read_text(encoding="utf-8"))
+            except OSError:  # killed before it was marked: its name says who made it
+                record = _owner_from_name(entry.name)
             dead = isinstance(record, dict) and owner_is_dead(record)
         except (OSError, ValueError, KeyError, TypeError):
             continue
@@ -789,7 +817,8 @@ class OutputStage:
         quiet_libtiff()
         try:
             with _signals_held():
-                self.path = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}{STAGING_MARK}", dir=self._anchor))
+                self.path = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}{STAGING_MARK}{owner_token()}-",
+                                                  dir=self._anchor))
                 mark_owner(self.path)
             umask = os.umask(0)
             os.umask(umask)
