@@ -183,3 +183,58 @@ def test_cli_series_errors_one_line(tmp_path, args, needle):
     out = tmp_path / "s"
     one_line_error(runner.invoke(app, ["synth", "--size", "256", *args, "--out", str(out)]), needle)
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+# --------------------------------------------------------------------------- the benchmark's scorer
+
+
+def _scorer():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "series.py"
+    spec = importlib.util.spec_from_file_location("bench_series", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _oracle_run(folder, truth, run, cloudy_as_absent=False):
+    """What a perfect engine would write: presence.csv, tracks.geojson (boxes, EPSG:4326), series.json."""
+    from rasterio.warp import transform_geom
+
+    run.mkdir()
+    rows = ["date,observable_fraction,vessel,hut,trench,other"]
+    for p in truth["per_date"]:
+        counts = p["counts"] or ({c: 0 for c in ("vessel", "hut", "trench", "other")} if cloudy_as_absent else None)
+        cells = [str(counts[c]) for c in ("vessel", "hut", "trench", "other")] if counts else [""] * 4
+        rows.append(",".join([p["date"], f"{1 - p['cloud_fraction']:.3f}", *cells]))
+    (run / "presence.csv").write_text("\n".join(rows) + "\n")
+    with rasterio.open(folder / f"{truth['dates'][0]}.tif") as ds:
+        crs, tf = ds.crs, ds.transform
+    features = []
+    for t in truth["tracks"]:
+        if not t["dates_present"]:
+            continue
+        c0, r0, c1, r1 = t["bbox_px"]
+        ring = [tf * (c, r) for c, r in ((c0, r0), (c1 + 1, r0), (c1 + 1, r1 + 1), (c0, r1 + 1), (c0, r0))]
+        geom = transform_geom(crs, "EPSG:4326", {"type": "Polygon", "coordinates": [ring]})
+        features.append({"type": "Feature", "geometry": geom, "properties": {
+            "track_id": t["track_id"], "class": t["class"], "first_seen": t["first_seen"], "last_seen": t["last_seen"],
+            "n_dates_present": len(t["dates_present"]), "dates_present": t["dates_present"], "events": t["events"]}})
+    (run / "tracks.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    (run / "series.json").write_text(json.dumps({"totals": {"dates_with_vessel": truth["ship_days"]}}))
+
+
+@pytest.mark.parametrize("scenario", ss.SERIES_SCENARIOS)
+def test_benchmark_scores_a_perfect_run_as_perfect(tmp_path, scenario):
+    bench = _scorer()
+    truth, _ = bench.generate(scenario, 2, 256, 12, tmp_path / "s")
+    _oracle_run(tmp_path / "s", truth, tmp_path / "run")
+    s = bench.score(tmp_path / "s", tmp_path / "run", truth)
+    assert s["presence"] == 1.0 and all(v == 1.0 for v in s["counts"].values())
+    assert s["ship_days_error"] == 0 and s["tracks_exact"] == 1.0 and s["cloudy_reported"] == 0
+    assert s["transient_one_track"] is True
+    _oracle_run(tmp_path / "s", truth, tmp_path / "run2", cloudy_as_absent=True)
+    s = bench.score(tmp_path / "s", tmp_path / "run2", truth)
+    assert s["n_cloudy"] >= 1 and s["cloudy_reported"] == s["n_cloudy"]
