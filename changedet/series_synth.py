@@ -522,14 +522,17 @@ def series_truth(plan: SeriesPlan, frames: list[dict[str, Any]]) -> dict[str, An
 # --------------------------------------------------------------------------- files
 
 
-def _write_tif(path: Path, data: np.ndarray, plan: SeriesPlan, date: dt.date, names: tuple[str, ...] = ()) -> None:
+def _write_tif(path: Path, data: np.ndarray, plan: SeriesPlan, date: dt.date | None,
+               names: tuple[str, ...] = ()) -> None:
+    """A tiled GeoTIFF on the series grid; ``date`` (images only) goes into ``TIFFTAG_DATETIME``."""
     data = data if data.ndim == 3 else data[None]
     profile = {"driver": "GTiff", "width": data.shape[2], "height": data.shape[1], "count": data.shape[0],
                "dtype": data.dtype.name, "crs": plan.crs, "transform": plan.transform, "tiled": True,
                "blockxsize": 256, "blockysize": 256, "compress": "deflate", "predictor": 2, "zlevel": 6}
     with rasterio.open(path, "w", **profile) as ds:
         ds.write(data)
-        ds.update_tags(TIFFTAG_DATETIME=date.strftime("%Y:%m:%d 12:00:00"))
+        if date is not None:
+            ds.update_tags(TIFFTAG_DATETIME=date.strftime("%Y:%m:%d 12:00:00"))
         for i, name in enumerate(names, start=1):
             ds.set_band_description(i, name)
 
@@ -566,7 +569,8 @@ def write_series(plan: SeriesPlan, out_dir: str | Path) -> dict[str, Any]:
         for f in iter_series(plan):
             name = f"{f.date.isoformat()}.tif"
             _write_tif(stage.file(name), f.image, plan, f.date, ("red", "green", "blue", "nir"))
-            _write_tif(stage.file("truth") / f"{f.date.isoformat()}_class.tif", f.truth_class, plan, f.date)
+            # no date tag on truth rasters: a reader that takes dates from tags should not see them as images
+            _write_tif(stage.file("truth") / f"{f.date.isoformat()}_class.tif", f.truth_class, plan, None)
             frames.append({"observable": f.observable, "cloud_fraction": f.cloud_fraction, "state": f.state,
                            "nuisances": f.nuisances})
             names.append(name)

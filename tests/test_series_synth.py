@@ -53,7 +53,7 @@ def check_truth(out) -> dict:
             assert g == grid
         with rasterio.open(out / "truth" / f"{p['date']}_class.tif") as ds:
             t = ds.read(1)
-            assert (ds.crs, ds.transform, ds.shape) == grid
+            assert (ds.crs, ds.transform, ds.shape) == grid and "TIFFTAG_DATETIME" not in ds.tags()
         assert set(np.unique(t)) <= {0, 1, 2, 3, 4, 255}
         if not p["observable"]:
             assert p["counts"] is None and (t == 255).all() and p["cloud_fraction"] >= ss.OBSERVABLE_MAX_CLOUD
