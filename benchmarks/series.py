@@ -10,7 +10,7 @@ and peak RSS from ``os.wait4``), and scores the run against ``truth_series.json`
 - ship-days: ``series.json`` ``totals.dates_with_vessel`` (else the dates with ``vessel > 0``)
   minus the truth's ``ship_days``;
 - tracks: truth tracks matched to ``tracks.geojson`` features by class, footprint overlap on
-  the first date's grid and shared dates; the share whose first_seen and last_seen are exact;
+  the first date's grid and shared dates (at least one); the share whose first_seen and last_seen are exact;
 - cloudy dates: truth dates with ``observable: false`` whose presence.csv cells are not empty
   (reported as absent or present instead of unknown);
 - the appear-then-disappear object (base: the hut that comes and goes; port: the crane): one
@@ -107,7 +107,7 @@ def read_tracks(run: Path, grid: tuple[Any, Any, tuple[int, int]]) -> list[dict[
 
 def match_tracks(truth: dict[str, Any], out_tracks: list[dict[str, Any]], shape: tuple[int, int]) -> dict[str, Any]:
     """For each truth track seen at least once: the output track of its class that overlaps its box
-    (>= MIN_OVERLAP of the smaller) and shares the most dates; None when there is none."""
+    (>= MIN_OVERLAP of the smaller) and shares the most dates (at least one); None when there is none."""
     matches: dict[str, Any] = {}
     for t in truth["tracks"]:
         if not t["dates_present"]:
@@ -124,7 +124,7 @@ def match_tracks(truth: dict[str, Any], out_tracks: list[dict[str, Any]], shape:
             if overlap < MIN_OVERLAP:
                 continue
             key = (len(set(o["dates_present"]) & set(t["dates_present"])), overlap)
-            if key > best_key:
+            if key[0] and key > best_key:  # a track of another time at the same place is no match
                 best, best_key = o, key
         matches[t["track_id"]] = best
     return matches
