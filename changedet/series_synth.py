@@ -154,7 +154,8 @@ def _quay(rng: np.random.Generator, canvas: _Canvas, gsd: float) -> dict[str, fl
     width = rng.uniform(10, 16) / gsd
     lo, hi = int(row - width), int(row + width) + 1
     c0 = float(shore[lo:hi].min()) - 5
-    length = min(0.85 * (w - float(shore.max())) + (float(shore.max()) - c0), 320 / gsd)
+    # out to 85 % of the narrowest water, with at most 330 m of berths past the shore's wobble
+    length = (float(shore.max()) - c0) + min(0.85 * (w - float(shore.max())), 330 / gsd)
     pts = np.array([[c0, row - width / 2], [c0 + length, row - width / 2], [c0 + length, row + width / 2],
                     [c0, row + width / 2]])
     m = _poly_region((h, w), pts)
