@@ -40,9 +40,9 @@ def make_series(folder: Path, n: int = 6, vessel_dates: tuple[int, ...] = (1, 2,
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     with rasterio.open(BASE) as src:
-        base = src.read(window=Window(192, 96, size + 8, size + 8)).astype(np.float32)
+        base = src.read(window=Window(184, 96, size + 8, size + 8)).astype(np.float32)
         prof = src.profile
-        tr = src.window_transform(Window(192, 96, size + 8, size + 8))
+        tr = src.window_transform(Window(184, 96, size + 8, size + 8))
     out = []
     for i, d in enumerate(dates(n)):
         img = base.copy()

@@ -144,7 +144,7 @@ class States:
 
 
 def decide_states(contrasts: np.ndarray, observed: np.ndarray, stood_out: np.ndarray,
-                  min_separation: float) -> States | None:
+                  min_separation: float, rounds: int = 5) -> States | None:
     """Which dates show a candidate's object state.
 
     Parameters
@@ -156,26 +156,36 @@ def decide_states(contrasts: np.ndarray, observed: np.ndarray, stood_out: np.nda
 
     Notes
     -----
-    The dates split into those that stood out from the background and the rest. Which of the two is
-    the object: the one whose region differs more from its ring (an empty berth is water like the water
-    around it; a hut differs from the ground around it). A structure present on most dates is in the
-    background, so its early, empty dates are the ones that stood out. Each observed date is then
-    given to the state whose mean contrast it is nearer (one k-means step), so a date that missed the
-    threshold but looks like the object counts.
+    Two-state clustering (k-means, k = 2) of the observed dates' contrast vectors, started from the
+    split into dates that stood out from the background and the rest (or, when every date stood
+    out, as when the object is there on half the dates, from the two most different dates). The
+    object state is the one whose region differs more from its ring: an empty berth is water like
+    the water around it, a hut differs from the ground around it. A structure present on most dates
+    is in the background, so its early, empty dates are the ones that stood out; the clustering
+    tells them apart all the same.
     """
     obs = observed & np.isfinite(contrasts).all(axis=1)
-    a, b = obs & stood_out, obs & ~stood_out
-    if not a.any():
+    if not (obs & stood_out).any() or obs.sum() < 2:
         return None
-    ca = contrasts[a].mean(axis=0)
-    cb = contrasts[b].mean(axis=0) if b.any() else np.zeros_like(ca)
-    sep = float(np.sqrt(np.mean((ca - cb) ** 2)))
+    x = np.where(obs[:, None], contrasts, 0.0)
+    a, b = obs & stood_out, obs & ~stood_out
+    if b.any():
+        c1, c2 = x[a].mean(axis=0), x[b].mean(axis=0)
+    else:
+        norm = np.where(obs, np.linalg.norm(x, axis=1), np.nan)
+        c1, c2 = x[int(np.nanargmax(norm))], x[int(np.nanargmin(norm))]
+    in1 = a
+    for _ in range(rounds):
+        in1 = obs & (np.linalg.norm(x - c1, axis=1) <= np.linalg.norm(x - c2, axis=1))
+        in2 = obs & ~in1
+        if not in1.any() or not in2.any():
+            return None
+        c1, c2 = x[in1].mean(axis=0), x[in2].mean(axis=0)
+    sep = float(np.sqrt(np.mean((c1 - c2) ** 2)))
     if sep < min_separation:
         return None
-    obj_new = float(np.linalg.norm(ca)) >= float(np.linalg.norm(cb))
-    c_obj, c_empty = (ca, cb) if obj_new else (cb, ca)
-    x = np.where(obs[:, None], contrasts, 0.0)
-    near_obj = np.linalg.norm(x - c_obj, axis=1) < np.linalg.norm(x - c_empty, axis=1)
-    # a date that stood out from a background holding the object is a date without it
-    present = obs & (a | near_obj) if obj_new else b.copy()
+    one_is_object = float(np.linalg.norm(c1)) >= float(np.linalg.norm(c2))
+    present = in1 if one_is_object else obs & ~in1
+    # the object is new to the background when the dates that stood out are (mostly) its dates
+    obj_new = int((present & stood_out).sum()) >= int((~present & obs & stood_out).sum())
     return States(present, obs, sep, obj_new)
