@@ -258,22 +258,36 @@ def series(
 @app.command()
 def synth(
     out: Annotated[str, typer.Option("--out", "-o", metavar=OUT_METAVAR, help="Folder to write the scene into.")],
-    scenario: Annotated[str, typer.Option("--scenario", help="trenches, camp or port.")] = "trenches",
+    scenario: Annotated[Optional[str], typer.Option("--scenario", help="trenches, camp or port (default trenches); "
+                                                    "with --dates: port or base (default port).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     size: Annotated[int, typer.Option("--size", help="Side of the square tile, pixels.")] = 512,
     difficulty: Annotated[str, typer.Option("--difficulty", help="easy, medium or hard.")] = "medium",
     weather: Annotated[str, typer.Option("--weather", help="none, all, or a comma list of cloud, haze, season, jpeg "
                                          "(cloud, shadow and thick haze are 255 in the truth).")] = "none",
     rotation_deg: Annotated[float, typer.Option("--rotation-deg", help="Rotation of after about the tile centre, degrees.")] = 0.0,
+    dates: Annotated[Optional[int], typer.Option("--dates", help="Write a dated series of N dates of one site "
+                                                 "(DIR/<date>.tif, series.yaml, truth_series.json, truth/).")] = None,
+    start_date: Annotated[Optional[str], typer.Option("--start-date", help="First date of a series, YYYY-MM-DD "
+                                                      "(default 2024-08-20).")] = None,
+    cadence_days: Annotated[Optional[int], typer.Option("--cadence-days", help="Days between dates of a series "
+                                                        "(default 3, jittered by a day).")] = None,
 ) -> None:
-    """Write a synthetic before/after pair with ground truth.
+    """Write a synthetic before/after pair, or with --dates a dated series, with ground truth.
 
     Example: changedet synth --out scenes/port1 --scenario port --seed 7 --weather cloud,haze
+
+    Example: changedet synth --out series/port1 --dates 30 --scenario port --seed 7
     """
     from . import synth as synth_mod
 
     with _errors():
         out_dir = _out_path(out, "the folder to write the scene into")
+        if dates is not None or start_date is not None or cadence_days is not None:
+            _synth_series(out_dir, scenario, seed, size, difficulty, weather, rotation_deg, dates, start_date,
+                          cadence_days)
+            return
+        scenario = scenario or "trenches"
         if scenario not in synth_mod.SCENARIOS:
             _fail(f"--scenario {shown(scenario)}: choose one of {', '.join(synth_mod.SCENARIOS)}", 2)
         if difficulty not in synth_mod.DIFFICULTIES:
@@ -298,6 +312,52 @@ def synth(
             typer.echo(f"{scenario} seed {seed}: {len(scene.objects)} objects, shift {list(scene.shift_px)} px -> {out_dir}")
             for name in sorted(files):
                 typer.echo(f"  {files[name]}")
+
+
+def _synth_series(out_dir: Path, scenario: str | None, seed: int, size: int, difficulty: str, weather: str,
+                  rotation_deg: float, dates: int | None, start_date: str | None, cadence_days: int | None) -> None:
+    """``synth --dates``: check the options, then plan and write the series."""
+    import datetime as dt
+
+    from . import series_synth as ss
+    from . import synth as synth_mod
+
+    if dates is None:
+        _fail("--start-date and --cadence-days describe a series: give --dates N too", 2)
+    assert dates is not None
+    scenario = scenario or "port"
+    if scenario not in ss.SERIES_SCENARIOS:
+        _fail(f"--scenario {shown(scenario)}: with --dates choose one of {', '.join(ss.SERIES_SCENARIOS)}", 2)
+    if not ss.MIN_DATES <= dates <= ss.MAX_DATES:
+        _fail(f"--dates {dates}: give a number of dates from {ss.MIN_DATES} to {ss.MAX_DATES}", 2)
+    if difficulty not in synth_mod.DIFFICULTIES:
+        _fail(f"--difficulty {shown(difficulty)}: choose one of {', '.join(synth_mod.DIFFICULTIES)}", 2)
+    if weather != "none":
+        _fail(f"--weather {shown(weather)}: a series has its own cloudy dates; leave --weather out with --dates", 2)
+    if rotation_deg != 0.0:
+        _fail(f"--rotation-deg {rotation_deg}: not available with --dates (each date gets its own shift)", 2)
+    if not ss.MIN_SIZE <= size <= ss.MAX_SIZE:
+        _fail(f"--size {size}: with --dates give a whole number of pixels from {ss.MIN_SIZE} to {ss.MAX_SIZE}", 2)
+    if seed < 0:
+        _fail(f"--seed {seed}: give a whole number from 0 up", 2)
+    start = dt.date(2024, 8, 20)
+    if start_date is not None:
+        try:
+            if len(start_date) != 10:
+                raise ValueError
+            start = dt.date.fromisoformat(start_date)
+        except ValueError:
+            _fail(f"--start-date {shown(start_date)}: give a date as YYYY-MM-DD, e.g. 2024-08-20", 2)
+    cadence = 3 if cadence_days is None else cadence_days
+    if not 1 <= cadence <= 365:
+        _fail(f"--cadence-days {cadence}: give a whole number of days from 1 to 365", 2)
+    plan = ss.plan_series(scenario, seed=seed, size=size, n_dates=dates, start_date=start, cadence_days=cadence,
+                          difficulty=difficulty)
+    truth = ss.write_series(plan, out_dir)
+    if not _state["quiet"]:
+        n_obs = sum(p["observable"] for p in truth["per_date"])
+        typer.echo(f"{scenario} seed {seed}: {dates} dates {truth['dates'][0]} to {truth['dates'][-1]} "
+                   f"({n_obs} observable), {len(truth['tracks'])} tracks, ship-days {truth['ship_days']} -> {out_dir}")
 
 
 @app.command("eval")
