@@ -173,13 +173,15 @@ def _paste(canvas: np.ndarray, box: Box, value: np.ndarray) -> np.ndarray:
 
 
 def contrast_pass(stack: Stack, cfg: Config, cands: list[presence.Candidate], date_ok: np.ndarray,
-                  progress: ProgressFn) -> tuple[np.ndarray, np.ndarray]:
-    """Pass 4b: per candidate and date, region-minus-ring contrast (G, n, bands) and observable share (G, n)."""
+                  progress: ProgressFn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pass 4b: per candidate and date, region-minus-ring contrast (G, n, bands), distance to the
+    most similar side of the ring (G, n) and observable share of the footprint (G, n)."""
     g_n = len(cands)
     con = np.full((g_n, stack.n_dates, stack.n_bands), np.nan)
+    side = np.full((g_n, stack.n_dates), np.nan)
     share = np.zeros((g_n, stack.n_dates))
     if not cands:
-        return con, share
+        return con, side, share
     margin = cfg.objects.ring_px + 1
     taken = np.zeros(stack.shape, bool)  # every candidate's footprint: no ring runs over another object
     for cd in cands:
@@ -200,10 +202,12 @@ def contrast_pass(stack: Stack, cfg: Config, cands: list[presence.Candidate], da
             sub = np.stack([_paste(b, box, b) for b in img])
             inside = foot & ok
             around = presence.ring_of(foot, cfg.objects.ring_px, _paste(taken, box, taken)) & ok
-            con[g, i] = presence.contrast(np.nan_to_num(sub), inside, around, sigma)
+            sub = np.nan_to_num(sub)
+            con[g, i] = presence.contrast(sub, inside, around, sigma)
+            side[g, i] = presence.nearest_side(sub, inside, around, sigma)
             share[g, i] = inside.sum() / max(int(foot.sum()), 1)
         progress("contrast", i + 1, stack.n_dates)
-    return con, share
+    return con, side, share
 
 
 def _largest(mask: np.ndarray) -> np.ndarray:
@@ -264,14 +268,14 @@ def analyse(stack: Stack, cfg: Config, progress: ProgressFn) -> Analysis:
     date_ok = np.array([f >= cfg.series.min_observable_fraction for f in fractions])
     water = background_pass(stack, cfg, date_ok, progress)
     cands = link_pass(stack, cfg, date_ok, progress)
-    con, share = contrast_pass(stack, cfg, cands, date_ok, progress)
+    con, side, share = contrast_pass(stack, cfg, cands, date_ok, progress)
     tracks: list[Track] = []
     feet: list[tuple[int, int, np.ndarray]] = []
     for g, cd in enumerate(cands):
         observed = date_ok & (share[g] >= cfg.series.min_region_observable)
         stood = np.zeros(stack.n_dates, bool)
         stood[sorted(cd.dates())] = True
-        st = presence.decide_states(con[g], observed, stood, cfg.series.state_min_separation)
+        st = presence.decide_states(con[g], observed, stood, cfg.series.state_min_separation, side[g])
         if st is None:
             continue
         strength = np.linalg.norm(np.nan_to_num(con[g]), axis=1)

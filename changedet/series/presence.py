@@ -128,6 +128,33 @@ def contrast(image: np.ndarray, inside: np.ndarray, around: np.ndarray, band_sig
     return (image[:, inside].mean(axis=1) - image[:, around].mean(axis=1)) / np.asarray(band_sigma, np.float64)
 
 
+def nearest_side(image: np.ndarray, inside: np.ndarray, around: np.ndarray, band_sigma: np.ndarray,
+                 sectors: int = 8, min_px: int = 4) -> float:
+    """How far a region is from the side of its ring it most resembles (noise sigmas; NaN if unknown).
+
+    The ring is cut into ``sectors`` angular sectors about the region's centre; the region's mean is
+    compared with each sector's mean. An empty berth is water like the open water on one side of
+    it, bare ground like the ground on one side; a hull, a roof or a trench differs from every side.
+    """
+    if not inside.any() or not around.any():
+        return float("nan")
+    rows, cols = np.nonzero(inside)
+    cy, cx = rows.mean(), cols.mean()
+    rr, cc = np.nonzero(around)
+    sector = ((np.arctan2(rr - cy, cc - cx) + np.pi) / (2 * np.pi) * sectors).astype(int) % sectors
+    mean_in = image[:, inside].mean(axis=1)
+    sig = np.asarray(band_sigma, np.float64)
+    best = float("nan")
+    vals = image[:, rr, cc]
+    for k in range(sectors):
+        sel = sector == k
+        if sel.sum() < min_px:
+            continue
+        d = float(np.sqrt(np.mean(((mean_in - vals[:, sel].mean(axis=1)) / sig) ** 2)))
+        best = d if not best <= d else best
+    return best
+
+
 def ring_of(footprint: np.ndarray, width_px: int, others: np.ndarray) -> np.ndarray:
     """The ring around a footprint without other candidates' footprints (``others``, bool, same shape)."""
     return ring(footprint, width_px) & ~others
@@ -144,7 +171,7 @@ class States:
 
 
 def decide_states(contrasts: np.ndarray, observed: np.ndarray, stood_out: np.ndarray,
-                  min_separation: float, rounds: int = 5) -> States | None:
+                  min_separation: float, side: np.ndarray | None = None, rounds: int = 5) -> States | None:
     """Which dates show a candidate's object state.
 
     Parameters
@@ -153,14 +180,17 @@ def decide_states(contrasts: np.ndarray, observed: np.ndarray, stood_out: np.nda
     observed : (n,) bool, the footprint observable on that date.
     stood_out : (n,) bool, the candidate had a region that stood out from the background that date.
     min_separation : the two states' mean contrasts must differ by this much (else None: not an object).
+    side : (n,) distance to the most similar side of the ring (:func:`nearest_side`); the object
+        state is the one farther from it (None: the one whose whole-ring contrast is larger).
 
     Notes
     -----
     Two-state clustering (k-means, k = 2) of the observed dates' contrast vectors, started from the
     split into dates that stood out from the background and the rest (or, when every date stood
     out, as when the object is there on half the dates, from the two most different dates). The
-    object state is the one whose region differs more from its ring: an empty berth is water like
-    the water around it, a hut differs from the ground around it. A structure present on most dates
+    object state is the one whose region differs more from the side of its ring it most resembles:
+    an empty berth is water like the open water beside it (though not like the quay on its other
+    side), a hut differs from the ground all round it. A structure present on most dates
     is in the background, so its early, empty dates are the ones that stood out; the clustering
     tells them apart all the same.
     """
@@ -184,7 +214,10 @@ def decide_states(contrasts: np.ndarray, observed: np.ndarray, stood_out: np.nda
     sep = float(np.sqrt(np.mean((c1 - c2) ** 2)))
     if sep < min_separation:
         return None
-    one_is_object = float(np.linalg.norm(c1)) >= float(np.linalg.norm(c2))
+    if side is not None and np.isfinite(side[in1]).any() and np.isfinite(side[obs & ~in1]).any():
+        one_is_object = float(np.nanmean(side[in1])) >= float(np.nanmean(side[obs & ~in1]))
+    else:
+        one_is_object = float(np.linalg.norm(c1)) >= float(np.linalg.norm(c2))
     present = in1 if one_is_object else obs & ~in1
     # the object is new to the background when the dates that stood out are (mostly) its dates
     obj_new = int((present & stood_out).sum()) >= int((~present & obs & stood_out).sum())
