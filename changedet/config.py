@@ -263,8 +263,8 @@ class SeriesConfig(_Section):
     min_area_m2: float = Field(20.0, ge=0, description="smallest object, square metres")
     edge_tolerance_px: float = Field(0.5, ge=0, le=5, description=(
         "misregistration allowed for at edges: the no-change spread grows by this times the background's local slope"))
-    state_min_separation: float = Field(2.0, ge=0, description=(
-        "an object's present and empty states must differ by this many noise sigmas (region against ring)"))
+    state_min_separation: float = Field(1.5, ge=0, description=(
+        "an object's present and empty states must differ by this many noise sigmas (region against the most similar side of its ring)"))
     link_min_overlap: float = Field(0.3, gt=0, le=1, description=(
         "regions of two dates are one object when they share this much of the smaller footprint"))
     large_cloud_share: float = Field(0.1, gt=0, le=1, description=(

@@ -16,6 +16,7 @@ Passes, each streaming so that memory does not grow with the number of dates:
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,26 +218,30 @@ def _largest(mask: np.ndarray) -> np.ndarray:
     return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
 
 
-def track_footprint(cand: presence.Candidate, track: Track, object_is_new: bool) -> np.ndarray:
-    """The object's pixels (bool, on the candidate's crop): the union of the track's regions when it
-    stands out on its own dates, else the candidate's footprint (a structure in the background)."""
-    if not object_is_new:
-        return cand.footprint.copy()
-    foot = np.zeros_like(cand.footprint)
-    dates = set(track.present)
-    for r in cand.regions:
-        if r.date in dates:
-            foot[r.row0 - cand.row0:r.bbox[2] - cand.row0, r.col0 - cand.col0:r.bbox[3] - cand.col0] |= r.mask
-    return foot if foot.any() else cand.footprint.copy()
+def object_mask(after: np.ndarray, before: np.ndarray, near: np.ndarray, sigma: np.ndarray, cfg: Config) -> np.ndarray:
+    """The object's pixels on one date: where it differs from an empty date, near the candidate (bool).
+
+    ``near`` is the candidate's footprint grown by the context ring; the largest part that differs
+    (by ``series.deviation_sigma``, opened 3 x 3) is kept, holes filled. Falls back to ``near``'s
+    core (the footprint) when nothing differs.
+    """
+    dev = background.deviation(after, before, sigma, cfg.series.edge_tolerance_px)
+    m = background.object_mask(dev, near, cfg.series.deviation_sigma).astype(bool)
+    return objects.fill_holes(_largest(m)) if m.any() else m
 
 
-def classify_track(stack: Stack, cfg: Config, cand: presence.Candidate, track: Track, foot: np.ndarray,
-                   empty_date: int | None, object_date: int, water: np.ndarray) -> tuple[str, float]:
-    """Type a track with ``detect``'s rules: its footprint between an empty-state and an object-state image."""
+def classify_track(stack: Stack, cfg: Config, cand: presence.Candidate, track: Track,
+                   empty_date: int | None, object_date: int, water: np.ndarray) -> tuple[str, float, np.ndarray]:
+    """Type a track with ``detect``'s rules: the object between an empty-state and an object-state date.
+
+    Returns the class, its confidence and the object's pixels on the crop of the candidate grown
+    by ``objects.ring_px + 2`` (bool).
+    """
     params = cfg.objects
     margin = params.ring_px + 2
-    box = (cand.row0 - margin, cand.col0 - margin, foot.shape[0] + 2 * margin, foot.shape[1] + 2 * margin)
-    obj = np.pad(foot, margin)
+    h, w = cand.footprint.shape
+    box = (cand.row0 - margin, cand.col0 - margin, h + 2 * margin, w + 2 * margin)
+    foot = np.pad(cand.footprint, margin)
     nb = stack.n_bands
 
     def read(kind: str, i: int | None) -> np.ndarray:
@@ -248,18 +253,21 @@ def classify_track(stack: Stack, cfg: Config, cand: presence.Candidate, track: T
     valid = np.isfinite(b).all(axis=0) & np.isfinite(a).all(axis=0)
     b, a = np.nan_to_num(b), np.nan_to_num(a)
     sigma = stack.band_sigma()
+    near = cv2.dilate(foot.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    obj = object_mask(a, b, near & valid, sigma, cfg)
+    if obj.sum() < 4:
+        obj = foot
     score = np.clip(background.deviation(a, b, sigma) / (2.0 * cfg.series.deviation_sigma), 0.0, 1.0)
     wat = _paste(water, box, water) > 0
     shadow = objects.cast_shadow(obj & valid, b, a, params)
     core = objects.fill_holes(_largest(objects.object_core(obj, shadow)))
     shape = objects.measure_shape(core, (box[0], box[1]), stack.gsd_m, params)
-    from dataclasses import replace
-
     ctx = objects.measure_context(obj, b, a, valid, wat, score, sigma, params)
     ctx = replace(ctx, shadow_frac=float(shadow.sum() / max(obj.sum(), 1)))
     track.extra = {"area_m2": round(shape.area_m2, 3), "length_m": round(shape.length_m, 3),
                    "width_m": round(shape.width_m, 3), "water_frac": round(ctx.water_frac, 3)}
-    return objects.classify(shape, ctx, params)
+    cls, conf = objects.classify(shape, ctx, params)
+    return cls, conf, core
 
 
 def analyse(stack: Stack, cfg: Config, progress: ProgressFn) -> Analysis:
@@ -279,17 +287,15 @@ def analyse(stack: Stack, cfg: Config, progress: ProgressFn) -> Analysis:
         if st is None:
             continue
         strength = np.linalg.norm(np.nan_to_num(con[g]), axis=1)
+        absent = [int(t) for t in np.flatnonzero(st.observed & ~st.present)]
+        margin = cfg.objects.ring_px + 2
         for tr in tracks_of(g, st.present, st.observed):
-            foot = track_footprint(cd, tr, st.object_is_new)
             obj_date = max(tr.present, key=lambda t: (strength[t], -t))
-            empty = None
-            if not st.object_is_new:
-                absent = [t for t in np.flatnonzero(st.observed & ~st.present)]
-                empty = min(absent, key=lambda t: (abs(t - obj_date), t)) if absent else None
-            tr.cls, tr.confidence = classify_track(stack, cfg, cd, tr, foot, empty, obj_date, water)
+            empty = min(absent, key=lambda t: (abs(t - obj_date), t)) if absent else None
+            tr.cls, tr.confidence, foot = classify_track(stack, cfg, cd, tr, empty, obj_date, water)
             tr.extra["separation_sigma"] = round(st.separation, 3)
             tracks.append(tr)
-            feet.append((cd.row0, cd.col0, foot))
+            feet.append((cd.row0 - margin, cd.col0 - margin, foot))
         progress("tracks", g + 1, len(cands))
     return Analysis(fractions, date_ok, tracks, feet, len(cands), stack.window_px(stack.n_dates, cfg.series.memory_mb,
                                                                                     BACKGROUND_HALO))

@@ -170,8 +170,41 @@ class States:
     object_is_new: bool  # True: the object state is the one the background lacks (it stands out when present)
 
 
+def two_levels(values: np.ndarray) -> tuple[float, float, float]:
+    """The split of 1-D values into a low and a high group that maximises the between-group variance
+    (Otsu's criterion on the sorted values): (threshold, low mean, high mean)."""
+    v = np.sort(np.asarray(values, np.float64))
+    n = v.size
+    if n < 2:
+        return float("inf"), float(v.mean()) if n else 0.0, float("nan")
+    csum = np.cumsum(v)
+    k = np.arange(1, n)  # low group: the k smallest
+    lo = csum[:-1] / k
+    hi = (csum[-1] - csum[:-1]) / (n - k)
+    best = int(np.argmax(k * (n - k) * (hi - lo) ** 2))
+    return float((v[best] + v[best + 1]) / 2.0), float(lo[best]), float(hi[best])
+
+
+def lowest_level(values: np.ndarray, min_separation: float) -> tuple[float, float] | None:
+    """The threshold above the lowest level of 1-D values, and the separation at that split.
+
+    :func:`two_levels` splits the values; while its two groups are at least ``min_separation``
+    apart, the low group is split again. A berth used by a small and a large hull has three levels
+    (empty, small, large); the empty one is the lowest. None when the values do not split at all.
+    """
+    v = np.sort(np.asarray(values, np.float64))
+    found = None
+    while v.size >= 2:
+        cut, lo, hi = two_levels(v)
+        if not hi - lo >= min_separation:
+            break
+        found = (cut, hi - lo)
+        v = v[v <= cut]
+    return found
+
+
 def decide_states(contrasts: np.ndarray, observed: np.ndarray, stood_out: np.ndarray,
-                  min_separation: float, side: np.ndarray | None = None, rounds: int = 5) -> States | None:
+                  min_separation: float, side: np.ndarray | None = None) -> States | None:
     """Which dates show a candidate's object state.
 
     Parameters
@@ -179,46 +212,32 @@ def decide_states(contrasts: np.ndarray, observed: np.ndarray, stood_out: np.nda
     contrasts : (n, bands) region-minus-ring contrast per date (noise sigmas).
     observed : (n,) bool, the footprint observable on that date.
     stood_out : (n,) bool, the candidate had a region that stood out from the background that date.
-    min_separation : the two states' mean contrasts must differ by this much (else None: not an object).
-    side : (n,) distance to the most similar side of the ring (:func:`nearest_side`); the object
-        state is the one farther from it (None: the one whose whole-ring contrast is larger).
+    min_separation : the two states must differ by this much (noise sigmas; else None: not an object).
+    side : (n,) distance to the most similar side of the ring (:func:`nearest_side`; None: the
+        whole-ring contrast's norm is used instead).
 
     Notes
     -----
-    Two-state clustering (k-means, k = 2) of the observed dates' contrast vectors, started from the
-    split into dates that stood out from the background and the rest (or, when every date stood
-    out, as when the object is there on half the dates, from the two most different dates). The
-    object state is the one whose region differs more from the side of its ring it most resembles:
-    an empty berth is water like the open water beside it (though not like the quay on its other
-    side), a hut differs from the ground all round it. A structure present on most dates
-    is in the background, so its early, empty dates are the ones that stood out; the clustering
-    tells them apart all the same.
+    The state of a date is read from the region against the side of its ring it most resembles:
+    an empty berth is water like the open water beside it (not like the quay on its other side),
+    bare ground like the ground beside it, while a hull, a roof or a trench differs from every side.
+    The observed dates' values are split above their lowest level (:func:`lowest_level`): the empty
+    state; every date above it shows the object.
+    This holds whether the object is rare (a vessel: the dates that stood out from the background
+    are its dates) or there most of the time (a hut built early is in the background, and its empty
+    early dates are the ones that stood out), and for a berth used by hulls of several sizes.
     """
-    obs = observed & np.isfinite(contrasts).all(axis=1)
+    value = side if side is not None else np.linalg.norm(np.nan_to_num(contrasts), axis=1)
+    obs = observed & np.isfinite(value) & np.isfinite(contrasts).all(axis=1)
     if not (obs & stood_out).any() or obs.sum() < 2:
         return None
-    x = np.where(obs[:, None], contrasts, 0.0)
-    a, b = obs & stood_out, obs & ~stood_out
-    if b.any():
-        c1, c2 = x[a].mean(axis=0), x[b].mean(axis=0)
-    else:
-        norm = np.where(obs, np.linalg.norm(x, axis=1), np.nan)
-        c1, c2 = x[int(np.nanargmax(norm))], x[int(np.nanargmin(norm))]
-    in1 = a
-    for _ in range(rounds):
-        in1 = obs & (np.linalg.norm(x - c1, axis=1) <= np.linalg.norm(x - c2, axis=1))
-        in2 = obs & ~in1
-        if not in1.any() or not in2.any():
-            return None
-        c1, c2 = x[in1].mean(axis=0), x[in2].mean(axis=0)
-    sep = float(np.sqrt(np.mean((c1 - c2) ** 2)))
-    if sep < min_separation:
+    split = lowest_level(value[obs], min_separation)
+    if split is None:
         return None
-    if side is not None and np.isfinite(side[in1]).any() and np.isfinite(side[obs & ~in1]).any():
-        one_is_object = float(np.nanmean(side[in1])) >= float(np.nanmean(side[obs & ~in1]))
-    else:
-        one_is_object = float(np.linalg.norm(c1)) >= float(np.linalg.norm(c2))
-    present = in1 if one_is_object else obs & ~in1
+    cut, sep = split
+    present = obs & (value > cut)
+    if not present.any() or present.sum() == obs.sum():
+        return None
     # the object is new to the background when the dates that stood out are (mostly) its dates
     obj_new = int((present & stood_out).sum()) >= int((~present & obs & stood_out).sum())
-    return States(present, obs, sep, obj_new)
+    return States(present, obs, float(sep), obj_new)
