@@ -260,7 +260,7 @@ class SeriesConfig(_Section):
         "an object's footprint must be at least this share observable on a date for it to count as present or absent"))
     deviation_sigma: float = Field(3.0, gt=0, description=(
         "a pixel stands out from the temporal background when its difference exceeds this many noise sigmas"))
-    min_area_m2: float = Field(20.0, ge=0, description="smallest object, square metres")
+    min_area_m2: float = Field(8.0, ge=0, description="smallest region that stands out on one date, square metres (about half the smallest object: a region is often part of it)")
     edge_tolerance_px: float = Field(0.5, ge=0, le=5, description=(
         "misregistration allowed for at edges: the no-change spread grows by this times the background's local slope"))
     state_min_separation: float = Field(1.5, ge=0, description=(
