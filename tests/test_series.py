@@ -44,7 +44,10 @@ def series_run(tmp_path_factory):
     shuffled_out = root / "shuffled"
     res = _run([*shuffled, "--out", shuffled_out, "--site", "quay"])
     assert res.exit_code == 0, res.output
-    return folder_out, shuffled_out
+    small_out = root / "small_windows"  # windows of about 100 px instead of the whole tile
+    res = _run([root / "images", "--out", small_out, "--site", "quay", "--set", "series.memory_mb=8"])
+    assert res.exit_code == 0, res.output
+    return folder_out, shuffled_out, small_out
 
 
 def _presence(out):
@@ -196,13 +199,22 @@ def test_outputs_valid_and_geojson_in_wgs84(series_run):
 
 
 def test_shuffled_order_and_folder_give_the_same_outputs(series_run):
-    a, b = series_run
+    a, b, _ = series_run
     for name in ("presence.csv", "tracks.geojson", "timeline.png"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     ra, rb = (json.loads((p / "series.json").read_text()) for p in (a, b))
     for r in (ra, rb):
         r.pop("created"), r.pop("timings_s")
     assert ra == rb
+
+
+def test_windowed_equals_whole(series_run):
+    a, _, small = series_run
+    ra, rs = (json.loads((p / "series.json").read_text()) for p in (a, small))
+    assert rs["processing"]["window_px"] < 256 <= ra["processing"]["window_px"]
+    for name in ("presence.csv", "tracks.geojson"):
+        assert (a / name).read_bytes() == (small / name).read_bytes(), name
+    assert ra["tracks"] == rs["tracks"]
 
 
 # --------------------------------------------------------------------------- errors
