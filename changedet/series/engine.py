@@ -19,7 +19,6 @@ import math
 from dataclasses import replace
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import cv2

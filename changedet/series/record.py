@@ -9,7 +9,7 @@ import numpy as np
 from affine import Affine
 
 from .. import __version__, vector
-from .engine import CLASSES, Analysis, counts_per_date
+from .engine import CLASSES, Analysis, _largest, counts_per_date
 from .stack import Stack
 
 SCHEMA_VERSION = "1.0"
@@ -51,8 +51,6 @@ def track_features(records: list[dict[str, Any]], analysis: Analysis, stack: Sta
     """tracks.geojson: one feature per track, its footprint in EPSG:4326 (pixels when not georeferenced)."""
     feats = []
     for rec, (r0, c0, foot) in zip(records, analysis.footprints):
-        from .engine import _largest
-
         obj = _largest(foot)
         geom = vector.region_polygon(obj, stack.transform @ Affine.translation(c0, r0))
         geom = vector.to_wgs84(geom, stack.crs) if stack.georeferenced else vector.pixel_polygon(geom)
