@@ -215,6 +215,47 @@ def detect(
 
 
 @app.command()
+def series(
+    inputs: Annotated[list[Path], typer.Argument(help="Images of one site: raster files, a folder of them, or a YAML manifest (images: [{path, date}]).")],
+    out: Annotated[str, typer.Option("--out", "-o", metavar=OUT_METAVAR, help="Output folder (created when the run completes).")],
+    reference: Annotated[Optional[str], typer.Option("--reference", "-r", help="Reference date (YYYY-MM-DD) or path; its grid is the output grid (default: the first date).")] = None,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    site: Annotated[Optional[str], typer.Option("--site", help="Site name for the record (default: --out's name).")] = None,
+) -> None:
+    """Presence per date and tracks over a dated series of one site.
+
+    Dates come from the manifest, a TIFFTAG_DATETIME / ACQUISITIONDATETIME / datetime tag, or a YYYY-MM-DD or YYYYMMDD in the file name.
+
+    Writes presence.csv, tracks.geojson, series.json and timeline.png to --out.
+
+    Example: changedet series scenes/port/series.yaml --out runs/port --reference 2024-10-01
+    """
+    from .config import _merge, _read_yaml, build_config
+    from .series import run_series
+    from .series.dates import discover
+
+    with _errors():
+        out_dir = _out_path(out, "the output folder")
+        if site is not None:
+            _check_site(site)
+        images, manifest_cfg = discover(inputs)
+        data = _merge(manifest_cfg, _read_yaml(Path(config)) if config is not None else {})
+        cfg = build_config(data, preset=preset, sets=list(set_ or []), source=str(config) if config else "manifest")
+        with _progress() as progress:
+            result = run_series(inputs, out_dir, cfg, reference=reference, site=site, images=images,
+                                progress=progress)
+        rec = result.record
+        if not _state["quiet"]:
+            t = rec["totals"]
+            typer.echo(f"{rec['site']}: {t['n_dates']} dates ({t['n_observable_dates']} observable), "
+                       f"{t['n_tracks']} tracks, ship-days {t['dates_with_vessel']} -> {result.out_dir}")
+            for w in rec["warnings"]:
+                typer.echo(f"warning: {w}", err=True)
+
+
+@app.command()
 def synth(
     out: Annotated[str, typer.Option("--out", "-o", metavar=OUT_METAVAR, help="Folder to write the scene into.")],
     scenario: Annotated[Optional[str], typer.Option("--scenario", help="trenches, camp or port (default trenches); "

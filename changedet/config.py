@@ -251,6 +251,29 @@ class LimitsConfig(_Section):
         "refuse a pair whose estimated peak memory exceeds this share of the memory available; 0 turns the check off"))
 
 
+class SeriesConfig(_Section):
+    """A dated series of one site (``changedet series``): presence per date and tracks."""
+
+    min_observable_fraction: float = Field(0.5, ge=0, le=1, description=(
+        "a date whose observable share of the site is below this is not observable: empty cells, never absent"))
+    min_region_observable: float = Field(0.5, ge=0, le=1, description=(
+        "an object's footprint must be at least this share observable on a date for it to count as present or absent"))
+    deviation_sigma: float = Field(3.0, gt=0, description=(
+        "a pixel stands out from the temporal background when its difference exceeds this many noise sigmas"))
+    min_area_m2: float = Field(8.0, ge=0, description="smallest region that stands out on one date, square metres (about half the smallest object: a region is often part of it)")
+    edge_tolerance_px: float = Field(0.5, ge=0, le=5, description=(
+        "misregistration allowed for at edges: the no-change spread grows by this times the background's local slope"))
+    state_min_separation: float = Field(1.5, ge=0, description=(
+        "an object's present and empty states must differ by this many noise sigmas (region against the most similar side of its ring)"))
+    link_min_overlap: float = Field(0.3, gt=0, le=1, description=(
+        "regions of two dates are one object when they share this much of the smaller footprint"))
+    large_cloud_share: float = Field(0.1, gt=0, le=1, description=(
+        "a bright white region covering this share of the site is a cloud whatever its shape (no roof is that large)"))
+    memory_mb: int = Field(96, ge=8, le=65536, description=(
+        "memory for the windows of all dates read at once; the window side follows from it and the number of dates"))
+    timeline_max_tracks: int = Field(60, ge=1, le=1000, description="tracks drawn as bars in timeline.png (longest first)")
+
+
 class Config(_Section):
     """The whole effective configuration of a run."""
 
@@ -264,6 +287,7 @@ class Config(_Section):
     processing: ProcessingConfig = ProcessingConfig()
     limits: LimitsConfig = LimitsConfig()
     model: ModelConfig = ModelConfig()
+    series: SeriesConfig = SeriesConfig()
 
     @model_validator(mode="before")
     @classmethod
