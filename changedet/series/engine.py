@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,11 +27,11 @@ from .. import objects, observability
 from ..arrays import crop
 from ..config import Config
 from ..io import Box, grow, iter_windows
+from ..pipeline import ProgressFn
 from . import background, presence
 from .stack import Stack
 from .tracks import Track, tracks_of
 
-ProgressFn = Callable[[str, int, int], None]
 CLASSES = ("vessel", "hut", "trench", "other")
 #: halo of the background pass: water's 2-px Gaussian (4 sigma) and the 3 x 3 blur and opening
 BACKGROUND_HALO = 10

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,17 +16,13 @@ from .. import quicklook
 from ..config import Config
 from ..errors import OutputError
 from ..io import OutputStage, _ScratchDir, file_record, sweep_dead_scratch, write_json
+from ..pipeline import ProgressFn, _no_progress
 from . import record, timeline
 from .dates import DatedImage, discover, pick_reference
 from .engine import analyse, counts_per_date
 from .stack import register_dates
 
-ProgressFn = Callable[[str, int, int], None]
 OUTPUT_FILES = ("presence.csv", "tracks.geojson", "timeline.png", "series.json")
-
-
-def _no_progress(stage: str, done: int, total: int) -> None:
-    return None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ radiometric normalisation against the reference and writes it to a tiled float32
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,9 @@ from ..arrays import band_roles
 from ..io import Box, PairSource, _profile, iter_windows, open_pair, raster_info
 from .. import observability
 from ..observability import Scale
+from ..pipeline import ProgressFn
 from .dates import DatedImage
 
-ProgressFn = Callable[[str, int, int], None]
 #: a date with less than this share of its chips clear keeps its radiometry as read (a fit would follow the cloud)
 MIN_CLEAR_SHARE = 0.1
 
