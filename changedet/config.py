@@ -256,17 +256,29 @@ class SeriesConfig(_Section):
 
     min_observable_fraction: float = Field(0.5, ge=0, le=1, description=(
         "a date whose observable share of the site is below this is not observable: empty cells, never absent"))
+    footprint_buffer_m: float = Field(2.0, ge=0, le=1000, description=(
+        "clouds and shadows grown by this much decide whether an object's footprint and a date are seen (observe.buffer_m guards pixel changes)"))
     min_region_observable: float = Field(0.5, ge=0, le=1, description=(
         "an object's footprint must be at least this share observable on a date for it to count as present or absent"))
     deviation_sigma: float = Field(3.0, gt=0, description=(
-        "a pixel stands out from the temporal background when its difference exceeds this many noise sigmas"))
+        "a pixel stands out from the temporal background when its 3 x 3 smoothed difference exceeds this many times its no-change spread"))
+    step_min_sigma: float = Field(3.0, gt=0, description=(
+        "a lasting step (a structure built or removed) when a pixel's dates before and after differ by this many no-change spreads"))
+    step_min_sharpness: float = Field(4.0, gt=0, description=(
+        "... and by this many times the scatter of the dates within each side (a steady drift, the season's, reaches 3.5 at most)"))
     min_area_m2: float = Field(8.0, ge=0, description="smallest region that stands out on one date, square metres (about half the smallest object: a region is often part of it)")
     edge_tolerance_px: float = Field(0.5, ge=0, le=5, description=(
         "misregistration allowed for at edges: the no-change spread grows by this times the background's local slope"))
     state_min_separation: float = Field(1.5, ge=0, description=(
-        "an object's present and empty states must differ by this many noise sigmas (region against the most similar side of its ring)"))
+        "an object's present and empty states must differ by this many noise sigmas (the region's contrast to its ring)"))
+    state_min_sharpness: float = Field(4.0, gt=0, description=(
+        "... and by this many times the scatter of the dates within each state (two states, not one state's scatter)"))
     link_min_overlap: float = Field(0.3, gt=0, le=1, description=(
         "regions of two dates are one object when they share this much of the smaller footprint"))
+    link_max_size_ratio: float = Field(10.0, ge=1, description=(
+        "... if the larger is at most this many times the smaller (or is a lasting step's region): a haze patch does not swallow a hut"))
+    merge_gap_m: float = Field(2.0, ge=0, le=100, description=(
+        "pieces present on exactly the same dates and this close are one object (a zig-zag trench, a hull and its stern)"))
     large_cloud_share: float = Field(0.1, gt=0, le=1, description=(
         "a bright white region covering this share of the site is a cloud whatever its shape (no roof is that large)"))
     memory_mb: int = Field(96, ge=8, le=65536, description=(

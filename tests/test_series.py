@@ -9,6 +9,8 @@ import shutil
 import jsonschema
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import rasterio
 from affine import Affine
 from typer.testing import CliRunner
@@ -135,9 +137,148 @@ def test_states_persistent_structure_present_after_it_appears():
     con[3:] = 30.0
     stood = np.zeros(n, bool)
     stood[:3] = True
-    st = presence.decide_states(con, np.ones(n, bool), stood, 2.0)
-    assert st is not None and not st.object_is_new
-    assert np.flatnonzero(st.present).tolist() == list(range(3, n))
+    st_ = presence.decide_states(con, np.ones(n, bool), stood, 2.0)
+    assert st_ is not None and not st_.object_is_new
+    assert np.flatnonzero(st_.present).tolist() == list(range(3, n))
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(8, 30), frac=st.floats(0.2, 0.8), seed=st.integers(0, 10_000))
+def test_lasting_step_found_at_its_date(n, frac, seed):
+    # a structure built on date k: every pixel of it steps by 10 sigma there, the rest is noise
+    rng = np.random.default_rng(seed)
+    k = min(max(2, int(round(frac * n))), n - 2)
+    stack = rng.normal(0, 1, (n, 2, 6, 6)).astype(np.float32)
+    stack[k:, :, :3] += 10.0
+    use = np.ones((n, 6, 6), bool)
+    step, after = background.lasting_step(stack, use, np.ones(2), 3.0, 4.0)
+    assert step[:3].all() and (after[:3] == k).all()
+    assert not step[3:].any()
+
+
+def test_lasting_step_ignores_slow_drift_and_unusable_dates():
+    n = 20
+    drift = np.linspace(0, 12, n, dtype=np.float32)  # the season: 12 sigma over the series, no step
+    stack = np.broadcast_to(drift[:, None, None, None], (n, 1, 2, 2)).copy()
+    use = np.ones((n, 2, 2), bool)
+    step, _ = background.lasting_step(stack, use, np.ones(1), 3.0, 4.0)
+    assert not step.any()
+    # a step hidden under clouds on the dates around it is still dated by the usable ones
+    flat = np.zeros((n, 1, 2, 2), np.float32)
+    flat[10:] = 8.0
+    use[8:12] = False
+    step, after = background.lasting_step(flat, use, np.ones(1), 3.0, 4.0)
+    assert step.all() and (after == 12).all()
+    bg = background.step_background(flat, use, step, after)
+    assert np.all(bg == 0.0)  # the side with more usable dates (8 before, 8 after: before)
+
+
+def test_smoothed_sigma_resists_objects():
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 2.0, (3, 20_000))
+    x[:, :4000] += 50.0  # a fifth of the samples on objects
+    sig = background.smoothed_sigma(x)
+    assert np.all(np.abs(sig - 2.0) < 0.8)
+    assert background.smoothed_sigma(np.zeros((2, 0))).shape == (2,)
+
+
+@settings(max_examples=30, deadline=None)
+@given(h=st.integers(1, 40), w=st.integers(1, 40), side=st.integers(1, 17), step=st.integers(1, 6))
+def test_sample_grid_windowed_equals_whole(h, w, side, step):
+    whole = {(r, c) for r in range(0, h, step) for c in range(0, w, step)}
+    got = set()
+    for r0 in range(0, h, side):
+        for c0 in range(0, w, side):
+            box = (r0, c0, min(side, h - r0), min(side, w - c0))
+            rows, cols = background.sample_grid(box, step)
+            got |= {(r0 + int(r), c0 + int(c)) for r in rows for c in cols}
+    assert got == whole
+
+
+def test_states_faint_structure_in_varied_surroundings():
+    # a trench across a field edge: its ring differs from it on every date (side ~2), yet its
+    # contrast falls into two tight groups, built on date 12 of 24
+    rng = np.random.default_rng(3)
+    n = 24
+    con = np.array([-1.0, 0.5, 0.2]) + rng.normal(0, 0.05, (n, 3))
+    con[12:] += np.array([-1.0, -1.5, -0.8])
+    side = np.where(np.arange(n) >= 12, 2.4, 1.9) + rng.normal(0, 0.05, n)
+    stood = np.arange(n) >= 12
+    st_ = presence.decide_states(con, np.ones(n, bool), stood, 1.5, side, 4.0)
+    assert st_ is not None and np.flatnonzero(st_.present).tolist() == list(range(12, n))
+    # the side's cue too faint to split on (it only tells which group is the object): from the
+    # contrasts' two tight groups
+    flat = 2.0 + 0.4 * (np.arange(n) >= 12) + rng.normal(0, 0.3, n)
+    st_ = presence.decide_states(con, np.ones(n, bool), stood, 1.5, flat, 4.0)
+    assert st_ is not None and np.flatnonzero(st_.present).tolist() == list(range(12, n))
+    # one state's scatter, or a slow drift: no object
+    noise = np.array([-1.0, 0.5, 0.2]) + rng.normal(0, 0.3, (n, 3))
+    assert presence.decide_states(noise, np.ones(n, bool), stood, 1.5, flat, 4.0) is None
+    drift = np.linspace(0, 3, n)[:, None] * np.ones(3)
+    assert presence.decide_states(drift, np.ones(n, bool), stood, 1.5, np.linspace(1, 2, n), 4.0) is None
+
+
+def _cand(r, c, h, w):
+    return presence.Candidate(r, c, np.ones((h, w), bool), [])
+
+
+def test_pieces_on_the_same_dates_side_by_side_are_one_object():
+    cands = [_cand(0, 0, 4, 10), _cand(0, 11, 4, 10), _cand(0, 40, 4, 10), _cand(0, 22, 4, 4)]
+    keys = [(3, 4, 5), (3, 4, 5), (3, 4, 5), (3, 4)]
+    # 0 and 1 are 2 px apart (one empty column): one object; 2 is far; 3 is as near 1 but on other dates
+    assert presence.same_object_groups(keys, cands, 2) == [[0, 1], [2], [3]]
+    assert presence.same_object_groups(keys, cands, 1) == [[0], [1], [2], [3]]
+    merged = presence.union([cands[0], cands[1]])
+    assert (merged.row0, merged.col0, merged.footprint.shape, int(merged.footprint.sum())) == (0, 0, (4, 21), 80)
+
+
+def test_absence_under_haze_is_unobserved():
+    present = np.array([1, 1, 0, 1, 0, 0], bool)
+    st_ = presence.States(present, np.ones(6, bool), 5.0, True)
+    sure = np.array([1, 1, 0, 1, 1, 1], bool)  # date 2 clear only by the small buffer
+    got = presence.doubt_absence(st_, sure)
+    assert got is not None and got.observed.tolist() == [True, True, False, True, True, True]
+    # a building that "vanished" only on a hazy date is part of the site: no track
+    assert presence.doubt_absence(presence.States(np.array([1, 1, 0, 1], bool), np.ones(4, bool), 5.0, True),
+                                  np.array([1, 1, 0, 1], bool)) is None
+
+
+def test_haze_patch_neither_swallows_nor_hides_a_hut():
+    hut = np.zeros((60, 60), np.uint8)
+    hut[20:26, 20:26] = 1
+    haze = np.zeros((60, 60), np.uint8)
+    haze[5:55, 5:55] = 1
+    for haze_first in (False, True):
+        linker = presence.Linker((60, 60), 0.3, 10.0)
+        if haze_first:
+            linker.add(presence.regions_of(haze, 2, 4)[0])  # one date's haze patch over the hut
+        for date in (4, 5, 6):
+            linker.add(presence.regions_of(hut, date, 4)[0])
+        if not haze_first:
+            linker.add(presence.regions_of(haze, 2, 4)[0])
+        cands = linker.candidates()
+        assert sorted(sorted(c.dates()) for c in cands) == [[2], [4, 5, 6]]
+    covered = presence.covered_dates(cands, 8, 10.0)
+    small = [g for g, c in enumerate(cands) if c.dates() == {4, 5, 6}][0]
+    assert np.flatnonzero(covered[small]).tolist() == [2] and not covered[1 - small].any()
+    # a trench's lasting step gathers the pieces it stands out in on each date, however small
+    line = np.zeros((60, 60), np.uint8)
+    line[30:33, 2:58] = 1
+    piece = np.zeros((60, 60), np.uint8)
+    piece[30:33, 10:14] = 1
+    linker = presence.Linker((60, 60), 0.3, 10.0)
+    linker.add(presence.regions_of(line, 7, 4)[0], lasting=True)
+    linker.add(presence.regions_of(piece, 8, 4)[0])
+    assert len(linker.candidates()) == 1
+
+
+def test_level_change_within_a_run():
+    # a crane run out over a moored ship on dates 4-5 of its run 2-8
+    value = np.full(10, np.nan)
+    value[2:9] = [5.0, 5.1, 8.0, 8.1, 5.0, 4.9, 5.1]
+    assert presence.level_changes(value, list(range(2, 9)), 1.5, 8.0) == [4, 6]
+    flat = np.where(np.isfinite(value), 5.0 + 0.05 * np.arange(10), np.nan)
+    assert presence.level_changes(flat, list(range(2, 9)), 1.5, 8.0) == []
 
 
 def test_tracks_split_on_observed_absence_not_on_clouds():

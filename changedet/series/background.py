@@ -37,14 +37,14 @@ def temporal_median(stack: np.ndarray, use: np.ndarray) -> np.ndarray:
     return med.astype(np.float32)
 
 
-def edge_sigma(background: np.ndarray, band_sigma: np.ndarray, tolerance_px: float) -> np.ndarray:
-    """Per-pixel no-change spread (bands, h, w): the noise, plus what a misregistration of
+def edge_sigma(background: np.ndarray, sigma: np.ndarray, tolerance_px: float) -> np.ndarray:
+    """Per-pixel no-change spread (bands, h, w): ``sigma``, plus what a misregistration of
     ``tolerance_px`` makes of the background's local slope (its 3 x 3 maximum).
 
     Resampling and residual misregistration change an edge's pixels by about slope x shift; without
     this every sharp edge of the site would stand out on the dates resampled most.
     """
-    sig = np.asarray(band_sigma, np.float32)[:, None, None]
+    sig = np.asarray(sigma, np.float32)[:, None, None]
     if tolerance_px <= 0:
         return np.broadcast_to(sig, background.shape).astype(np.float32)
     out = np.empty(background.shape, np.float32)
@@ -56,25 +56,58 @@ def edge_sigma(background: np.ndarray, band_sigma: np.ndarray, tolerance_px: flo
     return out
 
 
-def deviation(image: np.ndarray, background: np.ndarray, band_sigma: np.ndarray,
+def smoothed_difference(image: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Image minus background per band, averaged over 3 x 3 ((bands, h, w) float32; 0 where either has no data).
+
+    Averaging the signed difference before combining bands cuts a pixel's noise about threefold
+    while keeping an object of two or more pixels across: a faint trench stands out of it, not
+    out of the raw difference.
+    """
+    d = np.nan_to_num(np.asarray(image, np.float32) - np.asarray(background, np.float32), nan=0.0)
+    return np.stack([cv2.blur(b, (3, 3), borderType=cv2.BORDER_REFLECT) for b in d])
+
+
+def deviation(image: np.ndarray, background: np.ndarray, sigma: np.ndarray,
               tolerance_px: float = 0.0) -> np.ndarray:
-    """How far a date stands out from the background: RMS over bands of the difference in noise sigmas.
+    """How far a date stands out from the background: RMS over bands of the smoothed difference in sigmas.
 
     Parameters
     ----------
     image, background : (bands, h, w) float32 (NaN: no data).
-    band_sigma : (bands,) no-change noise.
+    sigma : (bands,) no-change spread of the smoothed difference (:func:`smoothed_difference`,
+        measured by :func:`smoothed_sigma`).
     tolerance_px : misregistration allowed for (:func:`edge_sigma`).
 
     Returns
     -------
-    (h, w) float32, smoothed by a 3 x 3 mean (a pixel's noise alone does not make an object); 0 where
-    either has no data.
+    (h, w) float32; 0 where either has no data.
     """
-    d = (image - background) / edge_sigma(background, band_sigma, tolerance_px)
+    d = smoothed_difference(image, background) / edge_sigma(background, sigma, tolerance_px)
     z = np.sqrt(np.mean(d * d, axis=0))
-    z = np.nan_to_num(z, nan=0.0).astype(np.float32)
-    return cv2.blur(z, (3, 3), borderType=cv2.BORDER_REFLECT)
+    bad = ~(np.isfinite(image).all(axis=0) & np.isfinite(background).all(axis=0))
+    z[bad] = 0.0
+    return np.nan_to_num(z, nan=0.0).astype(np.float32)
+
+
+def smoothed_sigma(samples: np.ndarray, floor: float = 1e-6) -> np.ndarray:
+    """Robust no-change spread per band of smoothed differences ((bands, n) samples -> (bands,)).
+
+    The median absolute deviation: objects that stand out (less than half the samples) do not set it.
+    """
+    s = np.asarray(samples, np.float64)
+    if s.ndim != 2 or s.shape[1] == 0:
+        return np.full(s.shape[0] if s.ndim == 2 else 1, np.nan)
+    med = np.median(s, axis=1, keepdims=True)
+    return np.maximum(1.4826 * np.median(np.abs(s - med), axis=1), floor)
+
+
+def sample_grid(box: tuple[int, int, int, int], step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns inside ``box`` (row, col, h, w) of the global grid of every ``step``-th pixel,
+    relative to the box: the same pixels whatever the windows."""
+    r, c, h, w = box
+    rows = np.arange(-r % step, h, step)
+    cols = np.arange(-c % step, w, step)
+    return rows, cols
 
 
 def object_mask(dev: np.ndarray, observable: np.ndarray, threshold_sigma: float) -> np.ndarray:
@@ -98,3 +131,100 @@ def large_bright(evidence_bits: np.ndarray, core_bit: int, rim_bit: int, min_px:
     keep = (stats[:, cv2.CC_STAT_AREA] >= max(min_px, 1)) & (core_px > 0)
     keep[0] = False
     return keep[labels]
+
+
+def smooth_stack(stack: np.ndarray) -> np.ndarray:
+    """Every date's bands averaged over 3 x 3 ((n, bands, h, w) float32; NaN stays NaN where a date has no data)."""
+    out = np.empty(stack.shape, np.float32)
+    for i in range(stack.shape[0]):
+        bad = ~np.isfinite(stack[i]).all(axis=0)
+        for b in range(stack.shape[1]):
+            out[i, b] = cv2.blur(np.nan_to_num(stack[i, b]), (3, 3), borderType=cv2.BORDER_REFLECT)
+        out[i][:, bad] = np.nan
+    return out
+
+
+def lasting_step(stack: np.ndarray, use: np.ndarray, sigma: np.ndarray, min_sigma: float,
+                 min_sharpness: float, min_dates: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels whose dates fall into a lasting "before" and "after" level, and the first date after.
+
+    Parameters
+    ----------
+    stack : (n, bands, h, w) float32, dates in time order, smoothed (:func:`smooth_stack`); best
+        centred on each pixel's median (float32 sums of squares).
+    use : (n, h, w) bool, the dates each pixel may use.
+    sigma : (bands,) no-change spread of a smoothed date against the background.
+    min_sigma : the two levels differ by at least this many ``sigma`` (RMS over bands).
+    min_sharpness : ... and by at least this many times the spread of the dates within the levels:
+        a structure built between two dates is a step, the season's slow drift is not.
+    min_dates : each level holds at least this many usable dates.
+
+    Returns
+    -------
+    (h, w) bool, the pixels with a step, and (h, w) int32, the index of the first date after it
+    (0 where there is none).
+
+    Notes
+    -----
+    Per pixel the split of its usable dates into before and after that maximises the between-level
+    sum of squares (Otsu's criterion along time, with running sums: memory of two dates).
+    """
+    n, nb = stack.shape[:2]
+    x = np.where(use[:, None], np.nan_to_num(stack), np.float32(0.0)).astype(np.float32)
+    u = use.astype(np.float32)
+    tot_n = u.sum(axis=0)
+    tot_s = x.sum(axis=0)
+    tot_q = (x * x).sum(axis=0)
+    run_n = np.zeros(tot_n.shape)
+    run_s = np.zeros(tot_s.shape)
+    run_q = np.zeros(tot_q.shape)
+    best = np.full(tot_n.shape, -1.0)
+    best_k = np.zeros(tot_n.shape, np.int32)
+    best_d = np.zeros(tot_s.shape)
+    best_w = np.zeros(tot_n.shape)
+    sig2 = np.asarray(sigma, np.float64)[:, None, None] ** 2
+    for k in range(1, n):
+        run_n += u[k - 1]
+        run_s += x[k - 1]
+        run_q += x[k - 1] ** 2
+        n1, n2 = run_n, tot_n - run_n
+        ok = (n1 >= min_dates) & (n2 >= min_dates)
+        if not ok.any():
+            continue
+        with np.errstate(invalid="ignore", divide="ignore"):
+            m1 = run_s / n1
+            m2 = (tot_s - run_s) / n2
+            d = m2 - m1
+            bss = (n1 * n2 / (n1 + n2)) * np.sum(d * d / sig2, axis=0)
+            within = (run_q - n1 * m1 * m1 + (tot_q - run_q) - n2 * m2 * m2) / np.maximum(n1 + n2 - 2, 1)
+            wss = np.mean(np.maximum(within, 0.0) / sig2, axis=0)
+        better = ok & (bss >= best)  # ties (unusable dates between): the first usable date after
+        best = np.where(better, bss, best)
+        best_k = np.where(better, k, best_k)
+        best_d = np.where(better[None], d, best_d)
+        best_w = np.where(better, wss, best_w)
+    level = np.sqrt(np.mean(best_d * best_d / sig2, axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sharp = level / np.sqrt(np.maximum(best_w, 1e-12))
+    step = (best >= 0) & (level >= min_sigma) & (sharp >= min_sharpness)
+    return step, np.where(step, best_k, 0).astype(np.int32)
+
+
+def step_background(stack: np.ndarray, use: np.ndarray, step: np.ndarray, first_after: np.ndarray,
+                    median: np.ndarray | None = None) -> np.ndarray:
+    """The background with lasting steps resolved: where ``step``, the median of the usable dates on
+    the side of the step that holds more of them, elsewhere of all usable dates (:func:`temporal_median`).
+
+    A trench dug halfway through the series is neither in nor out of the plain median (a blend of
+    both states, from which neither stands out clearly); a vessel moored on the first five of thirty
+    dates, or a hut built on the fifth, is on the side it shares with fewer dates either way.
+    """
+    med = temporal_median(stack, use) if median is None else median
+    if not step.any():
+        return med
+    n = stack.shape[0]
+    before = use & (np.arange(n)[:, None, None] < first_after[None])
+    after = use & ~before
+    longer = np.where((before.sum(axis=0) >= after.sum(axis=0))[None], before, after)
+    side = temporal_median(stack, longer)
+    return np.where(step[None], side, med).astype(np.float32)

@@ -30,11 +30,15 @@ from ..io import Box, grow, iter_windows
 from ..pipeline import ProgressFn
 from . import background, presence
 from .stack import Stack
-from .tracks import Track, tracks_of
+from .tracks import Track, track_events, tracks_of
 
 CLASSES = ("vessel", "hut", "trench", "other")
 #: halo of the background pass: water's 2-px Gaussian (4 sigma) and the 3 x 3 blur and opening
 BACKGROUND_HALO = 10
+#: pixels per date sampled (on a global grid) to measure its spread against the background
+SIGMA_SAMPLES = 50_000
+#: bits of the per-date observable raster: clear by ``observe.buffer_m``; by ``series.footprint_buffer_m``
+SEEN, SEEN_FOOTPRINT = 1, 2
 
 
 @dataclass
@@ -55,7 +59,13 @@ def _windows(stack: Stack, cfg: Config, halo: int) -> tuple[int, list[Box]]:
 
 
 def observe_pass(stack: Stack, cfg: Config, progress: ProgressFn) -> list[float]:
-    """Pass 2: write each date's not-observable state (``obs_i``: 1 observable); its observable share."""
+    """Pass 2: write each date's observable state and its observable share.
+
+    ``obs_i`` holds bit ``SEEN`` where a pixel is clear of cloud, shadow and nodata by
+    ``observe.buffer_m`` (what the background and the regions that stand out use), bit
+    ``SEEN_FOOTPRINT`` where by ``series.footprint_buffer_m`` (what an object's footprint and the
+    date's share count as seen).
+    """
     halo = observability.halo_px()
     _, boxes = _windows(stack, cfg, halo)
     assert stack.scale is not None
@@ -82,16 +92,20 @@ def observe_pass(stack: Stack, cfg: Config, progress: ProgressFn) -> list[float]
             else np.isfinite(stack.read("date", i, full))
         if cfg.observe.enabled:
             ev = stack.read("ev", i, full, fill=0).astype(np.uint8)
-            reason = observability.resolve(np.zeros_like(ev), ev, valid, stack.gsd_m, cfg.observe).reason
-            seen = reason == observability.OBSERVABLE
             big = background.large_bright(ev, observability.CORE, observability.RIM,
                                           int(cfg.series.large_cloud_share * ev.size))
-            seen &= ~observability._dilate(big, min(int(math.ceil(cfg.observe.buffer_m / stack.gsd_m)), 64))
+            masks = []
+            for buffer_m in (cfg.observe.buffer_m, cfg.series.footprint_buffer_m):
+                params = cfg.observe.model_copy(update={"buffer_m": buffer_m})
+                reason = observability.resolve(np.zeros_like(ev), ev, valid, stack.gsd_m, params).reason
+                seen = reason == observability.OBSERVABLE
+                masks.append(seen & ~observability._dilate(big, min(int(math.ceil(buffer_m / stack.gsd_m)), 64)))
+            seen, see = masks
         else:
-            seen = valid
+            seen = see = valid
         with stack.writer("obs", i, 1, "uint8", None) as ds:
-            ds.write(seen.astype(np.uint8)[None])
-        fractions.append(round(float(seen.mean()), 6))
+            ds.write((seen.astype(np.uint8) * SEEN + see.astype(np.uint8) * SEEN_FOOTPRINT)[None])
+        fractions.append(round(float(see.mean()), 6))
         stack.path("ev", i).unlink()
     return fractions
 
@@ -103,45 +117,107 @@ def _win(box: Box) -> Any:
     return Window(c, r, w, h)
 
 
-def background_pass(stack: Stack, cfg: Config, date_ok: np.ndarray, progress: ProgressFn) -> np.ndarray:
-    """Pass 3: background raster, per-date masks of what stands out (``mask_i``); returns water (uint8, whole)."""
+def spread_pass(stack: Stack, cfg: Config, date_ok: np.ndarray, progress: ProgressFn) -> np.ndarray:
+    """Pass 3a: per date and band, the spread of its smoothed difference from the median of the dates.
+
+    Returns (n, bands) (:func:`background.smoothed_sigma`; NaN for dates not observable), measured on
+    the same global grid of pixels whatever the windows.
+    """
     halo = BACKGROUND_HALO
     _, boxes = _windows(stack, cfg, halo)
-    sigma = stack.band_sigma()
+    step = max(1, int(math.ceil(math.sqrt(stack.shape[0] * stack.shape[1] / SIGMA_SAMPLES))))
+    samples: list[list[np.ndarray]] = [[] for _ in range(stack.n_dates)]
+    for k, box in enumerate(boxes):
+        gbox = grow(box, halo)
+        s = stack.read_window(gbox)
+        use = _usable(stack, gbox, date_ok)
+        med = background.temporal_median(s, use)
+        rows, cols = background.sample_grid(box, step)
+        for i in np.flatnonzero(date_ok):
+            d = crop(background.smoothed_difference(s[i], med), halo)[:, rows][:, :, cols]
+            ok = crop(use[i] & np.isfinite(s[i]).all(axis=0) & np.isfinite(med).all(axis=0), halo)[rows][:, cols]
+            samples[i].append(d[:, ok])
+        progress("spread", k + 1, len(boxes))
+    sigmas = np.full((stack.n_dates, stack.n_bands), np.nan)
+    for i in np.flatnonzero(date_ok):
+        sigmas[i] = background.smoothed_sigma(np.concatenate(samples[i], axis=1))
+    return sigmas
+
+
+def _usable(stack: Stack, box: Box, date_ok: np.ndarray) -> np.ndarray:
+    seen = np.stack([(stack.read("obs", i, box, fill=0).astype(np.uint8) & SEEN) > 0 for i in range(stack.n_dates)])
+    return seen & date_ok[:, None, None]
+
+
+def background_pass(stack: Stack, cfg: Config, date_ok: np.ndarray, sigmas: np.ndarray,
+                    progress: ProgressFn) -> np.ndarray:
+    """Pass 3b: the background raster (lasting steps resolved, :func:`background.step_background`)
+    and the steps (``step``: the first date after a pixel's lasting step, 0 where none); returns
+    water (uint8, whole)."""
+    halo = BACKGROUND_HALO
+    _, boxes = _windows(stack, cfg, halo)
     water = np.zeros(stack.shape, np.uint8)
     wmodel = objects.fit_water(stack.samples, cfg.objects)
+    typical = np.nanmedian(sigmas, axis=0) if np.isfinite(sigmas).any() else np.ones(stack.n_bands)
     bg = stack.writer("background", None, stack.n_bands, "float32", float("nan"))
-    writers = [stack.writer("mask", i, 1, "uint8", None) for i in range(stack.n_dates)]
+    steps = stack.writer("step", None, 1, "int16", None)
     try:
         for k, box in enumerate(boxes):
             gbox = grow(box, halo)
             s = stack.read_window(gbox)
-            seen = np.stack([stack.read("obs", i, gbox, fill=0) > 0 for i in range(stack.n_dates)])
-            use = seen & date_ok[:, None, None]
+            use = _usable(stack, gbox, date_ok)
             med = background.temporal_median(s, use)
+            step, after = background.lasting_step(background.smooth_stack(s - med[None]), use, typical,
+                                                  cfg.series.step_min_sigma, cfg.series.step_min_sharpness)
+            med = background.step_background(s, use, step, after, med)
             bg.write(crop(med, halo), window=_win(box))
+            kept = cv2.morphologyEx(step.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+            steps.write(crop(np.where(kept, after, 0).astype(np.int16), halo)[None], window=_win(box))
             r, c, h, w = box
             water[r:r + h, c:c + w] = crop(objects._water_one(np.nan_to_num(med), wmodel, cfg.objects)
                                            & np.isfinite(med).all(axis=0), halo)
-            for i in range(stack.n_dates):
-                m = np.zeros(gbox[2:], np.uint8)
-                if date_ok[i]:
-                    dev = background.deviation(s[i], med, sigma, cfg.series.edge_tolerance_px)
-                    m = background.object_mask(dev, use[i], cfg.series.deviation_sigma)
-                writers[i].write(crop(m, halo)[None], window=_win(box))
             progress("background", k + 1, len(boxes))
     finally:
         bg.close()
-        for wr in writers:
-            wr.close()
+        steps.close()
     return objects.keep_large_water(water, cfg.objects, stack.gsd_m)
 
 
+def mask_pass(stack: Stack, cfg: Config, date_ok: np.ndarray, sigmas: np.ndarray, progress: ProgressFn) -> None:
+    """Pass 3b: per date, the pixels standing out from the background (``mask_i``), window by window."""
+    halo = BACKGROUND_HALO
+    side = stack.window_px(1, cfg.series.memory_mb, halo)
+    boxes = list(iter_windows(stack.shape, side))
+    nb = stack.n_bands
+    for i in range(stack.n_dates):
+        with stack.writer("mask", i, 1, "uint8", None) as wr:
+            for box in boxes:
+                gbox = grow(box, halo)
+                m = np.zeros(gbox[2:], np.uint8)
+                if date_ok[i]:
+                    a = stack.read("date", i, gbox, nb)
+                    b = stack.read("background", None, gbox, nb)
+                    a, b = (a, b) if nb > 1 else (a[None], b[None])
+                    seen = (stack.read("obs", i, gbox, fill=0).astype(np.uint8) & SEEN) > 0
+                    dev = background.deviation(a, b, sigmas[i], cfg.series.edge_tolerance_px)
+                    m = background.object_mask(dev, seen, cfg.series.deviation_sigma)
+                wr.write(crop(m, halo)[None], window=_win(box))
+        progress("masks", i + 1, stack.n_dates)
+
+
 def link_pass(stack: Stack, cfg: Config, date_ok: np.ndarray, progress: ProgressFn) -> list[presence.Candidate]:
-    """Pass 4a: each date's regions, linked across dates into candidates."""
+    """Pass 4a: the regions of lasting steps and each date's regions, linked into candidates.
+
+    A faint trench stands out on each date in pieces; the pixels where its dates step lasting
+    hold it whole and bridge the pieces (a step region is put on its most common first date after).
+    """
     min_px = max(4, int(math.ceil(cfg.series.min_area_m2 / stack.gsd_m ** 2)))
-    linker = presence.Linker(stack.shape, cfg.series.link_min_overlap)
+    linker = presence.Linker(stack.shape, cfg.series.link_min_overlap, cfg.series.link_max_size_ratio)
     full = (0, 0) + stack.shape
+    after = stack.read("step", None, full, fill=0).astype(np.int32)
+    for reg in presence.regions_of((after > 0).astype(np.uint8), 0, min_px):
+        first = np.bincount(after[reg.row0:reg.bbox[2], reg.col0:reg.bbox[3]][reg.mask]).argmax()
+        linker.add(replace(reg, date=int(first)), lasting=True)
     for i in range(stack.n_dates):
         if date_ok[i]:
             mask = stack.read("mask", i, full, fill=0).astype(np.uint8)
@@ -171,21 +247,42 @@ def _paste(canvas: np.ndarray, box: Box, value: np.ndarray) -> np.ndarray:
     return out
 
 
+def _neighbours(cands: list[presence.Candidate], margin: int, max_ratio: float) -> list[np.ndarray]:
+    """Per candidate, on its crop grown by ``margin``, the footprints of the other candidates no ring
+    may run over: all but those seen on one date only and more than ``max_ratio`` times its size (a
+    haze patch that covers a hut on one date is its context, not a neighbour)."""
+    areas = [int(cd.footprint.sum()) for cd in cands]
+    once = [len(cd.dates()) == 1 for cd in cands]
+    out = []
+    for g, cd in enumerate(cands):
+        r, c, h, w = _crop_box(cd, margin)
+        canvas = np.zeros((h, w), bool)
+        for k, other in enumerate(cands):
+            if k == g or (once[k] and areas[k] > max_ratio * areas[g]):
+                continue
+            oh, ow = other.footprint.shape
+            r0, c0 = max(other.row0, r), max(other.col0, c)
+            r1, c1 = min(other.row0 + oh, r + h), min(other.col0 + ow, c + w)
+            if r1 > r0 and c1 > c0:
+                canvas[r0 - r:r1 - r, c0 - c:c1 - c] |= other.footprint[r0 - other.row0:r1 - other.row0,
+                                                                        c0 - other.col0:c1 - other.col0]
+        out.append(canvas)
+    return out
+
+
 def contrast_pass(stack: Stack, cfg: Config, cands: list[presence.Candidate], date_ok: np.ndarray,
                   progress: ProgressFn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pass 4b: per candidate and date, region-minus-ring contrast (G, n, bands), distance to the
-    most similar side of the ring (G, n) and observable share of the footprint (G, n)."""
+    most similar side of the ring (G, n) and observable share of the footprint (G, n, 2: clear by
+    ``series.footprint_buffer_m``, by ``observe.buffer_m``)."""
     g_n = len(cands)
     con = np.full((g_n, stack.n_dates, stack.n_bands), np.nan)
     side = np.full((g_n, stack.n_dates), np.nan)
-    share = np.zeros((g_n, stack.n_dates))
+    share = np.zeros((g_n, stack.n_dates, 2))
     if not cands:
         return con, side, share
     margin = cfg.objects.ring_px + 1
-    taken = np.zeros(stack.shape, bool)  # every candidate's footprint: no ring runs over another object
-    for cd in cands:
-        h, w = cd.footprint.shape
-        taken[cd.row0:cd.row0 + h, cd.col0:cd.col0 + w] |= cd.footprint
+    neighbours = _neighbours(cands, margin, cfg.series.link_max_size_ratio)
     sigma = stack.band_sigma()
     full = (0, 0) + stack.shape
     for i in range(stack.n_dates):
@@ -193,18 +290,21 @@ def contrast_pass(stack: Stack, cfg: Config, cands: list[presence.Candidate], da
             continue
         img = stack.read("date", i, full, stack.n_bands)
         img = img if stack.n_bands > 1 else img[None]
-        seen = stack.read("obs", i, full, fill=0) > 0
+        bits = stack.read("obs", i, full, fill=0).astype(np.uint8)
+        seen = (bits & SEEN_FOOTPRINT) > 0
+        strict = (bits & SEEN) > 0
         for g, cd in enumerate(cands):
             box = _crop_box(cd, margin)
             foot = _pad(cd.footprint, margin)
             ok = _paste(seen, box, seen)
             sub = np.stack([_paste(b, box, b) for b in img])
             inside = foot & ok
-            around = presence.ring_of(foot, cfg.objects.ring_px, _paste(taken, box, taken)) & ok
+            around = presence.ring_of(foot, cfg.objects.ring_px, neighbours[g]) & ok
             sub = np.nan_to_num(sub)
             con[g, i] = presence.contrast(sub, inside, around, sigma)
             side[g, i] = presence.nearest_side(sub, inside, around, sigma)
-            share[g, i] = inside.sum() / max(int(foot.sum()), 1)
+            share[g, i, 0] = inside.sum() / max(int(foot.sum()), 1)
+            share[g, i, 1] = (foot & _paste(strict, box, strict)).sum() / max(int(foot.sum()), 1)
         progress("contrast", i + 1, stack.n_dates)
     return con, side, share
 
@@ -229,8 +329,12 @@ def object_mask(after: np.ndarray, before: np.ndarray, near: np.ndarray, sigma: 
 
 
 def classify_track(stack: Stack, cfg: Config, cand: presence.Candidate, track: Track,
-                   empty_date: int | None, object_date: int, water: np.ndarray) -> tuple[str, float, np.ndarray]:
+                   empty_date: int | None, object_date: int, water: np.ndarray,
+                   sigmas: np.ndarray) -> tuple[str, float, np.ndarray]:
     """Type a track with ``detect``'s rules: the object between an empty-state and an object-state date.
+
+    ``sigmas`` are the dates' spreads against the background (:func:`background_pass`); two dates'
+    difference spreads by both.
 
     Returns the class, its confidence and the object's pixels on the crop of the candidate grown
     by ``objects.ring_px + 2`` (bool).
@@ -251,11 +355,12 @@ def classify_track(stack: Stack, cfg: Config, cand: presence.Candidate, track: T
     valid = np.isfinite(b).all(axis=0) & np.isfinite(a).all(axis=0)
     b, a = np.nan_to_num(b), np.nan_to_num(a)
     sigma = stack.band_sigma()
+    pair = sigmas[object_date] if empty_date is None else np.hypot(sigmas[object_date], sigmas[empty_date])
     near = cv2.dilate(foot.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
-    obj = object_mask(a, b, near & valid, sigma, cfg)
+    obj = object_mask(a, b, near & valid, pair, cfg)
     if obj.sum() < 4:
         obj = foot
-    score = np.clip(background.deviation(a, b, sigma) / (2.0 * cfg.series.deviation_sigma), 0.0, 1.0)
+    score = np.clip(background.deviation(a, b, pair) / (2.0 * cfg.series.deviation_sigma), 0.0, 1.0)
     wat = _paste(water, box, water) > 0
     shadow = objects.cast_shadow(obj & valid, b, a, params)
     core = objects.fill_holes(_largest(objects.object_core(obj, shadow)))
@@ -272,29 +377,56 @@ def analyse(stack: Stack, cfg: Config, progress: ProgressFn) -> Analysis:
     """Passes 2-4 over a registered stack (:func:`changedet.series.stack.register_dates`)."""
     fractions = observe_pass(stack, cfg, progress)
     date_ok = np.array([f >= cfg.series.min_observable_fraction for f in fractions])
-    water = background_pass(stack, cfg, date_ok, progress)
+    sigmas = spread_pass(stack, cfg, date_ok, progress)
+    water = background_pass(stack, cfg, date_ok, sigmas, progress)
+    mask_pass(stack, cfg, date_ok, sigmas, progress)
     cands = link_pass(stack, cfg, date_ok, progress)
     con, side, share = contrast_pass(stack, cfg, cands, date_ok, progress)
-    tracks: list[Track] = []
-    feet: list[tuple[int, int, np.ndarray]] = []
+    covered = presence.covered_dates(cands, stack.n_dates, cfg.series.link_max_size_ratio)
+    found: list[tuple[int, Track, np.ndarray, presence.States]] = []  # candidate, run, strength, states
     for g, cd in enumerate(cands):
-        observed = date_ok & (share[g] >= cfg.series.min_region_observable)
+        observed = date_ok & (share[g, :, 0] >= cfg.series.min_region_observable) & ~covered[g]
         stood = np.zeros(stack.n_dates, bool)
         stood[sorted(cd.dates())] = True
-        st = presence.decide_states(con[g], observed, stood, cfg.series.state_min_separation, side[g])
+        st = presence.decide_states(con[g], observed, stood, cfg.series.state_min_separation, side[g],
+                                     cfg.series.state_min_sharpness)
+        # haze beyond a cloud's detected edge hides an object more often than it makes one: a date
+        # counts as absent only when the footprint is clear by the full buffer, else it is unobserved
+        st = st and presence.doubt_absence(st, share[g, :, 1] >= cfg.series.min_region_observable)
         if st is None:
             continue
-        strength = np.linalg.norm(np.nan_to_num(con[g]), axis=1)
-        absent = [int(t) for t in np.flatnonzero(st.observed & ~st.present)]
-        margin = cfg.objects.ring_px + 2
+        strength = np.linalg.norm(np.nan_to_num(con[g]), axis=1) * float(cd.footprint.sum())
         for tr in tracks_of(g, st.present, st.observed):
-            obj_date = max(tr.present, key=lambda t: (strength[t], -t))
-            empty = min(absent, key=lambda t: (abs(t - obj_date), t)) if absent else None
-            tr.cls, tr.confidence, foot = classify_track(stack, cfg, cd, tr, empty, obj_date, water)
-            tr.extra["separation_sigma"] = round(st.separation, 3)
-            tracks.append(tr)
-            feet.append((cd.row0 - margin, cd.col0 - margin, foot))
-        progress("tracks", g + 1, len(cands))
+            if st.value is not None:  # an extension run out for a few dates (on dates clear by the full buffer)
+                sure = [t for t in tr.present if share[g, t, 1] >= cfg.series.min_region_observable]
+                changed = presence.level_changes(st.value, sure, cfg.series.state_min_separation,
+                                                 2.0 * cfg.series.state_min_sharpness)
+                tr.events = track_events(tr.present, st.observed, changed)
+            found.append((g, tr, strength, st))
+    # pieces of one object (a zig-zag trench, a hull's stern) on exactly the same dates, side by side
+    gap = max(1, int(math.ceil(cfg.series.merge_gap_m / stack.gsd_m)))
+    groups = presence.same_object_groups([tuple(f[1].present) for f in found], [cands[f[0]] for f in found], gap)
+    tracks: list[Track] = []
+    feet: list[tuple[int, int, np.ndarray]] = []
+    margin = cfg.objects.ring_px + 2
+    objs = [(presence.union([cands[found[i][0]] for i in group]), set(found[group[0]][1].present)) for group in groups]
+    parts = presence.parts_of_larger(objs)
+    groups = [grp for k, grp in enumerate(groups) if k not in parts]
+    for k, group in enumerate(groups):
+        members = [found[i] for i in group]
+        g, tr, _, st = max(members, key=lambda m: (int(cands[m[0]].footprint.sum()), -m[0]))
+        cd = presence.union([cands[m[0]] for m in members])
+        strength = np.sum([m[2] for m in members], axis=0)
+        absent = [int(t) for t in np.flatnonzero(st.observed & ~st.present)]
+        obj_date = max(tr.present, key=lambda t: (strength[t], -t))
+        empty = min(absent, key=lambda t: (abs(t - obj_date), t)) if absent else None
+        tr.cls, tr.confidence, foot = classify_track(stack, cfg, cd, tr, empty, obj_date, water, sigmas)
+        tr.extra["separation_sigma"] = round(st.separation, 3)
+        if len(members) > 1:
+            tr.extra["pieces"] = len(members)
+        tracks.append(tr)
+        feet.append((cd.row0 - margin, cd.col0 - margin, foot))
+        progress("tracks", k + 1, len(groups))
     return Analysis(fractions, date_ok, tracks, feet, len(cands), stack.window_px(stack.n_dates, cfg.series.memory_mb,
                                                                                     BACKGROUND_HALO))
 

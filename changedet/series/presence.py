@@ -3,7 +3,7 @@ whether each candidate is in its "object" or its "empty" state (pure functions o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -46,16 +46,21 @@ class Linker:
     """Regions of all dates linked into candidates by overlapping footprints (union-find on a label image).
 
     A region joins every candidate whose footprint it shares at least ``min_overlap`` of the smaller
-    of the two with; the candidate's footprint is the union of its regions.
+    of the two with, if the larger is at most ``max_size_ratio`` times the smaller or is (holds) a
+    lasting step's region: a haze patch at a cloud's edge does not swallow the hut it covers on one
+    date, while the whole of a trench (its lasting step) gathers the pieces it stands out in on each
+    date. The candidate's footprint is the union of its regions.
     """
 
     shape: tuple[int, int]
     min_overlap: float
+    max_size_ratio: float = 10.0
     ids: np.ndarray = field(init=False)
     parent: list[int] = field(default_factory=lambda: [0])
     area: list[int] = field(default_factory=lambda: [0])
     members: list[list[int]] = field(default_factory=lambda: [[]])
     regions: list[Region] = field(default_factory=list)
+    lasting: list[bool] = field(default_factory=lambda: [False])
 
     def __post_init__(self) -> None:
         self.ids = np.zeros(self.shape, np.int32)
@@ -66,7 +71,13 @@ class Linker:
             i = self.parent[i]
         return i
 
-    def add(self, reg: Region) -> None:
+    def _joins(self, g: int, overlap: int, area: int, lasting: bool) -> bool:
+        small, large = min(area, self.area[g]), max(area, self.area[g])
+        big_is_lasting = self.lasting[g] if self.area[g] >= area else lasting
+        return overlap >= self.min_overlap * small and (large <= self.max_size_ratio * small or big_is_lasting)
+
+    def add(self, reg: Region, lasting: bool = False) -> None:
+        """Link one region (``lasting``: a lasting step's region, not one date's)."""
         r0, c0, r1, c1 = reg.bbox
         view = self.ids[r0:r1, c0:c1]
         new = len(self.parent)
@@ -79,15 +90,21 @@ class Linker:
             if v:
                 g = self._root(v)
                 overlap[g] = overlap.get(g, 0) + k
-        merged = [g for g, k in sorted(overlap.items()) if k >= self.min_overlap * min(reg.area_px, self.area[g])]
-        fresh = int(counts[vals == 0].sum()) if (vals == 0).any() else 0
-        self.area.append(fresh + sum(self.area[g] for g in merged))
+        merged = [g for g, k in sorted(overlap.items()) if self._joins(g, k, reg.area_px, lasting)]
+        # paint the region where it is free, and over a much larger candidate it did not join (a haze
+        # patch); pixels of other candidates it did not join stay theirs
+        over = [g for g in overlap if g not in merged and max(self.area[g], 1) > self.max_size_ratio * reg.area_px]
+        paint = reg.mask & (view == 0)
+        if over:
+            roots = {v: self._root(v) for v in vals.tolist() if v}
+            paint |= reg.mask & np.isin(view, [v for v, g in roots.items() if g in over])
+        self.area.append(int(paint.sum()) + sum(self.area[g] for g in merged))
+        self.lasting.append(lasting or any(self.lasting[g] for g in merged))
         for g in merged:
             self.parent[g] = new
             self.members[new].extend(self.members[g])
             self.members[g] = []
-        # paint the region where it is free; pixels of candidates it did not join stay theirs
-        view[reg.mask & (view == 0)] = new
+        view[paint] = new
 
     def candidates(self) -> list[Candidate]:
         """The linked candidates, ordered by position (top row, then left column)."""
@@ -168,43 +185,77 @@ class States:
     observed: np.ndarray  # (n,) bool
     separation: float  # distance between the two states' mean contrasts, noise sigmas
     object_is_new: bool  # True: the object state is the one the background lacks (it stands out when present)
+    value: np.ndarray | None = None  # (n,) the value the states were split on (NaN where not observed)
 
 
-def two_levels(values: np.ndarray) -> tuple[float, float, float]:
+def two_levels(values: np.ndarray) -> tuple[float, float, float, float]:
     """The split of 1-D values into a low and a high group that maximises the between-group variance
-    (Otsu's criterion on the sorted values): (threshold, low mean, high mean)."""
+    (Otsu's criterion on the sorted values): (threshold, low mean, high mean, pooled spread within
+    the groups; NaN with fewer than three values)."""
     v = np.sort(np.asarray(values, np.float64))
     n = v.size
     if n < 2:
-        return float("inf"), float(v.mean()) if n else 0.0, float("nan")
+        return float("inf"), float(v.mean()) if n else 0.0, float("nan"), float("nan")
     csum = np.cumsum(v)
+    qsum = np.cumsum(v * v)
     k = np.arange(1, n)  # low group: the k smallest
     lo = csum[:-1] / k
     hi = (csum[-1] - csum[:-1]) / (n - k)
     best = int(np.argmax(k * (n - k) * (hi - lo) ** 2))
-    return float((v[best] + v[best + 1]) / 2.0), float(lo[best]), float(hi[best])
+    kb = best + 1
+    within = qsum[-1] - kb * lo[best] ** 2 - (n - kb) * hi[best] ** 2
+    spread = float(np.sqrt(max(within, 0.0) / (n - 2))) if n > 2 else float("nan")
+    return float((v[best] + v[best + 1]) / 2.0), float(lo[best]), float(hi[best]), spread
 
 
-def lowest_level(values: np.ndarray, min_separation: float) -> tuple[float, float] | None:
+def lowest_level(values: np.ndarray, wide: float, narrow: float = float("inf"),
+                 sharpness: float = 0.0) -> tuple[float, float] | None:
     """The threshold above the lowest level of 1-D values, and the separation at that split.
 
-    :func:`two_levels` splits the values; while its two groups are at least ``min_separation``
-    apart, the low group is split again. A berth used by a small and a large hull has three levels
-    (empty, small, large); the empty one is the lowest. None when the values do not split at all.
+    :func:`two_levels` splits the values; while its two groups are two states, the low group is
+    split again. Two states: at least ``wide`` apart, or at least ``narrow`` apart and ``sharpness``
+    times the spread within the groups (not one state's scatter, nor a slow drift). A berth used by
+    a small and a large hull has three levels (empty, small, large); the empty one is the lowest.
+    None when the values do not split at all.
     """
     v = np.sort(np.asarray(values, np.float64))
     found = None
     while v.size >= 2:
-        cut, lo, hi = two_levels(v)
-        if not hi - lo >= min_separation:
+        cut, lo, hi, spread = two_levels(v)
+        gap = hi - lo
+        tight = gap >= narrow and (not spread > 0 or gap >= sharpness * spread)
+        if not (gap >= wide or tight):
             break
-        found = (cut, hi - lo)
+        found = (cut, gap)
         v = v[v <= cut]
     return found
 
 
+def state_axis(contrasts: np.ndarray, side: np.ndarray | None) -> np.ndarray:
+    """Per date a value that grows with the object's presence: the dates' contrasts projected on
+    their main direction of change, oriented so that the dates more unlike their surroundings
+    (``side``, :func:`nearest_side`; else the contrast's norm) are high. (n,) float64.
+
+    A hull, a roof or a trench differs from every side of its ring; an empty berth is water like the
+    open water beside it, bare ground like the ground beside it.
+    """
+    x = np.asarray(contrasts, np.float64)
+    centred = x - x.mean(axis=0)
+    if x.shape[0] < 2 or not np.any(centred):
+        return np.zeros(x.shape[0])
+    axis = np.linalg.svd(centred, full_matrices=False)[2][0]
+    proj = centred @ axis
+    cue = np.asarray(side, np.float64) if side is not None else np.linalg.norm(x, axis=1)
+    cut = two_levels(proj)[0]
+    high, low = proj > cut, proj <= cut
+    if high.any() and low.any() and cue[high].mean() < cue[low].mean():
+        proj = -proj
+    return proj
+
+
 def decide_states(contrasts: np.ndarray, observed: np.ndarray, stood_out: np.ndarray,
-                  min_separation: float, side: np.ndarray | None = None) -> States | None:
+                  min_separation: float, side: np.ndarray | None = None,
+                  min_sharpness: float = 4.0) -> States | None:
     """Which dates show a candidate's object state.
 
     Parameters
@@ -212,26 +263,37 @@ def decide_states(contrasts: np.ndarray, observed: np.ndarray, stood_out: np.nda
     contrasts : (n, bands) region-minus-ring contrast per date (noise sigmas).
     observed : (n,) bool, the footprint observable on that date.
     stood_out : (n,) bool, the candidate had a region that stood out from the background that date.
-    min_separation : the two states must differ by this much (noise sigmas; else None: not an object).
-    side : (n,) distance to the most similar side of the ring (:func:`nearest_side`; None: the
-        whole-ring contrast's norm is used instead).
+    min_separation : the two states must differ by this much (noise sigmas; else None: not an object),
+        or by a third of it when they are twice ``min_sharpness`` times the scatter within them.
+    side : (n,) distance to the most similar side of the ring (:func:`nearest_side`): which state
+        is the object's (None: the contrast's norm).
+    min_sharpness : the two states must differ by this many times the dates' scatter within them.
 
     Notes
     -----
-    The state of a date is read from the region against the side of its ring it most resembles:
-    an empty berth is water like the open water beside it (not like the quay on its other side),
-    bare ground like the ground beside it, while a hull, a roof or a trench differs from every side.
-    The observed dates' values are split above their lowest level (:func:`lowest_level`): the empty
-    state; every date above it shows the object.
-    This holds whether the object is rare (a vessel: the dates that stood out from the background
-    are its dates) or there most of the time (a hut built early is in the background, and its empty
-    early dates are the ones that stood out), and for a berth used by hulls of several sizes.
+    First the dates' distance to the side of the ring each resembles most is split above its lowest
+    level (:func:`lowest_level`): the empty state; every date above it shows the object. A hull, a
+    roof or a trench differs from every side whatever its colour, so a berth used by dark and bright
+    hulls of several sizes has one empty level below them all; an object rare (a vessel) or there
+    most of the time (a hut built early) is found alike. When that does not split (a trench across
+    a field edge: the ring's own variety is as large as the trench's contrast), the contrasts are
+    put on one axis (:func:`state_axis`) and split there, provided the two groups are tight
+    (``min_sharpness``).
     """
-    value = side if side is not None else np.linalg.norm(np.nan_to_num(contrasts), axis=1)
-    obs = observed & np.isfinite(value) & np.isfinite(contrasts).all(axis=1)
+    ok = np.isfinite(contrasts).all(axis=1)
+    if side is not None:
+        ok &= np.isfinite(side)
+    obs = observed & ok
     if not (obs & stood_out).any() or obs.sum() < 2:
         return None
-    split = lowest_level(value[obs], min_separation)
+    value = np.full(len(observed), np.nan)
+    split = None
+    if side is not None:  # a hull, a roof: unlike every side of its ring, whatever its colour
+        value[obs] = side[obs]
+        split = lowest_level(value[obs], min_separation, min_separation / 3.0, 2.0 * min_sharpness)
+    if split is None:  # a faint structure in varied surroundings: two tight groups of contrasts
+        value[obs] = state_axis(contrasts[obs], None if side is None else side[obs])
+        split = lowest_level(value[obs], float("inf"), min_separation, min_sharpness)
     if split is None:
         return None
     cut, sep = split
@@ -240,4 +302,142 @@ def decide_states(contrasts: np.ndarray, observed: np.ndarray, stood_out: np.nda
         return None
     # the object is new to the background when the dates that stood out are (mostly) its dates
     obj_new = int((present & stood_out).sum()) >= int((~present & obs & stood_out).sum())
-    return States(present, obs, float(sep), obj_new)
+    return States(present, obs, float(sep), obj_new, value)
+
+
+def doubt_absence(states: States, surely_seen: np.ndarray) -> States | None:
+    """``states`` with absent dates whose footprint is not ``surely_seen`` made unobserved; None when
+    the object is then present on every observed date (it is part of the site, not a track)."""
+    observed = states.observed & (states.present | surely_seen)
+    if observed.sum() == states.present.sum() or not states.present.any():
+        return None
+    return replace(states, observed=observed)
+
+
+def union(cands: list[Candidate]) -> Candidate:
+    """One candidate of several: the union of their footprints and their regions."""
+    r0 = min(c.row0 for c in cands)
+    c0 = min(c.col0 for c in cands)
+    r1 = max(c.row0 + c.footprint.shape[0] for c in cands)
+    c1 = max(c.col0 + c.footprint.shape[1] for c in cands)
+    foot = np.zeros((r1 - r0, c1 - c0), bool)
+    for c in cands:
+        h, w = c.footprint.shape
+        foot[c.row0 - r0:c.row0 - r0 + h, c.col0 - c0:c.col0 - c0 + w] |= c.footprint
+    regions = sorted((r for c in cands for r in c.regions), key=lambda r: (r.date, r.row0, r.col0))
+    return Candidate(r0, c0, foot, regions)
+
+
+def touching(a: Candidate, b: Candidate, gap_px: int) -> bool:
+    """Whether two footprints come within ``gap_px`` pixels of each other (chessboard distance
+    between their nearest pixels; 1: touching)."""
+    pad = gap_px + 1
+    r0, c0 = min(a.row0, b.row0) - pad, min(a.col0, b.col0) - pad
+    r1 = max(a.row0 + a.footprint.shape[0], b.row0 + b.footprint.shape[0]) + pad
+    c1 = max(a.col0 + a.footprint.shape[1], b.col0 + b.footprint.shape[1]) + pad
+    if (a.row0 - b.row0 - b.footprint.shape[0] > gap_px or b.row0 - a.row0 - a.footprint.shape[0] > gap_px
+            or a.col0 - b.col0 - b.footprint.shape[1] > gap_px or b.col0 - a.col0 - a.footprint.shape[1] > gap_px):
+        return False
+    canvas = np.zeros((r1 - r0, c1 - c0), np.uint8)
+    ha, wa = a.footprint.shape
+    canvas[a.row0 - r0:a.row0 - r0 + ha, a.col0 - c0:a.col0 - c0 + wa][a.footprint] = 1
+    grown = cv2.dilate(canvas, np.ones((2 * gap_px + 1, 2 * gap_px + 1), np.uint8)) if gap_px > 0 else canvas
+    hb, wb = b.footprint.shape
+    return bool(grown[b.row0 - r0:b.row0 - r0 + hb, b.col0 - c0:b.col0 - c0 + wb][b.footprint].any())
+
+
+def same_object_groups(keys: list[tuple[int, ...]], cands: list[Candidate], gap_px: int) -> list[list[int]]:
+    """Groups of items (one per track: its present dates and its candidate) that are one object:
+    the same dates exactly and footprints within ``gap_px`` (transitively). Groups in item order."""
+    parent = list(range(len(keys)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    by_key: dict[tuple[int, ...], list[int]] = {}
+    for i, k in enumerate(keys):
+        by_key.setdefault(k, []).append(i)
+    for items in by_key.values():
+        for x in range(len(items)):
+            for y in range(x + 1, len(items)):
+                i, j = items[x], items[y]
+                if root(i) != root(j) and touching(cands[i], cands[j], gap_px):
+                    parent[max(root(i), root(j))] = min(root(i), root(j))
+    groups: dict[int, list[int]] = {}
+    for i in range(len(keys)):
+        groups.setdefault(root(i), []).append(i)
+    return [groups[r] for r in sorted(groups)]
+
+
+def level_changes(value: np.ndarray, run: list[int], min_separation: float, sharpness: float) -> list[int]:
+    """Dates of a run of presence on which the object changed: its values fall into two levels
+    (:func:`two_levels`; at least ``min_separation`` apart and ``sharpness`` times the spread within
+    them), and the level differs from that of the previous present date. A crane run out over a
+    moored ship for three days: ``changed`` when it appears and when it is gone."""
+    v = np.asarray([value[t] for t in run], np.float64)
+    if v.size < 2 or not np.isfinite(v).all():
+        return []
+    cut, lo, hi, spread = two_levels(v)
+    gap = hi - lo
+    if not (gap >= min_separation and (not spread > 0 or gap >= sharpness * spread)):
+        return []
+    high = v > cut
+    return [run[k] for k in range(1, len(run)) if high[k] != high[k - 1]]
+
+
+def covered_dates(cands: list[Candidate], n_dates: int, max_ratio: float, min_share: float = 0.5) -> np.ndarray:
+    """(G, n) bool: on that date, a region of another candidate more than ``max_ratio`` times the
+    candidate's size covers at least ``min_share`` of its footprint.
+
+    Under a haze patch past a cloud's edge, or a large hull moored over it, an object cannot be
+    seen: that date tells neither its presence nor its absence.
+    """
+    areas = np.array([int(c.footprint.sum()) for c in cands])
+    out = np.zeros((len(cands), n_dates), bool)
+    for k, big in enumerate(cands):
+        for reg in big.regions:
+            r0, c0, r1, c1 = reg.bbox
+            for g, cd in enumerate(cands):
+                if g == k or reg.area_px <= max_ratio * areas[g] or out[g, reg.date]:
+                    continue
+                h, w = cd.footprint.shape
+                rr0, cc0 = max(r0, cd.row0), max(c0, cd.col0)
+                rr1, cc1 = min(r1, cd.row0 + h), min(c1, cd.col0 + w)
+                if rr1 <= rr0 or cc1 <= cc0:
+                    continue
+                inter = (reg.mask[rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0]
+                         & cd.footprint[rr0 - cd.row0:rr1 - cd.row0, cc0 - cd.col0:cc1 - cd.col0]).sum()
+                out[g, reg.date] = inter >= min_share * areas[g]
+    return out
+
+
+def overlap_px(a: Candidate, b: Candidate) -> int:
+    """Pixels two footprints share."""
+    ha, wa = a.footprint.shape
+    hb, wb = b.footprint.shape
+    r0, c0 = max(a.row0, b.row0), max(a.col0, b.col0)
+    r1, c1 = min(a.row0 + ha, b.row0 + hb), min(a.col0 + wa, b.col0 + wb)
+    if r1 <= r0 or c1 <= c0:
+        return 0
+    return int((a.footprint[r0 - a.row0:r1 - a.row0, c0 - a.col0:c1 - a.col0]
+                & b.footprint[r0 - b.row0:r1 - b.row0, c0 - b.col0:c1 - b.col0]).sum())
+
+
+def parts_of_larger(objs: list[tuple[Candidate, set[int]]], min_inside: float = 0.5,
+                    min_shared_dates: float = 0.8) -> set[int]:
+    """Indexes of objects that are parts of a larger one: at least ``min_inside`` of the footprint
+    inside the larger's, and at least ``min_shared_dates`` of its dates among the larger's (a deck
+    house of a moored hull is the hull; a hut under a one-date haze patch is not the patch)."""
+    areas = [int(c.footprint.sum()) for c, _ in objs]
+    out = set()
+    for i, (ci, di) in enumerate(objs):
+        for j, (cj, dj) in enumerate(objs):
+            if j == i or areas[j] <= areas[i] or not di:
+                continue
+            if len(di & dj) >= min_shared_dates * len(di) and overlap_px(ci, cj) >= min_inside * areas[i]:
+                out.add(i)
+                break
+    return out
