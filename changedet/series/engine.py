@@ -249,16 +249,16 @@ def _paste(canvas: np.ndarray, box: Box, value: np.ndarray) -> np.ndarray:
 
 def _neighbours(cands: list[presence.Candidate], margin: int, max_ratio: float) -> list[np.ndarray]:
     """Per candidate, on its crop grown by ``margin``, the footprints of the other candidates no ring
-    may run over: all but those seen on one date only and more than ``max_ratio`` times its size (a
-    haze patch that covers a hut on one date is its context, not a neighbour)."""
+    may run over: those at most ``max_ratio`` times its size (a haze patch over a hut on a few dates
+    is its context, not a neighbour; a candidate inside a larger object on many dates is left out
+    as a part of it, :func:`analyse`)."""
     areas = [int(cd.footprint.sum()) for cd in cands]
-    once = [len(cd.dates()) == 1 for cd in cands]
     out = []
     for g, cd in enumerate(cands):
         r, c, h, w = _crop_box(cd, margin)
         canvas = np.zeros((h, w), bool)
         for k, other in enumerate(cands):
-            if k == g or (once[k] and areas[k] > max_ratio * areas[g]):
+            if k == g or areas[k] > max_ratio * areas[g]:
                 continue
             oh, ow = other.footprint.shape
             r0, c0 = max(other.row0, r), max(other.col0, c)
@@ -385,6 +385,8 @@ def analyse(stack: Stack, cfg: Config, progress: ProgressFn) -> Analysis:
     covered = presence.covered_dates(cands, stack.n_dates, cfg.series.link_max_size_ratio)
     found: list[tuple[int, Track, np.ndarray, presence.States]] = []  # candidate, run, strength, states
     for g, cd in enumerate(cands):
+        if covered[g].sum() * 3 > date_ok.sum():  # inside a larger object on many dates: a part of it
+            continue
         observed = date_ok & (share[g, :, 0] >= cfg.series.min_region_observable) & ~covered[g]
         stood = np.zeros(stack.n_dates, bool)
         stood[sorted(cd.dates())] = True
@@ -421,6 +423,8 @@ def analyse(stack: Stack, cfg: Config, progress: ProgressFn) -> Analysis:
         obj_date = max(tr.present, key=lambda t: (strength[t], -t))
         empty = min(absent, key=lambda t: (abs(t - obj_date), t)) if absent else None
         tr.cls, tr.confidence, foot = classify_track(stack, cfg, cd, tr, empty, obj_date, water, sigmas)
+        if float(tr.extra["area_m2"]) < 2.0 * cfg.series.min_area_m2:  # smaller than the smallest object
+            continue
         tr.extra["separation_sigma"] = round(st.separation, 3)
         if len(members) > 1:
             tr.extra["pieces"] = len(members)
