@@ -26,7 +26,7 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from . import (__version__, cloudmask, differencing, learned, objects, observability, quicklook, radiometry,
+from . import (__version__, categories, cloudmask, differencing, learned, objects, observability, quicklook, radiometry,
                registration, resources, significance, threshold, vector)
 from .learned import features as lfeatures
 from .learned import guided
@@ -46,16 +46,18 @@ from .io import (
     file_record,
     raster_info,
     sweep_dead_scratch,
+    describe_band,
     to_cog,
-    write_band,
+    write_categorical_cog,
     write_json,
 )
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1.1"  # 1.1: `files` (issue 13)
-OUTPUT_FILES = ["change_mask.tif", "change_class.tif", "change_score.tif", "detections.geojson",
-                "summary.json", "quicklook.png"]
+#: ``*.tif.aux.xml``: category names and attribute tables of the categorical rasters (GeoTIFF has no place for them)
+OUTPUT_FILES = ["change_mask.tif", "change_mask.tif.aux.xml", "change_class.tif", "change_class.tif.aux.xml",
+                "change_score.tif", "detections.geojson", "summary.json", "quicklook.png"]
 #: every file a run may write into its output folder (tie points only when asked and found)
 CONTRACT_FILES = (*OUTPUT_FILES, "tiepoints.geojson")
 
@@ -802,10 +804,9 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
     with timer("write"):
         feats, records = detection_features(pair, dets, labels)
         crs, tr = pair.crs, pair.transform
-        write_band(stage.file("mask.scratch.tif"), mask, 255, crs, tr)
-        to_cog(stage.file("mask.scratch.tif"), stage.file("change_mask.tif"))
-        write_band(stage.file("class.scratch.tif"), classes, 255, crs, tr)
-        to_cog(stage.file("class.scratch.tif"), stage.file("change_class.tif"))
+        write_categorical_cog(stage.file("change_mask.tif"), mask, categories.MASK_LEGEND, crs, tr)
+        write_categorical_cog(stage.file("change_class.tif"), classes, categories.CLASS_LEGEND, crs, tr)
+        describe_band(stage.file("score.scratch.tif"), categories.SCORE_DESCRIPTION, categories.SCORE_TAGS)
         to_cog(stage.file("score.scratch.tif"), stage.file("change_score.tif"), "average", "FLOATING_POINT")
         write_json(stage.file("detections.geojson"), vector.feature_collection(feats, pair.georeferenced))
         names = [n for n in OUTPUT_FILES if n != "summary.json"]

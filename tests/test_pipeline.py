@@ -49,6 +49,31 @@ def test_rasters_are_valid_cogs_on_the_reference_grid(sample_runs, site, name, d
 
 
 @pytest.mark.parametrize("site", SITES)
+@pytest.mark.parametrize("name,legend", [("change_class.tif", "CLASS_LEGEND"), ("change_mask.tif", "MASK_LEGEND")])
+def test_categorical_rasters_carry_legend_colours_names_and_tags(sample_runs, site, name, legend):
+    from changedet import categories
+
+    leg = getattr(categories, legend)
+    with rasterio.open(sample_runs[site] / name) as ds:
+        assert ds.colormap(1) == {c.code: (*c.rgb, 255) for c in leg.categories}
+        assert ds.descriptions == (leg.description,)
+        tags = ds.tags(1)
+    assert all(tags[f"CLASS_{c.code}"].startswith(f"{c.name}:") for c in leg.categories)
+    assert tags["NODATA"].startswith("255:")
+    pam = (sample_runs[site] / f"{name}.aux.xml").read_text()
+    assert all(f"<Category>{c.name}</Category>" in pam for c in leg.categories)
+    assert "<GDALRasterAttributeTable" in pam
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_score_raster_is_described(sample_runs, site):
+    with rasterio.open(sample_runs[site] / "change_score.tif") as ds:
+        assert ds.descriptions == ("change score",)
+        tags = ds.tags(1)
+    assert tags["UNITS"].startswith("dimensionless") and tags["NODATA"].startswith("NaN")
+
+
+@pytest.mark.parametrize("site", SITES)
 def test_geojson_is_lonlat_inside_the_footprint(sample_runs, site):
     fc = json.loads((sample_runs[site] / "detections.geojson").read_text())
     assert fc["type"] == "FeatureCollection" and "crs" not in fc
@@ -92,7 +117,7 @@ def test_sample_sites_are_detected_by_the_classical_pipeline(classical_runs, sit
 def test_two_runs_are_byte_identical(small_scene, tmp_path):
     a = detect_pair(small_scene / "before.tif", small_scene / "after.tif", tmp_path / "a")
     b = detect_pair(small_scene / "before.tif", small_scene / "after.tif", tmp_path / "b")
-    for name in ("change_mask.tif", "change_class.tif", "change_score.tif", "detections.geojson"):
+    for name in (n for n in OUTPUT_FILES if n not in ("summary.json", "quicklook.png")):
         assert (a.out_dir / name).read_bytes() == (b.out_dir / name).read_bytes(), name
     strip = lambda s: {k: v for k, v in s.items() if k not in ("created", "timings_s", "site", "files")}  # noqa: E731
     assert strip(a.summary) == strip(b.summary)
