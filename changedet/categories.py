@@ -1,12 +1,14 @@
 """What the output rasters' codes mean, and how they look in a GIS.
 
-The class and mask rasters carry a colour table, category names and a raster attribute table
-(in their ``.aux.xml``) and metadata items (in the file) built from the tables here, with the colours of the quick-look legend (:data:`quicklook.COLOURS`),
-so that QGIS, ArcGIS and ``gdalinfo`` show the same classes as ``quicklook.png``.
+The class and mask rasters carry a colour table, category names and a raster attribute table (in
+their ``.aux.xml``) and metadata items (in the file) built from the tables here, with the colours
+of the quick-look legend (:data:`quicklook.COLOURS`), so that QGIS, ArcGIS and ``gdalinfo`` show
+the same classes as ``quicklook.png``.
 
 Their overviews are made here too (:func:`change_first_mode`): GDAL's ``MODE`` keeps the most
-frequent code of a block, and in a block of 2x2 pixels or more a 1-pixel-wide trench is never the
-most frequent, so it vanished as soon as a viewer zoomed out.
+frequent code of a block; a 1-pixel-wide trench ties with the background in a 2x2 block (and
+survives only on every other column) and is outvoted in every 4x4 block, so it vanished as soon
+as a viewer zoomed out.
 """
 
 from __future__ import annotations

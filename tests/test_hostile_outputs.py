@@ -215,6 +215,7 @@ def test_injected_enospc_is_output_write_error_and_leaves_nothing(tmp_path, scen
     write_bytes, to_cog, write_json = _fail_with(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), name_end)
     monkeypatch.setattr(Path, "write_bytes", write_bytes)
     monkeypatch.setattr(pipeline, "to_cog", to_cog)
+    monkeypatch.setattr(cio, "to_cog", to_cog)  # the categorical rasters are written by io.write_categorical_cog
     monkeypatch.setattr(pipeline, "write_json", write_json)
     out = tmp_path / "runs" / "o"
     (tmp_path / "runs").mkdir()
@@ -229,6 +230,7 @@ def test_a_bug_while_writing_stays_a_bug(tmp_path, scenes, monkeypatch):
     """Only a failure the output side explains becomes an OutputWriteError; the staging goes either way."""
     write_bytes, to_cog, write_json = _fail_with(ValueError("a bug"), "change_mask.tif")
     monkeypatch.setattr(pipeline, "to_cog", to_cog)
+    monkeypatch.setattr(cio, "to_cog", to_cog)
     (tmp_path / "runs").mkdir()
     with pytest.raises(ValueError, match="a bug"):
         pipeline.detect_pair(scenes / "camp/before.tif", scenes / "camp/after.tif", tmp_path / "runs" / "o",
