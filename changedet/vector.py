@@ -231,11 +231,12 @@ def geometry_json(geom: Any, crs: Any | None, decimals: int | None = None) -> di
     else:
         decimals = DECIMALS_PX if decimals is None else decimals
         sign = -1.0  # y (row) down: counter-clockwise as seen on screen
-    snapped = shapely.set_precision(geom, 10.0 ** -decimals)
-    if not snapped.is_empty:
-        geom = snapped
-    polys = list(geom.geoms) if geom.geom_type == "MultiPolygon" else [geom]
-    polys = [orient(p, sign=sign) for p in polys if p.geom_type == "Polygon" and not p.is_empty]
+    def polygons(g: Any) -> list[Any]:
+        parts = list(g.geoms) if hasattr(g, "geoms") else [g]
+        return [orient(p, sign=sign) for p in parts if p.geom_type == "Polygon" and not p.is_empty]
+
+    # a part thinner than the precision would vanish: then the unsnapped polygons are rounded
+    polys = polygons(shapely.set_precision(geom, 10.0 ** -decimals)) or polygons(geom)
     if len(polys) == 1:
         out = mapping(polys[0])
     else:
