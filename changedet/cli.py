@@ -14,6 +14,7 @@ import threading
 import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -163,6 +164,17 @@ def _main(
     logging.basicConfig(stream=sys.stderr, level=max(10, 30 - 10 * verbose), format="%(levelname)s %(name)s: %(message)s")
 
 
+class VectorFormat(str, Enum):
+    """Extra vector file beside detections.geojson (``output.vector_format``)."""
+
+    gpkg = "gpkg"
+    fgb = "fgb"
+
+
+VectorFormatOpt = Annotated[Optional[VectorFormat], typer.Option(
+    "--vector-format", help="Also write detections.gpkg (GeoPackage) or detections.fgb (FlatGeobuf); same as --set output.vector_format=...")]
+
+
 @app.command()
 def detect(
     before: Annotated[Path, typer.Argument(help="Reference image (any GDAL raster); its grid is the output grid.")],
@@ -175,6 +187,7 @@ def detect(
     gsd: Annotated[Optional[float], typer.Option("--gsd", help="Ground sample distance in metres (for images without georeferencing).")] = None,
     require_registration: Annotated[bool, typer.Option("--require-registration", help="Exit 1 when registration confidence is low.")] = False,
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model file from 'changedet train' (default: the shipped model; --set model.enabled=false for none).")] = None,
+    vector_format: VectorFormatOpt = None,
 ) -> None:
     """Detect changes between BEFORE and AFTER and write the output contract to --out.
 
@@ -192,6 +205,8 @@ def detect(
         sets = list(set_ or [])
         if model is not None:
             sets.append(f"model.path={json.dumps(str(model))}")
+        if vector_format is not None:
+            sets.append(f"output.vector_format={vector_format.value}")
         cfg = load_config(config, preset=preset, sets=sets)
         if cfg.model.enabled:
             from .learned import load_model
@@ -384,6 +399,7 @@ def batch(
     config: ConfigOpt = None,
     preset: PresetOpt = None,
     set_: SetOpt = None,
+    vector_format: VectorFormatOpt = None,
 ) -> None:
     """Run every site of a manifest; failures are recorded and the rest go on (exit 1 if any failed).
 
@@ -401,7 +417,8 @@ def batch(
                 typer.echo(f"{name}: {status}")
 
         with _progress() as progress:
-            result = run_batch(manifest, out_dir, base, sets=set_ or [], preset=preset, progress=progress,
+            sets = [*(set_ or []), *([f"output.vector_format={vector_format.value}"] if vector_format else [])]
+            result = run_batch(manifest, out_dir, base, sets=sets, preset=preset, progress=progress,
                                site_callback=said)
         if not _state["quiet"]:
             typer.echo(f"{result['n_ok']} ok, {result['n_skipped']} skipped, {result['n_failed']} failed "

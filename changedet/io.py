@@ -1058,6 +1058,8 @@ def files_match(folder: Path, record: Any) -> bool:
     return True
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON with stable key order."""
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n", encoding="utf-8")
+def write_json(path: Path, obj: Any, compact: bool = False) -> None:
+    """Write JSON with stable key order; ``compact``: no indentation nor spaces (large GeoJSON)."""
+    text = json.dumps(obj, separators=(",", ":"), allow_nan=False) if compact else \
+        json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)
+    path.write_text(text + "\n", encoding="utf-8")

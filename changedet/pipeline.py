@@ -26,8 +26,8 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from . import (__version__, categories, cloudmask, differencing, learned, objects, observability, quicklook, radiometry,
-               registration, resources, significance, threshold, vector)
+from . import (__version__, categories, cloudmask, differencing, geodesy, learned, objects, observability, quicklook,
+               radiometry, registration, resources, significance, threshold, vector)
 from .learned import features as lfeatures
 from .learned import guided
 from .learned import score as lscore
@@ -54,12 +54,13 @@ from .io import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1.1"  # 1.1: `files` (issue 13)
+SCHEMA_VERSION = "1.2"  # 1.1: `files` (issue 13); 1.2: scalar centroid_x/y, bbox_col0.., categorical sidecars (issue 16)
 #: ``*.tif.aux.xml``: category names and attribute tables of the categorical rasters (GeoTIFF has no place for them)
 OUTPUT_FILES = ["change_mask.tif", "change_mask.tif.aux.xml", "change_class.tif", "change_class.tif.aux.xml",
                 "change_score.tif", "detections.geojson", "summary.json", "quicklook.png"]
-#: every file a run may write into its output folder (tie points only when asked and found)
-CONTRACT_FILES = (*OUTPUT_FILES, "tiepoints.geojson")
+#: every file a run may write into its output folder (tie points only when asked and found, the
+#: extra vector file only with output.vector_format)
+CONTRACT_FILES = (*OUTPUT_FILES, "tiepoints.geojson", "detections.gpkg", "detections.fgb")
 
 #: progress(stage, done, total)
 ProgressFn = Callable[[str, int, int], None]
@@ -477,6 +478,8 @@ def describe_objects(pair: PairSource, models: _Models, cfg: Config, labels: np.
     margin = params.ring_px + 2
     sigma = np.asarray(models.noise.band_sigma)
     dets = []
+    geographic = pair.georeferenced and geodesy.is_geographic(pair.crs) and \
+        pair.transform.b == 0 and pair.transform.d == 0
     for i, grp in enumerate(groups):
         c0, r0, c1, r1 = grp.bbox_px
         box = (r0 - margin, c0 - margin, r1 - r0 + 1 + 2 * margin, c1 - c0 + 1 + 2 * margin)
@@ -488,7 +491,10 @@ def describe_objects(pair: PairSource, models: _Models, cfg: Config, labels: np.
         sc = _crop_whole(q, box, threshold.NODATA).astype(np.float32) / threshold.LEVELS
         shadow = objects.cast_shadow(changed & v, b, a, params)
         core = objects.fill_holes(objects.object_core(obj, shadow))
-        shape = objects.measure_shape(core, (box[0], box[1]), pair.gsd_m, params)
+        if geographic:  # pixels of degrees: measured at the object's latitude, geodesically
+            shape = geodesy.measure_shape_geographic(core, (box[0], box[1]), pair.transform, pair.crs, params)
+        else:
+            shape = objects.measure_shape(core, (box[0], box[1]), pair.gsd_m, params)
         ctx = objects.measure_context(changed, b, a, v, wat, np.minimum(sc, 1.0), sigma, params)
         ctx = replace(ctx, shadow_frac=float(shadow.sum() / max(changed.sum(), 1)))
         cls, conf = objects.classify(shape, ctx, params)
@@ -539,22 +545,25 @@ def detection_features(pair: PairSource, dets: list[objects.Detection],
         c0, r0, c1, r1 = d.bbox_px
         obj = _object_crop(labels, d)
         tr = pair.transform @ Affine.translation(c0, r0)
-        geom = vector.region_polygon(obj, tr)
+        geom = vector.geometry_json(vector.simplified_outline(obj, tr), pair.crs if pair.georeferenced else None)
         cx, cy = d.shape.centroid_px
         if pair.georeferenced:
-            geom = vector.to_wgs84(geom, pair.crs)
-            centroid = vector.point_to_wgs84(*(pair.transform @ (cx + 0.5, cy + 0.5)), pair.crs)
+            centroid = vector.point_to_wgs84(*(pair.transform @ (cx + 0.5, cy + 0.5)), pair.crs,
+                                             vector.DECIMALS_WGS84)
         else:
-            geom = vector.pixel_polygon(geom)
-            centroid = [round(cx + 0.5, 3), round(cy + 0.5, 3)]
+            centroid = [round(cx + 0.5, vector.DECIMALS_PX), round(cy + 0.5, vector.DECIMALS_PX)]
+        # scalar properties only, names of at most 10 characters: Shapefile and GeoPackage keep them all
         props = {
             "id": d.id, "class": d.cls, "event": d.event, "confidence": round(d.confidence, 4),
             "area_m2": round(d.shape.area_m2, 3), "length_m": round(d.shape.length_m, 3),
             "width_m": round(d.shape.width_m, 3), "orientation_deg": round(d.shape.orientation_deg, 2),
-            "centroid": centroid, "bbox_px": list(d.bbox_px),
+            "centroid_x": centroid[0], "centroid_y": centroid[1],
+            "bbox_col0": c0, "bbox_row0": r0, "bbox_col1": c1, "bbox_row1": r1,
         }
         feats.append({"type": "Feature", "id": d.id, "geometry": geom, "properties": props})
-        extra = {"elongation": round(d.shape.elongation, 3), "rectangularity": round(d.shape.rectangularity, 3),
+        # the summary keeps the list-valued keys of schema 1.1 beside the scalar ones
+        extra = {"centroid": centroid, "bbox_px": list(d.bbox_px),
+                 "elongation": round(d.shape.elongation, 3), "rectangularity": round(d.shape.rectangularity, 3),
                  "water_frac": round(d.context.water_frac, 3), "ring_change": round(d.context.ring_change, 3),
                  "ring_level": round(d.context.ring_level, 3),
                  "mean_score": round(d.context.mean_score, 4),
@@ -808,8 +817,12 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         write_categorical_cog(stage.file("change_class.tif"), classes, categories.CLASS_LEGEND, crs, tr)
         describe_band(stage.file("score.scratch.tif"), categories.SCORE_DESCRIPTION, categories.SCORE_TAGS)
         to_cog(stage.file("score.scratch.tif"), stage.file("change_score.tif"), "average", "FLOATING_POINT")
-        write_json(stage.file("detections.geojson"), vector.feature_collection(feats, pair.georeferenced))
+        write_json(stage.file("detections.geojson"), vector.feature_collection(feats, pair.georeferenced), compact=True)
         names = [n for n in OUTPUT_FILES if n != "summary.json"]
+        if cfg.output.vector_format:
+            extra_name = "detections" + vector.VECTOR_FORMATS[cfg.output.vector_format][1]
+            vector.write_features(stage.file(extra_name), feats, cfg.output.vector_format, pair.georeferenced)
+            names.append(extra_name)
         if cfg.registration.write_tiepoints and reg.chips:
             write_json(stage.file("tiepoints.geojson"), tiepoint_features(pair, reg))
             names.append("tiepoints.geojson")

@@ -33,10 +33,12 @@ def one_line_error(result, *needles):
 
 def test_detect_writes_outputs_and_reports(tmp_path):
     res = run("detect", CAMP / "before.tif", CAMP / "after.tif", "--out", tmp_path / "o", "--site", "camp-x",
-              "--set", "decide.min_area_m2=3")
+              "--set", "decide.min_area_m2=3", "--vector-format", "fgb")
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["site"] == "camp-x" and summary["config"]["decide"]["min_area_m2"] == 3
+    assert summary["config"]["output"]["vector_format"] == "fgb" and "detections.fgb" in summary["files"]
+    assert (tmp_path / "o" / "detections.fgb").is_file() and not (tmp_path / "o" / "detections.gpkg").exists()
     assert "detections" in res.output and str(tmp_path / "o") in res.output
 
 
@@ -53,6 +55,11 @@ def test_bad_inputs_exit_2_with_one_line_and_leave_nothing(tmp_path):
     blocker.write_text("x")
     one_line_error(run("detect", CAMP / "before.tif", CAMP / "after.tif", "--out", blocker / "o"), str(blocker))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "file", "notes.tif"]
+
+
+def test_an_unknown_vector_format_is_a_usage_error(tmp_path):
+    res = run("detect", CAMP / "before.tif", CAMP / "after.tif", "--out", tmp_path / "o", "--vector-format", "shp")
+    assert res.exit_code == 2 and "shp" in res.output and not (tmp_path / "o").exists()
 
 
 def test_pair_that_does_not_overlap(tmp_path):
