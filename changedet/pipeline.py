@@ -70,6 +70,7 @@ def _no_progress(stage: str, done: int, total: int) -> None:
 def _steps(progress: ProgressFn, stage: str, total: int) -> Callable[[], None]:
     """A callback reporting one more of ``total`` steps of ``stage`` at each call: progress for a
     stage made of a few whole-image steps rather than a loop over windows."""
+    progress(stage, 0, total)  # the bar shows (and its clock runs) from the stage's start
     done = iter(range(1, total + 1))
     return lambda: progress(stage, next(done, total), total)
 
@@ -762,6 +763,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
     lrn = None
     if cfg.model.enabled:
         with timer("learned"):
+            progress("learned", 0, 1)  # loading the model and the first window take a while
             head = learned.load_model(cfg.model.path)
             stretch = lfeatures.Stretch.fit(sb, rgb_bands(pair))
             pq = learned_pass(pair, models, head, stretch, cfg, progress)
@@ -774,10 +776,11 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         q, lq, water = sc.q, sc.lq, sc.water
         del sc
     with timer("decide"):
-        step = _steps(progress, "decide", 4)
+        step = _steps(progress, "decide", 4 if lrn is None else 5)
         if lrn is not None:
             classical = threshold.choose(threshold.histogram(q), cfg.decide)
             q = fuse_pass(stage.file("score.scratch.tif"), q, lrn, classical, cfg)
+            step()
             mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m, lrn.head.threshold)
             thr = replace(thr, raw=classical.raw)
         else:
@@ -785,7 +788,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         step()
         mask, budget = significance.keep_significant(
             mask, q, obs.observable(), pair.gsd_m, cfg.decide.false_alarms_per_km2, thr.low,
-            lambda sim_q: threshold.cut(sim_q, thr, cfg.decide, pair.gsd_m))
+            lambda sim_q: threshold.cut(sim_q, thr, cfg.decide, pair.gsd_m), progress)
         if budget.rejected:
             warns.append(f"false-alarm budget: {budget.rejected} of {budget.tested} changed regions "
                          f"({budget.rejected_m2:.0f} m²) not significant at "
