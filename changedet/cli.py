@@ -43,7 +43,10 @@ app = typer.Typer(
 _state = {"debug": False, "quiet": False}
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (see configs/).")]
-PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help=f"Named preset: {', '.join(list_presets())}.")]
+# a str with completion rather than an enum: the config layer names a bad preset in its own bounded message
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help=f"Named preset: {', '.join(list_presets())}.",
+                                                  autocompletion=lambda incomplete: [
+                                                      p for p in list_presets() if p.startswith(incomplete)])]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override one key, e.g. --set decide.min_area_m2=10 (repeatable).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else (messages go to stderr).")]
 JunitOpt = Annotated[Optional[Path], typer.Option("--junit", metavar="FILE", help="Also write the checks as JUnit XML to FILE, one test case each (for CI).")]

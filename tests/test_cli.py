@@ -253,6 +253,11 @@ def test_shell_completion_is_offered_and_printed():
     res = runner.invoke(app, ["--show-completion", "bash"], prog_name="changedet")
     assert res.exit_code == 0, res.output
     assert "complete -o default -F _changedet_completion changedet" in res.stdout
+    env = {"_CHANGEDET_COMPLETE": "complete_bash", "COMP_WORDS": "changedet synth --scenario ", "COMP_CWORD": "3"}
+    res = runner.invoke(app, [], prog_name="changedet", env=env)
+    assert res.stdout.split() == ["trenches", "camp", "port", "base"]
+    env.update(COMP_WORDS="changedet detect --preset vhr", COMP_CWORD="3")
+    assert runner.invoke(app, [], prog_name="changedet", env=env).stdout.split() == ["vhr-0.5m"]
 
 
 def test_synth_choices_are_listed_in_help():
