@@ -157,3 +157,14 @@ def test_cli_not_a_run_exits_2_in_one_line(two_runs, tmp_path):
     assert res.exit_code == 2
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("changedet: error:") and "not a changedet run" in lines[0]
+
+
+def test_runs_on_different_grids_are_refused(two_runs):
+    from dataclasses import replace
+
+    a = load_run(two_runs[0])
+    shifted = replace(a, path=a.path.parent / "other", grid={**a.grid, "transform": [1, 0, 0, 0, -1, 0]})
+    with pytest.raises(InputError, match="grid differs"):
+        compare_runs(a, shifted)
+    with pytest.raises(InputError, match="grid differs"):
+        compare_runs(a, replace(a, mask=a.mask[:-1], classes=a.classes[:-1]))
