@@ -24,6 +24,8 @@ from .junit import Check
 #: the files a run folder must hold to be compared
 RUN_FILES = ("summary.json", "change_mask.tif", "change_class.tif", "detections.geojson")
 EARTH_RADIUS_M = 6_371_008.8
+#: detections named in a check's message (all of them are in :meth:`Comparison.to_json`)
+MAX_LISTED = 5
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,9 @@ def _checks(n_pixels: int, mask_changed: int, class_changed: int, added: list[di
                               ("detections moved", moved,
                                lambda r: f"{describe(r['a'])} moved {r['moved_m']:.2f} m")):
         ok = len(items) <= tol.max_detections_changed
-        listed = "; ".join(what(x) for x in items)
+        listed = "; ".join(what(x) for x in items[:MAX_LISTED])
+        if len(items) > MAX_LISTED:
+            listed += f"; and {len(items) - MAX_LISTED} more (see --json)"
         checks.append(Check(name, ok, f"{name}: {len(items)} (allowed {tol.max_detections_changed})"
                                       + (f": {listed}" if listed else "")))
     return checks

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
+from pathlib import Path
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -160,11 +162,20 @@ def test_cli_not_a_run_exits_2_in_one_line(two_runs, tmp_path):
 
 
 def test_runs_on_different_grids_are_refused(two_runs):
-    from dataclasses import replace
-
     a = load_run(two_runs[0])
     shifted = replace(a, path=a.path.parent / "other", grid={**a.grid, "transform": [1, 0, 0, 0, -1, 0]})
     with pytest.raises(InputError, match="grid differs"):
         compare_runs(a, shifted)
     with pytest.raises(InputError, match="grid differs"):
         compare_runs(a, replace(a, mask=a.mask[:-1], classes=a.classes[:-1]))
+
+
+def test_a_long_list_of_differences_is_cut_in_the_message():
+    from changedet.compare import MAX_LISTED, Run
+
+    feats = [_feature(i, 3 * i, 0) for i in range(1, MAX_LISTED + 4)]
+    a = Run(Path("a"), np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.uint8), feats, {"transform": [1]}, 1.0, False)
+    cmp = compare_runs(a, replace(a, path=Path("b"), features=[]))
+    removed = next(c for c in cmp.checks if c.name == "detections removed")
+    assert f"removed: {MAX_LISTED + 3} (allowed 0)" in removed.message and "and 3 more" in removed.message
+    assert len(cmp.removed) == MAX_LISTED + 3
