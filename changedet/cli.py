@@ -451,7 +451,7 @@ def compare(
         "--max-moved-m", metavar="M", min=0.0,
         help="A matched detection whose centroid moved further than this, in metres, counts as moved.")] = 1.0,
     min_iou: Annotated[float, typer.Option(
-        "--min-iou", min=0.0, max=1.0,
+        "--min-iou", metavar="IOU", min=0.0, max=1.0,
         help="Footprint overlap (intersection over union) at which two detections are the same one.")] = 0.1,
     as_json: JsonOpt = False,
     junit: JunitOpt = None,
