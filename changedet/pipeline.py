@@ -70,6 +70,14 @@ def _no_progress(stage: str, done: int, total: int) -> None:
     return None
 
 
+def _steps(progress: ProgressFn, stage: str, total: int) -> Callable[[], None]:
+    """A callback reporting one more of ``total`` steps of ``stage`` at each call: progress for a
+    stage made of a few whole-image steps rather than a loop over windows."""
+    progress(stage, 0, total)  # the bar shows (and its clock runs) from the stage's start
+    done = iter(range(1, total + 1))
+    return lambda: progress(stage, next(done, total), total)
+
+
 @dataclass(frozen=True)
 class RunResult:
     """What ``detect_pair`` produced."""
@@ -749,18 +757,24 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
             warns.append(msg)
         used = reg if applied else replace(reg, matrix=registration.translation(0, 0), field=None)
     with timer("normalize"):
+        step = _steps(progress, "normalize", 4)
         chips = read_chips(pair, used, cfg)
+        step()
         sb, sa = sample_pair(chips)
         fit = radiometry.fit_normalization(sb, sa, cfg.normalize)
         noise = differencing.fit_noise(sb, radiometry.apply(sa[:, None, :], fit, sb[:, None, :])[:, 0, :])
+        step()
         line_sigma, line_t90 = line_noise(chips, fit, noise.lum_sigma, cfg)
         noise = replace(noise, line_sigma=line_sigma, line_t90=line_t90)
         del chips
+        step()
         water_model = objects.fit_water(sb, cfg.objects)
         models = _Models(used, fit, noise, water_model, observability_scale(pair, sb))
+        step()
     lrn = None
     if cfg.model.enabled:
         with timer("learned"):
+            progress("learned", 0, 1)  # loading the model and the first window take a while
             head = learned.load_model(cfg.model.path)
             stretch = lfeatures.Stretch.fit(sb, rgb_bands(pair))
             pq = learned_pass(pair, models, head, stretch, cfg, progress)
@@ -773,28 +787,34 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         q, lq, water = sc.q, sc.lq, sc.water
         del sc
     with timer("decide"):
+        step = _steps(progress, "decide", 4 if lrn is None else 5)
         if lrn is not None:
             classical = threshold.choose(threshold.histogram(q), cfg.decide)
             q = fuse_pass(stage.file("score.scratch.tif"), q, lrn, classical, cfg)
+            step()
             mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m, lrn.head.threshold)
             thr = replace(thr, raw=classical.raw)
         else:
             mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m)
+        step()
         mask, budget = significance.keep_significant(
             mask, q, obs.observable(), pair.gsd_m, cfg.decide.false_alarms_per_km2, thr.low,
-            lambda sim_q: threshold.cut(sim_q, thr, cfg.decide, pair.gsd_m))
+            lambda sim_q: threshold.cut(sim_q, thr, cfg.decide, pair.gsd_m), progress)
         if budget.rejected:
             warns.append(f"false-alarm budget: {budget.rejected} of {budget.tested} changed regions "
                          f"({budget.rejected_m2:.0f} m²) not significant at "
                          f"{cfg.decide.false_alarms_per_km2:g} false alarms per km²")
+        step()
         lines = threshold.line_mask(lq, mask, cfg.decide, pair.gsd_m, differencing.LINE_FLANK_PX,
                                     cfg.measure.line_length_px)
         mask[(mask == 0) & (lines == 1)] = 1
         add_line_scores(stage.file("score.scratch.tif"), lines, lq, cfg.processing.window_px)
         del lq, lines
+        step()
         mask = refine_edges(pair, models, cfg, mask, progress)
         if lrn is not None:
             mask = backed_regions(mask, lrn.pq, cfg.model.region_probability * lrn.head.threshold)
+        step()
         mask[~obs.observable()] = threshold.NODATA  # clean-up and edges never reach into what cannot be seen
     with timer("objects"):
         mask = objects.split_touching(mask, pair.gsd_m, cfg.objects)
@@ -811,12 +831,17 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         warns.extend(f"too fine for the grid: {why}" for why in fine.values())
         classes = class_image(labels, mask, dets)
     with timer("write"):
+        step = _steps(progress, "write", 6)
         feats, records = detection_features(pair, dets, labels)
         crs, tr = pair.crs, pair.transform
+        step()
         write_categorical_cog(stage.file("change_mask.tif"), mask, categories.MASK_LEGEND, crs, tr)
+        step()
         write_categorical_cog(stage.file("change_class.tif"), classes, categories.CLASS_LEGEND, crs, tr)
+        step()
         describe_band(stage.file("score.scratch.tif"), categories.SCORE_DESCRIPTION, categories.SCORE_TAGS)
         to_cog(stage.file("score.scratch.tif"), stage.file("change_score.tif"), "average", "FLOATING_POINT")
+        step()
         write_json(stage.file("detections.geojson"), vector.feature_collection(feats, pair.georeferenced), compact=True)
         names = [n for n in OUTPUT_FILES if n != "summary.json"]
         if cfg.output.vector_format:
@@ -830,7 +855,9 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
                                    (obs.reason == observability.OBSERVABLE) | (obs.reason == observability.NODATA))
         # encoded here and written by Python: a failed write is then an OSError with its cause,
         # not libpng's "Write Error" on stderr
+        step()
         stage.file("quicklook.png").write_bytes(quicklook.encode_png(picture))
+        step()
     summary = _summary(site, info_b, info_a, pair, replace(models, reg=reg), cfg, thr, mask,
                        records, warns, timer.timings, applied, obs)
     summary["false_alarm_budget"] = {**budget.to_json(), "expected_false_detections": round(

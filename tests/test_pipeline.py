@@ -244,3 +244,19 @@ def test_a_faint_trench_is_found_whole_by_its_line_evidence(tmp_path):
                       build_config(sets=["model.enabled=false", "decide.line_min_ratio=0"]))
     with rasterio.open(tmp_path / "off" / "change_mask.tif") as src:
         assert (src.read(1)[line] == 1).mean() < 0.2
+
+
+def test_every_stage_reports_progress_to_its_end(small_scene, tmp_path):
+    """normalize, decide and write (whole-image steps, no window loop) report progress too."""
+    from changedet.config import build_config
+    from changedet.pipeline import detect_pair
+
+    calls: dict[str, list[tuple[int, int]]] = {}
+    detect_pair(small_scene / "before.tif", small_scene / "after.tif", tmp_path / "o",
+                build_config(sets=["model.enabled=false"]), progress=lambda s, d, t: calls.setdefault(s, []).append((d, t)))
+    for stage in ("normalize", "decide", "write"):  # announced at 0, then each step to the end
+        done = [d for d, _ in calls[stage]]
+        total = {t for _, t in calls[stage]}
+        assert len(total) == 1 and done == list(range(total.pop() + 1)), (stage, calls[stage])
+    sig = calls["significance"]  # the false-alarm test's rounds, within decide
+    assert sig[0][0] == 0 and sig[-1][0] == sig[-1][1] > 0
