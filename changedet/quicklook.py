@@ -93,15 +93,18 @@ def _draw(panel: np.ndarray, outlines: list[Outline]) -> None:
 
 
 def place_labels(outlines: list[Outline], shape: tuple[int, int], font_scale: float = 0.45,
-                 thickness: int = 1) -> dict[int, tuple[int, int]]:
+                 thickness: int = 1, reserved: list[tuple[int, int, int, int]] = ()) -> dict[int, tuple[int, int]]:
     """Where each detection's id fits without overlapping another id: ``{id: (x, y)}`` text origins.
 
     Greedy: the largest outlines first (ties by id), each trying above, below, right and left of
-    its bounding box; an id that fits nowhere inside the ``(h, w)`` panel is left out (the report's
-    table carries every detection). Deterministic for a given list.
+    its bounding box; an id that fits nowhere inside the ``(h, w)`` panel, or only over a
+    ``reserved`` box ``(x0, y0, x1, y1)`` (scale bar, north arrow), is left out (the report's table
+    carries every detection). Deterministic for a given list.
     """
     h, w = shape
     taken = np.zeros((h, w), bool)
+    for x0, y0, x1, y1 in reserved:
+        taken[max(0, y0):max(0, y1), max(0, x0):max(0, x1)] = True
     order = sorted(outlines, key=lambda o: (-_box_area(o.points), o.id))
     out: dict[int, tuple[int, int]] = {}
     for o in order:
@@ -146,6 +149,19 @@ def round_length_m(metres_per_px: float, max_px: float) -> float:
 
 def _length_text(m: float) -> str:
     return f"{m / 1000:g} km" if m >= 1000 else f"{m:g} m"
+
+
+def furniture_boxes(shape: tuple[int, int], metres_per_px: float | None,
+                    north_deg: float | None) -> list[tuple[int, int, int, int]]:
+    """The boxes ``(x0, y0, x1, y1)`` that the scale bar and the north arrow cover on an ``(h, w)`` panel."""
+    h, w = shape
+    boxes = []
+    if metres_per_px:
+        n = round_length_m(metres_per_px, w / 4) / metres_per_px
+        boxes.append((0, h - 40, int(n) + 24 + 40, h))
+    if north_deg is not None:
+        boxes.append((w - 60, 0, w, 62))
+    return boxes
 
 
 def scale_bar(panel: np.ndarray, metres_per_px: float) -> None:
@@ -236,20 +252,21 @@ def render(before: np.ndarray, after: np.ndarray, outlines: list[Outline], count
     if hidden is not None:
         hatch(det, hidden)
         share = float(hidden.mean())
-    _draw(det, outlines)
-    where = place_labels(outlines, det.shape[:2])
-    _draw_labels(det, outlines, where)
-    # a departed object is only visible on the before date: outline it there too
-    before = before.copy()
-    departed = [o for o in outlines if o.event == "departed"]
-    _draw(before, departed)
-    _draw_labels(before, departed, place_labels(departed, before.shape[:2]))
-    after = after.copy()
+    reserved = furniture_boxes(det.shape[:2], metres_per_px, north_deg)
+    before, after = before.copy(), after.copy()
+    # furniture first: outlines and ids are drawn over it, and ids are kept off it
     for panel in (before, after, det):
         if metres_per_px:
             scale_bar(panel, metres_per_px)
         if north_deg is not None:
             north_arrow(panel, north_deg)
+    _draw(det, outlines)
+    where = place_labels(outlines, det.shape[:2], reserved=reserved)
+    _draw_labels(det, outlines, where)
+    # a departed object is only visible on the before date: outline it there too
+    departed = [o for o in outlines if o.event == "departed"]
+    _draw(before, departed)
+    _draw_labels(before, departed, place_labels(departed, before.shape[:2], reserved=reserved))
     db, da = (f" {d}" if d else "" for d in dates)
     gap = np.full((before.shape[0] + 28, 6, 3), 255, dtype=np.uint8)
     row = np.hstack([_title(before, ("before (departed outlined)" if departed else "before") + db), gap,

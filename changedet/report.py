@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .quicklook import COLOURS, Outline, place_labels, round_length_m
+from .quicklook import COLOURS, Outline, furniture_boxes, place_labels, round_length_m
 
 #: chips are embedded for at most this many detections (highest confidence first) ...
 MAX_CHIPS = 400
@@ -74,6 +74,7 @@ def _svg_overlay(outlines: list[Outline], shape: tuple[int, int], metres_per_px:
                  north_deg: float | None, departed_only: bool) -> str:
     h, w = shape
     parts = [f'<svg class="ov" viewBox="0 0 {w} {h}" preserveAspectRatio="none">']
+    parts.extend(_furniture(shape, metres_per_px, north_deg))
     for o in outlines:
         if departed_only and o.event != "departed":
             continue
@@ -82,9 +83,22 @@ def _svg_overlay(outlines: list[Outline], shape: tuple[int, int], metres_per_px:
         parts.append(f'<polygon class="det" data-id="{o.id}" points="{pts}" stroke="{_hex(o.cls)}"{dash}>'
                      f"<title>#{o.id} {html.escape(o.cls)} {html.escape(o.event)}</title></polygon>")
     shown = [o for o in outlines if o.event == "departed" or not departed_only]
-    for did, (x, y) in sorted(place_labels(shown, shape).items()):
+    reserved = furniture_boxes(shape, metres_per_px, north_deg)
+    for did, (x, y) in sorted(place_labels(shown, shape, reserved=reserved).items()):
         cls = next(o.cls for o in shown if o.id == did)
         parts.append(f'<text class="lab" x="{x}" y="{y}" fill="{_hex(cls)}">{did}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _size(rec: dict[str, Any], unit: str = "px") -> str | None:
+    w, h = rec.get("width"), rec.get("height")
+    return f"{w} × {h} {unit}" if w is not None and h is not None else None
+
+
+def _furniture(shape: tuple[int, int], metres_per_px: float | None, north_deg: float | None) -> list[str]:
+    h, w = shape
+    parts: list[str] = []
     if metres_per_px:
         length_m = round_length_m(metres_per_px, w / 4)
         n = length_m / metres_per_px
@@ -98,13 +112,7 @@ def _svg_overlay(outlines: list[Outline], shape: tuple[int, int], metres_per_px:
         parts.append(f'<g class="furn" transform="translate({w - 30} 32)"><circle r="24" fill="#fff"/>'
                      f'<g transform="rotate({north_deg:.2f})"><path d="M0,-6 L6,17 L0,12 L-6,17 Z" fill="#000"/>'
                      f'<text x="-4.5" y="-9" fill="#b00000">N</text></g></g>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _size(rec: dict[str, Any], unit: str = "px") -> str | None:
-    w, h = rec.get("width"), rec.get("height")
-    return f"{w} × {h} {unit}" if w is not None and h is not None else None
+    return parts
 
 
 def _kv(rows: Iterable[tuple[str, Any]]) -> str:
@@ -142,7 +150,7 @@ def _facts(summary: dict[str, Any]) -> str:
         [("detections", str(len(summary.get("detections", [])))), ("per class", summary.get("counts")),
          ("changed area", f"{summary['changed_area_m2']} m²" if "changed_area_m2" in summary else None),
          ("observable", summary.get("observable_fraction")), ("threshold", summary.get("threshold")),
-         ("changedet", summary.get("changedet_version")), ("created", summary.get("created"))]))
+         ("changedet", summary.get("changedet_version"))]))
     warns = summary.get("warnings") or []
     out.append(f"<h2>Warnings ({len(warns)})</h2>")
     out.append("<ul class='warn'>" + "".join(f"<li>{html.escape(str(w))}</li>" for w in warns) + "</ul>"
@@ -220,7 +228,8 @@ def render_html(summary: dict[str, Any], before: np.ndarray, after: np.ndarray, 
 
     Returns
     -------
-    The page; the same inputs give the same bytes.
+    The page; the same inputs give the same bytes. The run's clock (``created``, ``timings_s``) is
+    left out, so two runs of the same inputs write the same page.
     """
     if before.shape != after.shape or before.ndim != 3 or before.shape[2] != 3 or before.dtype != np.uint8:
         raise ValueError(f"panels must be two (h, w, 3) uint8 arrays of one shape, got {before.shape} "
@@ -254,6 +263,7 @@ h1{font-size:20px;margin:0 0 8px}h2{font-size:16px;margin:12px 0 4px}h3{font-siz
 .det{fill:none;stroke-width:2;vector-effect:non-scaling-stroke}
 .det.hl{stroke-width:5;stroke:#ff0!important}
 .ov text{font:bold 12px sans-serif}
+.furn{opacity:.85}
 .ov .lab{font:bold 11px sans-serif;paint-order:stroke;stroke:#fff;stroke-width:3px}
 .hide .det,.hide .lab{display:none}
 figcaption{font-weight:600;padding:2px 0}
@@ -270,7 +280,7 @@ figcaption{font-weight:600;padding:2px 0}
 .dets th[data-type=none]{cursor:default}
 .dets th.asc::after{content:" ▲"}.dets th.desc::after{content:" ▼"}
 .dets tr:hover,.dets tr.hl{background:#fff3b0}
-.chip{height:48px;image-rendering:pixelated;display:block}
+.chip{height:64px;image-rendering:pixelated;display:block}
 """
 
 _JS = """
