@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -93,7 +94,7 @@ def _draw(panel: np.ndarray, outlines: list[Outline]) -> None:
 
 
 def place_labels(outlines: list[Outline], shape: tuple[int, int], font_scale: float = 0.45,
-                 thickness: int = 1, reserved: list[tuple[int, int, int, int]] = ()) -> dict[int, tuple[int, int]]:
+                 thickness: int = 1, reserved: Sequence[tuple[int, int, int, int]] = ()) -> dict[int, tuple[int, int]]:
     """Where each detection's id fits without overlapping another id: ``{id: (x, y)}`` text origins.
 
     Greedy: the largest outlines first (ties by id), each trying above, below, right and left of
@@ -201,23 +202,28 @@ def north_angle_deg(crs: str | None, transform: tuple[float, ...] | list[float],
                     height: int) -> float | None:
     """Direction of true north at the grid's centre, in degrees clockwise from the grid's up (row 0).
 
-    ``crs`` is any string pyproj reads (WKT, EPSG:n); ``transform`` the six affine coefficients
+    ``crs`` is any string GDAL reads (WKT, EPSG:n); ``transform`` the six affine coefficients
     (a, b, c, d, e, f) of pixel (col, row) to map coordinates. None without a CRS. Rotated grids
     and projections whose grid north differs from true north (convergence) are both accounted for:
     the centre is moved a small step north in geographic coordinates and taken back to pixels.
     """
     if not crs:
         return None
-    from pyproj import CRS, Transformer
+    from rasterio._err import CPLE_BaseError
+    from rasterio.crs import CRS
+    from rasterio.errors import RasterioError
+    from rasterio.warp import transform as warp
 
     a, b, c, d, e, f = (float(v) for v in list(transform)[:6])
     fwd = Affine(a, b, c, d, e, f)
-    src = CRS.from_user_input(crs)
-    to_geo = Transformer.from_crs(src, src.geodetic_crs or "EPSG:4326", always_xy=True)
     x, y = fwd * (width / 2.0, height / 2.0)
-    lon, lat = to_geo.transform(x, y)
-    step = -1e-4 if lat > 89.0 else 1e-4
-    x2, y2 = to_geo.transform(lon, lat + step, direction="INVERSE")
+    try:  # a local (engineering) CRS has no way to geographic coordinates: no arrow then
+        src, geo = CRS.from_user_input(crs), CRS.from_epsg(4326)
+        (lon,), (lat,) = warp(src, geo, [x], [y])
+        step = -1e-4 if lat > 89.0 else 1e-4
+        (x2,), (y2,) = warp(geo, src, [lon], [lat + step])
+    except (ValueError, RasterioError, CPLE_BaseError):
+        return None
     inv = ~fwd
     c0, r0 = inv * (x, y)
     c1, r1 = inv * (x2, y2)

@@ -82,12 +82,14 @@ def test_north_angle_of_a_rotated_grid_and_of_grid_convergence():
     assert quicklook.north_angle_deg("EPSG:32637", (a, b, 500000.0, d, e, 3512000.0), 256, 256) == \
         pytest.approx(30.0, abs=0.05)
     # 3 deg east of zone 37's central meridian (39 E) at 45 N: grid north lies ~2.1 deg east of true north
-    from pyproj import Transformer
+    from rasterio.warp import transform
 
-    x, y = Transformer.from_crs("EPSG:4326", "EPSG:32637", always_xy=True).transform(42.0, 45.0)
+    (x,), (y,) = transform("EPSG:4326", "EPSG:32637", [42.0], [45.0])
     got = quicklook.north_angle_deg("EPSG:32637", (1.0, 0, x - 128, 0, -1.0, y + 128), 256, 256)
     assert got == pytest.approx(-np.degrees(np.arctan(np.tan(np.deg2rad(3.0)) * np.sin(np.deg2rad(45.0)))), abs=0.05)
     assert quicklook.north_angle_deg(None, (1, 0, 0, 0, -1, 0), 10, 10) is None
+    local = 'LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
+    assert quicklook.north_angle_deg(local, (1, 0, 0, 0, -1, 0), 10, 10) is None
 
 
 def test_a_panel_of_400_detections_says_how_many_ids_it_shows(tmp_path):
