@@ -22,6 +22,7 @@ from .config import MAX_GSD_M, Config, _merge, build_config
 from .errors import ChangedetError, ConfigError, OutputError, OutputWriteError, shown
 from .io import as_write_error, files_match, sha256_file, write_error, write_fault
 from .pipeline import CONTRACT_FILES, OUTPUT_FILES, ProgressFn, detect_pair, summary_schema
+from .report import render_index
 from .yamlfile import read_yaml
 
 #: a site name names a folder: matched whole (``fullmatch``; ``$`` would let a final newline through)
@@ -181,17 +182,23 @@ def run_batch(manifest_path: str | Path, out_dir: str | Path, base_config_data: 
         "n_skipped": sum(r["status"] == "skipped" for r in records),
         "n_failed": sum(r["status"] in ("failed", "error") for r in records),
     }
-    tmp = out_dir / ".batch_summary.json.tmp"
+    _write_text(out_dir, "index.html", render_index(result, out_dir))
+    _write_text(out_dir, "batch_summary.json", json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _write_text(out_dir: Path, name: str, text: str) -> None:
+    """Write ``out_dir/name`` whole or not at all (a temporary file, then a rename)."""
+    tmp = out_dir / f".{name}.tmp"
     try:
-        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, out_dir / "batch_summary.json")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out_dir / name)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         err = as_write_error(exc, out_dir, out_dir)
         if err is None:
             raise
         raise err from exc
-    return result
 
 
 def _make_out(out_dir: Path) -> None:

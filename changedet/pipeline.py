@@ -27,7 +27,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from . import (__version__, categories, cloudmask, differencing, geodesy, learned, objects, observability, quicklook,
-               radiometry, registration, resources, significance, threshold, vector)
+               radiometry, registration, report, resources, significance, threshold, vector)
 from .learned import features as lfeatures
 from .learned import guided
 from .learned import score as lscore
@@ -54,10 +54,10 @@ from .io import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1.2"  # 1.1: `files` (issue 13); 1.2: scalar centroid_x/y, bbox_col0.., categorical sidecars (issue 16)
+SCHEMA_VERSION = "1.2"  # 1.1: `files` (issue 13); 1.2: scalar centroid_x/y, bbox_col0.., categorical sidecars, report.html (issue 16)
 #: ``*.tif.aux.xml``: category names and attribute tables of the categorical rasters (GeoTIFF has no place for them)
 OUTPUT_FILES = ["change_mask.tif", "change_mask.tif.aux.xml", "change_class.tif", "change_class.tif.aux.xml",
-                "change_score.tif", "detections.geojson", "summary.json", "quicklook.png"]
+                "change_score.tif", "detections.geojson", "summary.json", "quicklook.png", "report.html"]
 #: every file a run may write into its output folder (tie points only when asked and found, the
 #: extra vector file only with output.vector_format)
 CONTRACT_FILES = (*OUTPUT_FILES, "tiepoints.geojson", "detections.gpkg", "detections.fgb")
@@ -611,9 +611,30 @@ def tiepoint_features(pair: PairSource, reg: registration.Registration) -> dict[
     return vector.feature_collection(feats, pair.georeferenced)
 
 
-def render_quicklook(pair: PairSource, models: _Models, cfg: Config, dets: list[objects.Detection],
-                     labels: np.ndarray, site: str, observable: np.ndarray | None = None) -> np.ndarray:
-    """Decimated before/after panels with the detections drawn."""
+@dataclass(frozen=True)
+class Panels:
+    """What the quick-look and the report draw: decimated panels and detections in panel pixels."""
+
+    before: np.ndarray  # (h, w, 3) uint8 BGR
+    after: np.ndarray  # (h, w, 3) uint8 BGR, registered and normalised
+    outlines: list[quicklook.Outline]
+    hidden: np.ndarray | None  # (h, w) bool, not observable
+    metres_per_px: float  # ground size of a panel pixel
+    north_deg: float | None  # true north, clockwise from the panel's up
+    counts: dict[str, int]
+
+
+def input_label(record: dict[str, Any]) -> str:
+    """How a panel names its date: the input's ``datetime`` (its date part) when known, else its file name."""
+    when = record.get("datetime")
+    if when:
+        return str(when)[:10] if len(str(when)) >= 10 and str(when)[4] == "-" else str(when)
+    return Path(str(record.get("path", ""))).name
+
+
+def quicklook_panels(pair: PairSource, models: _Models, cfg: Config, dets: list[objects.Detection],
+                     labels: np.ndarray, observable: np.ndarray | None = None) -> Panels:
+    """Decimated before/after panels and the detections' outlines on them."""
     max_px = cfg.processing.quicklook_max_px
     b, bv, f = pair.read_decimated("before", max_px)
     a, av, _ = pair.read_decimated("after", max_px)
@@ -645,7 +666,16 @@ def render_quicklook(pair: PairSource, models: _Models, cfg: Config, dets: list[
             pts = np.array([[c0, r0], [c1 + 1, r0], [c1 + 1, r1 + 1], [c0, r1 + 1]], dtype=float) * scale
         outlines.append(quicklook.Outline(d.id, d.cls, d.event, np.round(pts).astype(np.int32)))
     counts = {k: sum(d.cls == k for d in dets) for k in objects.CLASS_CODES}
-    return quicklook.render(pb, pa, outlines, counts, site, hidden)
+    north = None
+    if pair.georeferenced and pair.crs is not None:
+        north = quicklook.north_angle_deg(pair.crs.to_wkt(), list(pair.transform)[:6], pair.width, pair.height)
+    return Panels(pb, pa, outlines, hidden, pair.gsd_m / scale, north, counts)
+
+
+def render_quicklook(panels: Panels, site: str, dates: tuple[str, str] = ("", "")) -> np.ndarray:
+    """The quick-look picture of :func:`quicklook_panels`, (H, W, 3) uint8 BGR."""
+    return quicklook.render(panels.before, panels.after, panels.outlines, panels.counts, site, panels.hidden,
+                            dates=dates, metres_per_px=panels.metres_per_px, north_deg=panels.north_deg)
 
 
 def _summary(site: str, before: Any, after: Any, pair: PairSource, models: _Models, cfg: Config,
@@ -851,12 +881,13 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         if cfg.registration.write_tiepoints and reg.chips:
             write_json(stage.file("tiepoints.geojson"), tiepoint_features(pair, reg))
             names.append("tiepoints.geojson")
-        picture = render_quicklook(pair, models, cfg, dets, labels, site,
-                                   (obs.reason == observability.OBSERVABLE) | (obs.reason == observability.NODATA))
+        panels = quicklook_panels(pair, models, cfg, dets, labels,
+                                  (obs.reason == observability.OBSERVABLE) | (obs.reason == observability.NODATA))
+        dates = (input_label(info_b.to_json()), input_label(info_a.to_json()))
         # encoded here and written by Python: a failed write is then an OSError with its cause,
         # not libpng's "Write Error" on stderr
         step()
-        stage.file("quicklook.png").write_bytes(quicklook.encode_png(picture))
+        stage.file("quicklook.png").write_bytes(quicklook.encode_png(render_quicklook(panels, site, dates)))
         step()
     summary = _summary(site, info_b, info_a, pair, replace(models, reg=reg), cfg, thr, mask,
                        records, warns, timer.timings, applied, obs)
@@ -864,6 +895,11 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         cfg.decide.false_alarms_per_km2 * summary["observable_km2"], 3)}
     summary["model"] = lrn.to_json() if lrn else {"enabled": False}
     summary["too_fine"] = fine
+    with timer("report"):
+        stage.file("report.html").write_text(
+            report.render_html(summary, panels.before, panels.after, panels.outlines, panels.metres_per_px,
+                               panels.north_deg), encoding="utf-8")
+    summary["timings_s"] = timer.timings
     summary["files"] = file_record(stage.file("summary.json").parent, names)
     write_json(stage.file("summary.json"), summary)
     stage.commit([*names, "summary.json"])  # the record last: it never describes files of another run

@@ -91,3 +91,15 @@ def test_bad_site_config_fails_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="decide.nope"):
         batch.run_batch(m, tmp_path / "runs")
     assert calls == [] and not (tmp_path / "runs").exists()
+
+
+def test_batch_writes_an_index_linking_the_reports_of_its_sites(tmp_path, monkeypatch):
+    for n in ("a1", "a2"):
+        (tmp_path / f"{n}.tif").write_bytes(n.encode())
+    m = write_manifest(tmp_path, "sites:\n  - {name: a, before: a1.tif, after: a2.tif}\n"
+                                 "  - {name: b, before: bad.tif, after: a2.tif}\n")
+    monkeypatch.setattr(batch, "detect_pair", fake_detect([]))
+    batch.run_batch(m, tmp_path / "runs")
+    page = (tmp_path / "runs" / "index.html").read_text()
+    assert 'href="a/report.html"' in page and 'href="b/report.html"' not in page and "bad.tif" in page
+    assert not list((tmp_path / "runs").glob(".*.tmp"))
