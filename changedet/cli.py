@@ -135,6 +135,25 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
         yield update
 
 
+@contextmanager
+def _site_counts(enabled: bool) -> Iterator[Callable[[int, int, int, int], None] | None]:
+    """A rich line of sites done / failed / running while a cluster works; None when silent."""
+    if not enabled or _state["quiet"] or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("sites"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[failed]} failed, {task.fields[running]} running"), TimeElapsedColumn(),
+                  transient=True) as bar:
+        task = bar.add_task("sites", total=None, failed=0, running="?")
+
+        def update(done: int, failed: int, running: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, failed=failed, running=running)
+
+        yield update
+
+
 def _out_path(value: str, what: str) -> Path:
     """``--out`` as a path; an empty one would silently mean the working folder."""
     if not value.strip():
@@ -384,10 +403,15 @@ def batch(
     config: ConfigOpt = None,
     preset: PresetOpt = None,
     set_: SetOpt = None,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Sites at once on a local dask cluster "
+                                         "of N processes (default 1: one after another, without dask).")] = 1,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Run the sites on an existing dask "
+                                                     "cluster, e.g. tcp://10.0.0.5:8786 (its workers must see "
+                                                     "the manifest's files and --out at the same paths).")] = None,
 ) -> None:
     """Run every site of a manifest; failures are recorded and the rest go on (exit 1 if any failed).
 
-    Example: changedet batch sites.yaml --out runs/
+    Example: changedet batch sites.yaml --out runs/ --workers 4
     """
     from .batch import run_batch
     from .config import _read_yaml
@@ -400,9 +424,15 @@ def batch(
             if not _state["quiet"]:
                 typer.echo(f"{name}: {status}")
 
-        with _progress() as progress:
-            result = run_batch(manifest, out_dir, base, sets=set_ or [], preset=preset, progress=progress,
-                               site_callback=said)
+        if scheduler is not None and workers != 1:
+            _fail(f"--workers {workers} with --scheduler: the cluster's workers run the sites; leave --workers out", 2)
+        if scheduler is not None and not scheduler.strip():
+            _fail("--scheduler '': is empty; give the scheduler's address, e.g. tcp://10.0.0.5:8786", 2)
+        parallel = workers > 1 or scheduler is not None
+        with _progress() as progress, _site_counts(parallel) as counts:
+            result = run_batch(manifest, out_dir, base, sets=set_ or [], preset=preset,
+                               progress=None if parallel else progress, site_callback=said, workers=workers,
+                               scheduler=scheduler, counts=counts)
         if not _state["quiet"]:
             typer.echo(f"{result['n_ok']} ok, {result['n_skipped']} skipped, {result['n_failed']} failed "
                        f"-> {out_dir / 'batch_summary.json'}")
