@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+from .errors import ConfigError, OutputWriteError
 
 if TYPE_CHECKING:
     from .batch import Site
@@ -155,8 +156,9 @@ def run_sites(client: Any, sites: list[Site], out_dir: Path, configs: dict[str, 
     """
     from distributed import as_completed
 
-    futures = {client.submit(_site_task, s, out_dir / s.name, configs[s.name], key=f"changedet-site-{i}-{s.name}",
-                             pure=False): s for i, s in enumerate(sites)}
+    run = uuid.uuid4().hex[:12]  # keys unique to this batch: a shared scheduler would merge equal keys of two batches
+    futures = {client.submit(_site_task, s, out_dir / s.name, configs[s.name], key=f"changedet-{s.name}-{run}",
+                             pure=False): s for s in sites}
     slots = max(1, sum(client.nthreads().values()))
     records: dict[str, dict[str, Any]] = {}
     done = failed = 0
@@ -169,9 +171,7 @@ def run_sites(client: Any, sites: list[Site], out_dir: Path, configs: dict[str, 
                 rec = fut.result()
             except (KeyboardInterrupt, SystemExit):
                 raise
-            except Exception as exc:
-                from .errors import OutputWriteError
-
+            except Exception as exc:  # noqa: BLE001 - a worker lost mid-site fails that site alone
                 if isinstance(exc, OutputWriteError):
                     raise
                 rec = {"name": site.name, "status": "error", "error": f"{type(exc).__name__}: {exc}",
