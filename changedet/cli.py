@@ -159,6 +159,26 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
         yield update
 
 
+@contextmanager
+def _site_counts(enabled: bool) -> Iterator[Callable[[int, int, int, int], None] | None]:
+    """A rich line of sites done / failed / running while a cluster works; None when silent."""
+    if not enabled or _state["quiet"] or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("sites"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[failed]} failed, {task.fields[running]} running"), TimeElapsedColumn(),
+                  transient=True, console=Console(stderr=True)) as bar:
+        task = bar.add_task("sites", total=None, failed=0, running="?")
+
+        def update(done: int, failed: int, running: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, failed=failed, running=running)
+
+        yield update
+
+
 def _out_path(value: str, what: str) -> Path:
     """``--out`` as a path; an empty one would silently mean the working folder."""
     if not value.strip():
@@ -509,10 +529,15 @@ def batch(
     set_: SetOpt = None,
     vector_format: VectorFormatOpt = None,
     as_json: JsonOpt = False,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Sites at once on a local dask cluster "
+                                         "of N processes (default 1: one after another, without dask).")] = 1,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Run the sites on an existing dask "
+                                                     "cluster, e.g. tcp://10.0.0.5:8786 (its workers must see "
+                                                     "the manifest's files and --out at the same paths).")] = None,
 ) -> None:
     """Run every site of a manifest; failures are recorded and the rest go on (exit 1 if any failed).
 
-    Example: changedet batch sites.yaml --out runs/
+    Example: changedet batch sites.yaml --out runs/ --workers 4
     """
     from .batch import run_batch
     from .config import _read_yaml
@@ -525,10 +550,16 @@ def batch(
             if not _state["quiet"]:
                 typer.echo(f"{name}: {status}", err=as_json)
 
-        with _progress() as progress:
-            sets = [*(set_ or []), *([f"output.vector_format={vector_format.value}"] if vector_format else [])]
-            result = run_batch(manifest, out_dir, base, sets=sets, preset=preset, progress=progress,
-                               site_callback=said)
+        if scheduler is not None and workers != 1:
+            _fail(f"--workers {workers} with --scheduler: the cluster's workers run the sites; leave --workers out", 2)
+        if scheduler is not None and not scheduler.strip():
+            _fail("--scheduler '': is empty; give the scheduler's address, e.g. tcp://10.0.0.5:8786", 2)
+        parallel = workers > 1 or scheduler is not None
+        sets = [*(set_ or []), *([f"output.vector_format={vector_format.value}"] if vector_format else [])]
+        with _progress() as progress, _site_counts(parallel) as counts:
+            result = run_batch(manifest, out_dir, base, sets=sets, preset=preset,
+                               progress=None if parallel else progress, site_callback=said, workers=workers,
+                               scheduler=scheduler, counts=counts)
         if as_json:
             typer.echo(json.dumps(result, ensure_ascii=False))
         elif not _state["quiet"]:
