@@ -175,6 +175,7 @@ def detect(
     gsd: Annotated[Optional[float], typer.Option("--gsd", help="Ground sample distance in metres (for images without georeferencing).")] = None,
     require_registration: Annotated[bool, typer.Option("--require-registration", help="Exit 1 when registration confidence is low.")] = False,
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model file from 'changedet train' (default: the shipped model; --set model.enabled=false for none).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-j", min=0, help="Threads running windows at once (default: processing.workers, 0 = every core); results do not depend on it.")] = None,
 ) -> None:
     """Detect changes between BEFORE and AFTER and write the output contract to --out.
 
@@ -192,6 +193,8 @@ def detect(
         sets = list(set_ or [])
         if model is not None:
             sets.append(f"model.path={json.dumps(str(model))}")
+        if workers is not None:
+            sets.append(f"processing.workers={workers}")
         cfg = load_config(config, preset=preset, sets=sets)
         if cfg.model.enabled:
             from .learned import load_model

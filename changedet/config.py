@@ -240,6 +240,8 @@ class ProcessingConfig(_Section):
 
     window_px: int = Field(512, ge=64, le=32768, description="side of a processing window")
     quicklook_max_px: int = Field(1000, ge=128, le=8192, description="long side of each quick-look panel")
+    workers: int = Field(0, ge=0, le=1024, description=(
+        "threads running windows and regions at once; 0 = every core (results do not depend on it)"))
 
 
 class LimitsConfig(_Section):
@@ -307,6 +309,16 @@ class Config(_Section):
         """``model: FILE`` is short for ``model: {path: FILE}`` (batch manifests, config files)."""
         if isinstance(data, dict) and isinstance(data.get("model"), str):
             data = {**data, "model": {"path": data["model"]}}
+        return data
+
+    def record(self) -> dict[str, Any]:
+        """The configuration as ``summary.json`` records it and a resumed batch compares it.
+
+        ``processing.workers`` is left out: it does not change results, and a run on another
+        machine or with another worker count is the same run (it is recorded under ``run``).
+        """
+        data = self.model_dump(mode="json")
+        data["processing"].pop("workers", None)
         return data
 
 

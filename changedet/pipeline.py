@@ -26,8 +26,8 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from . import (__version__, cloudmask, differencing, learned, objects, observability, quicklook, radiometry,
-               registration, resources, significance, threshold, vector)
+from . import (__version__, cloudmask, differencing, learned, objects, observability, parallel, quicklook,
+               radiometry, registration, resources, significance, threshold, vector)
 from .learned import features as lfeatures
 from .learned import guided
 from .learned import score as lscore
@@ -84,6 +84,11 @@ class _Timer:
         t0 = time.perf_counter()
         yield
         self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+
+def workers(cfg: Config) -> int:
+    """Threads for the per-window and per-region stages (``processing.workers``; 0 = every core)."""
+    return parallel.resolve_workers(cfg.processing.workers)
 
 
 # --------------------------------------------------------------------------- reading the pair
@@ -157,15 +162,21 @@ def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch:
     shape = pair.shape
     pq = np.full(shape, threshold.NODATA, dtype=np.uint8)
     boxes = list(iter_windows(shape, cfg.model.window_px))
-    threads = cfg.model.threads or None
-    for i, box in enumerate(boxes):
+    n = workers(cfg)
+    threads = cfg.model.threads or parallel.library_threads(n)
+
+    def one(box: Box) -> np.ndarray:
         pbox = lfeatures.padded_box(box)
         b, a, v = read_registered(pair, models.reg, pbox)
         a = radiometry.apply(a, models.fit, b)
         p = lscore.probability(b, a, v, stretch, head, threads)
         r, c, h, w = box
         dr, dc = r - pbox[0], c - pbox[1]
-        pq[r:r + h, c:c + w] = threshold.quantize(p[dr:dr + h, dc:dc + w], v[dr:dr + h, dc:dc + w])
+        return threshold.quantize(p[dr:dr + h, dc:dc + w], v[dr:dr + h, dc:dc + w])
+
+    for i, (box, out) in enumerate(zip(boxes, parallel.ordered_map(one, boxes, n))):
+        r, c, h, w = box
+        pq[r:r + h, c:c + w] = out
         progress("learned", i + 1, len(boxes))
     return pq
 
@@ -255,20 +266,25 @@ def fuse_pass(score_path: Path, q: np.ndarray, lrn: _Learned, classical: thresho
     if cfg.model.gate_score > 0:
         size = 2 * lfeatures.HEAD_STRIDE + 1  # the reach of the stride-4 probability's blur
         local_max = cv2.dilate(np.where(q == threshold.NODATA, 0, q).astype(np.uint8), np.ones((size, size), np.uint8))
+
+    def one(item: tuple[Box, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        (r, c, h, w), s = item
+        valid = np.isfinite(s)
+        p = lrn.pq[r:r + h, c:c + w].astype(np.float32) / threshold.LEVELS
+        refined = refined_probability(q, lrn.pq, (r, c, h, w), cfg.model.guide_radius_px, cfg.model.guide_eps)
+        gate: float | np.ndarray = 0.0
+        if local_max is not None:
+            gate = cfg.model.gate_score * local_max[r:r + h, c:c + w].astype(np.float32) / threshold.LEVELS
+        f = fuse(np.nan_to_num(s), p, classical.high, lrn.head.threshold, gate, cfg.model.veto_probability, refined)
+        return np.where(valid, f, np.float32(np.nan)).astype(np.float32), threshold.quantize(f, valid)
+
     with rasterio.open(score_path, "r+") as ds:
-        for r, c, h, w in iter_windows(q.shape, cfg.processing.window_px):
-            win = Window(c, r, w, h)
-            s = ds.read(1, window=win)
-            valid = np.isfinite(s)
-            p = lrn.pq[r:r + h, c:c + w].astype(np.float32) / threshold.LEVELS
-            refined = refined_probability(q, lrn.pq, (r, c, h, w), cfg.model.guide_radius_px, cfg.model.guide_eps)
-            gate: float | np.ndarray = 0.0
-            if local_max is not None:
-                gate = cfg.model.gate_score * local_max[r:r + h, c:c + w].astype(np.float32) / threshold.LEVELS
-            f = fuse(np.nan_to_num(s), p, classical.high, lrn.head.threshold, gate, cfg.model.veto_probability,
-                     refined)
-            ds.write(np.where(valid, f, np.float32(np.nan)).astype(np.float32), 1, window=win)
-            fq[r:r + h, c:c + w] = threshold.quantize(f, valid)
+        boxes = list(iter_windows(q.shape, cfg.processing.window_px))
+        # the dataset is read (lazily, in this thread) and written here; workers only compute
+        items = ((box, ds.read(1, window=Window(box[1], box[0], box[3], box[2]))) for box in boxes)
+        for (r, c, h, w), (f, fqw) in zip(boxes, parallel.ordered_map(one, items, workers(cfg))):
+            ds.write(f, 1, window=Window(c, r, w, h))
+            fq[r:r + h, c:c + w] = fqw
     return fq
 
 
@@ -299,20 +315,26 @@ def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
     ev_b = np.zeros(shape, dtype=np.uint8)
     ev_a = np.zeros(shape, dtype=np.uint8)
     boxes = list(iter_windows(shape, cfg.processing.window_px))
+
+    def one(box: Box) -> tuple[np.ndarray, ...]:
+        b, a, v = read_registered(pair, models.reg, grow(box, halo))
+        a_raw, a = a, radiometry.apply(a, models.fit, b)
+        s = differencing.change_score(b, a, v, models.noise, cfg.measure)
+        ln = differencing.line_score(b, a, v, models.noise, cfg.measure.line_length_px)
+        w = objects.water_mask(b, a, v, models.water, cfg.objects)
+        eb, ea = observability.evidence(b, a, v, models.scale, cfg.observe, after_raw=a_raw)
+        s, ln, v, w, eb, ea = (crop(x, halo) for x in (s, ln, v, w, eb, ea))
+        r, c, h, wd = box
+        if lrn is not None:  # lines the model calls irrelevant (kerbs, shadows) are not evidence
+            p = lrn.pq[r:r + h, c:c + wd].astype(np.float32) / threshold.LEVELS
+            ln = np.where(p >= cfg.model.veto_probability, ln, np.float32(0))
+        return s, ln, v, w, eb, ea
+
     writer = BandWriter(score_path, shape, "float32", float("nan"), pair.crs, pair.transform)
     try:
-        for i, box in enumerate(boxes):
-            b, a, v = read_registered(pair, models.reg, grow(box, halo))
-            a_raw, a = a, radiometry.apply(a, models.fit, b)
-            s = differencing.change_score(b, a, v, models.noise, cfg.measure)
-            ln = differencing.line_score(b, a, v, models.noise, cfg.measure.line_length_px)
-            w = objects.water_mask(b, a, v, models.water, cfg.objects)
-            eb, ea = observability.evidence(b, a, v, models.scale, cfg.observe, after_raw=a_raw)
-            s, ln, v, w, eb, ea = (crop(x, halo) for x in (s, ln, v, w, eb, ea))
+        results = parallel.ordered_map(one, boxes, workers(cfg))
+        for i, (box, (s, ln, v, w, eb, ea)) in enumerate(zip(boxes, results)):
             r, c, h, wd = box
-            if lrn is not None:  # lines the model calls irrelevant (kerbs, shadows) are not evidence
-                p = lrn.pq[r:r + h, c:c + wd].astype(np.float32) / threshold.LEVELS
-                ln = np.where(p >= cfg.model.veto_probability, ln, np.float32(0))
             writer.write(box, np.where(v, s, np.float32(np.nan)).astype(np.float32))
             q[r:r + h, c:c + wd] = threshold.quantize(s, v)
             lq[r:r + h, c:c + wd] = threshold.quantize(ln, v)
@@ -356,11 +378,16 @@ def csmask_pass(pair: PairSource, reg: registration.Registration, cfg: Config, b
     sums = [np.zeros((len(b), gh, gw)) for b in bands]
     counts = [np.zeros((gh, gw)) for _ in bands]
     step = max(1, cfg.processing.window_px // factor) * factor
-    for r, c, h, w in iter_windows(pair.shape, step):
-        b, a, v = read_registered(pair, reg, (r, c, h, w))
-        for k, img in enumerate((b, a)):
-            x = cloudmask.reflectance(img[list(bands[k])], o.csmask_dn_scale, o.csmask_dn_offset)
-            s, n = cloudmask.block_sums(x, v, factor)
+
+    def one(box: Box) -> list[tuple[np.ndarray, np.ndarray]]:
+        b, a, v = read_registered(pair, reg, box)
+        return [cloudmask.block_sums(cloudmask.reflectance(img[list(bands[k])], o.csmask_dn_scale,
+                                                           o.csmask_dn_offset), v, factor)
+                for k, img in enumerate((b, a))]
+
+    boxes = list(iter_windows(pair.shape, step))
+    for (r, c, h, w), both in zip(boxes, parallel.ordered_map(one, boxes, workers(cfg))):
+        for k, (s, n) in enumerate(both):
             sums[k][:, r // factor:r // factor + s.shape[1], c // factor:c // factor + s.shape[2]] = s
             counts[k][r // factor:r // factor + n.shape[0], c // factor:c // factor + n.shape[1]] = n
     out = []
@@ -444,7 +471,8 @@ def refine_edges(pair: PairSource, models: _Models, cfg: Config, mask: np.ndarra
     out = mask.copy()
     sigma = np.asarray(models.noise.band_sigma)
     margin = 4
-    for i, comp in enumerate(comps):
+
+    def one(comp: objects.Component) -> tuple[np.ndarray, np.ndarray]:
         box = (comp.row_min - margin, comp.col_min - margin, comp.row_max - comp.row_min + 1 + 2 * margin,
                comp.col_max - comp.col_min + 1 + 2 * margin)
         b, a, _ = read_registered(pair, models.reg, box)
@@ -452,7 +480,10 @@ def refine_edges(pair: PairSource, models: _Models, cfg: Config, mask: np.ndarra
         obj = _crop_whole(labels, box, 0) == comp.label
         drop = obj & ~objects.trim_edges(obj, objects.coverage(obj, b, a, sigma), min_cover)
         rows, cols = np.nonzero(drop)
-        out[rows + box[0], cols + box[1]] = 0
+        return rows + box[0], cols + box[1]
+
+    for i, (rows, cols) in enumerate(parallel.ordered_map(one, comps, workers(cfg))):
+        out[rows, cols] = 0
         progress("edges", i + 1, len(comps))
     cleaned = threshold.remove_small((out == 1).astype(np.uint8),
                                      int(np.ceil(cfg.decide.min_area_m2 / pair.gsd_m ** 2)))
@@ -474,8 +505,8 @@ def describe_objects(pair: PairSource, models: _Models, cfg: Config, labels: np.
         groups = [g for g in groups if g in keep]
     margin = params.ring_px + 2
     sigma = np.asarray(models.noise.band_sigma)
-    dets = []
-    for i, grp in enumerate(groups):
+
+    def one(grp: objects.Group) -> objects.Detection:
         c0, r0, c1, r1 = grp.bbox_px
         box = (r0 - margin, c0 - margin, r1 - r0 + 1 + 2 * margin, c1 - c0 + 1 + 2 * margin)
         b, a, v = read_registered(pair, models.reg, box)
@@ -490,8 +521,12 @@ def describe_objects(pair: PairSource, models: _Models, cfg: Config, labels: np.
         ctx = objects.measure_context(changed, b, a, v, wat, np.minimum(sc, 1.0), sigma, params)
         ctx = replace(ctx, shadow_frac=float(shadow.sum() / max(changed.sum(), 1)))
         cls, conf = objects.classify(shape, ctx, params)
-        dets.append(objects.Detection(id=len(dets) + 1, cls=cls, event=objects.event_of(ctx), confidence=conf,
-                                      shape=shape, context=ctx, bbox_px=grp.bbox_px, group=grp))
+        return objects.Detection(id=0, cls=cls, event=objects.event_of(ctx), confidence=conf,
+                                 shape=shape, context=ctx, bbox_px=grp.bbox_px, group=grp)
+
+    dets = []
+    for i, det in enumerate(parallel.ordered_map(one, groups, workers(cfg))):
+        dets.append(replace(det, id=len(dets) + 1))
         progress("objects", i + 1, len(groups))
     return dets, notes
 
@@ -651,7 +686,7 @@ def _summary(site: str, before: Any, after: Any, pair: PairSource, models: _Mode
         "registration": reg,
         "radiometry": {**models.fit.to_json(), "noise": models.noise.to_json()},
         "threshold": thr.to_json(),
-        "config": cfg.model_dump(mode="json"),
+        "config": cfg.record(),
         "counts": counts,
         "changed_area_m2": round(float(np.count_nonzero(mask == 1)) * pair.gsd_m ** 2, 3),
         "changed_fraction": round(float(np.count_nonzero(mask == 1)) / max(int(np.count_nonzero(mask != 255)), 1), 6),
@@ -694,7 +729,10 @@ def detect_pair(before: str | Path, after: str | Path, out_dir: str | Path, conf
     # GDAL's block cache defaults to 5 % of RAM; windows are read once, so a small cache keeps memory flat.
     # rasterio passes GDAL_CACHEMAX to GDALSetCacheMax64, in bytes: a bare 64 was a 64-byte cache, and
     # copying a PNG input printed GDAL's "block cache size (64) should be at least the size of the swath"
-    with rasterio.Env(GDAL_CACHEMAX=64 * 2**20), warnings.catch_warnings():
+    # GDAL decodes the blocks of one read and encodes the COGs' tiles on threads of its own
+    n = workers(cfg)
+    with rasterio.Env(GDAL_CACHEMAX=64 * 2**20, GDAL_NUM_THREADS=str(parallel.cpu_count())), \
+            warnings.catch_warnings(), parallel.capped_library_threads(n):
         # the missing georeferencing is recorded once, in the summary's warnings
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         return _detect(before, after, out_dir, cfg, site, gsd_m, require_registration, progress)
@@ -823,6 +861,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         cfg.decide.false_alarms_per_km2 * summary["observable_km2"], 3)}
     summary["model"] = lrn.to_json() if lrn else {"enabled": False}
     summary["too_fine"] = fine
+    summary["run"] = {"workers": workers(cfg), "cores": parallel.cpu_count()}
     summary["files"] = file_record(stage.file("summary.json").parent, names)
     write_json(stage.file("summary.json"), summary)
     stage.commit([*names, "summary.json"])  # the record last: it never describes files of another run
