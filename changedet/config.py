@@ -182,6 +182,9 @@ class ModelConfig(_Section):
         "a changed region whose mean learned probability is below this times the model's threshold keeps "
         "only its pixels that reach it (pieces of 2x2 model cells or more); 0 keeps every region whole"))
     window_px: int = Field(1024, ge=128, le=8192, description="side of a window of the learned stage (multiple of 16)")
+    cascade_score: float = Field(0.5, ge=0, le=1, description=(
+        "run the model only on windows where the classical score reaches this share of its low threshold "
+        "(within 32 px); elsewhere the probability is 0; 0 runs it everywhere"))
     threads: int = Field(0, ge=0, le=256, description="onnxruntime threads; 0 = every core (results do not depend on it)")
 
     @field_validator("window_px")

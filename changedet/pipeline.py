@@ -141,10 +141,12 @@ class _Learned:
     stretch: lfeatures.Stretch
     pq: np.ndarray
     path: str
+    fraction_seen: float = 1.0  # share of the grid's windows the model ran on (the cascade skips the rest)
 
     def to_json(self) -> dict[str, Any]:
         card = self.head.card
         return {"enabled": True, "path": self.path, "sha256": self.head.sha256,
+                "fraction_seen": round(self.fraction_seen, 4),
                 "encoder": lfeatures.ENCODER_PATH.name,
                 "encoder_sha256": card.get("encoder", {}).get("sha256", ""),
                 "threshold": round(self.head.threshold, 4), "stretch": self.stretch.to_json(),
@@ -152,16 +154,44 @@ class _Learned:
                 "created": card.get("created", "")}
 
 
+#: the cascade runs the model on a window when a candidate lies this close to it: the reach of the
+#: guided filter and of the stride-4 probability's blur across a window's edge (fuse_pass)
+CASCADE_MARGIN_PX = 32
+
+
+def cascade_windows(q: np.ndarray, level: float, window_px: int) -> list[Box]:
+    """The windows of the learned stage that hold a candidate: a quantised classical score ``q``
+    (uint8, 255 nodata) of at least ``level`` (0..1) within :data:`CASCADE_MARGIN_PX` of them.
+
+    ``level`` <= 0 keeps every window.
+    """
+    boxes = list(iter_windows(q.shape, window_px))
+    if level <= 0:
+        return boxes
+    cand = (q != threshold.NODATA) & (q >= int(np.ceil(level * threshold.LEVELS)))
+    rows, cols = np.any(cand, axis=1), np.any(cand, axis=0)
+    m = CASCADE_MARGIN_PX
+    keep = []
+    for box in boxes:
+        r0, c0 = max(0, box[0] - m), max(0, box[1] - m)
+        r1, c1 = box[0] + box[2] + m, box[1] + box[3] + m
+        if rows[r0:r1].any() and cols[c0:c1].any() and cand[r0:r1, c0:c1].any():
+            keep.append(box)
+    return keep
+
+
 def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch: lfeatures.Stretch, cfg: Config,
-                 progress: ProgressFn) -> np.ndarray:
+                 progress: ProgressFn, boxes: list[Box] | None = None) -> np.ndarray:
     """The learned probability of relevant change, quantised (uint8 levels, 255 nodata), whole.
 
     Windows of ``model.window_px`` are read with the encoder's halo (on the stride-16 grid), so
-    the result does not depend on the window size.
+    the result does not depend on the window size. With ``boxes`` (the cascade,
+    :func:`cascade_windows`), only those windows are run; the others hold 0 where valid.
     """
     shape = pair.shape
     pq = np.full(shape, threshold.NODATA, dtype=np.uint8)
-    boxes = list(iter_windows(shape, cfg.model.window_px))
+    if boxes is None:
+        boxes = list(iter_windows(shape, cfg.model.window_px))
     n = workers(cfg)
     threads = cfg.model.threads or parallel.library_threads(n)
 
@@ -179,6 +209,30 @@ def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch:
         pq[r:r + h, c:c + w] = out
         progress("learned", i + 1, len(boxes))
     return pq
+
+
+def run_learned(pair: PairSource, models: _Models, cfg: Config, sb: np.ndarray, q: np.ndarray, lq: np.ndarray,
+                obs: observability.Observability, classical: threshold.Threshold,
+                progress: ProgressFn) -> tuple[_Learned, np.ndarray]:
+    """The learned stage on the windows the classical score ``q`` finds candidates in (the cascade).
+
+    Returns the stage and the line evidence ``lq`` with lines the model calls irrelevant (kerbs,
+    shadows: probability below ``model.veto_probability``) set to 0. What cannot be seen is
+    nodata in the probability too.
+    """
+    head = learned.load_model(cfg.model.path)
+    stretch = lfeatures.Stretch.fit(sb, rgb_bands(pair))
+    boxes = cascade_windows(q, cfg.model.cascade_score * classical.low, cfg.model.window_px)
+    pq = learned_pass(pair, models, head, stretch, cfg, progress, boxes)
+    seen = sum(h * w for _, _, h, w in boxes) / float(max(1, q.size))
+    ran = set(boxes)
+    for r, c, h, w in iter_windows(q.shape, cfg.model.window_px):
+        if (r, c, h, w) not in ran:  # no candidate: no relevant change (probability 0) where there are data
+            pq[r:r + h, c:c + w][q[r:r + h, c:c + w] != threshold.NODATA] = 0
+    pq[obs.reason != observability.OBSERVABLE] = threshold.NODATA
+    p = pq.astype(np.float32) / threshold.LEVELS
+    lq = np.where((p < cfg.model.veto_probability) & (lq != threshold.NODATA), np.uint8(0), lq)
+    return _Learned(head, stretch, pq, str(cfg.model.path or learned.DEFAULT_MODEL.name), seen), lq
 
 
 def fuse(score: np.ndarray, prob: np.ndarray, classical_threshold: float, model_threshold: float,
@@ -785,23 +839,20 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         del chips
         water_model = objects.fit_water(sb, cfg.objects)
         models = _Models(used, fit, noise, water_model, observability_scale(pair, sb))
+    with timer("measure"):
+        sc = score_pass(pair, models, cfg, stage.file("score.scratch.tif"), progress)
+    with timer("observe"):
+        given = csmask_pass(pair, used, cfg, csm_bands) if csm_bands is not None else None
+        obs = observe(pair, cfg, sc, stage.file("score.scratch.tif"), None, given)
+        q, lq, water = sc.q, sc.lq, sc.water
+        del sc
     lrn = None
     if cfg.model.enabled:
         with timer("learned"):
-            head = learned.load_model(cfg.model.path)
-            stretch = lfeatures.Stretch.fit(sb, rgb_bands(pair))
-            pq = learned_pass(pair, models, head, stretch, cfg, progress)
-            lrn = _Learned(head, stretch, pq, str(cfg.model.path or learned.DEFAULT_MODEL.name))
-    with timer("measure"):
-        sc = score_pass(pair, models, cfg, stage.file("score.scratch.tif"), progress, lrn)
-    with timer("observe"):
-        given = csmask_pass(pair, used, cfg, csm_bands) if csm_bands is not None else None
-        obs = observe(pair, cfg, sc, stage.file("score.scratch.tif"), lrn, given)
-        q, lq, water = sc.q, sc.lq, sc.water
-        del sc
+            classical = threshold.choose(threshold.histogram(q), cfg.decide)
+            lrn, lq = run_learned(pair, models, cfg, sb, q, lq, obs, classical, progress)
     with timer("decide"):
         if lrn is not None:
-            classical = threshold.choose(threshold.histogram(q), cfg.decide)
             q = fuse_pass(stage.file("score.scratch.tif"), q, lrn, classical, cfg)
             mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m, lrn.head.threshold)
             thr = replace(thr, raw=classical.raw)
