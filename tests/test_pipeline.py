@@ -218,3 +218,20 @@ def test_a_faint_trench_is_found_whole_by_its_line_evidence(tmp_path):
                       build_config(sets=["model.enabled=false", "decide.line_min_ratio=0"]))
     with rasterio.open(tmp_path / "off" / "change_mask.tif") as src:
         assert (src.read(1)[line] == 1).mean() < 0.2
+
+
+def test_cascade_runs_the_model_only_near_candidates():
+    from changedet.pipeline import CASCADE_MARGIN_PX, cascade_windows
+    from changedet.threshold import LEVELS, NODATA
+
+    q = np.zeros((512, 512), np.uint8)
+    q[:, 500:] = NODATA
+    q[10, 130] = LEVELS // 2  # a candidate in window (0, 128), within the margin of window (0, 0)
+    q[400, 400] = LEVELS // 10  # below the level
+    boxes = cascade_windows(q, 0.4, 128)
+    assert 130 - 128 < CASCADE_MARGIN_PX
+    assert boxes == [(0, 0, 128, 128), (0, 128, 128, 128)]
+    assert cascade_windows(q, 0.6, 128) == []
+    assert len(cascade_windows(q, 0.0, 128)) == 16
+    q[:, :] = NODATA  # nodata is never a candidate
+    assert cascade_windows(q, 0.1, 128) == []
