@@ -116,7 +116,7 @@ def is_current(site: Site, out: Path, cfg: Config) -> bool:
             return False
         if any((out / name).is_file() for name in CONTRACT_FILES if name != "summary.json" and name not in files):
             return False
-        return (summary["config"] == cfg.model_dump(mode="json")
+        return (summary["config"] == cfg.record()
                 and summary["inputs"]["before"]["sha256"] == sha256_file(site.before)
                 and summary["inputs"]["after"]["sha256"] == sha256_file(site.after)
                 and files_match(out, files))

@@ -232,6 +232,7 @@ def detect(
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model file from 'changedet train' (default: the shipped model; --set model.enabled=false for none).")] = None,
     vector_format: VectorFormatOpt = None,
     as_json: JsonOpt = False,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-j", min=0, help="Threads running windows at once (default: processing.workers, 0 = every core); results do not depend on it.")] = None,
 ) -> None:
     """Detect changes between BEFORE and AFTER and write the output contract to --out.
 
@@ -251,6 +252,8 @@ def detect(
             sets.append(f"model.path={json.dumps(str(model))}")
         if vector_format is not None:
             sets.append(f"output.vector_format={vector_format.value}")
+        if workers is not None:
+            sets.append(f"processing.workers={workers}")
         cfg = load_config(config, preset=preset, sets=sets)
         if cfg.model.enabled:
             from .learned import load_model

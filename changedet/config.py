@@ -182,6 +182,9 @@ class ModelConfig(_Section):
         "a changed region whose mean learned probability is below this times the model's threshold keeps "
         "only its pixels that reach it (pieces of 2x2 model cells or more); 0 keeps every region whole"))
     window_px: int = Field(1024, ge=128, le=8192, description="side of a window of the learned stage (multiple of 16)")
+    cascade_score: float = Field(0.5, ge=0, le=1, description=(
+        "run the model only on windows where the classical score reaches this share of its low threshold "
+        "(within 32 px); elsewhere the probability is 0; 0 runs it everywhere"))
     threads: int = Field(0, ge=0, le=256, description="onnxruntime threads; 0 = every core (results do not depend on it)")
 
     @field_validator("window_px")
@@ -240,6 +243,8 @@ class ProcessingConfig(_Section):
 
     window_px: int = Field(512, ge=64, le=32768, description="side of a processing window")
     quicklook_max_px: int = Field(1000, ge=128, le=8192, description="long side of each quick-look panel")
+    workers: int = Field(0, ge=0, le=1024, description=(
+        "threads running windows and regions at once; 0 = every core (results do not depend on it)"))
 
 
 class OutputConfig(_Section):
@@ -315,6 +320,16 @@ class Config(_Section):
         """``model: FILE`` is short for ``model: {path: FILE}`` (batch manifests, config files)."""
         if isinstance(data, dict) and isinstance(data.get("model"), str):
             data = {**data, "model": {"path": data["model"]}}
+        return data
+
+    def record(self) -> dict[str, Any]:
+        """The configuration as ``summary.json`` records it and a resumed batch compares it.
+
+        ``processing.workers`` is left out: it does not change results, and a run on another
+        machine or with another worker count is the same run (it is recorded under ``run``).
+        """
+        data = self.model_dump(mode="json")
+        data["processing"].pop("workers", None)
         return data
 
 

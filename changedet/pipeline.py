@@ -26,8 +26,8 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from . import (__version__, categories, cloudmask, differencing, geodesy, learned, objects, observability, quicklook,
-               radiometry, registration, report, resources, significance, threshold, vector)
+from . import (__version__, categories, cloudmask, differencing, geodesy, learned, objects, observability, parallel,
+               quicklook, radiometry, registration, report, resources, significance, threshold, vector)
 from .learned import features as lfeatures
 from .learned import guided
 from .learned import score as lscore
@@ -97,6 +97,11 @@ class _Timer:
         self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 3)
 
 
+def workers(cfg: Config) -> int:
+    """Threads for the per-window and per-region stages (``processing.workers``; 0 = every core)."""
+    return parallel.resolve_workers(cfg.processing.workers)
+
+
 # --------------------------------------------------------------------------- reading the pair
 
 
@@ -147,10 +152,12 @@ class _Learned:
     stretch: lfeatures.Stretch
     pq: np.ndarray
     path: str
+    fraction_seen: float = 1.0  # share of the grid's windows the model ran on (the cascade skips the rest)
 
     def to_json(self) -> dict[str, Any]:
         card = self.head.card
         return {"enabled": True, "path": self.path, "sha256": self.head.sha256,
+                "fraction_seen": round(self.fraction_seen, 4),
                 "encoder": lfeatures.ENCODER_PATH.name,
                 "encoder_sha256": card.get("encoder", {}).get("sha256", ""),
                 "threshold": round(self.head.threshold, 4), "stretch": self.stretch.to_json(),
@@ -158,27 +165,85 @@ class _Learned:
                 "created": card.get("created", "")}
 
 
+#: the cascade runs the model on a window when a candidate lies this close to it: the reach of the
+#: guided filter and of the stride-4 probability's blur across a window's edge (fuse_pass)
+CASCADE_MARGIN_PX = 32
+
+
+def cascade_windows(q: np.ndarray, level: float, window_px: int) -> list[Box]:
+    """The windows of the learned stage that hold a candidate: a quantised classical score ``q``
+    (uint8, 255 nodata) of at least ``level`` (0..1) within :data:`CASCADE_MARGIN_PX` of them.
+
+    ``level`` <= 0 keeps every window.
+    """
+    boxes = list(iter_windows(q.shape, window_px))
+    if level <= 0:
+        return boxes
+    cand = (q != threshold.NODATA) & (q >= int(np.ceil(level * threshold.LEVELS)))
+    rows, cols = np.any(cand, axis=1), np.any(cand, axis=0)
+    m = CASCADE_MARGIN_PX
+    keep = []
+    for box in boxes:
+        r0, c0 = max(0, box[0] - m), max(0, box[1] - m)
+        r1, c1 = box[0] + box[2] + m, box[1] + box[3] + m
+        if rows[r0:r1].any() and cols[c0:c1].any() and cand[r0:r1, c0:c1].any():
+            keep.append(box)
+    return keep
+
+
 def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch: lfeatures.Stretch, cfg: Config,
-                 progress: ProgressFn) -> np.ndarray:
+                 progress: ProgressFn, boxes: list[Box] | None = None) -> np.ndarray:
     """The learned probability of relevant change, quantised (uint8 levels, 255 nodata), whole.
 
     Windows of ``model.window_px`` are read with the encoder's halo (on the stride-16 grid), so
-    the result does not depend on the window size.
+    the result does not depend on the window size. With ``boxes`` (the cascade,
+    :func:`cascade_windows`), only those windows are run; the others hold 0 where valid.
     """
     shape = pair.shape
     pq = np.full(shape, threshold.NODATA, dtype=np.uint8)
-    boxes = list(iter_windows(shape, cfg.model.window_px))
-    threads = cfg.model.threads or None
-    for i, box in enumerate(boxes):
+    if boxes is None:
+        boxes = list(iter_windows(shape, cfg.model.window_px))
+    n = workers(cfg)
+    threads = cfg.model.threads or parallel.library_threads(n)
+
+    def one(box: Box) -> np.ndarray:
         pbox = lfeatures.padded_box(box)
         b, a, v = read_registered(pair, models.reg, pbox)
         a = radiometry.apply(a, models.fit, b)
         p = lscore.probability(b, a, v, stretch, head, threads)
         r, c, h, w = box
         dr, dc = r - pbox[0], c - pbox[1]
-        pq[r:r + h, c:c + w] = threshold.quantize(p[dr:dr + h, dc:dc + w], v[dr:dr + h, dc:dc + w])
+        return threshold.quantize(p[dr:dr + h, dc:dc + w], v[dr:dr + h, dc:dc + w])
+
+    for i, (box, out) in enumerate(zip(boxes, parallel.ordered_map(one, boxes, n))):
+        r, c, h, w = box
+        pq[r:r + h, c:c + w] = out
         progress("learned", i + 1, len(boxes))
     return pq
+
+
+def run_learned(pair: PairSource, models: _Models, cfg: Config, sb: np.ndarray, q: np.ndarray, lq: np.ndarray,
+                obs: observability.Observability, classical: threshold.Threshold,
+                progress: ProgressFn) -> tuple[_Learned, np.ndarray]:
+    """The learned stage on the windows the classical score ``q`` finds candidates in (the cascade).
+
+    Returns the stage and the line evidence ``lq`` with lines the model calls irrelevant (kerbs,
+    shadows: probability below ``model.veto_probability``) set to 0. What cannot be seen is
+    nodata in the probability too.
+    """
+    head = learned.load_model(cfg.model.path)
+    stretch = lfeatures.Stretch.fit(sb, rgb_bands(pair))
+    boxes = cascade_windows(q, cfg.model.cascade_score * classical.low, cfg.model.window_px)
+    pq = learned_pass(pair, models, head, stretch, cfg, progress, boxes)
+    seen = sum(h * w for _, _, h, w in boxes) / float(max(1, q.size))
+    ran = set(boxes)
+    for r, c, h, w in iter_windows(q.shape, cfg.model.window_px):
+        if (r, c, h, w) not in ran:  # no candidate: no relevant change (probability 0) where there are data
+            pq[r:r + h, c:c + w][q[r:r + h, c:c + w] != threshold.NODATA] = 0
+    pq[obs.reason != observability.OBSERVABLE] = threshold.NODATA
+    p = pq.astype(np.float32) / threshold.LEVELS
+    lq = np.where((p < cfg.model.veto_probability) & (lq != threshold.NODATA), np.uint8(0), lq)
+    return _Learned(head, stretch, pq, str(cfg.model.path or learned.DEFAULT_MODEL.name), seen), lq
 
 
 def fuse(score: np.ndarray, prob: np.ndarray, classical_threshold: float, model_threshold: float,
@@ -266,20 +331,25 @@ def fuse_pass(score_path: Path, q: np.ndarray, lrn: _Learned, classical: thresho
     if cfg.model.gate_score > 0:
         size = 2 * lfeatures.HEAD_STRIDE + 1  # the reach of the stride-4 probability's blur
         local_max = cv2.dilate(np.where(q == threshold.NODATA, 0, q).astype(np.uint8), np.ones((size, size), np.uint8))
+
+    def one(item: tuple[Box, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        (r, c, h, w), s = item
+        valid = np.isfinite(s)
+        p = lrn.pq[r:r + h, c:c + w].astype(np.float32) / threshold.LEVELS
+        refined = refined_probability(q, lrn.pq, (r, c, h, w), cfg.model.guide_radius_px, cfg.model.guide_eps)
+        gate: float | np.ndarray = 0.0
+        if local_max is not None:
+            gate = cfg.model.gate_score * local_max[r:r + h, c:c + w].astype(np.float32) / threshold.LEVELS
+        f = fuse(np.nan_to_num(s), p, classical.high, lrn.head.threshold, gate, cfg.model.veto_probability, refined)
+        return np.where(valid, f, np.float32(np.nan)).astype(np.float32), threshold.quantize(f, valid)
+
     with rasterio.open(score_path, "r+") as ds:
-        for r, c, h, w in iter_windows(q.shape, cfg.processing.window_px):
-            win = Window(c, r, w, h)
-            s = ds.read(1, window=win)
-            valid = np.isfinite(s)
-            p = lrn.pq[r:r + h, c:c + w].astype(np.float32) / threshold.LEVELS
-            refined = refined_probability(q, lrn.pq, (r, c, h, w), cfg.model.guide_radius_px, cfg.model.guide_eps)
-            gate: float | np.ndarray = 0.0
-            if local_max is not None:
-                gate = cfg.model.gate_score * local_max[r:r + h, c:c + w].astype(np.float32) / threshold.LEVELS
-            f = fuse(np.nan_to_num(s), p, classical.high, lrn.head.threshold, gate, cfg.model.veto_probability,
-                     refined)
-            ds.write(np.where(valid, f, np.float32(np.nan)).astype(np.float32), 1, window=win)
-            fq[r:r + h, c:c + w] = threshold.quantize(f, valid)
+        boxes = list(iter_windows(q.shape, cfg.processing.window_px))
+        # the dataset is read (lazily, in this thread) and written here; workers only compute
+        items = ((box, ds.read(1, window=Window(box[1], box[0], box[3], box[2]))) for box in boxes)
+        for (r, c, h, w), (f, fqw) in zip(boxes, parallel.ordered_map(one, items, workers(cfg))):
+            ds.write(f, 1, window=Window(c, r, w, h))
+            fq[r:r + h, c:c + w] = fqw
     return fq
 
 
@@ -310,20 +380,26 @@ def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
     ev_b = np.zeros(shape, dtype=np.uint8)
     ev_a = np.zeros(shape, dtype=np.uint8)
     boxes = list(iter_windows(shape, cfg.processing.window_px))
+
+    def one(box: Box) -> tuple[np.ndarray, ...]:
+        b, a, v = read_registered(pair, models.reg, grow(box, halo))
+        a_raw, a = a, radiometry.apply(a, models.fit, b)
+        s = differencing.change_score(b, a, v, models.noise, cfg.measure)
+        ln = differencing.line_score(b, a, v, models.noise, cfg.measure.line_length_px)
+        w = objects.water_mask(b, a, v, models.water, cfg.objects)
+        eb, ea = observability.evidence(b, a, v, models.scale, cfg.observe, after_raw=a_raw)
+        s, ln, v, w, eb, ea = (crop(x, halo) for x in (s, ln, v, w, eb, ea))
+        r, c, h, wd = box
+        if lrn is not None:  # lines the model calls irrelevant (kerbs, shadows) are not evidence
+            p = lrn.pq[r:r + h, c:c + wd].astype(np.float32) / threshold.LEVELS
+            ln = np.where(p >= cfg.model.veto_probability, ln, np.float32(0))
+        return s, ln, v, w, eb, ea
+
     writer = BandWriter(score_path, shape, "float32", float("nan"), pair.crs, pair.transform)
     try:
-        for i, box in enumerate(boxes):
-            b, a, v = read_registered(pair, models.reg, grow(box, halo))
-            a_raw, a = a, radiometry.apply(a, models.fit, b)
-            s = differencing.change_score(b, a, v, models.noise, cfg.measure)
-            ln = differencing.line_score(b, a, v, models.noise, cfg.measure.line_length_px)
-            w = objects.water_mask(b, a, v, models.water, cfg.objects)
-            eb, ea = observability.evidence(b, a, v, models.scale, cfg.observe, after_raw=a_raw)
-            s, ln, v, w, eb, ea = (crop(x, halo) for x in (s, ln, v, w, eb, ea))
+        results = parallel.ordered_map(one, boxes, workers(cfg))
+        for i, (box, (s, ln, v, w, eb, ea)) in enumerate(zip(boxes, results)):
             r, c, h, wd = box
-            if lrn is not None:  # lines the model calls irrelevant (kerbs, shadows) are not evidence
-                p = lrn.pq[r:r + h, c:c + wd].astype(np.float32) / threshold.LEVELS
-                ln = np.where(p >= cfg.model.veto_probability, ln, np.float32(0))
             writer.write(box, np.where(v, s, np.float32(np.nan)).astype(np.float32))
             q[r:r + h, c:c + wd] = threshold.quantize(s, v)
             lq[r:r + h, c:c + wd] = threshold.quantize(ln, v)
@@ -367,11 +443,16 @@ def csmask_pass(pair: PairSource, reg: registration.Registration, cfg: Config, b
     sums = [np.zeros((len(b), gh, gw)) for b in bands]
     counts = [np.zeros((gh, gw)) for _ in bands]
     step = max(1, cfg.processing.window_px // factor) * factor
-    for r, c, h, w in iter_windows(pair.shape, step):
-        b, a, v = read_registered(pair, reg, (r, c, h, w))
-        for k, img in enumerate((b, a)):
-            x = cloudmask.reflectance(img[list(bands[k])], o.csmask_dn_scale, o.csmask_dn_offset)
-            s, n = cloudmask.block_sums(x, v, factor)
+
+    def one(box: Box) -> list[tuple[np.ndarray, np.ndarray]]:
+        b, a, v = read_registered(pair, reg, box)
+        return [cloudmask.block_sums(cloudmask.reflectance(img[list(bands[k])], o.csmask_dn_scale,
+                                                           o.csmask_dn_offset), v, factor)
+                for k, img in enumerate((b, a))]
+
+    boxes = list(iter_windows(pair.shape, step))
+    for (r, c, h, w), both in zip(boxes, parallel.ordered_map(one, boxes, workers(cfg))):
+        for k, (s, n) in enumerate(both):
             sums[k][:, r // factor:r // factor + s.shape[1], c // factor:c // factor + s.shape[2]] = s
             counts[k][r // factor:r // factor + n.shape[0], c // factor:c // factor + n.shape[1]] = n
     out = []
@@ -455,7 +536,8 @@ def refine_edges(pair: PairSource, models: _Models, cfg: Config, mask: np.ndarra
     out = mask.copy()
     sigma = np.asarray(models.noise.band_sigma)
     margin = 4
-    for i, comp in enumerate(comps):
+
+    def one(comp: objects.Component) -> tuple[np.ndarray, np.ndarray]:
         box = (comp.row_min - margin, comp.col_min - margin, comp.row_max - comp.row_min + 1 + 2 * margin,
                comp.col_max - comp.col_min + 1 + 2 * margin)
         b, a, _ = read_registered(pair, models.reg, box)
@@ -463,7 +545,10 @@ def refine_edges(pair: PairSource, models: _Models, cfg: Config, mask: np.ndarra
         obj = _crop_whole(labels, box, 0) == comp.label
         drop = obj & ~objects.trim_edges(obj, objects.coverage(obj, b, a, sigma), min_cover)
         rows, cols = np.nonzero(drop)
-        out[rows + box[0], cols + box[1]] = 0
+        return rows + box[0], cols + box[1]
+
+    for i, (rows, cols) in enumerate(parallel.ordered_map(one, comps, workers(cfg))):
+        out[rows, cols] = 0
         progress("edges", i + 1, len(comps))
     cleaned = threshold.remove_small((out == 1).astype(np.uint8),
                                      int(np.ceil(cfg.decide.min_area_m2 / pair.gsd_m ** 2)))
@@ -485,10 +570,10 @@ def describe_objects(pair: PairSource, models: _Models, cfg: Config, labels: np.
         groups = [g for g in groups if g in keep]
     margin = params.ring_px + 2
     sigma = np.asarray(models.noise.band_sigma)
-    dets = []
     geographic = pair.georeferenced and geodesy.is_geographic(pair.crs) and \
         pair.transform.b == 0 and pair.transform.d == 0
-    for i, grp in enumerate(groups):
+
+    def one(grp: objects.Group) -> objects.Detection:
         c0, r0, c1, r1 = grp.bbox_px
         box = (r0 - margin, c0 - margin, r1 - r0 + 1 + 2 * margin, c1 - c0 + 1 + 2 * margin)
         b, a, v = read_registered(pair, models.reg, box)
@@ -506,8 +591,12 @@ def describe_objects(pair: PairSource, models: _Models, cfg: Config, labels: np.
         ctx = objects.measure_context(changed, b, a, v, wat, np.minimum(sc, 1.0), sigma, params)
         ctx = replace(ctx, shadow_frac=float(shadow.sum() / max(changed.sum(), 1)))
         cls, conf = objects.classify(shape, ctx, params)
-        dets.append(objects.Detection(id=len(dets) + 1, cls=cls, event=objects.event_of(ctx), confidence=conf,
-                                      shape=shape, context=ctx, bbox_px=grp.bbox_px, group=grp))
+        return objects.Detection(id=0, cls=cls, event=objects.event_of(ctx), confidence=conf,
+                                 shape=shape, context=ctx, bbox_px=grp.bbox_px, group=grp)
+
+    dets = []
+    for i, det in enumerate(parallel.ordered_map(one, groups, workers(cfg))):
+        dets.append(replace(det, id=len(dets) + 1))
         progress("objects", i + 1, len(groups))
     return dets, notes
 
@@ -700,7 +789,7 @@ def _summary(site: str, before: Any, after: Any, pair: PairSource, models: _Mode
         "registration": reg,
         "radiometry": {**models.fit.to_json(), "noise": models.noise.to_json()},
         "threshold": thr.to_json(),
-        "config": cfg.model_dump(mode="json"),
+        "config": cfg.record(),
         "counts": counts,
         "changed_area_m2": round(float(np.count_nonzero(mask == 1)) * pair.gsd_m ** 2, 3),
         "changed_fraction": round(float(np.count_nonzero(mask == 1)) / max(int(np.count_nonzero(mask != 255)), 1), 6),
@@ -743,7 +832,10 @@ def detect_pair(before: str | Path, after: str | Path, out_dir: str | Path, conf
     # GDAL's block cache defaults to 5 % of RAM; windows are read once, so a small cache keeps memory flat.
     # rasterio passes GDAL_CACHEMAX to GDALSetCacheMax64, in bytes: a bare 64 was a 64-byte cache, and
     # copying a PNG input printed GDAL's "block cache size (64) should be at least the size of the swath"
-    with rasterio.Env(GDAL_CACHEMAX=64 * 2**20), warnings.catch_warnings():
+    # GDAL decodes the blocks of one read and encodes the COGs' tiles on threads of its own
+    n = workers(cfg)
+    with rasterio.Env(GDAL_CACHEMAX=64 * 2**20, GDAL_NUM_THREADS=str(parallel.cpu_count())), \
+            warnings.catch_warnings(), parallel.capped_library_threads(n):
         # the missing georeferencing is recorded once, in the summary's warnings
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         return _detect(before, after, out_dir, cfg, site, gsd_m, require_registration, progress)
@@ -801,25 +893,22 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         water_model = objects.fit_water(sb, cfg.objects)
         models = _Models(used, fit, noise, water_model, observability_scale(pair, sb))
         step()
+    with timer("measure"):
+        sc = score_pass(pair, models, cfg, stage.file("score.scratch.tif"), progress)
+    with timer("observe"):
+        given = csmask_pass(pair, used, cfg, csm_bands) if csm_bands is not None else None
+        obs = observe(pair, cfg, sc, stage.file("score.scratch.tif"), None, given)
+        q, lq, water = sc.q, sc.lq, sc.water
+        del sc
     lrn = None
     if cfg.model.enabled:
         with timer("learned"):
             progress("learned", 0, 1)  # loading the model and the first window take a while
-            head = learned.load_model(cfg.model.path)
-            stretch = lfeatures.Stretch.fit(sb, rgb_bands(pair))
-            pq = learned_pass(pair, models, head, stretch, cfg, progress)
-            lrn = _Learned(head, stretch, pq, str(cfg.model.path or learned.DEFAULT_MODEL.name))
-    with timer("measure"):
-        sc = score_pass(pair, models, cfg, stage.file("score.scratch.tif"), progress, lrn)
-    with timer("observe"):
-        given = csmask_pass(pair, used, cfg, csm_bands) if csm_bands is not None else None
-        obs = observe(pair, cfg, sc, stage.file("score.scratch.tif"), lrn, given)
-        q, lq, water = sc.q, sc.lq, sc.water
-        del sc
+            classical = threshold.choose(threshold.histogram(q), cfg.decide)
+            lrn, lq = run_learned(pair, models, cfg, sb, q, lq, obs, classical, progress)
     with timer("decide"):
         step = _steps(progress, "decide", 4 if lrn is None else 5)
         if lrn is not None:
-            classical = threshold.choose(threshold.histogram(q), cfg.decide)
             q = fuse_pass(stage.file("score.scratch.tif"), q, lrn, classical, cfg)
             step()
             mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m, lrn.head.threshold)
@@ -900,6 +989,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
             report.render_html(summary, panels.before, panels.after, panels.outlines, panels.metres_per_px,
                                panels.north_deg), encoding="utf-8")
     summary["timings_s"] = timer.timings
+    summary["run"] = {"workers": workers(cfg), "cores": parallel.cpu_count()}
     summary["files"] = file_record(stage.file("summary.json").parent, names)
     write_json(stage.file("summary.json"), summary)
     stage.commit([*names, "summary.json"])  # the record last: it never describes files of another run

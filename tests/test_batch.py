@@ -46,7 +46,7 @@ def fake_detect(calls):
         for name in names:
             (out / name).write_text(name)
         summary = {**{key: None for key in summary_schema()["required"]},
-                   "config": cfg.model_dump(mode="json"), "detections": [{}], "changed_area_m2": 12.0,
+                   "config": cfg.record(), "detections": [{}], "changed_area_m2": 12.0,
                    "inputs": {"before": {"sha256": batch.sha256_file(before)},
                               "after": {"sha256": batch.sha256_file(after)}},
                    "files": file_record(out, names)}
@@ -79,6 +79,8 @@ def test_batch_records_failures_skips_current_sites_and_reruns_on_change(tmp_pat
     res = batch.run_batch(m, tmp_path / "runs")
     assert [s["status"] for s in res["sites"]] == ["skipped", "failed", "ok"]
     assert calls.count("a") == 1 and calls.count("c") == 2
+    res = batch.run_batch(m, tmp_path / "runs", sets=["processing.workers=1"])  # workers do not change results
+    assert [s["status"] for s in res["sites"]] == ["skipped", "failed", "skipped"]
     res = batch.run_batch(m, tmp_path / "runs", sets=["decide.min_area_m2=9"])  # new config: all run again
     assert [s["status"] for s in res["sites"]] == ["ok", "failed", "ok"]
     assert calls.count("a") == 2 and calls.count("c") == 3

@@ -95,7 +95,7 @@ def test_summary_validates_against_the_shipped_schema(sample_runs, site):
 
     summary = json.loads((sample_runs[site] / "summary.json").read_text())
     jsonschema.validate(summary, summary_schema())
-    assert summary["config"] == Config().model_dump(mode="json")
+    assert summary["config"] == Config().record()
     assert sum(summary["counts"].values()) == len(summary["detections"])
 
 
@@ -260,3 +260,20 @@ def test_every_stage_reports_progress_to_its_end(small_scene, tmp_path):
         assert len(total) == 1 and done == list(range(total.pop() + 1)), (stage, calls[stage])
     sig = calls["significance"]  # the false-alarm test's rounds, within decide
     assert sig[0][0] == 0 and sig[-1][0] == sig[-1][1] > 0
+
+
+def test_cascade_runs_the_model_only_near_candidates():
+    from changedet.pipeline import CASCADE_MARGIN_PX, cascade_windows
+    from changedet.threshold import LEVELS, NODATA
+
+    q = np.zeros((512, 512), np.uint8)
+    q[:, 500:] = NODATA
+    q[10, 130] = LEVELS // 2  # a candidate in window (0, 128), within the margin of window (0, 0)
+    q[400, 400] = LEVELS // 10  # below the level
+    boxes = cascade_windows(q, 0.4, 128)
+    assert 130 - 128 < CASCADE_MARGIN_PX
+    assert boxes == [(0, 0, 128, 128), (0, 128, 128, 128)]
+    assert cascade_windows(q, 0.6, 128) == []
+    assert len(cascade_windows(q, 0.0, 128)) == 16
+    q[:, :] = NODATA  # nodata is never a candidate
+    assert cascade_windows(q, 0.1, 128) == []
