@@ -240,6 +240,8 @@ class ProcessingConfig(_Section):
 
     window_px: int = Field(512, ge=64, le=32768, description="side of a processing window")
     quicklook_max_px: int = Field(1000, ge=128, le=8192, description="long side of each quick-look panel")
+    memory_budget_mb: float = Field(64, ge=0, description=(
+        "a whole-scene array larger than this is kept in a memory-mapped file in the run's staging folder"))
 
 
 class LimitsConfig(_Section):
