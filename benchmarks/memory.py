@@ -108,7 +108,7 @@ def main() -> int:
     ap.add_argument("--compare", type=Path, help="another checkout (its folder holding changedet/) to run too")
     args = ap.parse_args()
     base = args.keep or Path(tempfile.mkdtemp(prefix="changedet-mem-"))
-    trees = [("this", None)] + ([("compare", args.compare.resolve())] if args.compare else [])
+    trees = [("this", Path(__file__).resolve().parents[1])] + ([("compare", args.compare.resolve())] if args.compare else [])
     rows = []
     for size in args.sizes:
         folder = base / f"pair_{size}"

@@ -218,3 +218,17 @@ def test_a_faint_trench_is_found_whole_by_its_line_evidence(tmp_path):
                       build_config(sets=["model.enabled=false", "decide.line_min_ratio=0"]))
     with rasterio.open(tmp_path / "off" / "change_mask.tif") as src:
         assert (src.read(1)[line] == 1).mean() < 0.2
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_memory_maps_give_byte_identical_outputs(sample_runs, site, tmp_path):
+    """processing.memory_budget_mb=0 holds every whole-scene array in a memory map: same files, same detections."""
+    folder = SAMPLE_TILES / site
+    mapped = detect_pair(folder / "before.tif", folder / "after.tif", tmp_path / site,
+                         build_config(sets=["processing.memory_budget_mb=0"]), site=site)
+    for name in ("change_mask.tif", "change_class.tif", "change_score.tif", "detections.geojson"):
+        assert (mapped.out_dir / name).read_bytes() == (sample_runs[site] / name).read_bytes(), name
+    shipped = json.loads((sample_runs[site] / "summary.json").read_text())
+    assert mapped.summary["detections"] == shipped["detections"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [site], "no scratch left beside the output"
+    assert not any(p.name.endswith(".scratch.bin") for p in mapped.out_dir.iterdir())
