@@ -166,6 +166,7 @@ def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch:
         r, c, h, w = box
         dr, dc = r - pbox[0], c - pbox[1]
         pq[r:r + h, c:c + w] = threshold.quantize(p[dr:dr + h, dc:dc + w], v[dr:dr + h, dc:dc + w])
+        scratch.release(pq)
         progress("learned", i + 1, len(boxes))
     return pq
 
@@ -269,6 +270,7 @@ def fuse_pass(score_path: Path, q: np.ndarray, lrn: _Learned, classical: thresho
                      refined)
             ds.write(np.where(valid, f, np.float32(np.nan)).astype(np.float32), 1, window=win)
             fq[r:r + h, c:c + w] = threshold.quantize(f, valid)
+            scratch.release(fq, q, lrn.pq)
     return fq
 
 
@@ -320,6 +322,7 @@ def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
             water[r:r + h, c:c + wd] = w
             ev_b[r:r + h, c:c + wd] = eb
             ev_a[r:r + h, c:c + wd] = ea
+            scratch.release(q, lq, water, ev_b, ev_a)  # memory maps: only the window stays resident
             progress("measure", i + 1, len(boxes))
     finally:
         writer.close()

@@ -73,11 +73,12 @@ def is_mapped(arr: np.ndarray) -> bool:
     return isinstance(arr, np.memmap) or isinstance(getattr(arr, "base", None), mmap.mmap)
 
 
-def release(arr: np.ndarray) -> None:
-    """Let the system drop a memory map's resident pages (written back to its file first); no-op otherwise."""
-    mm = getattr(arr, "_mmap", None)
-    if not isinstance(arr, np.memmap) or mm is None:
-        return
-    mm.flush()
-    if hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-        mm.madvise(mmap.MADV_DONTNEED)
+def release(*arrays: np.ndarray) -> None:
+    """Let the system drop memory maps' resident pages (written back to their files first); no-op for others."""
+    for arr in arrays:
+        mm = getattr(arr, "_mmap", None)
+        if not isinstance(arr, np.memmap) or mm is None:
+            continue
+        mm.flush()
+        if hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            mm.madvise(mmap.MADV_DONTNEED)
