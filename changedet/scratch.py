@@ -17,6 +17,7 @@ import mmap
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 
 class Scratch:
@@ -33,7 +34,7 @@ class Scratch:
         self.budget_bytes = budget_bytes
         self._count = itertools.count()
 
-    def full(self, shape: tuple[int, ...], fill: int | float, dtype: np.typing.DTypeLike) -> np.ndarray:
+    def full(self, shape: tuple[int, ...], fill: int | float, dtype: npt.DTypeLike) -> np.ndarray:
         """An array of ``shape`` filled with ``fill`` (same contents whichever way it is held)."""
         dt = np.dtype(dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
@@ -59,7 +60,7 @@ class Scratch:
         release(out)
         return out
 
-    def zeros(self, shape: tuple[int, ...], dtype: np.typing.DTypeLike) -> np.ndarray:
+    def zeros(self, shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
         """An array of ``shape`` filled with zeros."""
         return self.full(shape, 0, dtype)
 
