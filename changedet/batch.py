@@ -20,8 +20,9 @@ from typing import Any
 
 from .config import MAX_GSD_M, Config, _merge, build_config
 from .errors import ChangedetError, ConfigError, OutputError, OutputWriteError, shown
-from .io import as_write_error, files_match, sha256_file, write_error, write_fault
+from .io import as_write_error, files_match, sha256_file, sweep_dead_staging, write_error, write_fault
 from .pipeline import CONTRACT_FILES, OUTPUT_FILES, ProgressFn, detect_pair, summary_schema
+from .report import render_index
 from .yamlfile import read_yaml
 
 #: a site name names a folder: matched whole (``fullmatch``; ``$`` would let a final newline through)
@@ -149,11 +150,19 @@ def run_site(site: Site, out: Path, cfg: Config, progress: ProgressFn | None) ->
 
 def run_batch(manifest_path: str | Path, out_dir: str | Path, base_config_data: dict[str, Any] | None = None, *,
               sets: list[str] | tuple[str, ...] = (), preset: str | None = None, progress: ProgressFn | None = None,
-              site_callback: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+              site_callback: Callable[[str, str], None] | None = None, workers: int = 1,
+              scheduler: str | None = None, counts: Callable[[int, int, int, int], None] | None = None
+              ) -> dict[str, Any]:
     """Run every site of a manifest into ``out_dir/<name>/`` and write ``batch_summary.json``.
 
-    Sites run one after another in manifest order, so results are deterministic.
+    With ``workers`` 1 and no ``scheduler`` the sites run one after another in manifest order; with
+    ``workers`` > 1 on a local dask cluster of that many processes, with ``scheduler`` (an address) on
+    an existing dask cluster that sees the same files. Either way a site's outputs and the summary
+    (records in manifest order) are the serial run's. ``counts(done, failed, running, total)`` follows
+    a parallel batch; ``progress`` (per stage) only a serial one.
     """
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: give a number of worker processes from 1 up")
     if str(out_dir) == "":
         raise OutputError("--out is empty; give the batch's output folder")
     manifest_path, out_dir = Path(manifest_path), Path(out_dir)
@@ -166,13 +175,28 @@ def run_batch(manifest_path: str | Path, out_dir: str | Path, base_config_data: 
             cfg = cfg.model_copy(update={"model": cfg.model.model_copy(
                 update={"path": str(manifest_path.parent / cfg.model.path)})})
         configs[s.name] = cfg
-    _make_out(out_dir)
-    records = []
-    for s in sites:
-        rec = run_site(s, out_dir / s.name, configs[s.name], progress)
-        records.append(rec)
+
+    def said(name: str, rec: dict[str, Any]) -> None:
         if site_callback:
-            site_callback(s.name, rec["status"] if not rec["error"] else f"{rec['status']}: {rec['error']}")
+            site_callback(name, rec["status"] if not rec["error"] else f"{rec['status']}: {rec['error']}")
+
+    if workers == 1 and scheduler is None:
+        _make_out(out_dir)
+        sweep_dead_staging(out_dir)
+        records = []
+        for s in sites:
+            records.append(run_site(s, out_dir / s.name, configs[s.name], progress))
+            said(s.name, records[-1])
+    else:
+        from . import cluster
+
+        client = cluster.connect(scheduler, workers)  # a bad address fails before the output folder is made
+        try:
+            _make_out(out_dir)
+            sweep_dead_staging(out_dir)  # sites of a killed batch are run again; their dead staging goes now
+            records = cluster.run_sites(client, sites, out_dir, configs, said, counts)
+        finally:
+            cluster.close(client)
     result = {
         "manifest": str(manifest_path),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -181,17 +205,23 @@ def run_batch(manifest_path: str | Path, out_dir: str | Path, base_config_data: 
         "n_skipped": sum(r["status"] == "skipped" for r in records),
         "n_failed": sum(r["status"] in ("failed", "error") for r in records),
     }
-    tmp = out_dir / ".batch_summary.json.tmp"
+    _write_text(out_dir, "index.html", render_index(result, out_dir))
+    _write_text(out_dir, "batch_summary.json", json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _write_text(out_dir: Path, name: str, text: str) -> None:
+    """Write ``out_dir/name`` whole or not at all (a temporary file, then a rename)."""
+    tmp = out_dir / f".{name}.tmp"
     try:
-        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, out_dir / "batch_summary.json")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out_dir / name)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         err = as_write_error(exc, out_dir, out_dir)
         if err is None:
             raise
         raise err from exc
-    return result
 
 
 def _make_out(out_dir: Path) -> None:

@@ -244,6 +244,13 @@ class ProcessingConfig(_Section):
         "a whole-scene array larger than this is kept in a memory-mapped file in the run's staging folder"))
 
 
+class OutputConfig(_Section):
+    """Extra output files; the output contract's files are always written."""
+
+    vector_format: Literal["gpkg", "fgb"] | None = Field(None, description=(
+        "also write the detections as detections.gpkg (GeoPackage) or detections.fgb (FlatGeobuf); null: GeoJSON only"))
+
+
 class LimitsConfig(_Section):
     """How large a pair may be; checked from the files' headers before any long work."""
 
@@ -299,6 +306,7 @@ class Config(_Section):
     observe: ObserveConfig = ObserveConfig()
     objects: ObjectsConfig = ObjectsConfig()
     processing: ProcessingConfig = ProcessingConfig()
+    output: OutputConfig = OutputConfig()
     limits: LimitsConfig = LimitsConfig()
     model: ModelConfig = ModelConfig()
     series: SeriesConfig = SeriesConfig()
