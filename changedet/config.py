@@ -245,6 +245,8 @@ class ProcessingConfig(_Section):
     quicklook_max_px: int = Field(1000, ge=128, le=8192, description="long side of each quick-look panel")
     workers: int = Field(0, ge=0, le=1024, description=(
         "threads running windows and regions at once; 0 = every core (results do not depend on it)"))
+    memory_budget_mb: float = Field(64, ge=0, description=(
+        "a whole-scene array larger than this is kept in a memory-mapped file in the run's staging folder"))
 
 
 class OutputConfig(_Section):

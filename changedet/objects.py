@@ -25,7 +25,9 @@ import cv2
 import numpy as np
 from skimage.morphology import skeletonize
 
+from . import scratch
 from .arrays import band_roles
+from .labels import label_windowed
 from .config import ObjectsConfig
 
 CLASS_CODES = {"other": 1, "trench": 2, "hut": 3, "vessel": 4}
@@ -84,14 +86,25 @@ class Detection:
     group: Group | None = None  # the mask regions it is made of; None: the one region of bbox_px
 
 
-def components(mask: np.ndarray) -> tuple[np.ndarray, list[Component]]:
+def _label(mask: np.ndarray, window_px: int | None, scr: scratch.Scratch) -> tuple[int, np.ndarray, np.ndarray]:
+    """(n, int32 labels, stats) of the 8-connected regions of ``mask == 1``, whole or window by window."""
+    if window_px is not None:
+        labels, stats = label_windowed(mask, window_px, scr, value=1)
+        return len(stats), labels, stats
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((mask == 1).astype(np.uint8), connectivity=8,
+                                                           ltype=cv2.CV_32S)
+    return n, labels, stats
+
+
+def components(mask: np.ndarray, window_px: int | None = None,
+               scr: scratch.Scratch = scratch.IN_MEMORY) -> tuple[np.ndarray, list[Component]]:
     """Label 8-connected change regions, ordered by position (row, then column).
 
     Returns the (h, w) int32 label image and the components, label ``i + 1``
-    being ``components[i]``.
+    being ``components[i]``. With ``window_px``, the mask is labelled window by window
+    (:func:`changedet.labels.label_windowed`, same result) into an array from ``scr``.
     """
-    binary = (mask == 1).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8, ltype=cv2.CV_32S)
+    n, labels, stats = _label(mask, window_px, scr)
     comps = []
     for lab in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[lab])
@@ -122,13 +135,15 @@ def _find(parent: list[int], i: int) -> int:
     return i
 
 
-def split_touching(mask: np.ndarray, gsd_m: float, params: ObjectsConfig) -> np.ndarray:
+def split_touching(mask: np.ndarray, gsd_m: float, params: ObjectsConfig, window_px: int | None = None,
+                   scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
     """Cut regions made of touching objects apart where their shape narrows (uint8 mask, new array).
 
     Parameters
     ----------
     mask : (h, w) uint8, 1 change (other values are kept as they are).
     gsd_m : metres per pixel.
+    window_px, scr : label window by window into an array from ``scr`` (:func:`components`).
 
     Notes
     -----
@@ -148,12 +163,11 @@ def split_touching(mask: np.ndarray, gsd_m: float, params: ObjectsConfig) -> np.
     from skimage.segmentation import watershed
 
     ratio = params.split_max_neck_ratio
-    out = mask.copy()
+    out = scr.copy(mask)
     if ratio <= 0:
         return out
     min_r = max(1.5, 0.5 * params.hut_min_side_m / gsd_m)
-    binary = (mask == 1).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8, ltype=cv2.CV_32S)
+    n, labels, stats = _label(mask, window_px, scr)
     k8 = np.ones((3, 3), np.uint8)
     for lab in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[lab])

@@ -27,7 +27,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from . import (__version__, categories, cloudmask, differencing, geodesy, learned, objects, observability, parallel,
-               quicklook, radiometry, registration, report, resources, significance, threshold, vector)
+               quicklook, radiometry, registration, report, resources, scratch, significance, threshold, vector)
 from .learned import features as lfeatures
 from .learned import guided
 from .learned import score as lscore
@@ -192,7 +192,8 @@ def cascade_windows(q: np.ndarray, level: float, window_px: int) -> list[Box]:
 
 
 def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch: lfeatures.Stretch, cfg: Config,
-                 progress: ProgressFn, boxes: list[Box] | None = None) -> np.ndarray:
+                 progress: ProgressFn, boxes: list[Box] | None = None,
+                 scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
     """The learned probability of relevant change, quantised (uint8 levels, 255 nodata), whole.
 
     Windows of ``model.window_px`` are read with the encoder's halo (on the stride-16 grid), so
@@ -200,7 +201,7 @@ def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch:
     :func:`cascade_windows`), only those windows are run; the others hold 0 where valid.
     """
     shape = pair.shape
-    pq = np.full(shape, threshold.NODATA, dtype=np.uint8)
+    pq = scr.full(shape, threshold.NODATA, np.uint8)
     if boxes is None:
         boxes = list(iter_windows(shape, cfg.model.window_px))
     n = workers(cfg)
@@ -218,13 +219,14 @@ def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch:
     for i, (box, out) in enumerate(zip(boxes, parallel.ordered_map(one, boxes, n))):
         r, c, h, w = box
         pq[r:r + h, c:c + w] = out
+        scratch.release(pq)
         progress("learned", i + 1, len(boxes))
     return pq
 
 
 def run_learned(pair: PairSource, models: _Models, cfg: Config, sb: np.ndarray, q: np.ndarray, lq: np.ndarray,
                 obs: observability.Observability, classical: threshold.Threshold,
-                progress: ProgressFn) -> tuple[_Learned, np.ndarray]:
+                progress: ProgressFn, scr: scratch.Scratch = scratch.IN_MEMORY) -> tuple[_Learned, np.ndarray]:
     """The learned stage on the windows the classical score ``q`` finds candidates in (the cascade).
 
     Returns the stage and the line evidence ``lq`` with lines the model calls irrelevant (kerbs,
@@ -234,7 +236,7 @@ def run_learned(pair: PairSource, models: _Models, cfg: Config, sb: np.ndarray, 
     head = learned.load_model(cfg.model.path)
     stretch = lfeatures.Stretch.fit(sb, rgb_bands(pair))
     boxes = cascade_windows(q, cfg.model.cascade_score * classical.low, cfg.model.window_px)
-    pq = learned_pass(pair, models, head, stretch, cfg, progress, boxes)
+    pq = learned_pass(pair, models, head, stretch, cfg, progress, boxes, scr)
     seen = sum(h * w for _, _, h, w in boxes) / float(max(1, q.size))
     ran = set(boxes)
     for r, c, h, w in iter_windows(q.shape, cfg.model.window_px):
@@ -324,9 +326,9 @@ def backed_regions(mask: np.ndarray, pq: np.ndarray, min_probability: float,
 
 
 def fuse_pass(score_path: Path, q: np.ndarray, lrn: _Learned, classical: threshold.Threshold,
-              cfg: Config) -> np.ndarray:
+              cfg: Config, scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
     """Replace the classical score in ``score_path`` by the fused score; returns it quantised (whole, uint8)."""
-    fq = np.full(q.shape, threshold.NODATA, dtype=np.uint8)
+    fq = scr.full(q.shape, threshold.NODATA, np.uint8)
     local_max = None
     if cfg.model.gate_score > 0:
         size = 2 * lfeatures.HEAD_STRIDE + 1  # the reach of the stride-4 probability's blur
@@ -350,6 +352,7 @@ def fuse_pass(score_path: Path, q: np.ndarray, lrn: _Learned, classical: thresho
         for (r, c, h, w), (f, fqw) in zip(boxes, parallel.ordered_map(one, items, workers(cfg))):
             ds.write(f, 1, window=Window(c, r, w, h))
             fq[r:r + h, c:c + w] = fqw
+            scratch.release(fq, q, lrn.pq)
     return fq
 
 
@@ -365,7 +368,8 @@ class _Scores:
 
 
 def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
-               progress: ProgressFn, lrn: _Learned | None = None) -> _Scores:
+               progress: ProgressFn, lrn: _Learned | None = None,
+               scr: scratch.Scratch = scratch.IN_MEMORY) -> _Scores:
     """Score every window; write the float (classical) score.
 
     Returns the quantised change score, the quantised line evidence, water and the observability
@@ -374,11 +378,11 @@ def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
     """
     halo = max(differencing.halo_px(cfg.measure), observability.halo_px())
     shape = pair.shape
-    q = np.full(shape, threshold.NODATA, dtype=np.uint8)
-    lq = np.zeros(shape, dtype=np.uint8)
-    water = np.zeros(shape, dtype=np.uint8)
-    ev_b = np.zeros(shape, dtype=np.uint8)
-    ev_a = np.zeros(shape, dtype=np.uint8)
+    q = scr.full(shape, threshold.NODATA, np.uint8)
+    lq = scr.zeros(shape, np.uint8)
+    water = scr.zeros(shape, np.uint8)
+    ev_b = scr.zeros(shape, np.uint8)
+    ev_a = scr.zeros(shape, np.uint8)
     boxes = list(iter_windows(shape, cfg.processing.window_px))
 
     def one(box: Box) -> tuple[np.ndarray, ...]:
@@ -406,6 +410,7 @@ def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
             water[r:r + h, c:c + wd] = w
             ev_b[r:r + h, c:c + wd] = eb
             ev_a[r:r + h, c:c + wd] = ea
+            scratch.release(q, lq, water, ev_b, ev_a)  # memory maps: only the window stays resident
             progress("measure", i + 1, len(boxes))
     finally:
         writer.close()
@@ -523,7 +528,7 @@ def add_line_scores(score_path: Path, lines: np.ndarray, lq: np.ndarray, window_
 
 
 def refine_edges(pair: PairSource, models: _Models, cfg: Config, mask: np.ndarray,
-                 progress: ProgressFn) -> np.ndarray:
+                 progress: ProgressFn, scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
     """The mask with each region's outline trimmed to the object's half-coverage edge (uint8, new array).
 
     Reads a crop around each region (:func:`objects.coverage`, :func:`objects.trim_edges`), then drops
@@ -532,8 +537,8 @@ def refine_edges(pair: PairSource, models: _Models, cfg: Config, mask: np.ndarra
     min_cover = cfg.decide.edge_min_cover
     if min_cover <= 0:
         return mask
-    labels, comps = objects.components(mask)
-    out = mask.copy()
+    labels, comps = objects.components(mask, cfg.processing.window_px, scr)
+    out = scr.copy(mask)
     sigma = np.asarray(models.noise.band_sigma)
     margin = 4
 
@@ -620,15 +625,33 @@ def _crop_whole(arr: np.ndarray, box: Box, fill: int) -> np.ndarray:
     return out
 
 
-def class_image(labels: np.ndarray, mask: np.ndarray, dets: list[objects.Detection]) -> np.ndarray:
-    """The contract's class raster: 0 none, 1..4 by class, 255 nodata (changed pixels only, no bridges)."""
-    lut = np.zeros(int(labels.max()) + 1, dtype=np.uint8)
+def class_image(labels: np.ndarray, mask: np.ndarray, dets: list[objects.Detection], n_labels: int | None = None,
+                window_px: int = 1024, scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
+    """The contract's class raster: 0 none, 1..4 by class, 255 nodata (changed pixels only, no bridges).
+
+    Made window by window (into an array from ``scr``); ``n_labels`` is the largest label (default:
+    ``labels.max()``).
+    """
+    lut = np.zeros((int(labels.max()) if n_labels is None else n_labels) + 1, dtype=np.uint8)
     for d in dets:
         if d.group is not None:
             lut[list(d.group.labels)] = objects.CLASS_CODES[d.cls]
-    out = lut[labels]
-    out[mask == threshold.NODATA] = threshold.NODATA
+    out = scr.zeros(labels.shape, np.uint8)
+    for r, c, h, w in iter_windows(labels.shape, window_px):
+        part = lut[labels[r:r + h, c:c + w]]
+        part[mask[r:r + h, c:c + w] == threshold.NODATA] = threshold.NODATA
+        out[r:r + h, c:c + w] = part
+    scratch.release(out)
     return out
+
+
+def clear_labels(mask: np.ndarray, labels: np.ndarray, drop: list[int], window_px: int) -> None:
+    """Set ``mask`` to 0 (in place) where ``labels`` is one of ``drop``, window by window."""
+    drop_arr = np.asarray(sorted(drop), dtype=labels.dtype)
+    for r, c, h, w in iter_windows(labels.shape, window_px):
+        sel = np.isin(labels[r:r + h, c:c + w], drop_arr)
+        if sel.any():
+            mask[r:r + h, c:c + w][sel] = 0
 
 
 # --------------------------------------------------------------------------- outputs
@@ -864,6 +887,7 @@ def _detect(before: str | Path, after: str | Path, out_dir: str | Path, cfg: Con
 
 def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: Any, info_a: Any,
          warns: list[str], timer: _Timer, require_registration: bool, progress: ProgressFn) -> RunResult:
+    scr = scratch.Scratch(stage.path, int(cfg.processing.memory_budget_mb * 2**20))
     csm_bands = None  # checked first: a missing extra or unfit bands must not cost a registration
     if cfg.observe.enabled and cfg.observe.cloud_model == "csmask":
         csm_bands = csmask_bands(pair, info_b.path, info_a.path)
@@ -894,7 +918,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         models = _Models(used, fit, noise, water_model, observability_scale(pair, sb))
         step()
     with timer("measure"):
-        sc = score_pass(pair, models, cfg, stage.file("score.scratch.tif"), progress)
+        sc = score_pass(pair, models, cfg, stage.file("score.scratch.tif"), progress, scr=scr)
     with timer("observe"):
         given = csmask_pass(pair, used, cfg, csm_bands) if csm_bands is not None else None
         obs = observe(pair, cfg, sc, stage.file("score.scratch.tif"), None, given)
@@ -905,11 +929,11 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         with timer("learned"):
             progress("learned", 0, 1)  # loading the model and the first window take a while
             classical = threshold.choose(threshold.histogram(q), cfg.decide)
-            lrn, lq = run_learned(pair, models, cfg, sb, q, lq, obs, classical, progress)
+            lrn, lq = run_learned(pair, models, cfg, sb, q, lq, obs, classical, progress, scr)
     with timer("decide"):
         step = _steps(progress, "decide", 4 if lrn is None else 5)
         if lrn is not None:
-            q = fuse_pass(stage.file("score.scratch.tif"), q, lrn, classical, cfg)
+            q = fuse_pass(stage.file("score.scratch.tif"), q, lrn, classical, cfg, scr)
             step()
             mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m, lrn.head.threshold)
             thr = replace(thr, raw=classical.raw)
@@ -930,25 +954,25 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         add_line_scores(stage.file("score.scratch.tif"), lines, lq, cfg.processing.window_px)
         del lq, lines
         step()
-        mask = refine_edges(pair, models, cfg, mask, progress)
+        mask = refine_edges(pair, models, cfg, mask, progress, scr)
         if lrn is not None:
             mask = backed_regions(mask, lrn.pq, cfg.model.region_probability * lrn.head.threshold)
         step()
         mask[~obs.observable()] = threshold.NODATA  # clean-up and edges never reach into what cannot be seen
     with timer("objects"):
-        mask = objects.split_touching(mask, pair.gsd_m, cfg.objects)
-        labels, comps = objects.components(mask)
+        mask = objects.split_touching(mask, pair.gsd_m, cfg.objects, cfg.processing.window_px, scr)
+        labels, comps = objects.components(mask, cfg.processing.window_px, scr)
         groups = objects.group_fragments(labels, comps, water, pair.gsd_m, cfg.objects)
         dets, notes = describe_objects(pair, models, cfg, labels, groups, q, water, progress)
         warns.extend(notes)
         dets, dropped = objects.drop_small_broad(dets, cfg.objects)
         if dropped:
-            mask[np.isin(labels, [lab for d in dropped for lab in d.group.labels])] = 0
+            clear_labels(mask, labels, [lab for d in dropped for lab in d.group.labels], cfg.processing.window_px)
             warns.append(f"objects: {len(dropped)} small fragments of broad change (ploughing, harvest, "
                          f"clearing; under {cfg.objects.broad_min_area_m2:g} m²) left out")
         fine = objects.too_fine(pair.gsd_m, cfg.objects)
         warns.extend(f"too fine for the grid: {why}" for why in fine.values())
-        classes = class_image(labels, mask, dets)
+        classes = class_image(labels, mask, dets, len(comps), cfg.processing.window_px, scr)
     with timer("write"):
         step = _steps(progress, "write", 6)
         feats, records = detection_features(pair, dets, labels)

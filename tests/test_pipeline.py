@@ -277,3 +277,15 @@ def test_cascade_runs_the_model_only_near_candidates():
     assert len(cascade_windows(q, 0.0, 128)) == 16
     q[:, :] = NODATA  # nodata is never a candidate
     assert cascade_windows(q, 0.1, 128) == []
+@pytest.mark.parametrize("site", SITES)
+def test_memory_maps_give_byte_identical_outputs(sample_runs, site, tmp_path):
+    """processing.memory_budget_mb=0 holds every whole-scene array in a memory map: same files, same detections."""
+    folder = SAMPLE_TILES / site
+    mapped = detect_pair(folder / "before.tif", folder / "after.tif", tmp_path / site,
+                         build_config(sets=["processing.memory_budget_mb=0"]), site=site)
+    for name in ("change_mask.tif", "change_class.tif", "change_score.tif", "detections.geojson"):
+        assert (mapped.out_dir / name).read_bytes() == (sample_runs[site] / name).read_bytes(), name
+    shipped = json.loads((sample_runs[site] / "summary.json").read_text())
+    assert mapped.summary["detections"] == shipped["detections"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [site], "no scratch left beside the output"
+    assert not any(p.name.endswith(".scratch.bin") for p in mapped.out_dir.iterdir())

@@ -1,0 +1,130 @@
+"""Connected-component labelling window by window, equal to labelling the whole mask at once.
+
+Each window is labelled on its own (OpenCV, 8-connected); regions that touch across a window's
+edge are joined by a union-find over the pairs of labels facing each other on the seams; the
+joined regions are then numbered in the order OpenCV numbers them on the whole mask. The working
+set is one window plus the seams, so the label image itself can live in a memory map
+(:mod:`changedet.scratch`).
+
+Notes
+-----
+OpenCV's default 8-connected labelling (Spaghetti, a 2 x 2 block-based scan; Bolelli et al. 2020)
+numbers regions in the order of the first 2 x 2 block, in row-major block order, holding one of
+their pixels. Windows start on even rows and columns, so each window's blocks are blocks of the
+whole mask and that order can be rebuilt from the windows' own labels.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from . import scratch
+
+
+def _windows(shape: tuple[int, int], step: int) -> list[tuple[int, int, int, int]]:
+    h, w = shape
+    return [(r, c, min(step, h - r), min(step, w - c)) for r in range(0, h, step) for c in range(0, w, step)]
+
+
+def label_windowed(binary: np.ndarray, window_px: int, scr: scratch.Scratch = scratch.IN_MEMORY,
+                   value: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Label the 8-connected regions of ``binary`` window by window.
+
+    Parameters
+    ----------
+    binary : (h, w) array, nonzero (or equal to ``value`` when given) where a pixel belongs to a
+        region; may be a memory map.
+    window_px : side of a window (rounded down to even, at least 2).
+    scr : allocator of the (h, w) int32 label image.
+    value : the pixel value of regions (default: any nonzero value).
+
+    Returns
+    -------
+    labels : (h, w) int32, 0 background, 1..n as ``cv2.connectedComponentsWithStats`` numbers them.
+    stats : (n + 1, 5) int32, ``[left, top, width, height, area]`` per label, as OpenCV gives them.
+    """
+    h, w = binary.shape
+    step = max(2, int(window_px) - int(window_px) % 2)
+    labels = scr.zeros((h, w), np.int32)
+    bw = (w + 1) // 2
+    first: list[np.ndarray] = [np.zeros(1, np.int64)]  # first block of each provisional label
+    boxes: list[np.ndarray] = [np.zeros((1, 4), np.int64)]  # row_min, col_min, row_max, col_max
+    areas: list[np.ndarray] = [np.zeros(1, np.int64)]
+    offset = 0
+    for r, c, hh, ww in _windows((h, w), step):
+        part = np.asarray(binary[r:r + hh, c:c + ww])
+        win = (part != 0 if value is None else part == value).astype(np.uint8)
+        n, lab, st, _ = cv2.connectedComponentsWithStats(win, connectivity=8, ltype=cv2.CV_32S)
+        if n <= 1:
+            continue
+        rows, cols = np.nonzero(lab)
+        key = ((rows + r) // 2).astype(np.int64) * bw + (cols + c) // 2
+        blk = np.full(n, np.iinfo(np.int64).max, np.int64)
+        np.minimum.at(blk, lab[rows, cols], key)
+        first.append(blk[1:])
+        x, y, bwid, bhgt, area = (st[1:, k].astype(np.int64) for k in range(5))
+        boxes.append(np.column_stack([y + r, x + c, y + r + bhgt - 1, x + c + bwid - 1]))
+        areas.append(area)
+        labels[r:r + hh, c:c + ww] = np.where(lab > 0, lab + offset, 0)
+        offset += n - 1
+    scratch.release(labels)
+    if offset == 0:
+        return labels, np.zeros((1, 5), np.int32)
+    root = _join_seams(labels, step, offset)
+    fb, bx, ar = np.concatenate(first), np.concatenate(boxes), np.concatenate(areas)
+    n_final = int(root.max()) + 1
+    order_key = np.full(n_final, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(order_key, root[1:], fb[1:])
+    rank = np.empty(n_final, np.int64)
+    rank[np.argsort(order_key, kind="stable")] = np.arange(1, n_final + 1)
+    lut = np.zeros(offset + 1, np.int32)
+    lut[1:] = rank[root[1:]]
+    for r, c, hh, ww in _windows((h, w), step):
+        labels[r:r + hh, c:c + ww] = lut[labels[r:r + hh, c:c + ww]]
+    scratch.release(labels)
+    m = n_final  # labels 1..n_final - 1; the class holding 0 ranked last, past them
+    stats = np.zeros((m, 5), np.int64)
+    rmin = np.full(m, np.iinfo(np.int64).max, np.int64)
+    cmin = rmin.copy()
+    rmax = np.full(m, -1, np.int64)
+    cmax = rmax.copy()
+    dest = lut[1:]
+    np.minimum.at(rmin, dest, bx[1:, 0])
+    np.minimum.at(cmin, dest, bx[1:, 1])
+    np.maximum.at(rmax, dest, bx[1:, 2])
+    np.maximum.at(cmax, dest, bx[1:, 3])
+    np.add.at(stats[:, 4], dest, ar[1:])
+    stats[1:, 0], stats[1:, 1] = cmin[1:], rmin[1:]
+    stats[1:, 2], stats[1:, 3] = cmax[1:] - cmin[1:] + 1, rmax[1:] - rmin[1:] + 1
+    stats[0] = (0, 0, w, h, h * w - int(stats[1:, 4].sum()))  # row 0 (background) is not OpenCV's bbox
+    return labels, stats.astype(np.int32)
+
+
+def _join_seams(labels: np.ndarray, step: int, n: int) -> np.ndarray:
+    """Class of each provisional label (0..n) after joining labels that touch across window seams."""
+    h, w = labels.shape
+    a_parts, b_parts = [], []
+    for x in range(step, w, step):  # vertical seams: column x - 1 against column x
+        left, right = np.asarray(labels[:, x - 1]), np.asarray(labels[:, x])
+        for d in (-1, 0, 1):
+            la = left[max(0, -d):h - max(0, d)]
+            rb = right[max(0, d):h - max(0, -d)]
+            ok = (la > 0) & (rb > 0)
+            a_parts.append(la[ok])
+            b_parts.append(rb[ok])
+    for y in range(step, h, step):  # horizontal seams: row y - 1 against row y
+        top, bottom = np.asarray(labels[y - 1]), np.asarray(labels[y])
+        for d in (-1, 0, 1):
+            ta = top[max(0, -d):w - max(0, d)]
+            bb = bottom[max(0, d):w - max(0, -d)]
+            ok = (ta > 0) & (bb > 0)
+            a_parts.append(ta[ok])
+            b_parts.append(bb[ok])
+    a = np.concatenate(a_parts) if a_parts else np.zeros(0, np.int64)
+    b = np.concatenate(b_parts) if b_parts else np.zeros(0, np.int64)
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n + 1, n + 1))
+    _, cls = connected_components(graph, directed=False)
+    return cls.astype(np.int64)

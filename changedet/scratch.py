@@ -1,0 +1,85 @@
+"""Whole-scene arrays that go to disk when the scene is large.
+
+The per-window stages write their results into whole-scene uint8 (and int32) arrays. On a large
+scene those arrays alone outgrow the machine, so :class:`Scratch` hands out an ordinary array while
+an array's size is within ``processing.memory_budget_mb`` and a memory map (:class:`numpy.memmap`)
+in the run's staging folder past it. The staging folder is removed on success and on failure
+(:class:`~changedet.io.OutputStage`), so the maps never reach the output folder.
+
+A memory map's pages still count as resident while they are touched; :func:`release` drops them
+(the data stay in the file), so a pass that fills a map window by window keeps a bounded working set.
+"""
+
+from __future__ import annotations
+
+import itertools
+import mmap
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+
+class Scratch:
+    """An allocator of whole-scene arrays: in memory up to ``budget_bytes`` each, memory-mapped past it.
+
+    Parameters
+    ----------
+    folder : where the maps are made (the run's staging folder); ``None`` keeps every array in memory.
+    budget_bytes : largest array kept in memory; ``None`` keeps every array in memory.
+    """
+
+    def __init__(self, folder: str | Path | None, budget_bytes: int | None) -> None:
+        self.folder = Path(folder) if folder is not None else None
+        self.budget_bytes = budget_bytes
+        self._count = itertools.count()
+
+    def full(self, shape: tuple[int, ...], fill: int | float, dtype: npt.DTypeLike) -> np.ndarray:
+        """An array of ``shape`` filled with ``fill`` (same contents whichever way it is held)."""
+        dt = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        if self.folder is None or self.budget_bytes is None or nbytes <= self.budget_bytes:
+            return np.full(shape, fill, dtype=dt)
+        path = self.folder / f"array{next(self._count)}.scratch.bin"
+        arr = np.memmap(path, dtype=dt, mode="w+", shape=shape)  # a new file reads as zeros
+        if fill != 0:
+            rows = max(1, (64 * 2**20) // max(1, nbytes // max(1, shape[0])))
+            for r in range(0, shape[0], rows):
+                arr[r:r + rows] = fill
+            release(arr)
+        return arr
+
+    def copy(self, arr: np.ndarray) -> np.ndarray:
+        """A copy of ``arr``, held as :meth:`full` would hold it."""
+        if self.folder is None or self.budget_bytes is None or arr.nbytes <= self.budget_bytes:
+            return np.array(arr, copy=True)
+        out = self.zeros(arr.shape, arr.dtype)
+        rows = max(1, (64 * 2**20) // max(1, arr.nbytes // max(1, arr.shape[0])))
+        for r in range(0, arr.shape[0], rows):
+            out[r:r + rows] = arr[r:r + rows]
+        release(out)
+        return out
+
+    def zeros(self, shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
+        """An array of ``shape`` filled with zeros."""
+        return self.full(shape, 0, dtype)
+
+
+#: keeps every array in memory (stages called outside a run, tests)
+IN_MEMORY = Scratch(None, None)
+
+
+def is_mapped(arr: np.ndarray) -> bool:
+    """Whether ``arr`` (or the array it views) is a memory map."""
+    return isinstance(arr, np.memmap) or isinstance(getattr(arr, "base", None), mmap.mmap)
+
+
+def release(*arrays: np.ndarray) -> None:
+    """Let the system drop memory maps' resident pages (written back to their files first); no-op for others."""
+    for arr in arrays:
+        mm = getattr(arr, "_mmap", None)
+        if not isinstance(arr, np.memmap) or mm is None:
+            continue
+        mm.flush()
+        if hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            mm.madvise(mmap.MADV_DONTNEED)
