@@ -13,7 +13,7 @@ import datetime as _dt
 import logging
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +26,7 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from . import (__version__, cloudmask, differencing, learned, objects, observability, quicklook, radiometry,
+from . import (__version__, cloudmask, differencing, learned, objects, observability, quicklook, radiometry, stac,
                registration, resources, significance, threshold, vector)
 from .learned import features as lfeatures
 from .learned import guided
@@ -53,9 +53,9 @@ from .io import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1.1"  # 1.1: `files` (issue 13)
+SCHEMA_VERSION = "1.2"  # 1.1: `files` (issue 13); 1.2: inputs.*.datetime, URL/STAC inputs, item.json (issue 16)
 OUTPUT_FILES = ["change_mask.tif", "change_class.tif", "change_score.tif", "detections.geojson",
-                "summary.json", "quicklook.png"]
+                "summary.json", "quicklook.png", "item.json"]
 #: every file a run may write into its output folder (tie points only when asked and found)
 CONTRACT_FILES = (*OUTPUT_FILES, "tiepoints.geojson")
 
@@ -672,18 +672,20 @@ def _summary(site: str, before: Any, after: Any, pair: PairSource, models: _Mode
 
 def detect_pair(before: str | Path, after: str | Path, out_dir: str | Path, config: Config | None = None, *,
                 site: str | None = None, gsd_m: float | None = None, require_registration: bool = False,
-                progress: ProgressFn | None = None) -> RunResult:
+                progress: ProgressFn | None = None, assets: Sequence[str] = ()) -> RunResult:
     """Detect what is new in ``after`` relative to ``before`` and write the output contract.
 
     Parameters
     ----------
-    before, after : paths to any GDAL rasters of the same site; ``before`` is the reference grid.
+    before, after : any GDAL rasters of the same site (paths, URLs, ``/vsi…`` paths, kept as given), or
+        STAC Items (``.json`` files or URLs); ``before`` is the reference grid.
     out_dir : output folder; created, or its contract files replaced, only when the run completes.
     config : effective configuration (default: :class:`~changedet.config.Config()`).
     site : a name for the run record (default: the output folder's name).
     gsd_m : ground sample distance in metres, overriding the grid's.
     require_registration : raise :class:`RegistrationError` when registration confidence is low.
     progress : callback ``(stage, done, total)``.
+    assets : STAC Item assets to read (default: ``visual``, else the 10 m bands); see :mod:`changedet.stac`.
 
     Returns
     -------
@@ -697,11 +699,12 @@ def detect_pair(before: str | Path, after: str | Path, out_dir: str | Path, conf
     with rasterio.Env(GDAL_CACHEMAX=64 * 2**20), warnings.catch_warnings():
         # the missing georeferencing is recorded once, in the summary's warnings
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        return _detect(before, after, out_dir, cfg, site, gsd_m, require_registration, progress)
+        return _detect(before, after, out_dir, cfg, site, gsd_m, require_registration, progress, tuple(assets))
 
 
 def _detect(before: str | Path, after: str | Path, out_dir: str | Path, cfg: Config, site: str | None,
-            gsd_m: float | None, require_registration: bool, progress: ProgressFn) -> RunResult:
+            gsd_m: float | None, require_registration: bool, progress: ProgressFn,
+            assets: Sequence[str] = ()) -> RunResult:
     timer = _Timer()
     if str(out_dir) == "":
         raise OutputError("--out is empty; give the output folder")
@@ -712,8 +715,10 @@ def _detect(before: str | Path, after: str | Path, out_dir: str | Path, cfg: Con
         resources.check_grid(before, height, width, cfg.limits, cfg.model.enabled)
 
     sweep_dead_scratch()
-    with open_pair(before, after, gsd_m or cfg.gsd_m, check_size) as pair:
-        info_b, info_a = raster_info(pair.before, before), raster_info(pair.after, after)
+    before_in, after_in = stac.resolve_input(before, assets), stac.resolve_input(after, assets)
+    with open_pair(before_in, after_in, gsd_m or cfg.gsd_m, check_size) as pair:
+        info_b = raster_info(pair.before, before_in, pair.datetimes[0])
+        info_a = raster_info(pair.after, after_in, pair.datetimes[1])
         timer.timings["load"] = round(time.perf_counter() - t0, 3)
         stage = OutputStage(out_dir, CONTRACT_FILES)
         warns = list(pair.warnings)
@@ -808,7 +813,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         to_cog(stage.file("class.scratch.tif"), stage.file("change_class.tif"))
         to_cog(stage.file("score.scratch.tif"), stage.file("change_score.tif"), "average", "FLOATING_POINT")
         write_json(stage.file("detections.geojson"), vector.feature_collection(feats, pair.georeferenced))
-        names = [n for n in OUTPUT_FILES if n != "summary.json"]
+        names = [n for n in OUTPUT_FILES if n not in ("summary.json", "item.json")]
         if cfg.registration.write_tiepoints and reg.chips:
             write_json(stage.file("tiepoints.geojson"), tiepoint_features(pair, reg))
             names.append("tiepoints.geojson")
@@ -823,6 +828,10 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         cfg.decide.false_alarms_per_km2 * summary["observable_km2"], 3)}
     summary["model"] = lrn.to_json() if lrn else {"enabled": False}
     summary["too_fine"] = fine
+    # the STAC Item describes every other file; the record (with its hash) is written after it
+    (stage.file("item.json")).write_text(stac.dumps(stac.run_item(summary, [*names, "summary.json"])),
+                                         encoding="utf-8")
+    names.append("item.json")
     summary["files"] = file_record(stage.file("summary.json").parent, names)
     write_json(stage.file("summary.json"), summary)
     stage.commit([*names, "summary.json"])  # the record last: it never describes files of another run
