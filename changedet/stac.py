@@ -146,8 +146,11 @@ def split_assets(values: Iterable[str] | None) -> tuple[str, ...]:
     return tuple(a.strip() for v in values or () for a in v.split(",") if a.strip())
 
 
-def _stack_vrt(hrefs: Sequence[str], names: Sequence[str], where: str) -> str:
-    """A VRT document stacking band 1 of each file, in order, with the asset names as band descriptions."""
+def _stack_vrt(hrefs: Sequence[str], names: Sequence[str], labels: Sequence[str], where: str) -> str:
+    """A VRT document stacking band 1 of each file, in order, with ``labels`` as band descriptions.
+
+    Built as XML text, which GDAL opens as a dataset name; no file is written.
+    """
     import rasterio
 
     bands, grid = [], None
@@ -164,7 +167,7 @@ def _stack_vrt(hrefs: Sequence[str], names: Sequence[str], where: str) -> str:
         elif this[:3] != grid[:3] or this[3] != grid[3]:
             raise InputError(f"{where}: assets {names[0]!r} and {name!r} are on different grids; "
                              "pick assets of one resolution with --asset")
-        bands.append((gdal_name(href), name, dtype, nodata))
+        bands.append((gdal_name(href), labels[len(bands)], dtype, nodata))
     assert grid is not None
     width, height, tr, crs = grid
     gdal_types = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32", "int32": "Int32",
@@ -205,7 +208,9 @@ def resolve_input(path: str | Path, assets: Sequence[str] = ()) -> Input:
     hrefs = [item.assets[k].get_absolute_href() or item.assets[k].href for k in keys]
     when = item.datetime or item.common_metadata.start_datetime
     iso = when.isoformat().replace("+00:00", "Z") if when is not None else None
-    open_path = hrefs[0] if len(hrefs) == 1 else _stack_vrt(hrefs, keys, name)
+    # band descriptions by common name where the Item gives one: the pipeline finds red, green, blue by them
+    labels = [_common_name(item.assets[k]) or k for k in keys]
+    open_path = hrefs[0] if len(hrefs) == 1 else _stack_vrt(hrefs, keys, labels, name)
     return Input(name, open_path, iso, keys)
 
 
