@@ -20,9 +20,10 @@ from typing import Any
 
 from .config import MAX_GSD_M, Config, _merge, build_config
 from .errors import ChangedetError, ConfigError, OutputError, OutputWriteError, shown
-from .io import as_write_error, files_match, write_error, write_fault
+from .io import as_write_error, files_match, sweep_dead_staging, write_error, write_fault
 from .stac import batch_collection, dumps, input_sha256, is_remote, resolve_input, split_assets
 from .pipeline import CONTRACT_FILES, OUTPUT_FILES, ProgressFn, detect_pair, summary_schema
+from .report import render_index
 from .yamlfile import read_yaml
 
 #: a site name names a folder: matched whole (``fullmatch``; ``$`` would let a final newline through)
@@ -161,11 +162,19 @@ def run_site(site: Site, out: Path, cfg: Config, progress: ProgressFn | None) ->
 
 def run_batch(manifest_path: str | Path, out_dir: str | Path, base_config_data: dict[str, Any] | None = None, *,
               sets: list[str] | tuple[str, ...] = (), preset: str | None = None, progress: ProgressFn | None = None,
-              site_callback: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+              site_callback: Callable[[str, str], None] | None = None, workers: int = 1,
+              scheduler: str | None = None, counts: Callable[[int, int, int, int], None] | None = None
+              ) -> dict[str, Any]:
     """Run every site of a manifest into ``out_dir/<name>/`` and write ``batch_summary.json``.
 
-    Sites run one after another in manifest order, so results are deterministic.
+    With ``workers`` 1 and no ``scheduler`` the sites run one after another in manifest order; with
+    ``workers`` > 1 on a local dask cluster of that many processes, with ``scheduler`` (an address) on
+    an existing dask cluster that sees the same files. Either way a site's outputs and the summary
+    (records in manifest order) are the serial run's. ``counts(done, failed, running, total)`` follows
+    a parallel batch; ``progress`` (per stage) only a serial one.
     """
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: give a number of worker processes from 1 up")
     if str(out_dir) == "":
         raise OutputError("--out is empty; give the batch's output folder")
     manifest_path, out_dir = Path(manifest_path), Path(out_dir)
@@ -178,13 +187,28 @@ def run_batch(manifest_path: str | Path, out_dir: str | Path, base_config_data: 
             cfg = cfg.model_copy(update={"model": cfg.model.model_copy(
                 update={"path": str(manifest_path.parent / cfg.model.path)})})
         configs[s.name] = cfg
-    _make_out(out_dir)
-    records = []
-    for s in sites:
-        rec = run_site(s, out_dir / s.name, configs[s.name], progress)
-        records.append(rec)
+
+    def said(name: str, rec: dict[str, Any]) -> None:
         if site_callback:
-            site_callback(s.name, rec["status"] if not rec["error"] else f"{rec['status']}: {rec['error']}")
+            site_callback(name, rec["status"] if not rec["error"] else f"{rec['status']}: {rec['error']}")
+
+    if workers == 1 and scheduler is None:
+        _make_out(out_dir)
+        sweep_dead_staging(out_dir)
+        records = []
+        for s in sites:
+            records.append(run_site(s, out_dir / s.name, configs[s.name], progress))
+            said(s.name, records[-1])
+    else:
+        from . import cluster
+
+        client = cluster.connect(scheduler, workers)  # a bad address fails before the output folder is made
+        try:
+            _make_out(out_dir)
+            sweep_dead_staging(out_dir)  # sites of a killed batch are run again; their dead staging goes now
+            records = cluster.run_sites(client, sites, out_dir, configs, said, counts)
+        finally:
+            cluster.close(client)
     result = {
         "manifest": str(manifest_path),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -193,8 +217,9 @@ def run_batch(manifest_path: str | Path, out_dir: str | Path, base_config_data: 
         "n_skipped": sum(r["status"] == "skipped" for r in records),
         "n_failed": sum(r["status"] in ("failed", "error") for r in records),
     }
-    _write_atomic(out_dir, "collection.json", dumps(batch_collection(manifest_path.stem, site_items(out_dir, records))))
-    _write_atomic(out_dir, "batch_summary.json", json.dumps(result, indent=2) + "\n")
+    _write_text(out_dir, "collection.json", dumps(batch_collection(manifest_path.stem, site_items(out_dir, records))))
+    _write_text(out_dir, "index.html", render_index(result, out_dir))
+    _write_text(out_dir, "batch_summary.json", json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -213,7 +238,8 @@ def site_items(out_dir: Path, records: list[dict[str, Any]]) -> dict[str, dict[s
     return items
 
 
-def _write_atomic(out_dir: Path, name: str, text: str) -> None:
+def _write_text(out_dir: Path, name: str, text: str) -> None:
+    """Write ``out_dir/name`` whole or not at all (a temporary file, then a rename)."""
     tmp = out_dir / f".{name}.tmp"
     try:
         tmp.write_text(text, encoding="utf-8")

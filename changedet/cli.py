@@ -14,6 +14,7 @@ import threading
 import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -34,7 +35,7 @@ app = typer.Typer(
     name="changedet",
     help="Find what is new between two satellite images of the same site.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -42,8 +43,30 @@ app = typer.Typer(
 _state = {"debug": False, "quiet": False}
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (see configs/).")]
-PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help=f"Named preset: {', '.join(list_presets())}.")]
+# a str with completion rather than an enum: the config layer names a bad preset in its own bounded message
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help=f"Named preset: {', '.join(list_presets())}.",
+                                                  autocompletion=lambda incomplete: [
+                                                      p for p in list_presets() if p.startswith(incomplete)])]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override one key, e.g. --set decide.min_area_m2=10 (repeatable).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else (messages go to stderr).")]
+JunitOpt = Annotated[Optional[Path], typer.Option("--junit", metavar="FILE", help="Also write the checks as JUnit XML to FILE, one test case each (for CI).")]
+
+
+class Scenario(str, Enum):
+    """``synth --scenario``: a pair (trenches, camp, port) or, with --dates, a series (port, base)."""
+
+    trenches = "trenches"
+    camp = "camp"
+    port = "port"
+    base = "base"
+
+
+class Difficulty(str, Enum):
+    """``synth --difficulty``."""
+
+    easy = "easy"
+    medium = "medium"
+    hard = "hard"
 
 
 def _one_line(message: str, limit: int = 500) -> str:
@@ -121,16 +144,37 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
     if _state["quiet"] or not sys.stderr.isatty():
         yield lambda stage, done, total: None
         return
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True, console=None) as bar:
+                  transient=True, console=Console(stderr=True)) as bar:
         tasks: dict[str, Any] = {}
 
         def update(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done, total=total)
+
+        yield update
+
+
+@contextmanager
+def _site_counts(enabled: bool) -> Iterator[Callable[[int, int, int, int], None] | None]:
+    """A rich line of sites done / failed / running while a cluster works; None when silent."""
+    if not enabled or _state["quiet"] or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("sites"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[failed]} failed, {task.fields[running]} running"), TimeElapsedColumn(),
+                  transient=True, console=Console(stderr=True)) as bar:
+        task = bar.add_task("sites", total=None, failed=0, running="?")
+
+        def update(done: int, failed: int, running: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, failed=failed, running=running)
 
         yield update
 
@@ -163,6 +207,17 @@ def _main(
     logging.basicConfig(stream=sys.stderr, level=max(10, 30 - 10 * verbose), format="%(levelname)s %(name)s: %(message)s")
 
 
+class VectorFormat(str, Enum):
+    """Extra vector file beside detections.geojson (``output.vector_format``)."""
+
+    gpkg = "gpkg"
+    fgb = "fgb"
+
+
+VectorFormatOpt = Annotated[Optional[VectorFormat], typer.Option(
+    "--vector-format", help="Also write detections.gpkg (GeoPackage) or detections.fgb (FlatGeobuf); same as --set output.vector_format=...")]
+
+
 @app.command()
 def detect(
     before: Annotated[str, typer.Argument(help="Reference image: any GDAL raster, path or URL (https://, s3://, /vsicurl/...), or a STAC Item (.json file or URL); its grid is the output grid.")],
@@ -176,6 +231,8 @@ def detect(
     require_registration: Annotated[bool, typer.Option("--require-registration", help="Exit 1 when registration confidence is low.")] = False,
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model file from 'changedet train' (default: the shipped model; --set model.enabled=false for none).")] = None,
     asset: Annotated[Optional[list[str]], typer.Option("--asset", help="STAC Item asset(s) to read, repeatable or a comma list (default: visual, else B02,B03,B04,B08).")] = None,
+    vector_format: VectorFormatOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Detect changes between BEFORE and AFTER and write the output contract to --out.
 
@@ -194,6 +251,8 @@ def detect(
         sets = list(set_ or [])
         if model is not None:
             sets.append(f"model.path={json.dumps(str(model))}")
+        if vector_format is not None:
+            sets.append(f"output.vector_format={vector_format.value}")
         cfg = load_config(config, preset=preset, sets=sets)
         if cfg.model.enabled:
             from .learned import load_model
@@ -207,7 +266,11 @@ def detect(
         except RegistrationError as exc:
             _fail(str(exc), 1)
         s = result.summary
-        if not _state["quiet"]:
+        if as_json:
+            typer.echo(json.dumps(s, ensure_ascii=False))  # the record as summary.json holds it
+            for w in s["warnings"]:
+                typer.echo(f"warning: {w}", err=True)
+        elif not _state["quiet"]:
             reg = s["registration"]
             typer.echo(f"{s['site']}: {len(s['detections'])} detections "
                        f"({', '.join(f'{k} {v}' for k, v in s['counts'].items() if v) or 'none'}), "
@@ -261,11 +324,11 @@ def series(
 @app.command()
 def synth(
     out: Annotated[str, typer.Option("--out", "-o", metavar=OUT_METAVAR, help="Folder to write the scene into.")],
-    scenario: Annotated[Optional[str], typer.Option("--scenario", help="trenches, camp or port (default trenches); "
-                                                    "with --dates: port or base (default port).")] = None,
+    scenario: Annotated[Optional[Scenario], typer.Option("--scenario", help="trenches, camp or port (default trenches); "
+                                                         "with --dates: port or base (default port).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     size: Annotated[int, typer.Option("--size", help="Side of the square tile, pixels.")] = 512,
-    difficulty: Annotated[str, typer.Option("--difficulty", help="easy, medium or hard.")] = "medium",
+    difficulty: Annotated[Difficulty, typer.Option("--difficulty", help="How faint and cluttered the changes are.")] = Difficulty.medium,
     weather: Annotated[str, typer.Option("--weather", help="none, all, or a comma list of cloud, haze, season, jpeg "
                                          "(cloud, shadow and thick haze are 255 in the truth).")] = "none",
     rotation_deg: Annotated[float, typer.Option("--rotation-deg", help="Rotation of after about the tile centre, degrees.")] = 0.0,
@@ -284,17 +347,17 @@ def synth(
     """
     from . import synth as synth_mod
 
+    scenario_name = None if scenario is None else Scenario(scenario).value
+    difficulty_name = Difficulty(difficulty).value
     with _errors():
         out_dir = _out_path(out, "the folder to write the scene into")
         if dates is not None or start_date is not None or cadence_days is not None:
-            _synth_series(out_dir, scenario, seed, size, difficulty, weather, rotation_deg, dates, start_date,
+            _synth_series(out_dir, scenario_name, seed, size, difficulty_name, weather, rotation_deg, dates, start_date,
                           cadence_days)
             return
-        scenario = scenario or "trenches"
-        if scenario not in synth_mod.SCENARIOS:
-            _fail(f"--scenario {shown(scenario)}: choose one of {', '.join(synth_mod.SCENARIOS)}", 2)
-        if difficulty not in synth_mod.DIFFICULTIES:
-            _fail(f"--difficulty {shown(difficulty)}: choose one of {', '.join(synth_mod.DIFFICULTIES)}", 2)
+        name = scenario_name or "trenches"
+        if name not in synth_mod.SCENARIOS:
+            _fail(f"--scenario {shown(name)}: without --dates choose one of {', '.join(synth_mod.SCENARIOS)}", 2)
         try:
             synth_mod.parse_weather(weather)
         except ValueError as exc:
@@ -305,16 +368,17 @@ def synth(
             _fail(f"--size {size}: give a whole number of pixels from 128 to 16384", 2)
         if seed < 0:
             _fail(f"--seed {seed}: give a whole number from 0 up", 2)
-        try:
-            scene = synth_mod.make_scene(scenario, seed=seed, size=size, difficulty=difficulty,
-                                         rotation_deg=rotation_deg, weather=weather)
-        except ValueError as exc:
-            _fail(str(exc), 2)
-        files = synth_mod.write_scene(scene, out_dir)
+        with _progress() as progress:
+            try:
+                scene = synth_mod.make_scene(name, seed=seed, size=size, difficulty=difficulty_name,
+                                             rotation_deg=rotation_deg, weather=weather, progress=progress)
+            except ValueError as exc:
+                _fail(str(exc), 2)
+            files = synth_mod.write_scene(scene, out_dir, progress)
         if not _state["quiet"]:
-            typer.echo(f"{scenario} seed {seed}: {len(scene.objects)} objects, shift {list(scene.shift_px)} px -> {out_dir}")
-            for name in sorted(files):
-                typer.echo(f"  {files[name]}")
+            typer.echo(f"{name} seed {seed}: {len(scene.objects)} objects, shift {list(scene.shift_px)} px -> {out_dir}")
+            for fname in sorted(files):
+                typer.echo(f"  {files[fname]}")
 
 
 def _synth_series(out_dir: Path, scenario: str | None, seed: int, size: int, difficulty: str, weather: str,
@@ -367,17 +431,96 @@ def _synth_series(out_dir: Path, scenario: str | None, seed: int, size: int, dif
 def eval_(
     outdir: Annotated[Path, typer.Argument(help="Output folder of changedet detect.")],
     truth: Annotated[Path, typer.Option("--truth", "-t", help="Truth folder from synth, or a 0/255 label image.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: JsonOpt = False,
+    fail_under: Annotated[Optional[str], typer.Option(
+        "--fail-under", metavar="NAME=MIN,...",
+        help="Exit 1 when a metric is below its bound, e.g. f1=0.8,recall=0.9. Metrics: precision, recall, f1, iou "
+             "(pixels), object_precision, object_recall, type_accuracy (need a synth truth folder).")] = None,
+    junit: JunitOpt = None,
 ) -> None:
-    """Score an output folder against ground truth.
+    """Score an output folder against ground truth; with --fail-under, a pass/fail gate for CI.
 
-    Example: changedet eval runs/site1 --truth sample_tiles/trenches
+    Example: changedet eval runs/site1 --truth sample_tiles/trenches --fail-under f1=0.8 --junit eval.xml
     """
-    from .evaluate import evaluate, format_table
+    from .evaluate import check_bounds, evaluate, format_table, parse_bounds
+    from .junit import write_junit
 
     with _errors():
+        bounds = {}
+        if fail_under is not None:
+            try:
+                bounds = parse_bounds(fail_under)
+            except ValueError as exc:
+                _fail(f"--fail-under {shown(fail_under)}: {exc}", 2)
+        elif junit is not None:
+            _fail("--junit writes the --fail-under checks: give --fail-under too, e.g. --fail-under f1=0.8", 2)
         ev = evaluate(outdir, truth)
-        typer.echo(json.dumps(ev.to_json(), indent=2) if as_json else format_table(ev))
+        try:
+            checks = check_bounds(ev, bounds)
+        except ValueError as exc:
+            _fail(f"--fail-under {shown(fail_under)}: {exc}", 2)
+        if junit is not None:
+            write_junit(junit, f"changedet eval {outdir.name}", checks)
+        if as_json:
+            record = ev.to_json()
+            if fail_under is not None:
+                record["checks"] = [{"name": c.name, "passed": c.passed, "message": c.message} for c in checks]
+            typer.echo(json.dumps(record, indent=2))
+        else:
+            typer.echo(format_table(ev))
+        failed = [c.message for c in checks if not c.passed]
+        if failed:
+            typer.echo(f"changedet: eval failed: {'; '.join(failed)}", err=True)
+            raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="Output folder of changedet detect: the reference run.")],
+    run_b: Annotated[Path, typer.Argument(help="Output folder of the same site to compare with it.")],
+    max_pixels_changed: Annotated[float, typer.Option(
+        "--max-pixels-changed", metavar="FRACTION", min=0.0, max=1.0,
+        help="Share of pixels of change_mask.tif / change_class.tif that may change state.")] = 0.0,
+    max_detections_changed: Annotated[int, typer.Option(
+        "--max-detections-changed", metavar="N", min=0,
+        help="Detections that may be added, removed, retyped or moved (each).")] = 0,
+    max_moved_m: Annotated[float, typer.Option(
+        "--max-moved-m", metavar="M", min=0.0,
+        help="A matched detection whose centroid moved further than this, in metres, counts as moved.")] = 1.0,
+    min_iou: Annotated[float, typer.Option(
+        "--min-iou", metavar="IOU", min=0.0, max=1.0,
+        help="Footprint overlap (intersection over union) at which two detections are the same one.")] = 0.1,
+    as_json: JsonOpt = False,
+    junit: JunitOpt = None,
+) -> None:
+    """Compare two runs of the same site: pixels that changed state and detections added, removed, retyped or moved.
+
+    Exit 0 when the differences are within the tolerances, 1 when not, 2 when a folder is not a run.
+
+    Example: changedet compare runs/v1/site1 runs/v2/site1 --max-pixels-changed 0.001 --junit compare.xml
+    """
+    from .compare import Tolerance, compare_runs, format_table, load_run
+    from .junit import write_junit
+
+    with _errors():
+        for name, value in (("--max-pixels-changed", max_pixels_changed), ("--max-moved-m", max_moved_m),
+                            ("--min-iou", min_iou)):
+            if value != value:  # nan
+                _fail(f"{name} nan: give a number", 2)
+        tol = Tolerance(max_pixels_changed, max_detections_changed, max_moved_m, min_iou)
+        cmp = compare_runs(load_run(run_a), load_run(run_b), tol)
+        if junit is not None:
+            write_junit(junit, f"changedet compare {run_a.name}", cmp.checks)
+        if as_json:
+            typer.echo(json.dumps({"run_a": str(run_a), "run_b": str(run_b), **cmp.to_json()}, ensure_ascii=False))
+        elif not _state["quiet"]:
+            from rich.console import Console
+
+            Console(soft_wrap=False).print(format_table(cmp, str(run_a), str(run_b)))
+        failed = [c.message for c in cmp.checks if not c.passed]
+        if failed:
+            typer.echo(f"changedet: compare failed: {'; '.join(failed)}", err=True)
+            raise typer.Exit(1)
 
 
 @app.command()
@@ -387,10 +530,17 @@ def batch(
     config: ConfigOpt = None,
     preset: PresetOpt = None,
     set_: SetOpt = None,
+    vector_format: VectorFormatOpt = None,
+    as_json: JsonOpt = False,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Sites at once on a local dask cluster "
+                                         "of N processes (default 1: one after another, without dask).")] = 1,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Run the sites on an existing dask "
+                                                     "cluster, e.g. tcp://10.0.0.5:8786 (its workers must see "
+                                                     "the manifest's files and --out at the same paths).")] = None,
 ) -> None:
     """Run every site of a manifest; failures are recorded and the rest go on (exit 1 if any failed).
 
-    Example: changedet batch sites.yaml --out runs/
+    Example: changedet batch sites.yaml --out runs/ --workers 4
     """
     from .batch import run_batch
     from .config import _read_yaml
@@ -401,12 +551,21 @@ def batch(
 
         def said(name: str, status: str) -> None:
             if not _state["quiet"]:
-                typer.echo(f"{name}: {status}")
+                typer.echo(f"{name}: {status}", err=as_json)
 
-        with _progress() as progress:
-            result = run_batch(manifest, out_dir, base, sets=set_ or [], preset=preset, progress=progress,
-                               site_callback=said)
-        if not _state["quiet"]:
+        if scheduler is not None and workers != 1:
+            _fail(f"--workers {workers} with --scheduler: the cluster's workers run the sites; leave --workers out", 2)
+        if scheduler is not None and not scheduler.strip():
+            _fail("--scheduler '': is empty; give the scheduler's address, e.g. tcp://10.0.0.5:8786", 2)
+        parallel = workers > 1 or scheduler is not None
+        sets = [*(set_ or []), *([f"output.vector_format={vector_format.value}"] if vector_format else [])]
+        with _progress() as progress, _site_counts(parallel) as counts:
+            result = run_batch(manifest, out_dir, base, sets=sets, preset=preset,
+                               progress=None if parallel else progress, site_callback=said, workers=workers,
+                               scheduler=scheduler, counts=counts)
+        if as_json:
+            typer.echo(json.dumps(result, ensure_ascii=False))
+        elif not _state["quiet"]:
             typer.echo(f"{result['n_ok']} ok, {result['n_skipped']} skipped, {result['n_failed']} failed "
                        f"-> {out_dir / 'batch_summary.json'}")
         if result["n_failed"]:

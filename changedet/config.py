@@ -242,6 +242,13 @@ class ProcessingConfig(_Section):
     quicklook_max_px: int = Field(1000, ge=128, le=8192, description="long side of each quick-look panel")
 
 
+class OutputConfig(_Section):
+    """Extra output files; the output contract's files are always written."""
+
+    vector_format: Literal["gpkg", "fgb"] | None = Field(None, description=(
+        "also write the detections as detections.gpkg (GeoPackage) or detections.fgb (FlatGeobuf); null: GeoJSON only"))
+
+
 class LimitsConfig(_Section):
     """How large a pair may be; checked from the files' headers before any long work."""
 
@@ -297,6 +304,7 @@ class Config(_Section):
     observe: ObserveConfig = ObserveConfig()
     objects: ObjectsConfig = ObjectsConfig()
     processing: ProcessingConfig = ProcessingConfig()
+    output: OutputConfig = OutputConfig()
     limits: LimitsConfig = LimitsConfig()
     model: ModelConfig = ModelConfig()
     series: SeriesConfig = SeriesConfig()

@@ -19,6 +19,7 @@ is 1 when there is nothing to find; F1 and IoU are then 1 when both are empty.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import numpy as np
 import rasterio
 
 from .errors import InputError
+from .junit import Check
 
 CLASSES = ("trench", "hut", "vessel", "other")
 CODE_TO_CLASS = {1: "other", 2: "trench", 3: "hut", 4: "vessel"}
@@ -272,3 +274,76 @@ def format_table(ev: Evaluation) -> str:
     if ev.shift_error_px is not None:
         lines.append(f"registration error {ev.shift_error_px:.3f} px")
     return "\n".join(lines)
+
+
+#: metrics ``eval --fail-under`` can bound, and what each one is
+METRICS = {
+    "precision": "pixel precision",
+    "recall": "pixel recall",
+    "f1": "pixel F1",
+    "iou": "pixel IoU",
+    "object_precision": "share of predicted objects that overlap a truth object",
+    "object_recall": "share of truth objects detected (all classes)",
+    "type_accuracy": "share of detected truth objects typed correctly",
+}
+
+
+def metrics(ev: Evaluation) -> dict[str, float]:
+    """The scalar scores of ``ev`` by name (:data:`METRICS`); object scores only with a synth truth folder."""
+    p = ev.pixel
+    out = {"precision": p.precision, "recall": p.recall, "f1": p.f1, "iou": p.iou}
+    if ev.objects is not None:
+        n = sum(e["n_truth"] for e in ev.objects.per_class.values())
+        d = sum(e["detected"] for e in ev.objects.per_class.values())
+        t = sum(e["typed_correctly"] for e in ev.objects.per_class.values())
+        out["object_precision"] = ev.objects.precision
+        out["object_recall"] = d / n if n else 1.0
+        out["type_accuracy"] = t / d if d else 1.0
+    return out
+
+
+def parse_bounds(text: str) -> dict[str, float]:
+    """``"f1=0.8,recall=0.9"`` as ``{"f1": 0.8, "recall": 0.9}``.
+
+    Raises
+    ------
+    ValueError
+        An unknown metric (the message lists the valid names) or a bound that is not a number in 0..1.
+    """
+    bounds: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, sep, value = (s.strip() for s in part.partition("="))
+        if name not in METRICS:
+            raise ValueError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
+        try:
+            bound = float(value) if sep else math.nan
+        except ValueError:
+            bound = math.nan
+        if not 0.0 <= bound <= 1.0:  # nan fails this too
+            raise ValueError(f"{part!r}: give NAME=NUMBER with a number from 0 to 1, e.g. f1=0.8")
+        bounds[name] = bound
+    if not bounds:
+        raise ValueError("no bounds given; write e.g. f1=0.8,recall=0.9")
+    return bounds
+
+
+def check_bounds(ev: Evaluation, bounds: dict[str, float]) -> list[Check]:
+    """One :class:`~changedet.junit.Check` per bound: passed when the metric is at least the bound.
+
+    Raises
+    ------
+    ValueError
+        A bound names an object metric but the truth had no objects (a plain label image).
+    """
+    have = metrics(ev)
+    missing = [m for m in bounds if m not in have]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} need object truth; give a truth folder written by changedet synth")
+    checks = []
+    for name, bound in bounds.items():
+        value = have[name]
+        ok = value >= bound
+        checks.append(Check(name, ok, f"{name} {value:.4f} {'>=' if ok else '<'} {bound:g}"))
+    return checks

@@ -19,6 +19,7 @@ import signal
 import socket
 import tempfile
 import warnings
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
+from . import categories
 from .errors import ChangedetError, InputError, NoOverlapError, OutputError, OutputWriteError
 from .stac import Input, acquisition_datetime, input_sha256, is_remote
 
@@ -951,8 +953,117 @@ def write_band(path: Path, array: np.ndarray, nodata: float | None, crs: Any, tr
         writer.close()
 
 
+def describe_band(path: Path, description: str, tags: dict[str, str], units: str | None = None,
+                  colormap: dict[int, tuple[int, int, int, int]] | None = None) -> None:
+    """Set the band description, metadata items, unit and colour table of a single-band GeoTIFF in place.
+
+    GDAL keeps them in the file (the ``GDAL_METADATA`` TIFF tag); the COG copy carries them over.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "r+") as ds:
+            ds.set_band_description(1, description)
+            ds.update_tags(1, **tags)
+            if units is not None:
+                ds.set_band_unit(1, units)
+            if colormap is not None:
+                ds.write_colormap(1, colormap)
+
+
+#: GDAL's raster attribute table field types and usages (gdal.h GDALRATFieldType, GDALRATFieldUsage)
+_GFT_INTEGER, _GFT_STRING = 0, 2
+_GFU_GENERIC, _GFU_NAME, _GFU_MINMAX, _GFU_RED, _GFU_GREEN, _GFU_BLUE, _GFU_ALPHA = 0, 2, 5, 6, 7, 8, 9
+
+
+def _rat_xml(legend: categories.Legend) -> ET.Element:
+    """A thematic GDAL raster attribute table (the PAM/VRT XML form): value, name, colour, meaning."""
+    rat = ET.Element("GDALRasterAttributeTable", tableType="thematic")
+    fields = [("Value", _GFT_INTEGER, _GFU_MINMAX), ("Class", _GFT_STRING, _GFU_NAME),
+              ("Red", _GFT_INTEGER, _GFU_RED), ("Green", _GFT_INTEGER, _GFU_GREEN),
+              ("Blue", _GFT_INTEGER, _GFU_BLUE), ("Alpha", _GFT_INTEGER, _GFU_ALPHA),
+              ("Meaning", _GFT_STRING, _GFU_GENERIC)]
+    for i, (name, ftype, usage) in enumerate(fields):
+        fd = ET.SubElement(rat, "FieldDefn", index=str(i))
+        ET.SubElement(fd, "Name").text = name
+        ET.SubElement(fd, "Type").text = str(ftype)
+        ET.SubElement(fd, "Usage").text = str(usage)
+    for i, c in enumerate(legend.categories):
+        row = ET.SubElement(rat, "Row", index=str(i))
+        for value in (c.code, c.name, *c.rgb, 255, c.meaning):
+            ET.SubElement(row, "F").text = str(value)
+    return rat
+
+
+def categorical_pam(legend: categories.Legend) -> str:
+    """The ``.aux.xml`` text of a categorical raster: colour table, category names, attribute table.
+
+    GeoTIFF has no place for category names or an attribute table, and its palette always has
+    256 entries, which QGIS lists as 256 legend classes; GDAL's sidecar (PAM) holds a palette of
+    just the codes in use, and overrides the file's grey colour interpretation with ``Palette``.
+    """
+    root = ET.Element("PAMDataset")
+    band = ET.SubElement(root, "PAMRasterBand", band="1")
+    ET.SubElement(band, "ColorInterp").text = "Palette"
+    table = ET.SubElement(band, "ColorTable")
+    cmap = legend.colormap()
+    for code in range(max(c.code for c in legend.categories) + 1):
+        r, g, b, a = cmap.get(code, (0, 0, 0, 0))
+        ET.SubElement(table, "Entry", c1=str(r), c2=str(g), c3=str(b), c4=str(a))
+    names = ET.SubElement(band, "CategoryNames")
+    for name in legend.names():
+        ET.SubElement(names, "Category").text = name
+    band.append(_rat_xml(legend))
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_categorical_cog(dst: Path, array: np.ndarray, legend: categories.Legend, crs: Any,
+                          transform: Affine) -> Path:
+    """Write a (h, w) uint8 class array as a COG with a band description, metadata and overviews
+    that keep thin changes, and its colour table, category names and raster attribute table in
+    ``dst.aux.xml`` beside it (:func:`categorical_pam`; read by GDAL, QGIS and ArcGIS).
+
+    The overviews are made by :func:`categories.change_first_mode` and handed to GDAL through a
+    VRT's ``Overview`` elements (the COG driver uses a source's overviews when it has some).
+    Scratch files are removed. Returns the path of the ``.aux.xml``.
+    """
+    stem = dst.with_suffix("")
+    scratch = Path(f"{stem}.scratch.tif")
+    vrt = Path(f"{stem}.scratch.vrt")
+    made = [scratch, vrt]
+    try:
+        write_band(scratch, array, legend.nodata, crs, transform)
+        describe_band(scratch, legend.description,
+                      {**legend.band_tags(), "OVERVIEW_RESAMPLING": categories.CATEGORICAL_OVERVIEWS})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            rasterio.shutil.copy(str(scratch), str(vrt), driver="VRT")
+        tree = ET.parse(vrt)
+        band = tree.getroot().find("VRTRasterBand")
+        assert band is not None
+        for f in categories.overview_factors(*array.shape):
+            ovr = Path(f"{stem}.ovr{f}.scratch.tif")
+            made.append(ovr)
+            write_band(ovr, categories.change_first_mode(array, f, legend.nodata), legend.nodata, None,
+                       Affine.identity())
+            el = ET.SubElement(band, "Overview")
+            ET.SubElement(el, "SourceFilename", relativeToVRT="1").text = ovr.name
+            ET.SubElement(el, "SourceBand").text = "1"
+        tree.write(vrt, encoding="utf-8")
+        to_cog(vrt, dst, "mode")
+    finally:
+        for path in made:
+            path.unlink(missing_ok=True)
+    pam = Path(f"{dst}.aux.xml")
+    pam.write_text(categorical_pam(legend), encoding="utf-8")
+    return pam
+
+
 def to_cog(src: Path, dst: Path, resampling: str = "nearest", predictor: str = "STANDARD") -> None:
-    """Copy a scratch GeoTIFF to a Cloud-Optimized GeoTIFF (GDAL's COG driver)."""
+    """Copy a scratch GeoTIFF to a Cloud-Optimized GeoTIFF (GDAL's COG driver).
+
+    A source with overviews (a VRT's ``Overview`` elements) gives its own; ``resampling`` makes them otherwise.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         rasterio.shutil.copy(str(src), str(dst), driver="COG", COMPRESS="DEFLATE", PREDICTOR=predictor,
@@ -981,6 +1092,8 @@ def files_match(folder: Path, record: Any) -> bool:
     return True
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON with stable key order."""
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n", encoding="utf-8")
+def write_json(path: Path, obj: Any, compact: bool = False) -> None:
+    """Write JSON with stable key order; ``compact``: no indentation nor spaces (large GeoJSON)."""
+    text = json.dumps(obj, separators=(",", ":"), allow_nan=False) if compact else \
+        json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)
+    path.write_text(text + "\n", encoding="utf-8")

@@ -26,8 +26,8 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from . import (__version__, cloudmask, differencing, learned, objects, observability, quicklook, radiometry, stac,
-               registration, resources, significance, threshold, vector)
+from . import (__version__, categories, cloudmask, differencing, geodesy, learned, objects, observability, quicklook,
+               radiometry, registration, report, resources, stac, significance, threshold, vector)
 from .learned import features as lfeatures
 from .learned import guided
 from .learned import score as lscore
@@ -46,18 +46,22 @@ from .io import (
     file_record,
     raster_info,
     sweep_dead_scratch,
+    describe_band,
     to_cog,
-    write_band,
+    write_categorical_cog,
     write_json,
 )
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1.2"  # 1.1: `files` (issue 13); 1.2: inputs.*.datetime, URL/STAC inputs, item.json (issue 16)
-OUTPUT_FILES = ["change_mask.tif", "change_class.tif", "change_score.tif", "detections.geojson",
-                "summary.json", "quicklook.png", "item.json"]
-#: every file a run may write into its output folder (tie points only when asked and found)
-CONTRACT_FILES = (*OUTPUT_FILES, "tiepoints.geojson")
+SCHEMA_VERSION = "1.3"  # 1.1: `files` (issue 13); 1.2: scalar centroid_x/y, bbox_col0.., categorical sidecars, report.html (issue 16)
+# 1.3: inputs.*.datetime (and assets), URL/STAC inputs, item.json (issue 16, STAC)
+#: ``*.tif.aux.xml``: category names and attribute tables of the categorical rasters (GeoTIFF has no place for them)
+OUTPUT_FILES = ["change_mask.tif", "change_mask.tif.aux.xml", "change_class.tif", "change_class.tif.aux.xml",
+                "change_score.tif", "detections.geojson", "summary.json", "quicklook.png", "report.html", "item.json"]
+#: every file a run may write into its output folder (tie points only when asked and found, the
+#: extra vector file only with output.vector_format)
+CONTRACT_FILES = (*OUTPUT_FILES, "tiepoints.geojson", "detections.gpkg", "detections.fgb")
 
 #: progress(stage, done, total)
 ProgressFn = Callable[[str, int, int], None]
@@ -65,6 +69,14 @@ ProgressFn = Callable[[str, int, int], None]
 
 def _no_progress(stage: str, done: int, total: int) -> None:
     return None
+
+
+def _steps(progress: ProgressFn, stage: str, total: int) -> Callable[[], None]:
+    """A callback reporting one more of ``total`` steps of ``stage`` at each call: progress for a
+    stage made of a few whole-image steps rather than a loop over windows."""
+    progress(stage, 0, total)  # the bar shows (and its clock runs) from the stage's start
+    done = iter(range(1, total + 1))
+    return lambda: progress(stage, next(done, total), total)
 
 
 @dataclass(frozen=True)
@@ -475,6 +487,8 @@ def describe_objects(pair: PairSource, models: _Models, cfg: Config, labels: np.
     margin = params.ring_px + 2
     sigma = np.asarray(models.noise.band_sigma)
     dets = []
+    geographic = pair.georeferenced and geodesy.is_geographic(pair.crs) and \
+        pair.transform.b == 0 and pair.transform.d == 0
     for i, grp in enumerate(groups):
         c0, r0, c1, r1 = grp.bbox_px
         box = (r0 - margin, c0 - margin, r1 - r0 + 1 + 2 * margin, c1 - c0 + 1 + 2 * margin)
@@ -486,7 +500,10 @@ def describe_objects(pair: PairSource, models: _Models, cfg: Config, labels: np.
         sc = _crop_whole(q, box, threshold.NODATA).astype(np.float32) / threshold.LEVELS
         shadow = objects.cast_shadow(changed & v, b, a, params)
         core = objects.fill_holes(objects.object_core(obj, shadow))
-        shape = objects.measure_shape(core, (box[0], box[1]), pair.gsd_m, params)
+        if geographic:  # pixels of degrees: measured at the object's latitude, geodesically
+            shape = geodesy.measure_shape_geographic(core, (box[0], box[1]), pair.transform, pair.crs, params)
+        else:
+            shape = objects.measure_shape(core, (box[0], box[1]), pair.gsd_m, params)
         ctx = objects.measure_context(changed, b, a, v, wat, np.minimum(sc, 1.0), sigma, params)
         ctx = replace(ctx, shadow_frac=float(shadow.sum() / max(changed.sum(), 1)))
         cls, conf = objects.classify(shape, ctx, params)
@@ -537,22 +554,25 @@ def detection_features(pair: PairSource, dets: list[objects.Detection],
         c0, r0, c1, r1 = d.bbox_px
         obj = _object_crop(labels, d)
         tr = pair.transform @ Affine.translation(c0, r0)
-        geom = vector.region_polygon(obj, tr)
+        geom = vector.geometry_json(vector.simplified_outline(obj, tr), pair.crs if pair.georeferenced else None)
         cx, cy = d.shape.centroid_px
         if pair.georeferenced:
-            geom = vector.to_wgs84(geom, pair.crs)
-            centroid = vector.point_to_wgs84(*(pair.transform @ (cx + 0.5, cy + 0.5)), pair.crs)
+            centroid = vector.point_to_wgs84(*(pair.transform @ (cx + 0.5, cy + 0.5)), pair.crs,
+                                             vector.DECIMALS_WGS84)
         else:
-            geom = vector.pixel_polygon(geom)
-            centroid = [round(cx + 0.5, 3), round(cy + 0.5, 3)]
+            centroid = [round(cx + 0.5, vector.DECIMALS_PX), round(cy + 0.5, vector.DECIMALS_PX)]
+        # scalar properties only, names of at most 10 characters: Shapefile and GeoPackage keep them all
         props = {
             "id": d.id, "class": d.cls, "event": d.event, "confidence": round(d.confidence, 4),
             "area_m2": round(d.shape.area_m2, 3), "length_m": round(d.shape.length_m, 3),
             "width_m": round(d.shape.width_m, 3), "orientation_deg": round(d.shape.orientation_deg, 2),
-            "centroid": centroid, "bbox_px": list(d.bbox_px),
+            "centroid_x": centroid[0], "centroid_y": centroid[1],
+            "bbox_col0": c0, "bbox_row0": r0, "bbox_col1": c1, "bbox_row1": r1,
         }
         feats.append({"type": "Feature", "id": d.id, "geometry": geom, "properties": props})
-        extra = {"elongation": round(d.shape.elongation, 3), "rectangularity": round(d.shape.rectangularity, 3),
+        # the summary keeps the list-valued keys of schema 1.1 beside the scalar ones
+        extra = {"centroid": centroid, "bbox_px": list(d.bbox_px),
+                 "elongation": round(d.shape.elongation, 3), "rectangularity": round(d.shape.rectangularity, 3),
                  "water_frac": round(d.context.water_frac, 3), "ring_change": round(d.context.ring_change, 3),
                  "ring_level": round(d.context.ring_level, 3),
                  "mean_score": round(d.context.mean_score, 4),
@@ -592,9 +612,30 @@ def tiepoint_features(pair: PairSource, reg: registration.Registration) -> dict[
     return vector.feature_collection(feats, pair.georeferenced)
 
 
-def render_quicklook(pair: PairSource, models: _Models, cfg: Config, dets: list[objects.Detection],
-                     labels: np.ndarray, site: str, observable: np.ndarray | None = None) -> np.ndarray:
-    """Decimated before/after panels with the detections drawn."""
+@dataclass(frozen=True)
+class Panels:
+    """What the quick-look and the report draw: decimated panels and detections in panel pixels."""
+
+    before: np.ndarray  # (h, w, 3) uint8 BGR
+    after: np.ndarray  # (h, w, 3) uint8 BGR, registered and normalised
+    outlines: list[quicklook.Outline]
+    hidden: np.ndarray | None  # (h, w) bool, not observable
+    metres_per_px: float  # ground size of a panel pixel
+    north_deg: float | None  # true north, clockwise from the panel's up
+    counts: dict[str, int]
+
+
+def input_label(record: dict[str, Any]) -> str:
+    """How a panel names its date: the input's ``datetime`` (its date part) when known, else its file name."""
+    when = record.get("datetime")
+    if when:
+        return str(when)[:10] if len(str(when)) >= 10 and str(when)[4] == "-" else str(when)
+    return Path(str(record.get("path", ""))).name
+
+
+def quicklook_panels(pair: PairSource, models: _Models, cfg: Config, dets: list[objects.Detection],
+                     labels: np.ndarray, observable: np.ndarray | None = None) -> Panels:
+    """Decimated before/after panels and the detections' outlines on them."""
     max_px = cfg.processing.quicklook_max_px
     b, bv, f = pair.read_decimated("before", max_px)
     a, av, _ = pair.read_decimated("after", max_px)
@@ -626,7 +667,16 @@ def render_quicklook(pair: PairSource, models: _Models, cfg: Config, dets: list[
             pts = np.array([[c0, r0], [c1 + 1, r0], [c1 + 1, r1 + 1], [c0, r1 + 1]], dtype=float) * scale
         outlines.append(quicklook.Outline(d.id, d.cls, d.event, np.round(pts).astype(np.int32)))
     counts = {k: sum(d.cls == k for d in dets) for k in objects.CLASS_CODES}
-    return quicklook.render(pb, pa, outlines, counts, site, hidden)
+    north = None
+    if pair.georeferenced and pair.crs is not None:
+        north = quicklook.north_angle_deg(pair.crs.to_wkt(), list(pair.transform)[:6], pair.width, pair.height)
+    return Panels(pb, pa, outlines, hidden, pair.gsd_m / scale, north, counts)
+
+
+def render_quicklook(panels: Panels, site: str, dates: tuple[str, str] = ("", "")) -> np.ndarray:
+    """The quick-look picture of :func:`quicklook_panels`, (H, W, 3) uint8 BGR."""
+    return quicklook.render(panels.before, panels.after, panels.outlines, panels.counts, site, panels.hidden,
+                            dates=dates, metres_per_px=panels.metres_per_px, north_deg=panels.north_deg)
 
 
 def _summary(site: str, before: Any, after: Any, pair: PairSource, models: _Models, cfg: Config,
@@ -743,18 +793,24 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
             warns.append(msg)
         used = reg if applied else replace(reg, matrix=registration.translation(0, 0), field=None)
     with timer("normalize"):
+        step = _steps(progress, "normalize", 4)
         chips = read_chips(pair, used, cfg)
+        step()
         sb, sa = sample_pair(chips)
         fit = radiometry.fit_normalization(sb, sa, cfg.normalize)
         noise = differencing.fit_noise(sb, radiometry.apply(sa[:, None, :], fit, sb[:, None, :])[:, 0, :])
+        step()
         line_sigma, line_t90 = line_noise(chips, fit, noise.lum_sigma, cfg)
         noise = replace(noise, line_sigma=line_sigma, line_t90=line_t90)
         del chips
+        step()
         water_model = objects.fit_water(sb, cfg.objects)
         models = _Models(used, fit, noise, water_model, observability_scale(pair, sb))
+        step()
     lrn = None
     if cfg.model.enabled:
         with timer("learned"):
+            progress("learned", 0, 1)  # loading the model and the first window take a while
             head = learned.load_model(cfg.model.path)
             stretch = lfeatures.Stretch.fit(sb, rgb_bands(pair))
             pq = learned_pass(pair, models, head, stretch, cfg, progress)
@@ -767,28 +823,34 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         q, lq, water = sc.q, sc.lq, sc.water
         del sc
     with timer("decide"):
+        step = _steps(progress, "decide", 4 if lrn is None else 5)
         if lrn is not None:
             classical = threshold.choose(threshold.histogram(q), cfg.decide)
             q = fuse_pass(stage.file("score.scratch.tif"), q, lrn, classical, cfg)
+            step()
             mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m, lrn.head.threshold)
             thr = replace(thr, raw=classical.raw)
         else:
             mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m)
+        step()
         mask, budget = significance.keep_significant(
             mask, q, obs.observable(), pair.gsd_m, cfg.decide.false_alarms_per_km2, thr.low,
-            lambda sim_q: threshold.cut(sim_q, thr, cfg.decide, pair.gsd_m))
+            lambda sim_q: threshold.cut(sim_q, thr, cfg.decide, pair.gsd_m), progress)
         if budget.rejected:
             warns.append(f"false-alarm budget: {budget.rejected} of {budget.tested} changed regions "
                          f"({budget.rejected_m2:.0f} m²) not significant at "
                          f"{cfg.decide.false_alarms_per_km2:g} false alarms per km²")
+        step()
         lines = threshold.line_mask(lq, mask, cfg.decide, pair.gsd_m, differencing.LINE_FLANK_PX,
                                     cfg.measure.line_length_px)
         mask[(mask == 0) & (lines == 1)] = 1
         add_line_scores(stage.file("score.scratch.tif"), lines, lq, cfg.processing.window_px)
         del lq, lines
+        step()
         mask = refine_edges(pair, models, cfg, mask, progress)
         if lrn is not None:
             mask = backed_regions(mask, lrn.pq, cfg.model.region_probability * lrn.head.threshold)
+        step()
         mask[~obs.observable()] = threshold.NODATA  # clean-up and edges never reach into what cannot be seen
     with timer("objects"):
         mask = objects.split_touching(mask, pair.gsd_m, cfg.objects)
@@ -805,29 +867,45 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         warns.extend(f"too fine for the grid: {why}" for why in fine.values())
         classes = class_image(labels, mask, dets)
     with timer("write"):
+        step = _steps(progress, "write", 6)
         feats, records = detection_features(pair, dets, labels)
         crs, tr = pair.crs, pair.transform
-        write_band(stage.file("mask.scratch.tif"), mask, 255, crs, tr)
-        to_cog(stage.file("mask.scratch.tif"), stage.file("change_mask.tif"))
-        write_band(stage.file("class.scratch.tif"), classes, 255, crs, tr)
-        to_cog(stage.file("class.scratch.tif"), stage.file("change_class.tif"))
+        step()
+        write_categorical_cog(stage.file("change_mask.tif"), mask, categories.MASK_LEGEND, crs, tr)
+        step()
+        write_categorical_cog(stage.file("change_class.tif"), classes, categories.CLASS_LEGEND, crs, tr)
+        step()
+        describe_band(stage.file("score.scratch.tif"), categories.SCORE_DESCRIPTION, categories.SCORE_TAGS)
         to_cog(stage.file("score.scratch.tif"), stage.file("change_score.tif"), "average", "FLOATING_POINT")
-        write_json(stage.file("detections.geojson"), vector.feature_collection(feats, pair.georeferenced))
+        step()
+        write_json(stage.file("detections.geojson"), vector.feature_collection(feats, pair.georeferenced), compact=True)
         names = [n for n in OUTPUT_FILES if n not in ("summary.json", "item.json")]
+        if cfg.output.vector_format:
+            extra_name = "detections" + vector.VECTOR_FORMATS[cfg.output.vector_format][1]
+            vector.write_features(stage.file(extra_name), feats, cfg.output.vector_format, pair.georeferenced)
+            names.append(extra_name)
         if cfg.registration.write_tiepoints and reg.chips:
             write_json(stage.file("tiepoints.geojson"), tiepoint_features(pair, reg))
             names.append("tiepoints.geojson")
-        picture = render_quicklook(pair, models, cfg, dets, labels, site,
-                                   (obs.reason == observability.OBSERVABLE) | (obs.reason == observability.NODATA))
+        panels = quicklook_panels(pair, models, cfg, dets, labels,
+                                  (obs.reason == observability.OBSERVABLE) | (obs.reason == observability.NODATA))
+        dates = (input_label(info_b.to_json()), input_label(info_a.to_json()))
         # encoded here and written by Python: a failed write is then an OSError with its cause,
         # not libpng's "Write Error" on stderr
-        stage.file("quicklook.png").write_bytes(quicklook.encode_png(picture))
+        step()
+        stage.file("quicklook.png").write_bytes(quicklook.encode_png(render_quicklook(panels, site, dates)))
+        step()
     summary = _summary(site, info_b, info_a, pair, replace(models, reg=reg), cfg, thr, mask,
                        records, warns, timer.timings, applied, obs)
     summary["false_alarm_budget"] = {**budget.to_json(), "expected_false_detections": round(
         cfg.decide.false_alarms_per_km2 * summary["observable_km2"], 3)}
     summary["model"] = lrn.to_json() if lrn else {"enabled": False}
     summary["too_fine"] = fine
+    with timer("report"):
+        stage.file("report.html").write_text(
+            report.render_html(summary, panels.before, panels.after, panels.outlines, panels.metres_per_px,
+                               panels.north_deg), encoding="utf-8")
+    summary["timings_s"] = timer.timings
     # the STAC Item describes every other file; the record (with its hash) is written after it
     (stage.file("item.json")).write_text(stac.dumps(stac.run_item(summary, [*names, "summary.json"])),
                                          encoding="utf-8")

@@ -246,14 +246,18 @@ def rate_per_km2(masses: np.ndarray, sim_masses: np.ndarray, sim_km2: float) -> 
 
 
 def judge_regions(mask: np.ndarray, q: np.ndarray, observable: np.ndarray, gsd_m: float, low: float,
-                 decide: Callable[[np.ndarray], np.ndarray], per_km2: float) -> RegionTest:
+                 decide: Callable[[np.ndarray], np.ndarray], per_km2: float,
+                 progress: Callable[[str, int, int], None] | None = None) -> RegionTest:
     """The a-contrario test of every changed region of ``mask`` (0/1/255) on the decision score ``q``.
 
     ``q`` is quantised (255 nodata); ``observable`` is where change can be seen; ``low`` is the
     decision's low (hysteresis) threshold as a 0..1 score and ``decide`` the decision itself
     (quantised score -> 0/1 mask), applied to the simulated null. The null is measured on every
     observable pixel, then (:data:`ROUNDS`) again without the regions significant at ``per_km2``.
+    ``progress(stage, done, total)``, when given, hears of each round (stage ``significance``).
     """
+    report = progress or (lambda stage, done, total: None)
+    report("significance", 0, ROUNDS)
     changed = (mask == 1).astype(np.uint8)
     n, labels = cv2.connectedComponents(changed, connectivity=8, ltype=cv2.CV_32S)
     area = np.bincount(labels.ravel(), minlength=n)
@@ -276,7 +280,9 @@ def judge_regions(mask: np.ndarray, q: np.ndarray, observable: np.ndarray, gsd_m
         nfa[0] = np.inf
         significant = nfa <= per_km2
         if round_ + 1 == ROUNDS or not np.any(significant):
+            report("significance", ROUNDS, ROUNDS)
             break
+        report("significance", round_ + 1, ROUNDS)
         # the regions found significant are change: measure the null again without them
         away = cv2.distanceTransform(1 - significant[labels].astype(np.uint8), cv2.DIST_L2, 3)
         sample = valid & (away > HALO_ELL * ell)
@@ -285,14 +291,15 @@ def judge_regions(mask: np.ndarray, q: np.ndarray, observable: np.ndarray, gsd_m
 
 
 def keep_significant(mask: np.ndarray, q: np.ndarray, observable: np.ndarray, gsd_m: float, per_km2: float,
-                     low: float, decide: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, Budget]:
+                     low: float, decide: Callable[[np.ndarray], np.ndarray],
+                     progress: Callable[[str, int, int], None] | None = None) -> tuple[np.ndarray, Budget]:
     """``mask`` (0/1/255) without its changed regions whose false alarms per km² exceed ``per_km2``.
 
-    ``per_km2`` 0 switches the test off (every region kept).
+    ``per_km2`` 0 switches the test off (every region kept). ``progress`` as in :func:`judge_regions`.
     """
     if per_km2 <= 0 or not np.any(mask == 1):
         return mask, Budget(per_km2, 0.0, 0, 0.0, 0, 1.0, 0.0, 0, 0, 0.0)
-    t = judge_regions(mask, q, observable, gsd_m, low, decide, per_km2)
+    t = judge_regions(mask, q, observable, gsd_m, low, decide, per_km2, progress)
     reject = t.nfa_per_km2 > per_km2
     reject[0] = False
     out = mask.copy()

@@ -29,10 +29,13 @@ REMOTE_PREFIXES = ("http://", "https://", "s3://", "gs://", "az://", "ftp://", "
 #: the 10 m bands of a Sentinel-2 Item, by asset key, and by eo:bands common name; in stacking order
 TEN_M_KEYS = (("B02", "blue"), ("B03", "green"), ("B04", "red"), ("B08", "nir"))
 MEDIA_TYPES = {".tif": "image/tiff; application=geotiff; profile=cloud-optimized",
-               ".geojson": "application/geo+json", ".json": "application/json", ".png": "image/png"}
+               ".geojson": "application/geo+json", ".json": "application/json", ".png": "image/png",
+               ".xml": "application/xml", ".html": "text/html", ".gpkg": "application/geopackage+sqlite3",
+               ".fgb": "application/vnd.flatgeobuf"}
 ROLES = {"change_mask.tif": ["data"], "change_class.tif": ["data"], "change_score.tif": ["data"],
          "detections.geojson": ["data"], "summary.json": ["metadata"], "quicklook.png": ["overview", "visual"],
-         "tiepoints.geojson": ["metadata"]}
+         "tiepoints.geojson": ["metadata"], "report.html": ["overview"],
+         "change_mask.tif.aux.xml": ["metadata"], "change_class.tif.aux.xml": ["metadata"]}
 PROJ_SCHEMA = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
 
 
@@ -304,7 +307,9 @@ def run_item(summary: dict[str, Any], files: Sequence[str]) -> dict[str, Any]:
         proj.apply(epsg=epsg, wkt2=None if epsg else crs.to_wkt(version="WKT2_2019"),
                    shape=[grid["height"], grid["width"]], transform=list(grid["transform"][:6]), bbox=native)
     for name in files:
-        item.add_asset(name.rsplit(".", 1)[0], pystac.Asset(
+        key = name.split(".", 1)[0]  # change_mask; a sidecar or a second format of one stem gets its whole name
+        key = key if key not in item.assets and name.count(".") == 1 else name.replace(".", "_")
+        item.add_asset(key, pystac.Asset(
             f"./{name}", media_type=MEDIA_TYPES.get(Path(name).suffix), roles=ROLES.get(name, ["data"])))
     return item.to_dict(include_self_link=False, transform_hrefs=False)
 

@@ -857,9 +857,14 @@ def _displace(img: np.ndarray, dx: float, dy: float, rotation_deg: float) -> np.
     return ndimage.affine_transform(img, m_rc, offset=offset_xy[::-1], order=3, mode="reflect")
 
 
+#: the steps :func:`make_scene` reports to its progress callback
+_SYNTH_STEPS = 9
+
+
 def make_scene(scenario: str, seed: int = 0, size: int = 512, difficulty: str = "medium", *,
                shift_px: tuple[float, float] | None = None, rotation_deg: float = 0.0,
-               weather: str | tuple[str, ...] | list[str] = "none") -> Scene:
+               weather: str | tuple[str, ...] | list[str] = "none",
+               progress: Callable[[str, int, int], None] | None = None) -> Scene:
     """Render a synthetic before/after pair with ground truth.
 
     Parameters
@@ -879,6 +884,8 @@ def make_scene(scenario: str, seed: int = 0, size: int = 512, difficulty: str = 
         draws from its own generator, so ``cloud`` gives the same clouds alone as within ``all``.
         Cloud, shadow and thick-haze pixels are 255 in ``truth_class`` and coded in
         ``weather_mask``; every parameter is recorded in ``nuisances["weather"]``.
+    progress : callback ``(stage, done, total)``, called as each of the rendering steps ends
+        (stage ``synth``); it does not change the scene.
 
     Returns
     -------
@@ -891,6 +898,12 @@ def make_scene(scenario: str, seed: int = 0, size: int = 512, difficulty: str = 
     if not isinstance(size, int) or size < 128 or size > 16384:
         raise ValueError(f"size {size!r}: give a whole number of pixels from 128 to 16384")
     kinds = parse_weather(weather)
+    steps = iter(range(1, _SYNTH_STEPS + 1))
+
+    def step() -> None:
+        if progress is not None:
+            progress("synth", next(steps), _SYNTH_STEPS)
+
     # one generator per weather kind, apart from the scene's: weather never moves the scene's own draws
     wrng = {k: np.random.default_rng([seed, SCENARIOS.index(scenario), size, DIFFICULTIES.index(difficulty),
                                       1 + WEATHER.index(k)]) for k in kinds}
@@ -900,6 +913,7 @@ def make_scene(scenario: str, seed: int = 0, size: int = 512, difficulty: str = 
     shape = (size, size)
     area_factor = (size * gsd / 256.0) ** 2  # scene content scales with the ground area
     terrain, veg = _terrain(rng, shape, gsd)
+    step()
     canvas = _Canvas(before=terrain, after=terrain.copy(), occupied=np.zeros(shape, bool), water=np.zeros(shape, bool),
                      vegetation=veg, instances=np.zeros(shape, np.uint16))
     fields = _season_fields(wrng["season"], canvas, gsd, area_factor) if "season" in kinds else []
@@ -907,6 +921,7 @@ def make_scene(scenario: str, seed: int = 0, size: int = 512, difficulty: str = 
         _sea(rng, canvas, gsd)
     _roads(rng, canvas, gsd, int(rng.integers(1, 3)))
     _buildings(rng, canvas, gsd, max(2, int(round(rng.uniform(3, 8) * area_factor))))
+    step()
     n_changes = lambda lo, hi: max(lo, int(round(rng.integers(lo, hi + 1) * min(area_factor, 4))))  # noqa: E731
     if scenario == "trenches":
         _trenches(rng, canvas, gsd, level, n_changes(3, 6))
@@ -918,29 +933,35 @@ def make_scene(scenario: str, seed: int = 0, size: int = 512, difficulty: str = 
             _cleared(rng, canvas, gsd, level)
     else:
         _vessels(rng, canvas, gsd, level, n_changes(2, 5), int(rng.integers(1, 3)), int(rng.integers(1, 4)))
+    step()
     record: dict[str, Any] = {"kinds": list(kinds)}
     if "season" in kinds:
         record["season"] = _season(wrng["season"], canvas, fields, gsd)
     for img in (canvas.before, canvas.after):
         for b in range(4):
             img[b] = cv2.GaussianBlur(img[b], (0, 0), 0.7)
+    step()
     nuisances = _nuisances(rng, canvas, level, shape)
     code = np.zeros(shape, np.uint8) if kinds else None
     if "haze" in kinds:
         record["haze"] = _thick_haze(wrng["haze"], canvas, gsd, code)
     if "cloud" in kinds:
         record["cloud"] = _clouds(wrng["cloud"], canvas, gsd, code)
+    step()
     dx, dy = (float(v) for v in rng.uniform(-3, 3, 2))
     if shift_px is not None:
         dx, dy = float(shift_px[0]), float(shift_px[1])
     after = np.stack([_displace(b, dx, dy, float(rotation_deg)) for b in canvas.after])
     nuisances["rotation_deg"] = float(rotation_deg)
+    step()
     # band by band: the same draws as one (4, H, W) call, a quarter of the float64 memory
     before = canvas.before
     for img in (before, after):
         for b in range(4):
             img[b] += rng.normal(0, level["noise"], shape).astype(np.float32)
+    step()
     truth_class, instances, objects = _finish(canvas, gsd)
+    step()
     bands, dtype = (3, "uint8") if scenario == "camp" else (4, "uint16")
     before_dn, after_dn = _to_dn(before, dtype, bands), _to_dn(after, dtype, bands)
     observable: tuple[float, ...] = ()
@@ -955,6 +976,7 @@ def make_scene(scenario: str, seed: int = 0, size: int = 512, difficulty: str = 
             record["jpeg"] = {"quality": {"before": quality[0], "after": quality[1]},
                               "uint16_to_8bit_scale": 255 / 10000 if dtype == "uint16" else 1.0}
         nuisances["weather"] = record
+    step()
     x0 = 400_000.0 + 1000.0 * (seed % 97)
     y0 = 3_500_000.0 + 1000.0 * (seed % 89)
     return Scene(before=before_dn, after=after_dn, truth_class=truth_class,
@@ -991,7 +1013,8 @@ def _write_tif(path: Path, data: np.ndarray, scene: Scene, names: tuple[str, ...
 SCENE_FILES = ("before.tif", "after.tif", "truth_class.tif", "truth_instances.tif", "truth_weather.tif", "truth.json")
 
 
-def write_scene(scene: Scene, out_dir: str | Path) -> dict[str, Path]:
+def write_scene(scene: Scene, out_dir: str | Path,
+                progress: Callable[[str, int, int], None] | None = None) -> dict[str, Path]:
     """Write a scene: before.tif, after.tif, truth_class.tif, truth_instances.tif, truth.json.
 
     A scene with weather also gets ``truth_weather.tif`` (uint8: 0 clear, 1 cloud, 2 cloud shadow,
@@ -1005,20 +1028,22 @@ def write_scene(scene: Scene, out_dir: str | Path) -> dict[str, Path]:
     from .io import OutputStage
 
     with OutputStage(out_dir, SCENE_FILES) as stage:
-        names = _write_scene_files(scene, stage.file)
+        names = _write_scene_files(scene, stage.file, progress)
         stage.commit(names)  # truth.json last
     return {name: Path(out_dir) / name for name in names}
 
 
-def _write_scene_files(scene: Scene, file: Callable[[str], Path]) -> list[str]:
-    names = ["before.tif", "after.tif", "truth_class.tif", "truth_instances.tif"]
-    _write_tif(file("before.tif"), scene.before, scene, scene.band_names)
-    _write_tif(file("after.tif"), scene.after, scene, scene.band_names)
-    _write_tif(file("truth_class.tif"), scene.truth_class, scene)
-    _write_tif(file("truth_instances.tif"), scene.truth_instances, scene)
+def _write_scene_files(scene: Scene, file: Callable[[str], Path],
+                       progress: Callable[[str, int, int], None] | None = None) -> list[str]:
+    rasters = [("before.tif", scene.before, scene.band_names), ("after.tif", scene.after, scene.band_names),
+               ("truth_class.tif", scene.truth_class, None), ("truth_instances.tif", scene.truth_instances, None)]
     if scene.weather_mask is not None:
-        names.append("truth_weather.tif")
-        _write_tif(file("truth_weather.tif"), scene.weather_mask, scene)
+        rasters.append(("truth_weather.tif", scene.weather_mask, None))
+    for i, (name, data, band_names) in enumerate(rasters, start=1):
+        _write_tif(file(name), data, scene, band_names)
+        if progress is not None:
+            progress("write", i, len(rasters))
+    names = [name for name, _, _ in rasters]
     objects = []
     for i, o in enumerate(scene.objects):
         d = asdict(o)

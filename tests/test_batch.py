@@ -91,3 +91,141 @@ def test_bad_site_config_fails_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="decide.nope"):
         batch.run_batch(m, tmp_path / "runs")
     assert calls == [] and not (tmp_path / "runs").exists()
+
+
+def test_batch_writes_an_index_linking_the_reports_of_its_sites(tmp_path, monkeypatch):
+    for n in ("a1", "a2"):
+        (tmp_path / f"{n}.tif").write_bytes(n.encode())
+    m = write_manifest(tmp_path, "sites:\n  - {name: a, before: a1.tif, after: a2.tif}\n"
+                                 "  - {name: b, before: bad.tif, after: a2.tif}\n")
+    monkeypatch.setattr(batch, "detect_pair", fake_detect([]))
+    batch.run_batch(m, tmp_path / "runs")
+    page = (tmp_path / "runs" / "index.html").read_text()
+    assert 'href="a/report.html"' in page and 'href="b/report.html"' not in page and "bad.tif" in page
+    assert not list((tmp_path / "runs").glob(".*.tmp"))
+# ---- parallel batches (issue 15): a local dask cluster (--workers N) or an existing one (--scheduler)
+
+PARALLEL_SITES = ("camp", "trenches")
+
+
+def _comparable(path):
+    """A file's content for comparing two batches: bytes, or JSON without the clock and the folder names."""
+    if path.suffix not in (".json", ".geojson"):
+        return path.read_bytes()
+    data = json.loads(path.read_text())
+    if path.name == "summary.json":
+        data.pop("created"), data.pop("timings_s")
+        data["files"].pop("item.json")  # its datetime is the run's clock when the inputs carry no date
+    if path.name == "item.json" and data["properties"]["changedet:datetime_source"] == "run":
+        data["properties"].pop("datetime")
+    if path.name == "collection.json" and data["extent"]["temporal"]["interval"] != [[None, None]]:
+        data["extent"]["temporal"].pop("interval")
+    if path.name == "batch_summary.json":
+        data.pop("created")
+        for s in data["sites"]:
+            s.pop("seconds"), s.pop("out_dir")
+    return data
+
+
+def _folder(out):
+    return {str(p.relative_to(out)): _comparable(p) for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def parallel_manifest(tmp_path_factory):
+    """Two sample sites and one with a missing file, named so that manifest order is not sorted order."""
+    from tests.conftest import SAMPLE_TILES
+
+    folder = tmp_path_factory.mktemp("parallel")
+    lines = [f"  - {{name: {s}, before: {SAMPLE_TILES / s / 'before.tif'}, after: {SAMPLE_TILES / s / 'after.tif'}}}"
+             for s in PARALLEL_SITES]
+    lines.insert(1, f"  - {{name: bad, before: {folder / 'missing.tif'}, after: {SAMPLE_TILES / 'camp' / 'after.tif'}}}")
+    manifest = folder / "sites.yaml"
+    manifest.write_text("sites:\n" + "\n".join(lines) + "\n")
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def serial_batch(parallel_manifest, tmp_path_factory):
+    from tests.subproc import cli
+
+    out = tmp_path_factory.mktemp("serial") / "runs"
+    proc = cli("-q", "batch", parallel_manifest, "--out", out, tmpdir=out.parent / "tmp")
+    assert proc.returncode == 1, proc.stderr  # the bad site fails alone
+    return out
+
+
+def _check_parallel(out, serial, proc):
+    assert proc.returncode == 1, proc.stderr  # the same exit code as the serial batch
+    summary = json.loads((out / "batch_summary.json").read_text())
+    assert [s["name"] for s in summary["sites"]] == [PARALLEL_SITES[0], "bad", PARALLEL_SITES[1]]
+    assert [s["status"] for s in summary["sites"]] == ["ok", "failed", "ok"]
+    assert "missing.tif" in summary["sites"][1]["error"]
+    assert set(summary) == set(json.loads((serial / "batch_summary.json").read_text()))
+    assert _folder(out) == _folder(serial)
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def test_scheduler_runs_the_sites_on_an_existing_cluster_as_serially(parallel_manifest, serial_batch, tmp_path,
+                                                                     monkeypatch):
+    import cv2
+    from distributed import LocalCluster
+
+    from tests.subproc import cli
+
+    monkeypatch.delenv("CHANGEDET_THREADS", raising=False)  # the in-process worker sets it: restored after
+    threads = cv2.getNumThreads()
+    out = tmp_path / "runs"
+    try:
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
+                          dashboard_address=None, scheduler_kwargs={"dashboard": False}) as cluster:
+            proc = cli("-q", "batch", parallel_manifest, "--out", out, "--scheduler", cluster.scheduler_address,
+                       tmpdir=tmp_path / "tmp")
+            _check_parallel(out, serial_batch, proc)
+            again = cli("-q", "batch", parallel_manifest, "--out", out, "--scheduler", cluster.scheduler_address,
+                        tmpdir=tmp_path / "tmp")
+    finally:
+        cv2.setNumThreads(threads)
+    assert again.returncode == 1
+    summary = json.loads((out / "batch_summary.json").read_text())
+    assert [s["status"] for s in summary["sites"]] == ["skipped", "failed", "skipped"]  # resumed
+
+
+def test_workers_2_equals_the_serial_batch(parallel_manifest, serial_batch, tmp_path):
+    from tests.subproc import cli
+
+    out = tmp_path / "runs"
+    proc = cli("batch", parallel_manifest, "--out", out, "--workers", "2", tmpdir=tmp_path / "tmp")
+    _check_parallel(out, serial_batch, proc)
+    assert "1 failed" in proc.stdout and "bad: failed" in proc.stdout
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("address", ["tcp://127.0.0.1:{port}", "not an address::", "tcp://127.0.0.1:99999"])
+def test_a_bad_scheduler_address_is_exit_2_with_nothing_left(parallel_manifest, tmp_path, address):
+    from tests.subproc import assert_nothing_left, assert_one_line_error, cli
+
+    address = address.format(port=_free_port())
+    out = tmp_path / "runs"
+    proc = cli("batch", parallel_manifest, "--out", out, "--scheduler", address, tmpdir=tmp_path / "tmp")
+    assert_one_line_error(proc, f"--scheduler {address}", "e.g. tcp://")
+    assert not out.exists()
+    assert_nothing_left(tmp_path / "tmp", tmp_path)
+
+
+def test_workers_with_scheduler_or_below_one_is_a_usage_error(parallel_manifest, tmp_path):
+    from tests.subproc import assert_one_line_error, cli
+
+    proc = cli("batch", parallel_manifest, "--out", tmp_path / "r", "--workers", "2", "--scheduler",
+               "tcp://127.0.0.1:8786", tmpdir=tmp_path / "tmp")
+    assert_one_line_error(proc, "--workers 2 with --scheduler")
+    proc = cli("batch", parallel_manifest, "--out", tmp_path / "r", "--workers", "0", tmpdir=tmp_path / "tmp")
+    assert_one_line_error(proc, "--workers")
+    assert not (tmp_path / "r").exists()

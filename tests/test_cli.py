@@ -33,10 +33,12 @@ def one_line_error(result, *needles):
 
 def test_detect_writes_outputs_and_reports(tmp_path):
     res = run("detect", CAMP / "before.tif", CAMP / "after.tif", "--out", tmp_path / "o", "--site", "camp-x",
-              "--set", "decide.min_area_m2=3")
+              "--set", "decide.min_area_m2=3", "--vector-format", "fgb")
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["site"] == "camp-x" and summary["config"]["decide"]["min_area_m2"] == 3
+    assert summary["config"]["output"]["vector_format"] == "fgb" and "detections.fgb" in summary["files"]
+    assert (tmp_path / "o" / "detections.fgb").is_file() and not (tmp_path / "o" / "detections.gpkg").exists()
     assert "detections" in res.output and str(tmp_path / "o") in res.output
 
 
@@ -53,6 +55,11 @@ def test_bad_inputs_exit_2_with_one_line_and_leave_nothing(tmp_path):
     blocker.write_text("x")
     one_line_error(run("detect", CAMP / "before.tif", CAMP / "after.tif", "--out", blocker / "o"), str(blocker))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "file", "notes.tif"]
+
+
+def test_an_unknown_vector_format_is_a_usage_error(tmp_path):
+    res = run("detect", CAMP / "before.tif", CAMP / "after.tif", "--out", tmp_path / "o", "--vector-format", "shp")
+    assert res.exit_code == 2 and "shp" in res.output and not (tmp_path / "o").exists()
 
 
 def test_pair_that_does_not_overlap(tmp_path):
@@ -80,8 +87,19 @@ def test_synth_then_eval(tmp_path):
     assert 0 <= scores["pixel"]["f1"] <= 1
 
 
-def test_synth_rejects_unknown_scenario(tmp_path):
-    one_line_error(run("synth", "--out", tmp_path / "s", "--scenario", "volcano"), "volcano")
+def test_synth_rejects_unknown_scenario(tmp_path, capsys):
+    """A choice outside the enum is typer's usage error: main() prints it as one line, exit 2."""
+    from changedet.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["synth", "--out", str(tmp_path / "s"), "--scenario", "volcano"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("changedet: error:") and "volcano" in lines[0], err
+    assert "trenches" in lines[0]
+    one_line_error(run("synth", "--out", tmp_path / "s", "--scenario", "base"), "base", "without --dates")
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize("weather", ["fog", "cloud,fog", "none,cloud", ""])
@@ -173,3 +191,84 @@ def test_tiepoints_are_written_on_request(tmp_path):
     truth = json.loads((CAMP / "truth.json").read_text())["shift_px"]
     inl = [p for p in props if p["inlier"]]
     assert np.median([p["dx_px"] for p in inl]) == pytest.approx(truth[0], abs=0.1)
+
+
+def _run_from_truth(folder, truth_dir, keep):
+    """An output folder whose change_mask is the truth (``keep``) or all zero (not ``keep``)."""
+    import shutil
+
+    folder.mkdir()
+    shutil.copy(truth_dir / "truth_class.tif", folder / "change_mask.tif")
+    with rasterio.open(folder / "change_mask.tif", "r+") as ds:
+        cls = ds.read(1)
+        ds.write(((cls > 0) & (cls != 255) & keep).astype(np.uint8), 1)
+    (folder / "summary.json").write_text(json.dumps({"detections": []}))
+    return folder
+
+
+def test_eval_fail_under_gates_and_writes_junit(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    good = _run_from_truth(tmp_path / "good", CAMP, True)
+    bad = _run_from_truth(tmp_path / "bad", CAMP, False)
+    res = run("eval", good, "--truth", CAMP, "--fail-under", "f1=0.99,recall=0.99", "--junit", tmp_path / "g.xml")
+    assert res.exit_code == 0, res.output
+    assert "failed" not in res.output
+    res = run("eval", bad, "--truth", CAMP, "--fail-under", "f1=0.5,precision=0.5,recall=0.5",
+              "--junit", tmp_path / "b.xml")
+    assert res.exit_code == 1, res.output
+    fail = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(fail) == 1 and "f1 0.0000 < 0.5" in fail[0] and "recall 0.0000 < 0.5" in fail[0]
+    assert "precision" not in fail[0]  # nothing predicted: precision is 1 by convention, and passes
+    for name, n_fail in (("g.xml", 0), ("b.xml", 2)):
+        root = ET.parse(tmp_path / name).getroot()
+        assert len(root.findall("testsuite/testcase")) == int(root.get("tests")) == (2 if name == "g.xml" else 3)
+        assert len(root.findall("testsuite/testcase/failure")) == int(root.get("failures")) == n_fail
+    res = run("eval", bad, "--truth", CAMP, "--json", "--fail-under", "recall=0.5")
+    assert res.exit_code == 1 and json.loads(res.stdout)["checks"][0]["passed"] is False
+
+
+def test_eval_fail_under_unknown_metric_exits_2_listing_the_names(tmp_path):
+    good = _run_from_truth(tmp_path / "good", CAMP, True)
+    one_line_error(run("eval", good, "--truth", CAMP, "--fail-under", "f1=0.8,fscore=0.5"),
+                   "fscore", "precision, recall, f1, iou, object_precision, object_recall, type_accuracy")
+    one_line_error(run("eval", good, "--truth", CAMP, "--fail-under", "f1=2"), "f1=2")
+    one_line_error(run("eval", good, "--truth", CAMP, "--junit", tmp_path / "x.xml"), "--fail-under")
+    assert not (tmp_path / "x.xml").exists()
+
+
+def test_detect_json_is_the_summary_alone_on_stdout(tmp_path):
+    res = run("detect", CAMP / "before.tif", CAMP / "after.tif", "--out", tmp_path / "o", "--json",
+              "--set", "model.enabled=false")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == json.loads((tmp_path / "o" / "summary.json").read_text())
+
+
+def test_batch_json_is_the_batch_summary_alone_on_stdout(tmp_path):
+    manifest = tmp_path / "sites.yaml"
+    manifest.write_text(f"sites:\n  - {{name: camp, before: {CAMP / 'before.tif'}, after: {CAMP / 'after.tif'}}}\n")
+    res = run("batch", manifest, "--out", tmp_path / "runs", "--json", "--set", "model.enabled=false")
+    assert res.exit_code == 0, res.output
+    record = json.loads(res.stdout)
+    assert record == json.loads((tmp_path / "runs" / "batch_summary.json").read_text())
+    assert "camp: ok" in res.stderr
+
+
+def test_shell_completion_is_offered_and_printed():
+    res = run("--help")
+    assert "--install-completion" in res.output and "--show-completion" in res.output
+    res = runner.invoke(app, ["--show-completion", "bash"], prog_name="changedet")
+    assert res.exit_code == 0, res.output
+    assert "complete -o default -F _changedet_completion changedet" in res.stdout
+    env = {"_CHANGEDET_COMPLETE": "complete_bash", "COMP_WORDS": "changedet synth --scenario ", "COMP_CWORD": "3"}
+    res = runner.invoke(app, [], prog_name="changedet", env=env)
+    assert res.stdout.split() == ["trenches", "camp", "port", "base"]
+    env.update(COMP_WORDS="changedet detect --preset vhr", COMP_CWORD="3")
+    assert runner.invoke(app, [], prog_name="changedet", env=env).stdout.split() == ["vhr-0.5m"]
+
+
+def test_synth_choices_are_listed_in_help():
+    res = run("synth", "--help")
+    assert res.exit_code == 0
+    for choice in ("trenches", "camp", "port", "base", "easy", "medium", "hard"):
+        assert choice in res.output

@@ -134,3 +134,34 @@ def test_weather_pixels_and_unobservable_objects_are_left_out(tmp_path):
     assert ev.objects.per_class["hut"]["n_truth"] == 1 and ev.objects.per_class["hut"]["recall"] == 1.0
     truth, *_ = load_truth(tmp_path / "truth")
     assert truth.sum() == 4
+
+
+def test_parse_bounds_names_and_numbers():
+    from changedet.evaluate import METRICS, parse_bounds
+
+    assert parse_bounds("f1=0.8, recall=0.9") == {"f1": 0.8, "recall": 0.9}
+    with pytest.raises(ValueError) as err:
+        parse_bounds("f1=0.8,fscore=0.5")
+    assert "'fscore'" in str(err.value) and all(m in str(err.value) for m in METRICS)
+    for bad in ("f1", "f1=", "f1=high", "f1=1.5", "f1=nan", ",", ""):
+        with pytest.raises(ValueError):
+            parse_bounds(bad)
+
+
+def test_check_bounds_pass_and_fail(tmp_path):
+    from changedet.evaluate import check_bounds, metrics
+
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:4, 2:4] = 1
+    cls = np.zeros((8, 8), np.uint8)
+    cls[2:4, 2:6] = 3  # half the hut found: recall 0.5, precision 1
+    _write_run_and_truth(tmp_path, mask, {"detections": [{"bbox_px": [2, 2, 3, 3], "class": "hut", "event": "appeared"}]},
+                         cls, {"objects": [{"id": 1, "class": "hut", "event": "appeared"}]})
+    ev = evaluate(tmp_path / "out", tmp_path / "truth")
+    assert metrics(ev)["recall"] == 0.5 and metrics(ev)["object_recall"] == 1.0
+    checks = check_bounds(ev, {"precision": 1.0, "recall": 0.6, "object_recall": 1.0})
+    assert [(c.name, c.passed) for c in checks] == [("precision", True), ("recall", False), ("object_recall", True)]
+    assert checks[1].message == "recall 0.5000 < 0.6"
+    no_objects = type(ev)(ev.pixel, None, None)
+    with pytest.raises(ValueError, match="type_accuracy"):
+        check_bounds(no_objects, {"type_accuracy": 0.5})

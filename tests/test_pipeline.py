@@ -49,6 +49,31 @@ def test_rasters_are_valid_cogs_on_the_reference_grid(sample_runs, site, name, d
 
 
 @pytest.mark.parametrize("site", SITES)
+@pytest.mark.parametrize("name,legend", [("change_class.tif", "CLASS_LEGEND"), ("change_mask.tif", "MASK_LEGEND")])
+def test_categorical_rasters_carry_legend_colours_names_and_tags(sample_runs, site, name, legend):
+    from changedet import categories
+
+    leg = getattr(categories, legend)
+    with rasterio.open(sample_runs[site] / name) as ds:
+        assert ds.colormap(1) == {c.code: (*c.rgb, 255) for c in leg.categories}
+        assert ds.descriptions == (leg.description,)
+        tags = ds.tags(1)
+    assert all(tags[f"CLASS_{c.code}"].startswith(f"{c.name}:") for c in leg.categories)
+    assert tags["NODATA"].startswith("255:")
+    pam = (sample_runs[site] / f"{name}.aux.xml").read_text()
+    assert all(f"<Category>{c.name}</Category>" in pam for c in leg.categories)
+    assert "<GDALRasterAttributeTable" in pam
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_score_raster_is_described(sample_runs, site):
+    with rasterio.open(sample_runs[site] / "change_score.tif") as ds:
+        assert ds.descriptions == ("change score",)
+        tags = ds.tags(1)
+    assert tags["UNITS"].startswith("dimensionless") and tags["NODATA"].startswith("NaN")
+
+
+@pytest.mark.parametrize("site", SITES)
 def test_geojson_is_lonlat_inside_the_footprint(sample_runs, site):
     fc = json.loads((sample_runs[site] / "detections.geojson").read_text())
     assert fc["type"] == "FeatureCollection" and "crs" not in fc
@@ -56,10 +81,11 @@ def test_geojson_is_lonlat_inside_the_footprint(sample_runs, site):
         w, s, e, n = transform_bounds(ref.crs, "EPSG:4326", *ref.bounds)
     assert fc["features"], "every sample site has changes"
     for feat in fc["features"]:
-        assert feat["geometry"]["type"] == "Polygon"
-        for lon, lat in feat["geometry"]["coordinates"][0]:
+        assert feat["geometry"]["type"] in ("Polygon", "MultiPolygon")
+        polys = feat["geometry"]["coordinates"]
+        for lon, lat in (polys if feat["geometry"]["type"] == "MultiPolygon" else [polys])[0][0]:
             assert w - 1e-7 <= lon <= e + 1e-7 and s - 1e-7 <= lat <= n + 1e-7
-        lon, lat = feat["properties"]["centroid"]
+        lon, lat = feat["properties"]["centroid_x"], feat["properties"]["centroid_y"]
         assert w <= lon <= e and s <= lat <= n
 
 
@@ -92,12 +118,12 @@ def test_sample_sites_are_detected_by_the_classical_pipeline(classical_runs, sit
 def test_two_runs_are_byte_identical(small_scene, tmp_path):
     a = detect_pair(small_scene / "before.tif", small_scene / "after.tif", tmp_path / "a")
     b = detect_pair(small_scene / "before.tif", small_scene / "after.tif", tmp_path / "b")
-    for name in ("change_mask.tif", "change_class.tif", "change_score.tif", "detections.geojson"):
+    for name in (n for n in OUTPUT_FILES if n not in ("summary.json", "quicklook.png")):
         assert (a.out_dir / name).read_bytes() == (b.out_dir / name).read_bytes(), name
     strip = lambda s: {k: v for k, v in s.items() if k not in ("created", "timings_s", "site", "files")}  # noqa: E731
     assert strip(a.summary) == strip(b.summary)
-    # the quick-look's title and the STAC Item's id are the site's name, which differs here
-    files = lambda s: {k: v for k, v in s["files"].items() if k not in ("quicklook.png", "item.json")}  # noqa: E731
+    # the quick-look's title, the report and the STAC Item's id are the site's name, which differs here
+    files = lambda s: {k: v for k, v in s["files"].items() if k not in ("quicklook.png", "report.html", "item.json")}  # noqa: E731
     assert files(a.summary) == files(b.summary)
 
 
@@ -182,7 +208,7 @@ def test_merged_fragments_are_one_polygon_and_bridges_stay_out_of_the_rasters(sa
         mask, cls = m.read(1), c.read(1)
     assert ((cls > 0) & (cls < 255) & (mask != 1)).sum() == 0  # classes only where the mask changed
     for d in merged:
-        assert feats[d["id"]]["geometry"]["type"] == "Polygon"
+        assert feats[d["id"]]["geometry"]["type"] == "Polygon"  # joined by its bridges
         c0, r0, c1, r1 = d["bbox_px"]
         assert all(c0 <= p[0] <= p[2] <= c1 and r0 <= p[1] <= p[3] <= r1 for p in d["parts_bbox_px"])
         assert np.all(cls[r0:r1 + 1, c0:c1 + 1][mask[r0:r1 + 1, c0:c1 + 1] == 1] > 0)
@@ -218,3 +244,19 @@ def test_a_faint_trench_is_found_whole_by_its_line_evidence(tmp_path):
                       build_config(sets=["model.enabled=false", "decide.line_min_ratio=0"]))
     with rasterio.open(tmp_path / "off" / "change_mask.tif") as src:
         assert (src.read(1)[line] == 1).mean() < 0.2
+
+
+def test_every_stage_reports_progress_to_its_end(small_scene, tmp_path):
+    """normalize, decide and write (whole-image steps, no window loop) report progress too."""
+    from changedet.config import build_config
+    from changedet.pipeline import detect_pair
+
+    calls: dict[str, list[tuple[int, int]]] = {}
+    detect_pair(small_scene / "before.tif", small_scene / "after.tif", tmp_path / "o",
+                build_config(sets=["model.enabled=false"]), progress=lambda s, d, t: calls.setdefault(s, []).append((d, t)))
+    for stage in ("normalize", "decide", "write"):  # announced at 0, then each step to the end
+        done = [d for d, _ in calls[stage]]
+        total = {t for _, t in calls[stage]}
+        assert len(total) == 1 and done == list(range(total.pop() + 1)), (stage, calls[stage])
+    sig = calls["significance"]  # the false-alarm test's rounds, within decide
+    assert sig[0][0] == 0 and sig[-1][0] == sig[-1][1] > 0

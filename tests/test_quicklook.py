@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 
 from changedet import quicklook
@@ -12,3 +13,94 @@ def test_departed_objects_are_outlined_on_the_before_panel_too():
     before_panel = slice(28 + 15, 28 + 65), slice(15, 65)
     assert gone[before_panel].any() and not new[before_panel].any()
     assert gone.shape == new.shape
+
+
+def _many_outlines(n, size, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        x, y = rng.integers(0, size - 30, 2)
+        w, h = rng.integers(3, 25, 2)
+        pts = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.int32)
+        out.append(quicklook.Outline(i + 1, ["hut", "vessel", "trench", "other"][i % 4], "appeared", pts))
+    return out
+
+
+def test_ids_are_placed_without_overlap_inside_the_panel():
+    import cv2
+
+    outlines = _many_outlines(400, 1000)
+    where = quicklook.place_labels(outlines, (1000, 1000))
+    assert 0 < len(where) < 400  # 400 boxes on a 1000 px panel: some ids cannot fit
+    boxes = []
+    for did, (x, y) in where.items():
+        (tw, th), base = cv2.getTextSize(str(did), cv2.FONT_HERSHEY_SIMPLEX, 0.45, 3)
+        assert x >= 0 and y - th - 1 >= 0 and x + tw < 1000 and y + base < 1000
+        boxes.append((x, y - th - 1, x + tw, y + base))
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1], (a, b)
+    assert quicklook.place_labels(outlines, (1000, 1000)) == where  # deterministic
+    square = np.array([[0, 0], [10, 0], [10, 10], [0, 10]], np.int32)
+    few = [quicklook.Outline(k + 1, "hut", "appeared", square + [100 + 200 * k, 100 + 200 * k]) for k in range(3)]
+    assert len(quicklook.place_labels(few, (1000, 1000))) == 3  # apart: every id shown
+
+
+@pytest.mark.parametrize("m_per_px,max_px,expected", [(0.5, 120, 50.0), (3.0, 100, 200.0), (0.01, 50, 0.5),
+                                                      (10.0, 250, 2000.0), (1.0, 100, 100.0)])
+def test_scale_bar_length_is_round_and_fits(m_per_px, max_px, expected):
+    assert quicklook.round_length_m(m_per_px, max_px) == pytest.approx(expected)
+
+
+def test_scale_bar_and_north_arrow_are_drawn_only_when_known():
+    panel = np.full((200, 200, 3), 128, np.uint8)
+    plain = quicklook.render(panel, panel, [], {})
+    dressed = quicklook.render(panel, panel, [], {}, dates=("2024-01-02", "2024-06-30"), metres_per_px=0.5,
+                               north_deg=0.0)
+    assert plain.shape == dressed.shape
+    corner = slice(28 + 170, 28 + 200), slice(0, 60)  # bottom-left of the before panel: the scale bar
+    assert (plain[corner] == 128).all() and (dressed[corner] == 0).any()
+    top_right = slice(28, 28 + 60), slice(150, 200)
+    assert (plain[top_right] == 128).all() and (dressed[top_right] == 255).any()
+    titles = slice(0, 28), slice(0, 200)
+    assert not np.array_equal(plain[titles], dressed[titles])  # the date is written in the title
+
+
+@pytest.mark.parametrize("crs,transform,expected", [
+    ("EPSG:4326", (0.001, 0, 30.0, 0, -0.001, 10.0), 0.0),  # geographic, north up
+    ("EPSG:32637", (0.5, 0, 500000.0 - 128, 0, -0.5, 3512000.0), 0.0),  # on the central meridian
+    ("EPSG:32637", (0.5, 0, 500000.0 - 128, 0, 0.5, 3512000.0), 180.0),  # rows run north: south is up
+])
+def test_north_angle_of_plain_grids(crs, transform, expected):
+    got = quicklook.north_angle_deg(crs, transform, 256, 256)
+    assert abs((got - expected + 180) % 360 - 180) < 0.05
+
+
+def test_north_angle_of_a_rotated_grid_and_of_grid_convergence():
+    t = np.deg2rad(30.0)  # columns turned 30 deg anticlockwise from east: north is 30 deg clockwise from up
+    a, b, d, e = 0.5 * np.cos(t), 0.5 * np.sin(t), 0.5 * np.sin(t), -0.5 * np.cos(t)
+    assert quicklook.north_angle_deg("EPSG:32637", (a, b, 500000.0, d, e, 3512000.0), 256, 256) == \
+        pytest.approx(30.0, abs=0.05)
+    # 3 deg east of zone 37's central meridian (39 E) at 45 N: grid north lies ~2.1 deg east of true north
+    from rasterio.warp import transform
+
+    (x,), (y,) = transform("EPSG:4326", "EPSG:32637", [42.0], [45.0])
+    got = quicklook.north_angle_deg("EPSG:32637", (1.0, 0, x - 128, 0, -1.0, y + 128), 256, 256)
+    assert got == pytest.approx(-np.degrees(np.arctan(np.tan(np.deg2rad(3.0)) * np.sin(np.deg2rad(45.0)))), abs=0.05)
+    assert quicklook.north_angle_deg(None, (1, 0, 0, 0, -1, 0), 10, 10) is None
+    local = 'LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
+    assert quicklook.north_angle_deg(local, (1, 0, 0, 0, -1, 0), 10, 10) is None
+
+
+def test_a_panel_of_400_detections_says_how_many_ids_it_shows(tmp_path):
+    panel = np.full((1000, 1000, 3), 128, np.uint8)
+    outlines = _many_outlines(400, 1000)
+    pic = quicklook.render(panel, panel, outlines, {"hut": 100, "vessel": 100, "trench": 100, "other": 100},
+                           "many", metres_per_px=0.5, north_deg=10.0)
+    (tmp_path / "quicklook_400.png").write_bytes(quicklook.encode_png(pic))
+    print(tmp_path / "quicklook_400.png")
+    shown = len(quicklook.place_labels(outlines, (1000, 1000)))
+    assert shown < 400
+    plain = quicklook.render(panel, panel, outlines[:1], {"hut": 1})
+    legend = slice(pic.shape[0] - 30, pic.shape[0])
+    assert (pic[legend] < 128).sum() > (plain[legend] < 128).sum()  # the "ids: n of 400 shown" note

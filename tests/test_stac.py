@@ -154,7 +154,9 @@ def test_item_json_is_valid_stac_with_projection(local_run):
     from pystac.extensions.projection import ProjectionExtension
     assert ProjectionExtension.has_extension(item)
     assert ProjectionExtension.ext(item).shape == [grid["height"], grid["width"]]
-    assert set(item.assets) == {"change_mask", "change_class", "change_score", "detections", "summary", "quicklook"}
+    hrefs = sorted(a.href for a in item.assets.values())
+    assert hrefs == sorted(f"./{n}" for n in [*local_run.summary["files"], "summary.json"] if n != "item.json")
+    assert {"change_mask", "change_class", "change_score", "detections", "summary", "quicklook"} <= set(item.assets)
     for asset in item.assets.values():
         assert (out / asset.href).is_file() and asset.roles and asset.media_type
     assert item.assets["change_mask"].media_type == pystac.MediaType.COG

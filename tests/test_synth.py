@@ -334,3 +334,14 @@ def test_weather_kinds_draw_independently():
     b = synth.make_scene("camp", seed=9, size=256, weather="cloud,jpeg")
     assert a.nuisances["weather"]["cloud"] == b.nuisances["weather"]["cloud"]
     assert np.array_equal(a.weather_mask, b.weather_mask)
+
+
+def test_make_and_write_scene_report_progress_without_changing_the_scene(tmp_path):
+    calls = []
+    record = lambda s, d, t: calls.append((s, d, t))  # noqa: E731
+    scene = synth.make_scene("camp", seed=4, size=192, progress=record)
+    assert _digest(scene) == NO_WEATHER_DIGESTS["camp"]
+    steps = [(d, t) for s, d, t in calls if s == "synth"]
+    assert steps == [(i, steps[0][1]) for i in range(1, steps[0][1] + 1)]
+    synth.write_scene(scene, tmp_path / "s", progress=record)
+    assert [(d, t) for s, d, t in calls if s == "write"] == [(1, 4), (2, 4), (3, 4), (4, 4)]

@@ -1,0 +1,190 @@
+"""Run a batch's sites in parallel on dask.distributed: a local cluster of N processes, or an existing one.
+
+Each site is one task (:func:`changedet.batch.run_site`), submitted with ``client.submit`` and gathered
+with ``as_completed``; the records come back in manifest order, so ``batch_summary.json`` is the
+serial batch's. A site's outputs do not depend on where it ran: the site runs the same
+:func:`~changedet.pipeline.detect_pair`, with its library threads capped at one (results do not depend
+on the thread count) so that N sites on N cores do not oversubscribe them.
+
+``distributed`` is imported here only, when a batch asks for more than one worker or a scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigError, OutputWriteError
+
+if TYPE_CHECKING:
+    from .batch import Site
+    from .config import Config
+
+#: seconds to reach a scheduler before giving up: a wrong address fails at once, not after dask's 30 s
+CONNECT_TIMEOUT_S = 3
+#: environment of a local cluster's workers: one thread for every library a site uses
+SINGLE_THREAD_ENV = {"CHANGEDET_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                     "MKL_NUM_THREADS": "1", "GDAL_NUM_THREADS": "1"}
+#: where a local cluster's workers keep dask's scratch; dask removes a dead worker's folder here on the next start
+SCRATCH_NAME = "changedet-dask-scratch"
+
+#: ``(done, failed, running, total)`` after every finished site
+CountsFn = Callable[[int, int, int, int], None]
+
+
+def connect(scheduler: str | None, workers: int) -> Any:
+    """A ``distributed.Client``: to the cluster at ``scheduler``, or to a new local one of ``workers`` processes.
+
+    Raises :class:`ConfigError` (one line, with the address and the fix) when the scheduler cannot be
+    reached within :data:`CONNECT_TIMEOUT_S` or its address is malformed.
+    """
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:  # pragma: no cover - a dependency; an install without it is broken
+        raise ConfigError("--workers/--scheduler need the 'distributed' package; pip install distributed") from None
+    if not logging.getLogger("distributed").isEnabledFor(logging.INFO - 1):  # dask's INFO lines only with -vv
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+    if scheduler is not None:
+        return _client_at(scheduler, Client)
+    import dask
+
+    # dask's nanny sets MALLOC_TRIM_THRESHOLD_ in its workers; any value turns off glibc's dynamic mmap
+    # threshold, and every large array is then mapped and faulted in afresh: a site ran 1.5x slower
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               scheduler_kwargs={"dashboard": False}, silence_logs=logging.ERROR,
+                               env=SINGLE_THREAD_ENV, local_directory=str(Path(tempfile.gettempdir()) / SCRATCH_NAME))
+    return Client(cluster, set_as_default=False)
+
+
+def _client_at(address: str, client_class: Any) -> Any:
+    """A client of the scheduler at ``address``, or :class:`ConfigError` within about :data:`CONNECT_TIMEOUT_S`."""
+    fix = "give the address 'dask scheduler' prints, e.g. tcp://10.0.0.5:8786, or use --workers N for a local cluster"
+    if not _well_formed(address):  # checked first: a Client made on a bad address complains again when collected
+        raise ConfigError(f"--scheduler {address}: not a dask scheduler address; {fix}")
+    reason = _unreachable(address)
+    if reason is None:
+        try:
+            return client_class(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        except Exception as exc:  # noqa: BLE001 - whatever answered there is not a dask scheduler we can use
+            reason = f"no dask scheduler answered ({type(exc).__name__})"
+        _collect_quietly()  # the half-made Client's __del__ would print a traceback at exit
+    raise ConfigError(f"--scheduler {address}: {reason}; start one ('dask scheduler') or {fix}")
+
+
+def _collect_quietly() -> None:
+    """Collect garbage with unraisable-exception reports off (a failed Client's ``__del__`` times out)."""
+    import gc
+    import sys
+
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+
+
+def _unreachable(address: str) -> str | None:
+    """Why nothing can answer at a tcp address (refused, no such host, timed out); None when something listens."""
+    import socket
+
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    scheme, loc = parse_address(address, strict=False)
+    if scheme not in ("tcp", "tls"):
+        return None  # dask's own connect tells
+    host, port = parse_host_port(loc)
+    try:
+        with socket.create_connection((host.strip("[]"), port), timeout=CONNECT_TIMEOUT_S):
+            return None
+    except socket.gaierror:
+        return f"no such host {host!r}"
+    except TimeoutError:
+        return f"nothing answered within {CONNECT_TIMEOUT_S} s"
+    except OSError as exc:
+        return f"nothing listens there ({exc.strerror or type(exc).__name__})"
+
+
+def _well_formed(address: str) -> bool:
+    """True when ``address`` is one dask can parse: a known scheme, and for tcp/tls a host and a port 1-65535."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.comm.registry import get_backend
+
+    try:
+        scheme, loc = parse_address(address, strict=False)
+        get_backend(scheme)
+        if scheme in ("tcp", "tls", "ws", "wss"):
+            host, port = parse_host_port(loc)
+            return bool(host) and 0 < int(port) < 65536
+        return True
+    except (ValueError, TypeError):
+        return False
+
+
+def close(client: Any) -> None:
+    """Close ``client`` and the local cluster it started (an existing cluster is left running)."""
+    cluster = client.cluster
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+def _site_task(site: Site, out: Path, cfg: Config) -> dict[str, Any]:
+    """One site on a worker, its library threads capped at one (a worker may hold several sites at once)."""
+    import cv2
+
+    from .batch import run_site
+
+    os.environ["CHANGEDET_THREADS"] = "1"  # onnxruntime's intra-op threads (learned.features.default_threads)
+    cv2.setNumThreads(1)
+    return run_site(site, out, cfg, None)
+
+
+def run_sites(client: Any, sites: list[Site], out_dir: Path, configs: dict[str, Config],
+              site_callback: Callable[[str, dict[str, Any]], None] | None = None,
+              counts: CountsFn | None = None) -> list[dict[str, Any]]:
+    """Run every site on ``client``'s cluster; their records in the order of ``sites``.
+
+    A site whose worker died (killed, out of memory) is recorded as ``error``; an
+    :class:`~changedet.errors.OutputWriteError` (the output disk) stops the batch, as serially.
+    """
+    from distributed import as_completed
+
+    run = uuid.uuid4().hex[:12]  # keys unique to this batch: a shared scheduler would merge equal keys of two batches
+    futures = {client.submit(_site_task, s, out_dir / s.name, configs[s.name], key=f"changedet-{s.name}-{run}",
+                             pure=False): s for s in sites}
+    slots = max(1, sum(client.nthreads().values()))
+    records: dict[str, dict[str, Any]] = {}
+    done = failed = 0
+    if counts:
+        counts(0, 0, min(slots, len(sites)), len(sites))
+    try:
+        for fut in as_completed(list(futures), loop=client.loop):
+            site = futures[fut]
+            try:
+                rec = fut.result()
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a worker lost mid-site fails that site alone
+                if isinstance(exc, OutputWriteError):
+                    raise
+                rec = {"name": site.name, "status": "error", "error": f"{type(exc).__name__}: {exc}",
+                       "out_dir": str(out_dir / site.name), "n_detections": None, "changed_area_m2": None,
+                       "seconds": None}
+            records[site.name] = rec
+            done += 1
+            failed += rec["status"] in ("failed", "error")
+            if site_callback:
+                site_callback(site.name, rec)
+            if counts:
+                counts(done, failed, min(slots, len(sites) - done), len(sites))
+    finally:
+        for fut in futures:
+            fut.cancel()
+    return [records[s.name] for s in sites]
