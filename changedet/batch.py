@@ -20,7 +20,8 @@ from typing import Any
 
 from .config import MAX_GSD_M, Config, _merge, build_config
 from .errors import ChangedetError, ConfigError, OutputError, OutputWriteError, shown
-from .io import as_write_error, files_match, sha256_file, sweep_dead_staging, write_error, write_fault
+from .io import as_write_error, files_match, sweep_dead_staging, write_error, write_fault
+from .stac import batch_collection, dumps, input_sha256, is_remote, resolve_input, split_assets
 from .pipeline import CONTRACT_FILES, OUTPUT_FILES, ProgressFn, detect_pair, summary_schema
 from .report import render_index
 from .yamlfile import read_yaml
@@ -34,19 +35,20 @@ class Site:
     """One entry of a manifest."""
 
     name: str
-    before: Path
-    after: Path
+    before: str  # a path (resolved against the manifest's folder), a URL or a STAC Item, as a string
+    after: str
     config: dict[str, Any] = field(default_factory=dict)
     gsd_m: float | None = None
+    assets: tuple[str, ...] = ()  # STAC Item assets to read (default: visual, else the 10 m bands)
 
 
 def _site(entry: Any, i: int, base: Path, manifest: Path) -> Site:
     where = f"{manifest}: site {i + 1}"
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: must be a mapping with name, before and after")
-    unknown = [k for k in entry if k not in ("name", "before", "after", "config", "gsd_m")]
+    unknown = [k for k in entry if k not in ("name", "before", "after", "config", "gsd_m", "assets")]
     if unknown:
-        raise ConfigError(f"{where}: unknown key {shown(unknown[0])}; use name, before, after, config, gsd_m")
+        raise ConfigError(f"{where}: unknown key {shown(unknown[0])}; use name, before, after, config, gsd_m, assets")
     for key in ("name", "before", "after"):
         if entry.get(key) is None or entry.get(key) == "":
             raise ConfigError(f"{where}: missing {key!r}")
@@ -66,7 +68,14 @@ def _site(entry: Any, i: int, base: Path, manifest: Path) -> Site:
                             or not 0 < gsd <= MAX_GSD_M):  # nan fails this too
         raise ConfigError(f"{where} ({name}): gsd_m {shown(gsd)} must be a positive number of metres, "
                           f"at most {MAX_GSD_M:g}")
-    return Site(name, base / entry["before"], base / entry["after"], cfg, gsd)
+    assets = entry.get("assets") or []
+    if isinstance(assets, str):
+        assets = [assets]
+    if not isinstance(assets, list) or not all(isinstance(a, str) for a in assets):
+        raise ConfigError(f"{where} ({name}): assets {shown(entry['assets'])} must be asset names, "
+                          "e.g. assets: [B04, B03, B02]")
+    before, after = (entry[k] if is_remote(entry[k]) else str(base / entry[k]) for k in ("before", "after"))
+    return Site(name, before, after, cfg, gsd, split_assets(assets))
 
 
 def read_manifest(path: str | Path) -> tuple[list[Site], dict[str, Any]]:
@@ -116,11 +125,14 @@ def is_current(site: Site, out: Path, cfg: Config) -> bool:
             return False
         if any((out / name).is_file() for name in CONTRACT_FILES if name != "summary.json" and name not in files):
             return False
-        return (summary["config"] == cfg.record()
-                and summary["inputs"]["before"]["sha256"] == sha256_file(site.before)
-                and summary["inputs"]["after"]["sha256"] == sha256_file(site.after)
-                and files_match(out, files))
-    except (OSError, KeyError, ValueError, TypeError):
+        if summary["config"] != cfg.record() or not files_match(out, files):
+            return False
+        for key in ("before", "after"):  # an input whose bytes cannot be hashed is never taken as current
+            sha = input_sha256(resolve_input(getattr(site, key), site.assets).open_path)
+            if sha is None or summary["inputs"][key]["sha256"] != sha:
+                return False
+        return True
+    except (OSError, KeyError, ValueError, TypeError, ChangedetError):
         return False
 
 
@@ -135,7 +147,7 @@ def run_site(site: Site, out: Path, cfg: Config, progress: ProgressFn | None) ->
             summary = json.loads((out / "summary.json").read_text())
         else:
             summary = detect_pair(site.before, site.after, out, cfg, site=site.name, gsd_m=site.gsd_m,
-                                  progress=progress).summary
+                                  progress=progress, assets=site.assets).summary
         record["n_detections"] = len(summary["detections"])
         record["changed_area_m2"] = summary["changed_area_m2"]
     except OutputWriteError:
@@ -205,9 +217,25 @@ def run_batch(manifest_path: str | Path, out_dir: str | Path, base_config_data: 
         "n_skipped": sum(r["status"] == "skipped" for r in records),
         "n_failed": sum(r["status"] in ("failed", "error") for r in records),
     }
+    _write_text(out_dir, "collection.json", dumps(batch_collection(manifest_path.stem, site_items(out_dir, records))))
     _write_text(out_dir, "index.html", render_index(result, out_dir))
     _write_text(out_dir, "batch_summary.json", json.dumps(result, indent=2) + "\n")
     return result
+
+
+def site_items(out_dir: Path, records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The ``item.json`` of every site that ran or was current, by name, in manifest order."""
+    items = {}
+    for rec in records:
+        path = out_dir / rec["name"] / "item.json"
+        if rec["status"] in ("ok", "skipped") and path.is_file():
+            try:
+                doc = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # a run older than item.json, or one damaged: the collection lists what it can
+            if isinstance(doc, dict) and doc.get("type") == "Feature" and isinstance(doc.get("properties"), dict):
+                items[rec["name"]] = doc
+    return items
 
 
 def _write_text(out_dir: Path, name: str, text: str) -> None:

@@ -220,8 +220,8 @@ VectorFormatOpt = Annotated[Optional[VectorFormat], typer.Option(
 
 @app.command()
 def detect(
-    before: Annotated[Path, typer.Argument(help="Reference image (any GDAL raster); its grid is the output grid.")],
-    after: Annotated[Path, typer.Argument(help="Later image of the same site.")],
+    before: Annotated[str, typer.Argument(help="Reference image: any GDAL raster, path or URL (https://, s3://, /vsicurl/...), or a STAC Item (.json file or URL); its grid is the output grid.")],
+    after: Annotated[str, typer.Argument(help="Later image of the same site (same kinds as BEFORE).")],
     out: Annotated[str, typer.Option("--out", "-o", metavar=OUT_METAVAR, help="Output folder (created when the run completes).")],
     config: ConfigOpt = None,
     preset: PresetOpt = None,
@@ -230,6 +230,7 @@ def detect(
     gsd: Annotated[Optional[float], typer.Option("--gsd", help="Ground sample distance in metres (for images without georeferencing).")] = None,
     require_registration: Annotated[bool, typer.Option("--require-registration", help="Exit 1 when registration confidence is low.")] = False,
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model file from 'changedet train' (default: the shipped model; --set model.enabled=false for none).")] = None,
+    asset: Annotated[Optional[list[str]], typer.Option("--asset", help="STAC Item asset(s) to read, repeatable or a comma list (default: visual, else B02,B03,B04,B08).")] = None,
     vector_format: VectorFormatOpt = None,
     as_json: JsonOpt = False,
     workers: Annotated[Optional[int], typer.Option("--workers", "-j", min=0, help="Threads running windows at once (default: processing.workers, 0 = every core); results do not depend on it.")] = None,
@@ -240,6 +241,7 @@ def detect(
     """
     from .errors import RegistrationError
     from .pipeline import detect_pair
+    from .stac import split_assets
 
     with _errors():
         out_dir = _out_path(out, "the output folder")
@@ -262,7 +264,8 @@ def detect(
         try:
             with _progress() as progress:
                 result = detect_pair(before, after, out_dir, cfg, site=site, gsd_m=gsd,
-                                     require_registration=require_registration, progress=progress)
+                                     require_registration=require_registration, progress=progress,
+                                     assets=split_assets(asset))
         except RegistrationError as exc:
             _fail(str(exc), 1)
         s = result.summary

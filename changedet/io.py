@@ -39,6 +39,7 @@ from rasterio.windows import Window
 
 from . import categories
 from .errors import ChangedetError, InputError, NoOverlapError, OutputError, OutputWriteError
+from .stac import Input, acquisition_datetime, input_sha256, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,18 @@ class RasterInfo:
     """What ``summary.json`` records of one input."""
 
     path: str
-    sha256: str
+    sha256: str | None
     crs: str | None
     width: int
     height: int
     resolution: tuple[float, float]
     bands: int
     dtype: str
+    datetime: str | None = None
+    assets: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"assets": list(self.assets)} if self.assets else {}
         return {
             "path": self.path,
             "sha256": self.sha256,
@@ -69,6 +73,8 @@ class RasterInfo:
             "resolution": list(self.resolution),
             "bands": self.bands,
             "dtype": self.dtype,
+            "datetime": self.datetime,
+            **extra,
         }
 
 
@@ -81,21 +87,33 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def open_raster(path: str | Path) -> rasterio.DatasetReader:
-    """Open a raster for reading, turning GDAL's failures into one clear :class:`InputError`."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file; check the path")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not a raster file")
+def open_raster(path: str | Path, label: str | None = None) -> rasterio.DatasetReader:
+    """Open a raster for reading, turning GDAL's failures into one clear :class:`InputError`.
+
+    ``path`` is opened as given: a local file, a URL (``https://``, ``s3://``) or a GDAL ``/vsi…`` path,
+    or a VRT document; ``label`` names it in messages (default: ``path``).
+    """
+    name = str(path)
+    label = label or name
+    remote = is_remote(name) or name.lstrip().startswith("<")
+    if not remote:
+        if not Path(name).exists():
+            raise InputError(f"{label}: no such file; check the path")
+        if Path(name).is_dir():
+            raise InputError(f"{label}: is a folder, not a raster file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            ds = rasterio.open(path)
-    except RasterioIOError:
+            ds = rasterio.open(name)
+    except RasterioIOError as exc:
+        if remote:
+            why = " ".join(str(exc).split())[:200]
+            raise InputError(f"{label}: cannot be opened ({why}); check the URL, the network and any "
+                             "credentials (AWS_*, GS_*), or that it is a raster") from None
         raise InputError(
-            f"{path}: not a raster GDAL can read (corrupt, or not an image); give a GeoTIFF, PNG, JPEG or other GDAL raster"
+            f"{label}: not a raster GDAL can read (corrupt, or not an image); give a GeoTIFF, PNG, JPEG or other GDAL raster"
         ) from None
+    path = label  # type: ignore[assignment]
     if ds.count == 0 or ds.width < 8 or ds.height < 8:
         ds.close()
         raise InputError(f"{path}: has no bands or is smaller than 8x8 pixels; give a real image")
@@ -160,18 +178,29 @@ def data_band_indexes(ds: Any) -> list[int]:
     return idx or [1]
 
 
-def raster_info(ds: Any, path: str | Path) -> RasterInfo:
-    """Describe an opened input for the run record."""
+def as_input(path: str | Path | Input) -> Input:
+    """An input as named: a path or URL is opened as the same string."""
+    return path if isinstance(path, Input) else Input(str(path), str(path))
+
+
+def raster_info(ds: Any, path: str | Path | Input, when: str | None | bool = False) -> RasterInfo:
+    """Describe an opened input for the run record (SHA-256 None for inputs that cannot be streamed).
+
+    ``when`` is its acquisition time when already known (:attr:`PairSource.datetimes`), else read from ``ds``.
+    """
+    inp = as_input(path)
     res = (float(abs(ds.transform.a)), float(abs(ds.transform.e))) if is_georeferenced(ds) else (1.0, 1.0)
     return RasterInfo(
-        path=str(path),
-        sha256=sha256_file(path),
+        path=inp.name,
+        sha256=input_sha256(inp.open_path),
         crs=ds.crs.to_string() if ds.crs else None,
         width=ds.width,
         height=ds.height,
         resolution=res,
         bands=len(data_band_indexes(ds)),
         dtype=str(ds.dtypes[0]),
+        datetime=acquisition_datetime(ds, inp) if when is False else when,  # type: ignore[arg-type]
+        assets=inp.assets,
     )
 
 
@@ -209,6 +238,7 @@ class PairSource:
     gsd_m: float
     warnings: list[str] = field(default_factory=list)
     paths: tuple[str, str] = ("before", "after")  # the files as the user named them, for messages
+    datetimes: tuple[str | None, str | None] = (None, None)  # acquisition times, read from the files as opened
     _closers: list[Any] = field(default_factory=list)
     # rasterio dataset handles are not thread-safe: worker threads read through this lock
     _lock: Any = field(default_factory=threading.Lock, repr=False)
@@ -405,23 +435,27 @@ def _overlap_window(before: Any, after: Any, georef: bool) -> Window:
     return win
 
 
-def open_pair(before_path: str | Path, after_path: str | Path, gsd_m: float | None = None,
+def open_pair(before_path: str | Path | Input, after_path: str | Path | Input, gsd_m: float | None = None,
               check_size: Callable[[int, int], None] | None = None) -> PairSource:
     """Open both inputs, validate them and put ``after`` on ``before``'s grid.
 
     Parameters
     ----------
-    before_path, after_path : any raster GDAL reads. ``before`` is the reference grid.
+    before_path, after_path : any raster GDAL reads (a path or URL, kept as given), or an
+        :class:`~changedet.stac.Input` resolved from a STAC Item. ``before`` is the reference grid.
     gsd_m : ground sample distance in metres; overrides the grid's (needed for
         images without georeferencing, where it defaults to 1 with a warning).
     check_size : called with the output grid's (height, width) as soon as it is known, before
         any read of image data; raises to refuse a pair too large to process.
     """
-    before = open_raster(before_path)
+    before_in, after_in = as_input(before_path), as_input(after_path)
+    before_path, after_path = before_in.name, after_in.name
+    before = open_raster(before_in.open_path, before_path)
     closers: list[Any] = [before]
     try:
-        after = open_raster(after_path)
+        after = open_raster(after_in.open_path, after_path)
         closers.append(after)
+        datetimes = (acquisition_datetime(before, before_in), acquisition_datetime(after, after_in))
         notes: list[str] = []
         geo_b, geo_a = is_georeferenced(before), is_georeferenced(after)
         if geo_b != geo_a:
@@ -488,7 +522,7 @@ def open_pair(before_path: str | Path, after_path: str | Path, gsd_m: float | No
             notes.append("no ground sample distance known: areas and lengths are in pixels (give --gsd)")
         return PairSource(before=before, after=after_src, grid_window=grid, before_bands=b_bands,
                           after_bands=a_bands, georeferenced=georef, gsd_m=float(gsd), warnings=notes,
-                          paths=(str(before_path), str(after_path)), _closers=closers)
+                          paths=(str(before_path), str(after_path)), datetimes=datetimes, _closers=closers)
     except RasterioError as exc:
         for obj in reversed(closers):
             obj.close()

@@ -13,7 +13,7 @@ import datetime as _dt
 import logging
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,7 +27,8 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from . import (__version__, categories, cloudmask, differencing, geodesy, learned, objects, observability, parallel,
-               quicklook, radiometry, registration, report, resources, scratch, significance, threshold, vector)
+               quicklook, radiometry, registration, report, resources, scratch, significance, stac, threshold,
+               vector)
 from .learned import features as lfeatures
 from .learned import guided
 from .learned import score as lscore
@@ -54,10 +55,11 @@ from .io import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1.2"  # 1.1: `files` (issue 13); 1.2: scalar centroid_x/y, bbox_col0.., categorical sidecars, report.html (issue 16)
+SCHEMA_VERSION = "1.3"  # 1.1: `files` (issue 13); 1.2: scalar centroid_x/y, bbox_col0.., categorical sidecars, report.html; 1.3: inputs.*.datetime, item.json (issue 16)
+# 1.3: inputs.*.datetime (and assets), URL/STAC inputs, item.json (issue 16, STAC)
 #: ``*.tif.aux.xml``: category names and attribute tables of the categorical rasters (GeoTIFF has no place for them)
 OUTPUT_FILES = ["change_mask.tif", "change_mask.tif.aux.xml", "change_class.tif", "change_class.tif.aux.xml",
-                "change_score.tif", "detections.geojson", "summary.json", "quicklook.png", "report.html"]
+                "change_score.tif", "detections.geojson", "summary.json", "quicklook.png", "report.html", "item.json"]
 #: every file a run may write into its output folder (tie points only when asked and found, the
 #: extra vector file only with output.vector_format)
 CONTRACT_FILES = (*OUTPUT_FILES, "tiepoints.geojson", "detections.gpkg", "detections.fgb")
@@ -833,18 +835,20 @@ def _summary(site: str, before: Any, after: Any, pair: PairSource, models: _Mode
 
 def detect_pair(before: str | Path, after: str | Path, out_dir: str | Path, config: Config | None = None, *,
                 site: str | None = None, gsd_m: float | None = None, require_registration: bool = False,
-                progress: ProgressFn | None = None) -> RunResult:
+                progress: ProgressFn | None = None, assets: Sequence[str] = ()) -> RunResult:
     """Detect what is new in ``after`` relative to ``before`` and write the output contract.
 
     Parameters
     ----------
-    before, after : paths to any GDAL rasters of the same site; ``before`` is the reference grid.
+    before, after : any GDAL rasters of the same site (paths, URLs, ``/vsi…`` paths, kept as given), or
+        STAC Items (``.json`` files or URLs); ``before`` is the reference grid.
     out_dir : output folder; created, or its contract files replaced, only when the run completes.
     config : effective configuration (default: :class:`~changedet.config.Config()`).
     site : a name for the run record (default: the output folder's name).
     gsd_m : ground sample distance in metres, overriding the grid's.
     require_registration : raise :class:`RegistrationError` when registration confidence is low.
     progress : callback ``(stage, done, total)``.
+    assets : STAC Item assets to read (default: ``visual``, else the 10 m bands); see :mod:`changedet.stac`.
 
     Returns
     -------
@@ -861,11 +865,12 @@ def detect_pair(before: str | Path, after: str | Path, out_dir: str | Path, conf
             warnings.catch_warnings(), parallel.capped_library_threads(n):
         # the missing georeferencing is recorded once, in the summary's warnings
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        return _detect(before, after, out_dir, cfg, site, gsd_m, require_registration, progress)
+        return _detect(before, after, out_dir, cfg, site, gsd_m, require_registration, progress, tuple(assets))
 
 
 def _detect(before: str | Path, after: str | Path, out_dir: str | Path, cfg: Config, site: str | None,
-            gsd_m: float | None, require_registration: bool, progress: ProgressFn) -> RunResult:
+            gsd_m: float | None, require_registration: bool, progress: ProgressFn,
+            assets: Sequence[str] = ()) -> RunResult:
     timer = _Timer()
     if str(out_dir) == "":
         raise OutputError("--out is empty; give the output folder")
@@ -876,8 +881,10 @@ def _detect(before: str | Path, after: str | Path, out_dir: str | Path, cfg: Con
         resources.check_grid(before, height, width, cfg.limits, cfg.model.enabled)
 
     sweep_dead_scratch()
-    with open_pair(before, after, gsd_m or cfg.gsd_m, check_size) as pair:
-        info_b, info_a = raster_info(pair.before, before), raster_info(pair.after, after)
+    before_in, after_in = stac.resolve_input(before, assets), stac.resolve_input(after, assets)
+    with open_pair(before_in, after_in, gsd_m or cfg.gsd_m, check_size) as pair:
+        info_b = raster_info(pair.before, before_in, pair.datetimes[0])
+        info_a = raster_info(pair.after, after_in, pair.datetimes[1])
         timer.timings["load"] = round(time.perf_counter() - t0, 3)
         stage = OutputStage(out_dir, CONTRACT_FILES)
         warns = list(pair.warnings)
@@ -986,7 +993,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         to_cog(stage.file("score.scratch.tif"), stage.file("change_score.tif"), "average", "FLOATING_POINT")
         step()
         write_json(stage.file("detections.geojson"), vector.feature_collection(feats, pair.georeferenced), compact=True)
-        names = [n for n in OUTPUT_FILES if n != "summary.json"]
+        names = [n for n in OUTPUT_FILES if n not in ("summary.json", "item.json")]
         if cfg.output.vector_format:
             extra_name = "detections" + vector.VECTOR_FORMATS[cfg.output.vector_format][1]
             vector.write_features(stage.file(extra_name), feats, cfg.output.vector_format, pair.georeferenced)
@@ -1014,6 +1021,10 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
                                panels.north_deg), encoding="utf-8")
     summary["timings_s"] = timer.timings
     summary["run"] = {"workers": workers(cfg), "cores": parallel.cpu_count()}
+    # the STAC Item describes every other file; the record (with its hash) is written after it
+    (stage.file("item.json")).write_text(stac.dumps(stac.run_item(summary, [*names, "summary.json"])),
+                                         encoding="utf-8")
+    names.append("item.json")
     summary["files"] = file_record(stage.file("summary.json").parent, names)
     write_json(stage.file("summary.json"), summary)
     stage.commit([*names, "summary.json"])  # the record last: it never describes files of another run
