@@ -175,10 +175,20 @@ def match_detections(a: list[dict[str, Any]], b: list[dict[str, Any]], min_iou: 
     return sorted(pairs)
 
 
+_BBOX_KEYS = ("bbox_col0", "bbox_row0", "bbox_col1", "bbox_row1")
+
+
 def _brief(f: dict[str, Any]) -> dict[str, Any]:
+    """A feature's identity and place; scalar properties (schema 1.2 on) or the lists of older runs."""
     p = f.get("properties", {})
+    centroid = p.get("centroid")
+    if p.get("centroid_x") is not None and p.get("centroid_y") is not None:
+        centroid = [p["centroid_x"], p["centroid_y"]]
+    bbox = p.get("bbox_px")
+    if all(p.get(k) is not None for k in _BBOX_KEYS):
+        bbox = [p[k] for k in _BBOX_KEYS]
     return {"id": p.get("id", f.get("id")), "class": p.get("class"), "event": p.get("event"),
-            "area_m2": p.get("area_m2"), "centroid": p.get("centroid"), "bbox_px": p.get("bbox_px")}
+            "area_m2": p.get("area_m2"), "centroid": centroid, "bbox_px": bbox}
 
 
 def describe(d: dict[str, Any]) -> str:

@@ -54,7 +54,7 @@ def without_detection(run_dir, dest, index=0):
     fc = json.loads((dest / "detections.geojson").read_text())
     gone = fc["features"].pop(index)["properties"]
     (dest / "detections.geojson").write_text(json.dumps(fc))
-    c0, r0, c1, r1 = gone["bbox_px"]
+    c0, r0, c1, r1 = (gone[k] for k in ("bbox_col0", "bbox_row0", "bbox_col1", "bbox_row1"))
     with rasterio.open(dest / "change_class.tif") as src:
         footprint = np.zeros(src.shape, bool)
         footprint[r0:r1 + 1, c0:c1 + 1] = src.read(1)[r0:r1 + 1, c0:c1 + 1] > 0
@@ -111,7 +111,7 @@ def test_retyped_and_moved(two_runs, tmp_path):
     fc = json.loads((b / "detections.geojson").read_text())
     p0, p1 = fc["features"][0]["properties"], fc["features"][1]["properties"]
     p0["class"] = "vessel" if p0["class"] != "vessel" else "hut"
-    p1["centroid"] = [p1["centroid"][0], p1["centroid"][1] + 0.0001]  # about 11 m north
+    p1["centroid_y"] += 0.0001  # about 11 m north
     (b / "detections.geojson").write_text(json.dumps(fc))
     cmp = compare_runs(load_run(two_runs[0]), load_run(b))
     assert [r["a"]["id"] for r in cmp.retyped] == [p0["id"]]

@@ -202,10 +202,10 @@ def _fail_with(exc: BaseException, name_end: str):
             raise exc
         return real_cog(src, dst, *a, **k)
 
-    def write_json(path, obj):
+    def write_json(path, obj, **k):
         if path.name.endswith(name_end):
             raise exc
-        return real_json(path, obj)
+        return real_json(path, obj, **k)
 
     return write_bytes, to_cog, write_json
 
