@@ -7,6 +7,7 @@ Every raster is made here from a 160 px synth scene. Runs go through the CLI in 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -186,7 +187,11 @@ def test_damaged_file_names_the_file_and_the_rows(scene, tmp_path, how, rows):
         assert ds.width == 160  # it opens: the damage shows only when read
     out = tmp_path / "out"
     proc = detect(scene / "before.tif", after, out, tmp_path)
-    assert_one_line_error(proc, str(after), "is damaged", rows, "re-download or re-export")
+    assert_one_line_error(proc, str(after), "is damaged", "re-download or re-export")
+    # the rows named are those of the read that failed (a window or a strip): they hold the damage
+    lo, hi = (int(x) for x in rows.split()[1].split("–"))
+    got = re.search(r"reading rows (\d+)–(\d+) failed", proc.stderr)
+    assert got and int(got[1]) <= lo and int(got[2]) >= hi and int(got[2]) - int(got[1]) < 512, proc.stderr
     assert not out.exists()
     assert_nothing_left(tmp_path / "tmp", tmp_path)
     # as before too, where the reads of the reference grid fail
