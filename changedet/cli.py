@@ -430,6 +430,14 @@ def _synth_series(out_dir: Path, scenario: str | None, seed: int, size: int, dif
                    f"({n_obs} observable), {len(truth['tracks'])} tracks, ship-days {truth['ship_days']} -> {out_dir}")
 
 
+def _gate(command: str, checks: list[Any]) -> None:
+    """Exit 1 with one stderr line naming the failed checks (of eval --fail-under or compare)."""
+    failed = [c.message for c in checks if not c.passed]
+    if failed:
+        typer.echo(f"changedet: {command} failed: {'; '.join(failed)}", err=True)
+        raise typer.Exit(1)
+
+
 @app.command("eval")
 def eval_(
     outdir: Annotated[Path, typer.Argument(help="Output folder of changedet detect.")],
@@ -471,10 +479,7 @@ def eval_(
             typer.echo(json.dumps(record, indent=2))
         else:
             typer.echo(format_table(ev))
-        failed = [c.message for c in checks if not c.passed]
-        if failed:
-            typer.echo(f"changedet: eval failed: {'; '.join(failed)}", err=True)
-            raise typer.Exit(1)
+        _gate("eval", checks)
 
 
 @app.command()
@@ -520,10 +525,7 @@ def compare(
             from rich.console import Console
 
             Console(soft_wrap=False).print(format_table(cmp, str(run_a), str(run_b)))
-        failed = [c.message for c in cmp.checks if not c.passed]
-        if failed:
-            typer.echo(f"changedet: compare failed: {'; '.join(failed)}", err=True)
-            raise typer.Exit(1)
+        _gate("compare", cmp.checks)
 
 
 @app.command()

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .evaluate import read_band
 from .junit import Check
 
 #: the files a run folder must hold to be compared
@@ -99,16 +100,6 @@ def _fraction(n: int, total: int) -> float:
     return round(n / total, 8) if total else 0.0
 
 
-def _read_band(path: Path) -> np.ndarray:
-    import rasterio
-
-    try:
-        with rasterio.open(path) as ds:
-            return ds.read(1)
-    except rasterio.errors.RasterioIOError:
-        raise InputError(f"{path}: not a raster GDAL can read; give a folder written by changedet detect") from None
-
-
 def load_run(path: str | Path) -> Run:
     """Read the compared parts of an output folder of ``changedet detect``."""
     path = Path(path)
@@ -126,7 +117,8 @@ def load_run(path: str | Path) -> Run:
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise InputError(f"{path}: summary.json or detections.geojson is not a changedet record ({exc}); "
                          "run changedet detect again") from None
-    mask, classes = _read_band(path / "change_mask.tif"), _read_band(path / "change_class.tif")
+    fix = "give a folder written by changedet detect"
+    mask, classes = read_band(path / "change_mask.tif", fix), read_band(path / "change_class.tif", fix)
     if mask.shape != classes.shape:
         raise InputError(f"{path}: change_mask.tif and change_class.tif differ in size; run changedet detect again")
     georef = bool(grid.get("georeferenced", grid.get("crs") is not None))

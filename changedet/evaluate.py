@@ -161,12 +161,13 @@ def object_scores(pred_labels: np.ndarray, pred_objects: list[dict[str, Any]], t
                         {c: v for c, v in pairs.items() if v})
 
 
-def _read_band(path: Path) -> np.ndarray:
+def read_band(path: Path, fix: str = "give a label image or a synth truth folder") -> np.ndarray:
+    """Band 1 of a raster; one that GDAL cannot read is an :class:`InputError` naming it and ``fix``."""
     try:
         with rasterio.open(path) as ds:
             return ds.read(1)
     except rasterio.errors.RasterioIOError:
-        raise InputError(f"{path}: not a raster GDAL can read; give a label image or a synth truth folder") from None
+        raise InputError(f"{path}: not a raster GDAL can read; {fix}") from None
 
 
 def load_truth(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, list[dict[str, Any]] | None, list[float] | None]:
@@ -181,15 +182,15 @@ def load_truth(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, list[di
         cls_path = path / "truth_class.tif"
         if not cls_path.is_file():
             raise InputError(f"{path}: no truth_class.tif; give a folder written by changedet synth or a label image")
-        cls = _read_band(cls_path)
+        cls = read_band(cls_path)
         truth = (cls > 0) & (cls != 255)
         inst_path, meta_path = path / "truth_instances.tif", path / "truth.json"
-        instances = _read_band(inst_path).astype(np.int64) if inst_path.is_file() else None
+        instances = read_band(inst_path).astype(np.int64) if inst_path.is_file() else None
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         return truth, instances, meta.get("objects"), meta.get("shift_px")
     if not path.is_file():
         raise InputError(f"{path}: no such truth file or folder; check the path")
-    label = _read_band(path)
+    label = read_band(path)
     return (label > 127) if label.max() > 1 else (label > 0), None, None, None
 
 
@@ -201,7 +202,7 @@ def truth_ignored(path: str | Path) -> np.ndarray | None:
     path = Path(path)
     if not path.is_dir():
         return None
-    ignored = _read_band(path / "truth_class.tif") == 255
+    ignored = read_band(path / "truth_class.tif") == 255
     return ignored if ignored.any() else None
 
 
@@ -234,7 +235,7 @@ def evaluate(out_dir: str | Path, truth_path: str | Path) -> Evaluation:
     for p in (mask_path, summary_path):
         if not p.is_file():
             raise InputError(f"{p}: missing; run changedet detect into {out_dir} first")
-    mask = _read_band(mask_path)
+    mask = read_band(mask_path)
     summary = json.loads(summary_path.read_text())
     truth, instances, truth_objects, truth_shift = load_truth(truth_path)
     if truth.shape != mask.shape:

@@ -103,26 +103,29 @@ def label_windowed(binary: np.ndarray, window_px: int, scr: scratch.Scratch = sc
     return labels, stats.astype(np.int32)
 
 
+def _seam_pairs(first: np.ndarray, second: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Labels of two adjacent pixel lines that touch (8-connected: straight or diagonal)."""
+    n = len(first)
+    a_parts, b_parts = [], []
+    for d in (-1, 0, 1):
+        fa = first[max(0, -d):n - max(0, d)]
+        sb = second[max(0, d):n - max(0, -d)]
+        ok = (fa > 0) & (sb > 0)
+        a_parts.append(fa[ok])
+        b_parts.append(sb[ok])
+    return a_parts, b_parts
+
+
 def _join_seams(labels: np.ndarray, step: int, n: int) -> np.ndarray:
     """Class of each provisional label (0..n) after joining labels that touch across window seams."""
     h, w = labels.shape
     a_parts, b_parts = [], []
-    for x in range(step, w, step):  # vertical seams: column x - 1 against column x
-        left, right = np.asarray(labels[:, x - 1]), np.asarray(labels[:, x])
-        for d in (-1, 0, 1):
-            la = left[max(0, -d):h - max(0, d)]
-            rb = right[max(0, d):h - max(0, -d)]
-            ok = (la > 0) & (rb > 0)
-            a_parts.append(la[ok])
-            b_parts.append(rb[ok])
-    for y in range(step, h, step):  # horizontal seams: row y - 1 against row y
-        top, bottom = np.asarray(labels[y - 1]), np.asarray(labels[y])
-        for d in (-1, 0, 1):
-            ta = top[max(0, -d):w - max(0, d)]
-            bb = bottom[max(0, d):w - max(0, -d)]
-            ok = (ta > 0) & (bb > 0)
-            a_parts.append(ta[ok])
-            b_parts.append(bb[ok])
+    seams = [(np.asarray(labels[:, x - 1]), np.asarray(labels[:, x])) for x in range(step, w, step)]  # vertical
+    seams += [(np.asarray(labels[y - 1]), np.asarray(labels[y])) for y in range(step, h, step)]  # horizontal
+    for first, second in seams:
+        pa, pb = _seam_pairs(first, second)
+        a_parts += pa
+        b_parts += pb
     a = np.concatenate(a_parts) if a_parts else np.zeros(0, np.int64)
     b = np.concatenate(b_parts) if b_parts else np.zeros(0, np.int64)
     graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n + 1, n + 1))

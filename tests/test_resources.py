@@ -54,3 +54,10 @@ def test_the_estimate_grows_with_the_grid_and_is_over_the_measured_peak():
     small, large = (resources.estimate_peak_bytes(n, False) for n in (2745 ** 2, 10980 ** 2))
     assert 331 * 2**20 < small < large  # the peak measured at 2745² (issue 15)
     assert large > 1919 * 2**20  # and at 10980², before memory maps
+
+
+def test_each_extra_worker_adds_a_learned_window_to_the_estimate():
+    n = 2745 ** 2
+    one, two = (resources.estimate_peak_bytes(n, True, workers=w) for w in (1, 2))
+    assert two - one == resources.MODEL_WORKER_BYTES
+    assert resources.estimate_peak_bytes(n, False, workers=4) == resources.estimate_peak_bytes(n, False)
