@@ -28,7 +28,7 @@ demo: install
 		name=$$(basename $$site); \
 		$(BIN)/changedet detect $$site/before.tif $$site/after.tif --out $(DEMO)/$$name --site $$name || exit $$?; \
 	done
-	@echo "Outputs: $(DEMO)/<site>/ (change_mask.tif, change_class.tif + .aux.xml sidecars, change_score.tif, detections.geojson, summary.json, quicklook.png)"
+	@echo "Outputs: $(DEMO)/<site>/ (change_mask.tif, change_class.tif + .aux.xml sidecars, change_score.tif, detections.geojson, summary.json, quicklook.png, report.html, item.json)"
 
 test: install-dev
 	$(BIN)/python -m pytest -q -n 2
