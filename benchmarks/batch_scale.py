@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from changedet.compare import clockless  # noqa: E402
 SAMPLES = ("trenches", "camp", "port")
 
 
@@ -37,30 +39,8 @@ def make_sites(folder: Path, n: int) -> Path:
     return manifest
 
 
-def comparable(path: Path) -> object:
-    """A file's content without the run's clock (created, timings, the batch's time on index.html, the
-    datetime of item.json and collection.json when the inputs carry no date)."""
-    if path.name == "index.html":
-        return path.read_text().replace(json.loads((path.parent / "batch_summary.json").read_text())["created"], "")
-    if path.suffix not in (".json", ".geojson"):
-        return path.read_bytes()
-    data = json.loads(path.read_text())
-    if path.name == "summary.json":
-        data.pop("created"), data.pop("timings_s")
-        data["files"].pop("item.json", None)
-    if path.name == "item.json" and data["properties"].get("changedet:datetime_source") == "run":
-        data["properties"].pop("datetime")
-    if path.name == "collection.json":
-        data["extent"]["temporal"].pop("interval")
-    if path.name == "batch_summary.json":
-        data.pop("created")
-        for s in data["sites"]:
-            s.pop("seconds"), s.pop("out_dir")
-    return data
-
-
 def folder(out: Path) -> dict[str, object]:
-    return {str(p.relative_to(out)): comparable(p) for p in sorted(out.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(out)): clockless(p) for p in sorted(out.rglob("*")) if p.is_file()}
 
 
 def run(manifest: Path, out: Path, *extra: str) -> float:

@@ -252,3 +252,29 @@ def format_table(cmp: Comparison, a: str, b: str) -> Any:
     for c in cmp.checks:
         table.add_row(c.name, "[green]ok[/]" if c.passed else "[red]FAIL[/]", c.message.split(": ", 1)[1])
     return table
+
+
+def clockless(path: Path) -> object:
+    """A file of a run or a batch without the clock, for checking that two runs of the same inputs
+    agree: the bytes of rasters and pictures; JSON without ``created``, ``timings_s``, a batch's
+    ``seconds`` and ``out_dir``, the run-time ``datetime`` of undated inputs' ``item.json`` (and its
+    entry in ``files``) and a collection's temporal extent; ``index.html`` without the batch's time."""
+    path = Path(path)
+    if path.name == "index.html":
+        created = json.loads((path.parent / "batch_summary.json").read_text(encoding="utf-8"))["created"]
+        return path.read_text(encoding="utf-8").replace(created, "")
+    if path.suffix not in (".json", ".geojson"):
+        return path.read_bytes()
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if path.name == "summary.json":
+        data.pop("created", None), data.pop("timings_s", None)
+        data.get("files", {}).pop("item.json", None)
+    if path.name == "item.json" and data["properties"].get("changedet:datetime_source") == "run":
+        data["properties"].pop("datetime")
+    if path.name == "collection.json":
+        data["extent"]["temporal"].pop("interval")
+    if path.name == "batch_summary.json":
+        data.pop("created", None)
+        for site in data["sites"]:
+            site.pop("seconds", None), site.pop("out_dir", None)
+    return data

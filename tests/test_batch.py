@@ -4,6 +4,7 @@ import pytest
 
 from changedet import batch
 from changedet.errors import ConfigError, InputError
+from changedet.compare import clockless
 from changedet.io import file_record, sha256_file
 from changedet.pipeline import OUTPUT_FILES, summary_schema
 
@@ -111,25 +112,8 @@ PARALLEL_SITES = ("camp", "trenches")
 
 
 def _comparable(path):
-    """A file's content for comparing two batches: bytes, or JSON without the clock and the folder names."""
-    if path.name == "index.html":  # the page says when the batch ran, like batch_summary.json's `created`
-        created = json.loads((path.parent / "batch_summary.json").read_text())["created"]
-        return path.read_text().replace(created, "")
-    if path.suffix not in (".json", ".geojson"):
-        return path.read_bytes()
-    data = json.loads(path.read_text())
-    if path.name == "summary.json":
-        data.pop("created"), data.pop("timings_s")
-        data["files"].pop("item.json")  # its datetime is the run's clock when the inputs carry no date
-    if path.name == "item.json" and data["properties"]["changedet:datetime_source"] == "run":
-        data["properties"].pop("datetime")
-    if path.name == "collection.json" and data["extent"]["temporal"]["interval"] != [[None, None]]:
-        data["extent"]["temporal"].pop("interval")
-    if path.name == "batch_summary.json":
-        data.pop("created")
-        for s in data["sites"]:
-            s.pop("seconds"), s.pop("out_dir")
-    return data
+    """A file's content for comparing two batches: without the clock (and the folder names)."""
+    return clockless(path)
 
 
 def _folder(out):

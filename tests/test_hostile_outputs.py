@@ -24,6 +24,7 @@ import pytest
 from changedet import io as cio
 from changedet import pipeline, synth
 from changedet.batch import Site, is_current, run_batch
+from changedet.compare import clockless
 from changedet.config import build_config
 from changedet.errors import OutputError, OutputWriteError
 
@@ -424,22 +425,10 @@ def _comparable(path: Path) -> object:
     """A file's content for comparing two runs: bytes, or JSON without the clock (created, timings)."""
     if path.name == "index.html":  # like batch_summary.json, it says which sites this invocation skipped
         return re.findall(r'href="([^"]+)"', path.read_text())
-    if path.suffix not in (".json", ".geojson"):
-        return path.read_bytes()
-    data = json.loads(path.read_text())
-    if path.name == "summary.json":
-        data.pop("created")
-        data.pop("timings_s")
-        data["files"].pop("item.json")  # its datetime is the run's clock when the inputs carry no date
-    if path.name == "item.json" and data["properties"]["changedet:datetime_source"] == "run":
-        data["properties"].pop("datetime")
-    if path.name == "collection.json":
-        data["extent"]["temporal"].pop("interval")
-    if path.name == "batch_summary.json":
-        data.pop("created")
-        for s in data["sites"]:
-            for key in ("seconds", "out_dir", "status"):
-                s.pop(key)
+    data = clockless(path)
+    if path.name == "batch_summary.json":  # which sites this invocation ran or skipped
+        for site in data["sites"]:
+            site.pop("status")
         for key in ("n_ok", "n_skipped"):
             data.pop(key)
     return data
