@@ -537,7 +537,7 @@ def batch(
     set_: SetOpt = None,
     vector_format: VectorFormatOpt = None,
     as_json: JsonOpt = False,
-    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Sites at once on a local dask cluster "
+    workers: Annotated[int, typer.Option("--workers", "-j", min=1, help="Sites at once on a local dask cluster "
                                          "of N processes (default 1: one after another, without dask).")] = 1,
     scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Run the sites on an existing dask "
                                                      "cluster, e.g. tcp://10.0.0.5:8786 (its workers must see "

@@ -245,8 +245,9 @@ def run_learned(pair: PairSource, models: _Models, cfg: Config, sb: np.ndarray, 
         if (r, c, h, w) not in ran:  # no candidate: no relevant change (probability 0) where there are data
             pq[r:r + h, c:c + w][q[r:r + h, c:c + w] != threshold.NODATA] = 0
     pq[obs.reason != observability.OBSERVABLE] = threshold.NODATA
-    p = pq.astype(np.float32) / threshold.LEVELS
-    lq = np.where((p < cfg.model.veto_probability) & (lq != threshold.NODATA), np.uint8(0), lq)
+    # probability below the veto, looked up per level: no whole-scene float copy of the probability
+    vetoed = (np.arange(256, dtype=np.float32) / threshold.LEVELS) < cfg.model.veto_probability
+    lq = np.where(vetoed[pq] & (lq != threshold.NODATA), np.uint8(0), lq)
     return _Learned(head, stretch, pq, str(cfg.model.path or learned.DEFAULT_MODEL.name), seen), lq
 
 
