@@ -669,8 +669,12 @@ def _margin(value: float, limit: float, above: bool) -> float:
     return float(np.clip(2.0 * (rel if above else -rel), -1.0, 1.0))
 
 
-def classify(shape: Shape, ctx: Context, params: ObjectsConfig) -> tuple[str, float]:
-    """Type a region by the documented rules; returns (class, confidence 0..1)."""
+def classify(shape: Shape, ctx: Context, params: ObjectsConfig, floating: bool = True) -> tuple[str, float]:
+    """Type a region by the documented rules; returns (class, confidence 0..1).
+
+    ``floating``: whether the region's own pixels could be water without the object (False when
+    they are known to be dry ground: a crane on a pier has water all round it but is no vessel).
+    """
     rules = {
         "vessel": [
             _margin(ctx.water_frac, params.vessel_min_water_frac, True),
@@ -696,6 +700,8 @@ def classify(shape: Shape, ctx: Context, params: ObjectsConfig) -> tuple[str, fl
     }
     if ctx.ring_change >= params.broad_min_ring_share:  # part of a broad change: at most `other`
         rules = {"vessel": rules["vessel"]}
+    if not floating:
+        rules.pop("vessel")
     strength = float(np.clip(0.5 + ctx.mean_score, 0.0, 1.0))
     best, best_m = "other", -1.0
     for name, margins in rules.items():

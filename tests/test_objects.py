@@ -69,6 +69,17 @@ def test_a_fragment_of_broad_change_is_never_a_hut_or_trench(shp, water):
     assert broad == ("vessel" if alone == "vessel" else "other")  # vessels keep their water rule
 
 
+def test_what_stood_on_dry_ground_is_no_vessel():
+    # a crane along a pier, water all round it: vessel-shaped, but its pixels were no water without it
+    crane, context = shape(80, 4, 0.9), ctx(water=0.8, brightness=4.0)
+    assert O.classify(crane, context, ObjectsConfig())[0] == "vessel"
+    cls, conf = O.classify(crane, context, ObjectsConfig(), floating=False)
+    assert cls == "other" and 0 <= conf <= 1
+    # typing of what is not a vessel does not change
+    for shp, c in [(shape(60, 2, 0.8), ctx()), (shape(10, 6), ctx())]:
+        assert O.classify(shp, c, ObjectsConfig(), floating=False) == O.classify(shp, c, ObjectsConfig())
+
+
 def test_small_fragments_of_broad_change_are_dropped_and_the_rest_renumbered():
     from dataclasses import replace
 

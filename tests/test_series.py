@@ -222,12 +222,47 @@ def _cand(r, c, h, w):
     return presence.Candidate(r, c, np.ones((h, w), bool), [])
 
 
+def test_fallback_split_needs_an_object_unlike_its_ring():
+    # a patch of water within a berth: its contrast to the ring falls into tight groups as hulls of
+    # several sizes moor beside it, but on every date it is like one side of its ring (water beside
+    # water, hull beside hull): not an object
+    rng = np.random.default_rng(5)
+    n = 24
+    con = np.array([5.6, 0.0, 0.0]) + rng.normal(0, 0.05, (n, 3))
+    con[4:9] += np.array([28.0, 5.0, 0.0])
+    side = 0.2 + rng.normal(0, 0.05, n)
+    stood = np.zeros(n, bool)
+    stood[[0, 2, 11, 17]] = True
+    assert presence.decide_states(con, np.ones(n, bool), stood, 1.5, side, 4.0) is None
+    # the same contrasts with the object unlike every side of its ring on those dates: found
+    side[4:9] = 3.0 + rng.normal(0, 0.05, 5)
+    got = presence.decide_states(con, np.ones(n, bool), stood, 1.5, side, 4.0)
+    assert got is not None and np.flatnonzero(got.present).tolist() == list(range(4, 9))
+
+
+def test_nearest_side_faces_outward_along_a_strip():
+    # a 60 x 5 px strip of a pier crossing the crop, water above and below: the strip's own
+    # continuation lies beyond its ends, so the strip is like one side of its ring
+    water, pier, crane = 10.0, 60.0, 35.0
+    img = np.full((1, 31, 90), water)
+    img[:, 13:18, :] = pier
+    inside = np.zeros((31, 90), bool)
+    inside[13:18, 15:75] = True
+    around = presence.ring_of(inside, 4, np.zeros_like(inside))
+    assert presence.nearest_side(img, inside, around, np.ones(1)) < 1.0
+    # a crane painted on it: unlike the pier beyond its ends and the water beside it
+    img[:, 14:17, 17:73] = crane
+    assert presence.nearest_side(img, inside, around, np.ones(1)) > 10.0
+
+
 def test_pieces_on_the_same_dates_side_by_side_are_one_object():
     cands = [_cand(0, 0, 4, 10), _cand(0, 11, 4, 10), _cand(0, 40, 4, 10), _cand(0, 22, 4, 4)]
     keys = [(3, 4, 5), (3, 4, 5), (3, 4, 5), (3, 4)]
     # 0 and 1 are 2 px apart (one empty column): one object; 2 is far; 3 is as near 1 but on other dates
     assert presence.same_object_groups(keys, cands, 2) == [[0, 1], [2], [3]]
     assert presence.same_object_groups(keys, cands, 1) == [[0], [1], [2], [3]]
+    # two hulls moored end to end: near and on the same dates, but nothing that differs joins them
+    assert presence.same_object_groups(keys, cands, 2, lambda i, j: False) == [[0], [1], [2], [3]]
     merged = presence.union([cands[0], cands[1]])
     assert (merged.row0, merged.col0, merged.footprint.shape, int(merged.footprint.sum())) == (0, 0, (4, 21), 80)
 

@@ -251,7 +251,8 @@ def _neighbours(cands: list[presence.Candidate], margin: int, max_ratio: float) 
     """Per candidate, on its crop grown by ``margin``, the footprints of the other candidates no ring
     may run over: those at most ``max_ratio`` times its size (a haze patch over a hut on a few dates
     is its context, not a neighbour; a candidate inside a larger object on many dates is left out
-    as a part of it, :func:`analyse`)."""
+    as a part of it, :func:`conclude`), and not holding most of it (a patch of water within a
+    berth is seen against the berth around it, not against the quay beyond the berth)."""
     areas = [int(cd.footprint.sum()) for cd in cands]
     out = []
     for g, cd in enumerate(cands):
@@ -260,6 +261,8 @@ def _neighbours(cands: list[presence.Candidate], margin: int, max_ratio: float) 
         for k, other in enumerate(cands):
             if k == g or areas[k] > max_ratio * areas[g]:
                 continue
+            if areas[k] > areas[g] and 2 * presence.overlap_px(cd, other) >= areas[g]:
+                continue  # mostly inside it: a patch of a berth is seen against the berth around it
             oh, ow = other.footprint.shape
             r0, c0 = max(other.row0, r), max(other.col0, c)
             r1, c1 = min(other.row0 + oh, r + h), min(other.col0 + ow, c + w)
@@ -270,11 +273,27 @@ def _neighbours(cands: list[presence.Candidate], margin: int, max_ratio: float) 
     return out
 
 
+def _stood_out(cand: presence.Candidate, margin: int) -> dict[int, np.ndarray]:
+    """Per date on which a candidate stood out, its regions of that date on the candidate's crop
+    grown by ``margin`` (bool)."""
+    h, w = cand.footprint.shape
+    out: dict[int, np.ndarray] = {}
+    for reg in cand.regions:
+        m = out.setdefault(reg.date, np.zeros((h + 2 * margin, w + 2 * margin), bool))
+        r, c = reg.row0 - cand.row0 + margin, reg.col0 - cand.col0 + margin
+        m[r:r + reg.mask.shape[0], c:c + reg.mask.shape[1]] |= reg.mask
+    return out
+
+
 def contrast_pass(stack: Stack, cfg: Config, cands: list[presence.Candidate], date_ok: np.ndarray,
                   progress: ProgressFn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pass 4b: per candidate and date, region-minus-ring contrast (G, n, bands), distance to the
     most similar side of the ring (G, n) and observable share of the footprint (G, n, 2: clear by
-    ``series.footprint_buffer_m``, by ``observe.buffer_m``)."""
+    ``series.footprint_buffer_m``, by ``observe.buffer_m``).
+
+    The side is measured on what stood out that date where something did (a hull in a berth
+    twice its size; else the footprint): the mean of a footprint half hull, half water is a grey
+    that a side of its ring may happen to match."""
     g_n = len(cands)
     con = np.full((g_n, stack.n_dates, stack.n_bands), np.nan)
     side = np.full((g_n, stack.n_dates), np.nan)
@@ -283,6 +302,7 @@ def contrast_pass(stack: Stack, cfg: Config, cands: list[presence.Candidate], da
         return con, side, share
     margin = cfg.objects.ring_px + 1
     neighbours = _neighbours(cands, margin, cfg.series.link_max_size_ratio)
+    stood_out = [_stood_out(cd, margin) for cd in cands]
     sigma = stack.band_sigma()
     full = (0, 0) + stack.shape
     for i in range(stack.n_dates):
@@ -302,7 +322,9 @@ def contrast_pass(stack: Stack, cfg: Config, cands: list[presence.Candidate], da
             around = presence.ring_of(foot, cfg.objects.ring_px, neighbours[g]) & ok
             sub = np.nan_to_num(sub)
             con[g, i] = presence.contrast(sub, inside, around, sigma)
-            side[g, i] = presence.nearest_side(sub, inside, around, sigma)
+            stood = stood_out[g].get(i)
+            side[g, i] = presence.nearest_side(sub, inside if stood is None or not (stood & ok).any() else stood & ok,
+                                               around, sigma)
             share[g, i, 0] = inside.sum() / max(int(foot.sum()), 1)
             share[g, i, 1] = (foot & _paste(strict, box, strict)).sum() / max(int(foot.sum()), 1)
         progress("contrast", i + 1, stack.n_dates)
@@ -330,11 +352,12 @@ def object_mask(after: np.ndarray, before: np.ndarray, near: np.ndarray, sigma: 
 
 def classify_track(stack: Stack, cfg: Config, cand: presence.Candidate, track: Track,
                    empty_date: int | None, object_date: int, water: np.ndarray,
-                   sigmas: np.ndarray) -> tuple[str, float, np.ndarray]:
+                   sigmas: np.ndarray, wmodel: objects.WaterModel) -> tuple[str, float, np.ndarray]:
     """Type a track with ``detect``'s rules: the object between an empty-state and an object-state date.
 
     ``sigmas`` are the dates' spreads against the background (:func:`background_pass`); two dates'
-    difference spreads by both.
+    difference spreads by both. ``wmodel`` finds water on the empty date: a vessel's pixels are
+    water there (on the background's water when no date is empty).
 
     Returns the class, its confidence and the object's pixels on the crop of the candidate grown
     by ``objects.ring_px + 2`` (bool).
@@ -360,6 +383,8 @@ def classify_track(stack: Stack, cfg: Config, cand: presence.Candidate, track: T
     obj = object_mask(a, b, near & valid, pair, cfg)
     if obj.sum() < 4:
         obj = foot
+    # as ``detect`` does (:func:`changedet.pipeline.refine_edges`): the outline where the object covers half a pixel
+    obj = objects.trim_edges(obj, objects.coverage(obj, b, a, sigma), cfg.decide.edge_min_cover)
     score = np.clip(background.deviation(a, b, pair) / (2.0 * cfg.series.deviation_sigma), 0.0, 1.0)
     wat = _paste(water, box, water) > 0
     shadow = objects.cast_shadow(obj & valid, b, a, params)
@@ -369,12 +394,35 @@ def classify_track(stack: Stack, cfg: Config, cand: presence.Candidate, track: T
     ctx = replace(ctx, shadow_frac=float(shadow.sum() / max(obj.sum(), 1)))
     track.extra = {"area_m2": round(shape.area_m2, 3), "length_m": round(shape.length_m, 3),
                    "width_m": round(shape.width_m, 3), "water_frac": round(ctx.water_frac, 3)}
-    cls, conf = objects.classify(shape, ctx, params)
+    # a vessel floats: without it (on the empty date) its pixels are water; a crane on a pier is not one
+    under = objects._water_one(b, wmodel, params) if empty_date is not None else wat
+    floating = bool(under[core & valid].mean() >= 0.5) if (core & valid).any() else True
+    cls, conf = objects.classify(shape, ctx, params, floating)
     return cls, conf, core
+
+
+@dataclass
+class Evidence:
+    """What passes 2-4b measured: per date observability and spread, water, the candidates and,
+    per candidate and date, contrast, nearest side and observable share (:func:`contrast_pass`)."""
+
+    fractions: list[float]
+    date_ok: np.ndarray  # (n,) bool
+    sigmas: np.ndarray  # (n, bands)
+    water: np.ndarray  # (H, W) uint8
+    cands: list[presence.Candidate]
+    con: np.ndarray  # (G, n, bands)
+    side: np.ndarray  # (G, n)
+    share: np.ndarray  # (G, n, 2)
 
 
 def analyse(stack: Stack, cfg: Config, progress: ProgressFn) -> Analysis:
     """Passes 2-4 over a registered stack (:func:`changedet.series.stack.register_dates`)."""
+    return conclude(stack, cfg, gather(stack, cfg, progress), progress)
+
+
+def gather(stack: Stack, cfg: Config, progress: ProgressFn) -> Evidence:
+    """Passes 2-4b: observability, spread, background, masks, candidates and their contrasts."""
     fractions = observe_pass(stack, cfg, progress)
     date_ok = np.array([f >= cfg.series.min_observable_fraction for f in fractions])
     sigmas = spread_pass(stack, cfg, date_ok, progress)
@@ -382,6 +430,47 @@ def analyse(stack: Stack, cfg: Config, progress: ProgressFn) -> Analysis:
     mask_pass(stack, cfg, date_ok, sigmas, progress)
     cands = link_pass(stack, cfg, date_ok, progress)
     con, side, share = contrast_pass(stack, cfg, cands, date_ok, progress)
+    return Evidence(fractions, date_ok, sigmas, water, cands, con, side, share)
+
+
+def bridged(stack: Stack, cfg: Config, sigmas: np.ndarray, cands: list[presence.Candidate],
+            a: tuple[int, Track, np.ndarray, presence.States], b: tuple[int, Track, np.ndarray, presence.States]) -> bool:
+    """Whether two pieces present on the same dates are one object: one part of what differs (by
+    ``series.deviation_sigma``) between their strongest common date and the nearest date on which
+    both are seen empty (else the background) touches both footprints."""
+    (ga, tra, sa, sta), (gb, _, sb, stb) = a, b
+    obj_date = max(tra.present, key=lambda t: (sa[t] + sb[t], -t))
+    absent = np.flatnonzero(sta.observed & ~sta.present & stb.observed & ~stb.present)
+    empty = int(min(absent, key=lambda t: (abs(t - obj_date), t))) if absent.size else None
+    cd = presence.union([cands[ga], cands[gb]])
+    box = (cd.row0 - 1, cd.col0 - 1, cd.footprint.shape[0] + 2, cd.footprint.shape[1] + 2)
+    nb = stack.n_bands
+
+    def read(kind: str, i: int | None) -> np.ndarray:
+        x = stack.read(kind, i, box, nb)
+        return x if nb > 1 else x[None]
+
+    after = read("date", obj_date)
+    before = read("background", None) if empty is None else read("date", empty)
+    valid = np.isfinite(after).all(axis=0) & np.isfinite(before).all(axis=0)
+    pair = sigmas[obj_date] if empty is None else np.hypot(sigmas[obj_date], sigmas[empty])
+    dev = background.deviation(after, before, pair, cfg.series.edge_tolerance_px)
+    mask = background.object_mask(dev, valid, cfg.series.deviation_sigma)
+    _, labels = cv2.connectedComponents(mask, connectivity=8)
+    feet = []
+    for g in (ga, gb):
+        foot = np.zeros(labels.shape, bool)
+        h, w = cands[g].footprint.shape
+        foot[cands[g].row0 - box[0]:cands[g].row0 - box[0] + h, cands[g].col0 - box[1]:cands[g].col0 - box[1] + w] = \
+            cands[g].footprint
+        feet.append(set(np.unique(labels[foot & (mask > 0)]).tolist()) - {0})
+    return bool(feet[0] & feet[1])
+
+
+def conclude(stack: Stack, cfg: Config, ev: Evidence, progress: ProgressFn) -> Analysis:
+    """Pass 4c: per candidate the dates of its object state, tracks, pieces merged, typed."""
+    fractions, date_ok, sigmas, water = ev.fractions, ev.date_ok, ev.sigmas, ev.water
+    cands, con, side, share = ev.cands, ev.con, ev.side, ev.share
     covered = presence.covered_dates(cands, stack.n_dates, cfg.series.link_max_size_ratio)
     found: list[tuple[int, Track, np.ndarray, presence.States]] = []  # candidate, run, strength, states
     for g, cd in enumerate(cands):
@@ -405,12 +494,15 @@ def analyse(stack: Stack, cfg: Config, progress: ProgressFn) -> Analysis:
                                                  2.0 * cfg.series.state_min_sharpness)
                 tr.events = track_events(tr.present, st.observed, changed)
             found.append((g, tr, strength, st))
-    # pieces of one object (a zig-zag trench, a hull's stern) on exactly the same dates, side by side
+    # pieces of one object (a zig-zag trench, a hull's stern) on exactly the same dates, side by side,
+    # and joined by what differs between an empty date and one of theirs (two hulls moored end to end are not)
     gap = max(1, int(math.ceil(cfg.series.merge_gap_m / stack.gsd_m)))
-    groups = presence.same_object_groups([tuple(f[1].present) for f in found], [cands[f[0]] for f in found], gap)
+    groups = presence.same_object_groups([tuple(f[1].present) for f in found], [cands[f[0]] for f in found], gap,
+                                         lambda i, j: bridged(stack, cfg, sigmas, cands, found[i], found[j]))
     tracks: list[Track] = []
     feet: list[tuple[int, int, np.ndarray]] = []
     margin = cfg.objects.ring_px + 2
+    wmodel = objects.fit_water(stack.samples, cfg.objects)
     objs = [(presence.union([cands[found[i][0]] for i in group]), set(found[group[0]][1].present)) for group in groups]
     parts = presence.parts_of_larger(objs)
     groups = [grp for k, grp in enumerate(groups) if k not in parts]
@@ -422,9 +514,9 @@ def analyse(stack: Stack, cfg: Config, progress: ProgressFn) -> Analysis:
         absent = [int(t) for t in np.flatnonzero(st.observed & ~st.present)]
         obj_date = max(tr.present, key=lambda t: (strength[t], -t))
         empty = min(absent, key=lambda t: (abs(t - obj_date), t)) if absent else None
-        tr.cls, tr.confidence, foot = classify_track(stack, cfg, cd, tr, empty, obj_date, water, sigmas)
-        if float(tr.extra["area_m2"]) < 2.0 * cfg.series.min_area_m2:  # smaller than the smallest object
-            continue
+        tr.cls, tr.confidence, foot = classify_track(stack, cfg, cd, tr, empty, obj_date, water, sigmas, wmodel)
+        if int(cd.footprint.sum()) * stack.gsd_m ** 2 < 2.0 * cfg.series.min_area_m2:  # smaller than the
+            continue  # smallest object where it stood out (its core, without shadow, is smaller still)
         tr.extra["separation_sigma"] = round(st.separation, 3)
         if len(members) > 1:
             tr.extra["pieces"] = len(members)

@@ -3,10 +3,12 @@ whether each candidate is in its "object" or its "empty" state (pure functions o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from ..objects import ring
 
@@ -149,16 +151,21 @@ def nearest_side(image: np.ndarray, inside: np.ndarray, around: np.ndarray, band
                  sectors: int = 8, min_px: int = 4) -> float:
     """How far a region is from the side of its ring it most resembles (noise sigmas; NaN if unknown).
 
-    The ring is cut into ``sectors`` angular sectors about the region's centre; the region's mean is
-    compared with each sector's mean. An empty berth is water like the open water on one side of
-    it, bare ground like the ground on one side; a hull, a roof or a trench differs from every side.
+    Each ring pixel belongs to the side of the region it faces: the direction from the region's
+    nearest pixel to it, cut into ``sectors``; the region's mean is compared with each side's
+    median (a side beyond a strip's end also catches a few pixels round its corners).
+    An empty berth is water like the open water on one side of it, bare ground like the ground on
+    one side; a hull, a roof or a trench differs from every side. A side is taken outward from the
+    outline, not as an angle about the centre: along a long quay strip the centre's eastern sector
+    holds the water above and below its eastern half, while the strip's own continuation is what
+    lies beyond its end.
     """
     if not inside.any() or not around.any():
         return float("nan")
-    rows, cols = np.nonzero(inside)
-    cy, cx = rows.mean(), cols.mean()
+    _, (near_r, near_c) = ndimage.distance_transform_edt(~inside, return_indices=True)
     rr, cc = np.nonzero(around)
-    sector = ((np.arctan2(rr - cy, cc - cx) + np.pi) / (2 * np.pi) * sectors).astype(int) % sectors
+    angle = np.arctan2(rr - near_r[rr, cc], cc - near_c[rr, cc])
+    sector = np.floor((angle + np.pi) / (2 * np.pi) * sectors + 0.5).astype(int) % sectors
     mean_in = image[:, inside].mean(axis=1)
     sig = np.asarray(band_sigma, np.float64)
     best = float("nan")
@@ -167,7 +174,7 @@ def nearest_side(image: np.ndarray, inside: np.ndarray, around: np.ndarray, band
         sel = sector == k
         if sel.sum() < min_px:
             continue
-        d = float(np.sqrt(np.mean(((mean_in - vals[:, sel].mean(axis=1)) / sig) ** 2)))
+        d = float(np.sqrt(np.mean(((mean_in - np.median(vals[:, sel], axis=1)) / sig) ** 2)))
         best = d if not best <= d else best
     return best
 
@@ -213,17 +220,19 @@ def lowest_level(values: np.ndarray, wide: float, narrow: float = float("inf"),
     """The threshold above the lowest level of 1-D values, and the separation at that split.
 
     :func:`two_levels` splits the values; while its two groups are two states, the low group is
-    split again. Two states: at least ``wide`` apart, or at least ``narrow`` apart and ``sharpness``
-    times the spread within the groups (not one state's scatter, nor a slow drift). A berth used by
-    a small and a large hull has three levels (empty, small, large); the empty one is the lowest.
-    None when the values do not split at all.
+    split again. Two states: at least ``wide`` apart, or, at the first split, at least ``narrow``
+    apart and ``sharpness`` times the spread within the groups (not one state's scatter, nor a slow
+    drift). A berth used by a small and a large hull has three levels (empty, small, large); the
+    empty one is the lowest. Below the first split only levels ``wide`` apart count: an empty
+    berth under thin haze is a little off the empty level, not a hull. None when the values do not
+    split at all.
     """
     v = np.sort(np.asarray(values, np.float64))
     found = None
     while v.size >= 2:
         cut, lo, hi, spread = two_levels(v)
         gap = hi - lo
-        tight = gap >= narrow and (not spread > 0 or gap >= sharpness * spread)
+        tight = found is None and gap >= narrow and (not spread > 0 or gap >= sharpness * spread)
         if not (gap >= wide or tight):
             break
         found = (cut, gap)
@@ -291,7 +300,8 @@ def decide_states(contrasts: np.ndarray, observed: np.ndarray, stood_out: np.nda
     if side is not None:  # a hull, a roof: unlike every side of its ring, whatever its colour
         value[obs] = side[obs]
         split = lowest_level(value[obs], min_separation, min_separation / 3.0, 2.0 * min_sharpness)
-    if split is None:  # a faint structure in varied surroundings: two tight groups of contrasts
+    axis = split is None
+    if axis:  # a faint structure in varied surroundings: two tight groups of contrasts
         value[obs] = state_axis(contrasts[obs], None if side is None else side[obs])
         split = lowest_level(value[obs], float("inf"), min_separation, min_sharpness)
     if split is None:
@@ -300,6 +310,8 @@ def decide_states(contrasts: np.ndarray, observed: np.ndarray, stood_out: np.nda
     present = obs & (value > cut)
     if not present.any() or present.sum() == obs.sum():
         return None
+    if axis and side is not None and not np.median(side[present]) >= min_separation:
+        return None  # on its "object" dates it is like one side of its ring: a patch of what is around it
     # the object is new to the background when the dates that stood out are (mostly) its dates
     obj_new = int((present & stood_out).sum()) >= int((~present & obs & stood_out).sum())
     return States(present, obs, float(sep), obj_new, value)
@@ -346,9 +358,11 @@ def touching(a: Candidate, b: Candidate, gap_px: int) -> bool:
     return bool(grown[b.row0 - r0:b.row0 - r0 + hb, b.col0 - c0:b.col0 - c0 + wb][b.footprint].any())
 
 
-def same_object_groups(keys: list[tuple[int, ...]], cands: list[Candidate], gap_px: int) -> list[list[int]]:
+def same_object_groups(keys: list[tuple[int, ...]], cands: list[Candidate], gap_px: int,
+                       joined: Callable[[int, int], bool] | None = None) -> list[list[int]]:
     """Groups of items (one per track: its present dates and its candidate) that are one object:
-    the same dates exactly and footprints within ``gap_px`` (transitively). Groups in item order."""
+    the same dates exactly, footprints within ``gap_px`` and, when given, ``joined(i, j)``
+    (transitively). Groups in item order."""
     parent = list(range(len(keys)))
 
     def root(i: int) -> int:
@@ -364,7 +378,7 @@ def same_object_groups(keys: list[tuple[int, ...]], cands: list[Candidate], gap_
         for x in range(len(items)):
             for y in range(x + 1, len(items)):
                 i, j = items[x], items[y]
-                if root(i) != root(j) and touching(cands[i], cands[j], gap_px):
+                if root(i) != root(j) and touching(cands[i], cands[j], gap_px) and (joined is None or joined(i, j)):
                     parent[max(root(i), root(j))] = min(root(i), root(j))
     groups: dict[int, list[int]] = {}
     for i in range(len(keys)):
