@@ -240,6 +240,26 @@ def test_fallback_split_needs_an_object_unlike_its_ring():
     assert got is not None and np.flatnonzero(got.present).tolist() == list(range(4, 9))
 
 
+def test_object_state_from_the_clearer_cue():
+    # a hut built on date 12 at a field's edge: the empty ground there (half field, half bare) is
+    # like neither side, the hut like the bare side, so the side barely tells the states apart;
+    # the contrast to the ring as a whole (4 sigmas empty, 9 with the hut) does
+    rng = np.random.default_rng(7)
+    n = 24
+    con = np.array([4.0, -1.5, 1.0]) + rng.normal(0, 0.1, (n, 3))
+    con[12:] += np.array([4.5, -1.0, 1.5])
+    side = np.where(np.arange(n) >= 12, 1.7, 1.8) + rng.normal(0, 0.25, n)
+    stood = np.arange(n) < 12  # the background holds the hut (built before the middle date): the empty dates stand out
+    got = presence.decide_states(con, np.ones(n, bool), stood, 1.5, side, 4.0)
+    assert got is not None and np.flatnonzero(got.present).tolist() == list(range(12, n))
+    # the contrast changes colour, not strength (its norm tells nothing): the side decides
+    con_c = np.where((np.arange(n) >= 12)[:, None], [0.0, 3.0, 0.0], [3.0, 0.0, 0.0]) + rng.normal(0, 0.05, (n, 3))
+    side_c = np.where(np.arange(n) >= 12, 0.5, 1.0) + rng.normal(0, 0.05, n)
+    ax = presence.state_axis(con_c, side_c)
+    assert ax[:12].min() > ax[12:].max()
+    assert presence.state_axis(con_c, 1.5 - side_c)[12:].min() > presence.state_axis(con_c, 1.5 - side_c)[:12].max()
+
+
 def test_nearest_side_faces_outward_along_a_strip():
     # a 60 x 5 px strip of a pier crossing the crop, water above and below: the strip's own
     # continuation lies beyond its ends, so the strip is like one side of its ring

@@ -515,8 +515,6 @@ def conclude(stack: Stack, cfg: Config, ev: Evidence, progress: ProgressFn) -> A
         obj_date = max(tr.present, key=lambda t: (strength[t], -t))
         empty = min(absent, key=lambda t: (abs(t - obj_date), t)) if absent else None
         tr.cls, tr.confidence, foot = classify_track(stack, cfg, cd, tr, empty, obj_date, water, sigmas, wmodel)
-        if int(cd.footprint.sum()) * stack.gsd_m ** 2 < 2.0 * cfg.series.min_area_m2:  # smaller than the
-            continue  # smallest object where it stood out (its core, without shadow, is smaller still)
         tr.extra["separation_sigma"] = round(st.separation, 3)
         if len(members) > 1:
             tr.extra["pieces"] = len(members)

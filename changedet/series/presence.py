@@ -3,6 +3,7 @@ whether each candidate is in its "object" or its "empty" state (pure functions o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -240,13 +241,28 @@ def lowest_level(values: np.ndarray, wide: float, narrow: float = float("inf"),
     return found
 
 
+def _separation(cue: np.ndarray, high: np.ndarray, low: np.ndarray) -> float:
+    """How far a cue's mean over the ``high`` dates lies above its mean over the ``low`` dates, in
+    units of its pooled scatter within them (signed; 0 when either group is empty)."""
+    if not (high.any() and low.any()):
+        return 0.0
+    d = float(cue[high].mean() - cue[low].mean())
+    spread = math.sqrt((float(((cue[high] - cue[high].mean()) ** 2).sum())
+                        + float(((cue[low] - cue[low].mean()) ** 2).sum())) / max(cue.size - 2, 1))
+    return d / spread if spread > 0 else math.copysign(math.inf, d) if d else 0.0
+
+
 def state_axis(contrasts: np.ndarray, side: np.ndarray | None) -> np.ndarray:
     """Per date a value that grows with the object's presence: the dates' contrasts projected on
-    their main direction of change, oriented so that the dates more unlike their surroundings
-    (``side``, :func:`nearest_side`; else the contrast's norm) are high. (n,) float64.
+    their main direction of change, oriented so that the dates more unlike their surroundings are
+    high. (n,) float64.
 
-    A hull, a roof or a trench differs from every side of its ring; an empty berth is water like the
-    open water beside it, bare ground like the ground beside it.
+    Two cues tell which group of dates is unlike its surroundings: ``side`` (:func:`nearest_side`)
+    and the contrast's norm; the one that separates the two groups more clearly (against its own
+    scatter within them) decides. A hull, a roof or a trench differs from every side of its ring
+    and from the ring as a whole; an empty berth is water like the open water beside it, but may
+    differ from a ring half quay; a hut on a field's edge is like the bare side and differs from
+    the ring as a whole, while the empty ground there, half field, is like neither side.
     """
     x = np.asarray(contrasts, np.float64)
     centred = x - x.mean(axis=0)
@@ -254,10 +270,11 @@ def state_axis(contrasts: np.ndarray, side: np.ndarray | None) -> np.ndarray:
         return np.zeros(x.shape[0])
     axis = np.linalg.svd(centred, full_matrices=False)[2][0]
     proj = centred @ axis
-    cue = np.asarray(side, np.float64) if side is not None else np.linalg.norm(x, axis=1)
     cut = two_levels(proj)[0]
     high, low = proj > cut, proj <= cut
-    if high.any() and low.any() and cue[high].mean() < cue[low].mean():
+    cues = [np.linalg.norm(x, axis=1)] + ([np.asarray(side, np.float64)] if side is not None else [])
+    seps = [_separation(c, high, low) for c in cues]
+    if seps[int(np.argmax(np.abs(seps)))] < 0:
         proj = -proj
     return proj
 
