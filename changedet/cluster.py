@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -30,8 +29,8 @@ CONNECT_TIMEOUT_S = 3
 #: environment of a local cluster's workers: one thread for every library a site uses
 SINGLE_THREAD_ENV = {"CHANGEDET_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                      "MKL_NUM_THREADS": "1", "GDAL_NUM_THREADS": "1"}
-#: where a local cluster's workers keep dask's scratch; dask removes a dead worker's folder here on the next start
-SCRATCH_NAME = "changedet-dask-scratch"
+#: a local cluster's dask scratch folder (workers' and scheduler's), by id of the cluster: removed when it closes
+_SCRATCH: dict[int, Any] = {}
 
 #: ``(done, failed, running, total)`` after every finished site
 CountsFn = Callable[[int, int, int, int], None]
@@ -53,12 +52,24 @@ def connect(scheduler: str | None, workers: int) -> Any:
         return _client_at(scheduler, Client)
     import dask
 
-    # dask's nanny sets MALLOC_TRIM_THRESHOLD_ in its workers; any value turns off glibc's dynamic mmap
-    # threshold, and every large array is then mapped and faulted in afresh: a site ran 1.5x slower
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               scheduler_kwargs={"dashboard": False}, silence_logs=logging.ERROR,
-                               env=SINGLE_THREAD_ENV, local_directory=str(Path(tempfile.gettempdir()) / SCRATCH_NAME))
+    from .io import _ScratchDir, sweep_dead_scratch
+
+    # dask's scratch (lock files, spilled data) in a folder of this run, marked with its owner: removed
+    # when the cluster closes, and a killed batch's is swept by the next run (nothing left in TMPDIR)
+    sweep_dead_scratch()
+    scratch = _ScratchDir()
+    try:
+        # dask's nanny sets MALLOC_TRIM_THRESHOLD_ in its workers; any value turns off glibc's dynamic mmap
+        # threshold, and every large array is then mapped and faulted in afresh: a site ran 1.5x slower
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                              "temporary-directory": str(scratch.path)}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   scheduler_kwargs={"dashboard": False}, silence_logs=logging.ERROR,
+                                   env=SINGLE_THREAD_ENV, local_directory=str(scratch.path))
+    except BaseException:
+        scratch.close()
+        raise
+    _SCRATCH[id(cluster)] = scratch
     return Client(cluster, set_as_default=False)
 
 
@@ -133,6 +144,9 @@ def close(client: Any) -> None:
     client.close()
     if cluster is not None:
         cluster.close()
+        scratch = _SCRATCH.pop(id(cluster), None)
+        if scratch is not None:
+            scratch.close()
 
 
 def _site_task(site: Site, out: Path, cfg: Config) -> dict[str, Any]:

@@ -181,12 +181,14 @@ def test_scheduler_runs_the_sites_on_an_existing_cluster_as_serially(parallel_ma
 
 
 def test_workers_2_equals_the_serial_batch(parallel_manifest, serial_batch, tmp_path):
-    from tests.subproc import cli
+    from tests.subproc import assert_nothing_left, cli
 
     out = tmp_path / "runs"
     proc = cli("batch", parallel_manifest, "--out", out, "--workers", "2", tmpdir=tmp_path / "tmp")
     _check_parallel(out, serial_batch, proc)
     assert "1 failed" in proc.stdout and "bad: failed" in proc.stdout
+    assert_nothing_left(tmp_path / "tmp", out)  # the local cluster's dask scratch went with it
+    assert not any("dask" in p.name for p in (tmp_path / "tmp").iterdir())
 
 
 def _free_port():
