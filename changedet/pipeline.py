@@ -207,7 +207,7 @@ def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch:
     if boxes is None:
         boxes = list(iter_windows(shape, cfg.model.window_px))
     n = workers(cfg)
-    threads = cfg.model.threads or parallel.library_threads(n)
+    threads = cfg.model.threads or parallel.cpu_count()  # encoder runs take turns (features.encode)
 
     def one(box: Box) -> np.ndarray:
         pbox = lfeatures.padded_box(box)
@@ -938,6 +938,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
             progress("learned", 0, 1)  # loading the model and the first window take a while
             classical = threshold.choose(threshold.histogram(q), cfg.decide)
             lrn, lq = run_learned(pair, models, cfg, sb, q, lq, obs, classical, progress, scr)
+            scratch.trim_heap()
     with timer("decide"):
         step = _steps(progress, "decide", 4 if lrn is None else 5)
         if lrn is not None:

@@ -83,3 +83,17 @@ def release(*arrays: np.ndarray) -> None:
         mm.flush()
         if hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
             mm.madvise(mmap.MADV_DONTNEED)
+
+
+def trim_heap() -> None:
+    """Give the heap's freed memory back to the system (glibc's ``malloc_trim``; no-op elsewhere).
+
+    After a stage of many windows on several threads, glibc keeps much of what they freed in its
+    per-thread arenas, which counts as resident for the rest of the run.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return

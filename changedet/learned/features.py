@@ -13,6 +13,7 @@ Windowed runs equal whole-image runs: windows start on the stride-16 grid and ca
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -120,6 +121,9 @@ def _session(path: str, threads: int) -> object:
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
+    # no arena: it keeps the largest window's activations (about 0.6 GB at a 1408² read box) for
+    # the whole run, and more when workers run the session at once; the numbers do not change
+    so.enable_cpu_mem_arena = False
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
@@ -131,35 +135,53 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+#: one encoder run at a time in this process: its activations are a window's largest working set
+#: (about 0.35 GB at a 1408² read box), and a run uses every core through onnxruntime's own
+#: threads, while other workers go on with the rest of their windows
+_RUN_LOCK = threading.Lock()
+
+
 def encode(x: np.ndarray, threads: int | None = None, path: Path = ENCODER_PATH) -> tuple[np.ndarray, ...]:
     """Run the encoder on (3, h, w) input (h, w multiples of 16): feature maps at strides 4, 8, 16."""
     sess = _session(str(path), threads or default_threads())
-    outs = sess.run(None, {"image": x[None].astype(np.float32, copy=False)})  # type: ignore[attr-defined]
+    with _RUN_LOCK:
+        outs = sess.run(None, {"image": x[None].astype(np.float32, copy=False)})  # type: ignore[attr-defined]
     return tuple(o[0] for o in outs)
 
 
-def _up(fmap: np.ndarray, factor: int) -> np.ndarray:
-    """(c, h, w) -> (c, h*factor, w*factor), bilinear with centres aligned."""
-    if factor == 1:
-        return fmap
+def _up(fmap: np.ndarray, factor: int, out: np.ndarray | None = None) -> np.ndarray:
+    """(c, h, w) -> (c, h*factor, w*factor), bilinear with centres aligned; into ``out`` when given."""
     c, h, w = fmap.shape
+    if out is None:
+        out = np.empty((c, h * factor, w * factor), np.float32)
+    if factor == 1:
+        out[...] = fmap
+        return out
     flat = fmap.reshape(c, h * w).T.reshape(h, w, c)
-    out = np.empty((h * factor, w * factor, c), np.float32)
     for i in range(0, c, 256):  # cv2 takes at most 512 channels
-        out[..., i:i + 256] = cv2.resize(np.ascontiguousarray(flat[..., i:i + 256]), (w * factor, h * factor),
-                                         interpolation=cv2.INTER_LINEAR).reshape(h * factor, w * factor, -1)
-    return out.transpose(2, 0, 1)
+        up = cv2.resize(np.ascontiguousarray(flat[..., i:i + 256]), (w * factor, h * factor),
+                        interpolation=cv2.INTER_LINEAR).reshape(h * factor, w * factor, -1)
+        out[i:i + up.shape[2]] = up.transpose(2, 0, 1)
+    return out
 
 
 def pair_features(xb: np.ndarray, xa: np.ndarray, threads: int | None = None) -> np.ndarray:
-    """Head input at stride 4 for encoder inputs of both dates: (N_FEATURES, h/4, w/4) float32."""
+    """Head input at stride 4 for encoder inputs of both dates: (N_FEATURES, h/4, w/4) float32.
+
+    The parts are upsampled straight into the result (no list of parts and concatenated copy:
+    a 1408² read box's features are 174 MB).
+    """
     fb, fa = encode(xb, threads), encode(xa, threads)
-    parts = []
+    h, w = fb[0].shape[1:]  # the stride-4 tap is on the head's grid
+    out = np.empty((N_FEATURES, h, w), np.float32)
+    k = 0
     for tb, ta, stride in zip(fb, fa, (4, 8, 16)):
         up = stride // HEAD_STRIDE
-        parts.append(_up(np.abs(ta - tb), up))
-        parts.append(_up(0.5 * (ta + tb), up))
-    return np.concatenate(parts, axis=0)
+        c = tb.shape[0]
+        _up(np.abs(ta - tb), up, out[k:k + c])
+        _up(0.5 * (ta + tb), up, out[k + c:k + 2 * c])
+        k += 2 * c
+    return out
 
 
 def padded_box(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
