@@ -28,7 +28,7 @@ from rasterio.windows import Window
 
 from . import (__version__, categories, cloudmask, differencing, geodesy, learned, objects, observability, parallel,
                quicklook, radiometry, registration, report, resources, scratch, significance, stac, threshold,
-               vector)
+               vector, windowed)
 from .learned import features as lfeatures
 from .learned import guided
 from .learned import score as lscore
@@ -950,8 +950,9 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
             mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m)
         step()
         mask, budget = significance.keep_significant(
-            mask, q, obs.observable(), pair.gsd_m, cfg.decide.false_alarms_per_km2, thr.low,
-            lambda sim_q: threshold.cut(sim_q, thr, cfg.decide, pair.gsd_m), progress)
+            mask, q, windowed.equals(obs.reason, observability.OBSERVABLE), pair.gsd_m,
+            cfg.decide.false_alarms_per_km2, thr.low, lambda sim_q: threshold.cut(sim_q, thr, cfg.decide, pair.gsd_m),
+            progress, window_px=cfg.processing.window_px, scr=scr)
         if budget.rejected:
             warns.append(f"false-alarm budget: {budget.rejected} of {budget.tested} changed regions "
                          f"({budget.rejected_m2:.0f} m²) not significant at "
