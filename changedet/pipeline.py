@@ -244,10 +244,15 @@ def run_learned(pair: PairSource, models: _Models, cfg: Config, sb: np.ndarray, 
     for r, c, h, w in iter_windows(q.shape, cfg.model.window_px):
         if (r, c, h, w) not in ran:  # no candidate: no relevant change (probability 0) where there are data
             pq[r:r + h, c:c + w][q[r:r + h, c:c + w] != threshold.NODATA] = 0
-    pq[obs.reason != observability.OBSERVABLE] = threshold.NODATA
     # probability below the veto, looked up per level: no whole-scene float copy of the probability
     vetoed = (np.arange(256, dtype=np.float32) / threshold.LEVELS) < cfg.model.veto_probability
-    lq = np.where(vetoed[pq] & (lq != threshold.NODATA), np.uint8(0), lq)
+    for r, c, h, w in iter_windows(q.shape, cfg.processing.window_px):
+        p = np.asarray(pq[r:r + h, c:c + w])
+        p[np.asarray(obs.reason[r:r + h, c:c + w]) != observability.OBSERVABLE] = threshold.NODATA
+        pq[r:r + h, c:c + w] = p
+        ln = np.asarray(lq[r:r + h, c:c + w])
+        lq[r:r + h, c:c + w] = np.where(vetoed[p] & (ln != threshold.NODATA), np.uint8(0), ln)
+        scratch.release(pq, lq, obs.reason)
     return _Learned(head, stretch, pq, str(cfg.model.path or learned.DEFAULT_MODEL.name), seen), lq
 
 
@@ -476,34 +481,47 @@ def csmask_pass(pair: PairSource, reg: registration.Registration, cfg: Config, b
 def observe(pair: PairSource, cfg: Config, sc: _Scores, score_path: Path,
             lrn: _Learned | None,
             cloud_shadow: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
-            ) -> observability.Observability:
+            scr: scratch.Scratch = scratch.IN_MEMORY) -> observability.Observability:
     """Find what cannot be seen on either date and take it out of every later stage.
 
     Not-observable pixels become nodata in the quantised scores (so nothing is decided there),
     NaN in the score raster, and are not water (so no vessel context comes from a cloud).
+    Window by window: the reason raster comes from ``scr``.
     """
-    valid = sc.q != threshold.NODATA
+    win = cfg.processing.window_px
+    valid = windowed.Where(sc.q, lambda q: q != threshold.NODATA)
     if cfg.observe.enabled:
-        obs = observability.resolve(sc.ev_before, sc.ev_after, valid, pair.gsd_m, cfg.observe, cloud_shadow)
+        obs = observability.resolve(sc.ev_before, sc.ev_after, valid, pair.gsd_m, cfg.observe, cloud_shadow,
+                                    window_px=win, scr=scr)
     else:
-        obs = observability.Observability(np.where(valid, observability.OBSERVABLE, observability.NODATA)
-                                          .astype(np.uint8), (None, None))
-    hidden = (obs.reason != observability.OBSERVABLE) & valid
-    if hidden.any():
-        sc.q[hidden] = threshold.NODATA
-        sc.lq[hidden] = threshold.NODATA
-        sc.water[hidden] = 0
-        if lrn is not None:
-            lrn.pq[hidden] = threshold.NODATA
-        with rasterio.open(score_path, "r+") as ds:
-            for r, c, h, w in iter_windows(hidden.shape, cfg.processing.window_px):
-                sel = hidden[r:r + h, c:c + w]
-                if sel.any():
-                    win = Window(c, r, w, h)
-                    score = ds.read(1, window=win)
-                    score[sel] = np.nan
-                    ds.write(score, 1, window=win)
+        reason = windowed.fill(scr.zeros(sc.q.shape, np.uint8), (
+            (box, np.where(valid[box[0]:box[0] + box[2], box[1]:box[1] + box[3]], observability.OBSERVABLE,
+                           observability.NODATA).astype(np.uint8)) for box in windowed.windows(sc.q.shape, win)))
+        obs = observability.Observability(reason, (None, None))
     sc.ev_before = sc.ev_after = np.zeros((0, 0), np.uint8)  # free them
+
+    def hidden(r: int, c: int, h: int, w: int) -> np.ndarray:
+        sel = (np.asarray(obs.reason[r:r + h, c:c + w]) != observability.OBSERVABLE) & \
+            (np.asarray(sc.q[r:r + h, c:c + w]) != threshold.NODATA)
+        scratch.release(obs.reason, sc.q)
+        return sel
+
+    boxes = list(iter_windows(sc.q.shape, win))
+    if not any(hidden(*box).any() for box in boxes):
+        return obs
+    with rasterio.open(score_path, "r+") as ds:
+        for r, c, h, w in boxes:
+            sel = hidden(r, c, h, w)
+            if not sel.any():
+                continue
+            for arr, value in ((sc.q, threshold.NODATA), (sc.lq, threshold.NODATA), (sc.water, 0)) + \
+                    (((lrn.pq, threshold.NODATA),) if lrn is not None else ()):
+                arr[r:r + h, c:c + w][sel] = value
+                scratch.release(arr)
+            window = Window(c, r, w, h)
+            score = ds.read(1, window=window)
+            score[sel] = np.nan
+            ds.write(score, 1, window=window)
     return obs
 
 
@@ -767,7 +785,8 @@ def quicklook_panels(pair: PairSource, models: _Models, cfg: Config, dets: list[
     hidden = None
     if observable is not None:
         # what cannot be seen, on the panel grid; pixels of the reference outside the overlap stay unhatched
-        seen = cv2.resize(observable.astype(np.uint8), (pb.shape[1], pb.shape[0]), interpolation=cv2.INTER_AREA)
+        seen = cv2.resize(np.asarray(observable, np.uint8), (pb.shape[1], pb.shape[0]), interpolation=cv2.INTER_AREA)
+        scratch.release(observable)
         hidden = seen == 0
     scale = up / f
     outlines = []
@@ -929,7 +948,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         sc = score_pass(pair, models, cfg, stage.file("score.scratch.tif"), progress, scr=scr)
     with timer("observe"):
         given = csmask_pass(pair, used, cfg, csm_bands) if csm_bands is not None else None
-        obs = observe(pair, cfg, sc, stage.file("score.scratch.tif"), None, given)
+        obs = observe(pair, cfg, sc, stage.file("score.scratch.tif"), None, given, scr)
         q, lq, water = sc.q, sc.lq, sc.water
         del sc
     lrn = None
@@ -968,7 +987,11 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         if lrn is not None:
             mask = backed_regions(mask, lrn.pq, cfg.model.region_probability * lrn.head.threshold)
         step()
-        mask[~obs.observable()] = threshold.NODATA  # clean-up and edges never reach into what cannot be seen
+        # clean-up and edges never reach into what cannot be seen
+        for r, c, h, w in iter_windows(mask.shape, cfg.processing.window_px):
+            mask[r:r + h, c:c + w][np.asarray(obs.reason[r:r + h, c:c + w]) != observability.OBSERVABLE] = \
+                threshold.NODATA
+            scratch.release(mask, obs.reason)
     with timer("objects"):
         mask = objects.split_touching(mask, pair.gsd_m, cfg.objects, cfg.processing.window_px, scr)
         labels, comps = objects.components(mask, cfg.processing.window_px, scr)
@@ -1004,8 +1027,11 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         if cfg.registration.write_tiepoints and reg.chips:
             write_json(stage.file("tiepoints.geojson"), tiepoint_features(pair, reg))
             names.append("tiepoints.geojson")
-        panels = quicklook_panels(pair, models, cfg, dets, labels,
-                                  (obs.reason == observability.OBSERVABLE) | (obs.reason == observability.NODATA))
+        seen = windowed.fill(scr.zeros(mask.shape, np.uint8), (
+            (box, np.isin(windowed.read(obs.reason, box)[0], (observability.OBSERVABLE, observability.NODATA)))
+            for box in windowed.windows(mask.shape, cfg.processing.window_px)))
+        panels = quicklook_panels(pair, models, cfg, dets, labels, seen)
+        del seen
         dates = (input_label(info_b.to_json()), input_label(info_a.to_json()))
         # encoded here and written by Python: a failed write is then an OSError with its cause,
         # not libpng's "Write Error" on stderr

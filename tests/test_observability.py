@@ -222,3 +222,24 @@ def test_each_date_clips_at_its_own_level():
     both = O.Scale.fit(before.reshape(4, -1), (2, 1, 0), 3, 255.0)  # one level for both dates, as before
     eb2, ea2 = O.evidence(before, before.copy(), valid, both, PARAMS)
     assert ((ea2 & O.SAT) > 0).sum() == 30 * 30
+
+
+@pytest.mark.parametrize("window", [48, 100])
+def test_windows_and_memory_maps_give_the_whole_scene_reasons(tmp_path, window):
+    # clouds, their shadows, saturation and nodata crossing window seams: the same reasons, offsets
+    # and areas as one window over the whole scene (the whole-array computation)
+    from changedet import scratch
+
+    before, after, _, _, _ = _cloudy_pair()
+    after[:, 10:40, 150:230] = 1.0  # blown out
+    valid = np.ones(before.shape[1:], bool)
+    valid[:, :7] = False
+    eb, ea = O.evidence(before, after, valid, _scale(before), PARAMS)
+    eb[5:60, 5:60] |= O.SAT  # and on the other date
+    whole = O.resolve(eb, ea, valid, GSD, PARAMS, window_px=4096)
+    assert {O.CLOUD, O.CLOUD_SHADOW, O.SATURATED, O.NODATA} <= set(np.unique(whole.reason))
+    got = O.resolve(eb, ea, valid, GSD, PARAMS, window_px=window, scr=scratch.Scratch(tmp_path, 0))
+    assert scratch.is_mapped(got.reason)
+    np.testing.assert_array_equal(np.asarray(got.reason), whole.reason)
+    assert got.shadow_offset_px == whole.shadow_offset_px
+    assert got.areas_m2(GSD) == whole.areas_m2(GSD)
