@@ -835,10 +835,20 @@ def water_mask(before: np.ndarray, after: np.ndarray, valid: np.ndarray, model: 
     return both.astype(np.uint8)
 
 
-def keep_large_water(water: np.ndarray, params: ObjectsConfig, gsd_m: float) -> np.ndarray:
-    """Only water bodies of at least ``water_min_area_m2`` (puddles and shadows are not water)."""
+def keep_large_water(water: np.ndarray, params: ObjectsConfig, gsd_m: float, window_px: int = 1024,
+                     scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
+    """Only water bodies of at least ``water_min_area_m2`` (puddles and shadows are not water).
+
+    Labelled window by window (:func:`changedet.labels.label_windowed`); the result comes from ``scr``.
+    """
     min_px = int(params.water_min_area_m2 / (gsd_m * gsd_m))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(water, connectivity=8, ltype=cv2.CV_32S)
+    labels, stats = label_windowed(water, window_px, scr)
     keep = stats[:, cv2.CC_STAT_AREA] >= max(min_px, 1)
     keep[0] = False
-    return keep[labels].astype(np.uint8)
+    out = scr.zeros(water.shape, np.uint8)
+    lut = keep.astype(np.uint8)
+    for r in range(0, water.shape[0], window_px):
+        for c in range(0, water.shape[1], window_px):
+            out[r:r + window_px, c:c + window_px] = lut[np.asarray(labels[r:r + window_px, c:c + window_px])]
+            scratch.release(out, labels)
+    return out

@@ -306,30 +306,43 @@ def refined_probability(q: np.ndarray, pq: np.ndarray, box: Box, radius: int, ep
 
 
 def backed_regions(mask: np.ndarray, pq: np.ndarray, min_probability: float,
-                   min_piece_px: int = 4 * lfeatures.HEAD_STRIDE ** 2) -> np.ndarray:
+                   min_piece_px: int = 4 * lfeatures.HEAD_STRIDE ** 2, window_px: int = 1024,
+                   scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
     """``mask`` (uint8: 0, 1, 255 nodata) with the changed regions the model does not back cut back.
 
     A region (8-connected) stays whole when the mean of the quantised probability ``pq`` over its
     pixels reaches ``min_probability``. Otherwise only its pixels whose own probability reaches
     ``min_probability`` stay, in pieces of at least ``min_piece_px`` (what the model's grid can
     resolve: 2 x 2 cells of stride 4): fragments that only the classical score or line evidence
-    found go, and a large merged region keeps the part the model calls changed. Returns a new array.
+    found go, and a large merged region keeps the part the model calls changed. Returns a new array
+    (from ``scr``), made window by window.
     """
-    out = mask.copy()
+    out = scr.copy(mask)
     if min_probability <= 0:
         return out
-    n, labels = cv2.connectedComponents((mask == 1).astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    labels, stats = windowed.label(mask, window_px, scr, value=1)
+    n = len(stats)
     if n <= 1:
         return out
-    p = threshold.dequantize(pq)
-    sums = np.bincount(labels.ravel(), weights=p.ravel(), minlength=n)
-    counts = np.bincount(labels.ravel(), minlength=n)
-    weak = sums < min_probability * np.maximum(counts, 1)
+    # each region's probabilities summed over its pixels in row-major order, as one bincount would
+    lab_px, p_px = windowed.label_pixels(labels, window_px, pq)
+    sums = windowed.label_sums(lab_px, threshold.dequantize(p_px), n)
+    del lab_px, p_px
+    weak = sums < min_probability * np.maximum(stats[:, cv2.CC_STAT_AREA].astype(np.int64), 1)
     weak[0] = False
-    in_weak = weak[labels]
-    out[in_weak & (p < min_probability)] = 0
-    pieces = (in_weak & (out == 1)).astype(np.uint8)
-    out[(pieces == 1) & (threshold.remove_small(pieces, min_piece_px) == 0)] = 0
+    pieces = scr.zeros(mask.shape, np.uint8)
+    for (r, c, h, w), in_weak in windowed.apply(labels, weak, window_px):
+        part = np.asarray(out[r:r + h, c:c + w])
+        part[in_weak & (threshold.dequantize(np.asarray(pq[r:r + h, c:c + w])) < min_probability)] = 0
+        out[r:r + h, c:c + w] = part
+        pieces[r:r + h, c:c + w] = in_weak & (part == 1)
+        scratch.release(out, pq, pieces)
+    kept = threshold.remove_small(pieces, min_piece_px, window_px, scr)
+    for r, c, h, w in iter_windows(mask.shape, window_px):
+        drop = (np.asarray(pieces[r:r + h, c:c + w]) == 1) & (np.asarray(kept[r:r + h, c:c + w]) == 0)
+        if drop.any():
+            out[r:r + h, c:c + w][drop] = 0
+        scratch.release(out, pieces, kept)
     return out
 
 
@@ -340,7 +353,12 @@ def fuse_pass(score_path: Path, q: np.ndarray, lrn: _Learned, classical: thresho
     local_max = None
     if cfg.model.gate_score > 0:
         size = 2 * lfeatures.HEAD_STRIDE + 1  # the reach of the stride-4 probability's blur
-        local_max = cv2.dilate(np.where(q == threshold.NODATA, 0, q).astype(np.uint8), np.ones((size, size), np.uint8))
+        local_max = scr.zeros(q.shape, np.uint8)
+        for box in iter_windows(q.shape, cfg.processing.window_px):
+            part, big = windowed.read(q, box, size // 2)
+            grown = cv2.dilate(np.where(part == threshold.NODATA, 0, part).astype(np.uint8), np.ones((size, size), np.uint8))
+            local_max[box[0]:box[0] + box[2], box[1]:box[1] + box[3]] = windowed.crop(grown, big, box)
+            scratch.release(local_max)
 
     def one(item: tuple[Box, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         (r, c, h, w), s = item
@@ -360,7 +378,7 @@ def fuse_pass(score_path: Path, q: np.ndarray, lrn: _Learned, classical: thresho
         for (r, c, h, w), (f, fqw) in zip(boxes, parallel.ordered_map(one, items, workers(cfg))):
             ds.write(f, 1, window=Window(c, r, w, h))
             fq[r:r + h, c:c + w] = fqw
-            scratch.release(fq, q, lrn.pq)
+            scratch.release(fq, q, lrn.pq, *(() if local_max is None else (local_max,)))
     return fq
 
 
@@ -422,7 +440,8 @@ def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
             progress("measure", i + 1, len(boxes))
     finally:
         writer.close()
-    return _Scores(q, lq, objects.keep_large_water(water, cfg.objects, pair.gsd_m), ev_b, ev_a)
+    return _Scores(q, lq, objects.keep_large_water(water, cfg.objects, pair.gsd_m, cfg.processing.window_px, scr),
+                   ev_b, ev_a)
 
 
 def csmask_bands(pair: PairSource, before: str | Path, after: str | Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -576,9 +595,15 @@ def refine_edges(pair: PairSource, models: _Models, cfg: Config, mask: np.ndarra
     for i, (rows, cols) in enumerate(parallel.ordered_map(one, comps, workers(cfg))):
         out[rows, cols] = 0
         progress("edges", i + 1, len(comps))
-    cleaned = threshold.remove_small((out == 1).astype(np.uint8),
-                                     int(np.ceil(cfg.decide.min_area_m2 / pair.gsd_m ** 2)))
-    out[(out == 1) & (cleaned == 0)] = 0
+    scratch.release(out)
+    win = cfg.processing.window_px
+    cleaned = threshold.remove_small(windowed.equals(out, 1), int(np.ceil(cfg.decide.min_area_m2 / pair.gsd_m ** 2)),
+                                     win, scr)
+    for r, c, h, w in iter_windows(out.shape, win):
+        part = np.asarray(out[r:r + h, c:c + w])
+        part[(part == 1) & (np.asarray(cleaned[r:r + h, c:c + w]) == 0)] = 0
+        out[r:r + h, c:c + w] = part
+        scratch.release(out, cleaned)
     return out
 
 
@@ -963,10 +988,10 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         if lrn is not None:
             q = fuse_pass(stage.file("score.scratch.tif"), q, lrn, classical, cfg, scr)
             step()
-            mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m, lrn.head.threshold)
+            mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m, lrn.head.threshold, window_px=cfg.processing.window_px, scr=scr)
             thr = replace(thr, raw=classical.raw)
         else:
-            mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m)
+            mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m, window_px=cfg.processing.window_px, scr=scr)
         step()
         mask, budget = significance.keep_significant(
             mask, q, windowed.equals(obs.reason, observability.OBSERVABLE), pair.gsd_m,
@@ -985,7 +1010,8 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         step()
         mask = refine_edges(pair, models, cfg, mask, progress, scr)
         if lrn is not None:
-            mask = backed_regions(mask, lrn.pq, cfg.model.region_probability * lrn.head.threshold)
+            mask = backed_regions(mask, lrn.pq, cfg.model.region_probability * lrn.head.threshold,
+                                  window_px=cfg.processing.window_px, scr=scr)
         step()
         # clean-up and edges never reach into what cannot be seen
         for r, c, h, w in iter_windows(mask.shape, cfg.processing.window_px):

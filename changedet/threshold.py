@@ -2,6 +2,12 @@
 
 The score arrives quantised to ``uint8`` levels 0..254 (255 = nodata), the only
 per-pixel product held whole besides the mask itself.
+
+The decision goes through the scene by windows (``window_px``, default 1024): regions are
+labelled window by window with their seams joined (:mod:`changedet.labels`), openings and
+closings are made with a halo, and whole-scene masks come from a :class:`~changedet.scratch.Scratch`
+(``scr``, memory maps past the budget), so the working set does not grow with the scene. The
+results equal those of whole-array operations (tests/test_threshold.py).
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from . import scratch, windowed
 from .config import DecideConfig
+from .labels import label_windowed
 from .objects import skeleton_length_px, widest_px
 
 LEVELS = 254
@@ -46,7 +54,11 @@ def dequantize(q: np.ndarray) -> np.ndarray:
 
 def histogram(q: np.ndarray) -> np.ndarray:
     """Counts of each score level 0..254 (nodata excluded)."""
-    return np.bincount(q.ravel(), minlength=256)[: LEVELS + 1].astype(np.float64)
+    counts = np.zeros(256, np.int64)
+    for r0, r1 in windowed.strips(q.shape, 1024):
+        counts += np.bincount(np.asarray(q[r0:r1]).ravel(), minlength=256)
+        scratch.release(q)
+    return counts[: LEVELS + 1].astype(np.float64)
 
 
 def otsu(hist: np.ndarray) -> float:
@@ -127,58 +139,81 @@ def _disk(radius: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
 
-def hysteresis(q: np.ndarray, thr: Threshold) -> np.ndarray:
+def hysteresis(q: np.ndarray, thr: Threshold, window_px: int = 1024,
+               scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
     """Pixels above ``low`` connected (8-neighbourhood) to a pixel above ``high``; uint8 0/1."""
-    valid = q != NODATA
-    low = ((q > thr.low * LEVELS) & valid).astype(np.uint8)
-    high = (q > thr.high * LEVELS) & valid
-    n, labels = cv2.connectedComponents(low, connectivity=8, ltype=cv2.CV_32S)
+    lo, hi = thr.low * LEVELS, thr.high * LEVELS
+    labels, stats = label_windowed(windowed.Where(q, lambda a: (a > lo) & (a != NODATA)), window_px, scr)
+    out = scr.zeros(q.shape, np.uint8)
+    n = len(stats)
     if n <= 1:
-        return np.zeros_like(low)
+        return out
     keep = np.zeros(n, dtype=bool)
-    keep[np.unique(labels[high])] = True
+    for r, c, h, w in windowed.windows(q.shape, window_px):
+        part = np.asarray(q[r:r + h, c:c + w])
+        keep[np.unique(np.asarray(labels[r:r + h, c:c + w])[(part > hi) & (part != NODATA)])] = True
+        scratch.release(q, labels)
     keep[0] = False
-    return keep[labels].astype(np.uint8)
+    return windowed.fill(out, windowed.apply(labels, keep.astype(np.uint8), window_px))
 
 
-def remove_small(mask: np.ndarray, min_px: int) -> np.ndarray:
+def remove_small(mask: np.ndarray, min_px: int, window_px: int = 1024,
+                 scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
     """Drop 8-connected regions of fewer than ``min_px`` pixels."""
     if min_px <= 1:
         return mask
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
+    labels, stats = label_windowed(mask, window_px, scr)
     keep = stats[:, cv2.CC_STAT_AREA] >= min_px
     keep[0] = False
-    return keep[labels].astype(np.uint8)
+    return windowed.fill(scr.zeros(mask.shape, np.uint8), windowed.apply(labels, keep.astype(np.uint8), window_px))
 
 
-def fill_holes(mask: np.ndarray, max_px: int) -> np.ndarray:
+def fill_holes(mask: np.ndarray, max_px: int, window_px: int = 1024,
+               scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
     """Fill 4-connected holes of at most ``max_px`` pixels."""
     if max_px <= 0:
         return mask
-    holes = (mask == 0).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(holes, connectivity=4, ltype=cv2.CV_32S)
+    labels, stats = label_windowed(mask, window_px, scr, value=0, connectivity=4)
     h, w = mask.shape
     x, y, bw, bh = (stats[:, i] for i in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT))
     touches = (x == 0) | (y == 0) | (x + bw == w) | (y + bh == h)
     small = (stats[:, cv2.CC_STAT_AREA] <= max_px) & ~touches
     small[0] = False
-    return (mask.astype(bool) | small[labels]).astype(np.uint8)
+    out = scr.zeros(mask.shape, np.uint8)
+    for (r, c, hh, ww), part in windowed.apply(labels, small, window_px):
+        out[r:r + hh, c:c + ww] = (np.asarray(mask[r:r + hh, c:c + ww]).astype(bool) | part).astype(np.uint8)
+        scratch.release(out, mask)
+    return out
 
 
-def clean(mask: np.ndarray, params: DecideConfig, gsd_m: float) -> np.ndarray:
+def _morphology(mask: np.ndarray, op: int, radius: int, window_px: int, scr: scratch.Scratch) -> np.ndarray:
+    """``cv2.morphologyEx(mask, op, disk(radius))`` (an opening or a closing) by windows with a halo."""
+    out = scr.zeros(mask.shape, np.uint8)
+    kernel = _disk(radius)
+    for box in windowed.windows(mask.shape, window_px):
+        part, big = windowed.read(mask, box, 2 * radius)  # two passes of the disk
+        r, c, h, w = box
+        out[r:r + h, c:c + w] = windowed.crop(cv2.morphologyEx(part, op, kernel), big, box)
+        scratch.release(out)
+    return out
+
+
+def clean(mask: np.ndarray, params: DecideConfig, gsd_m: float, window_px: int = 1024,
+          scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
     """Opening, closing, small-region removal and hole filling, sizes in m²."""
     px_area = gsd_m * gsd_m
     out = mask
     if params.open_px > 0:
-        out = cv2.morphologyEx(out, cv2.MORPH_OPEN, _disk(params.open_px))
+        out = _morphology(out, cv2.MORPH_OPEN, params.open_px, window_px, scr)
     if params.close_px > 0:
-        out = cv2.morphologyEx(out, cv2.MORPH_CLOSE, _disk(params.close_px))
-    out = fill_holes(out, int(params.fill_holes_m2 / px_area))
-    return remove_small(out, int(np.ceil(params.min_area_m2 / px_area)))
+        out = _morphology(out, cv2.MORPH_CLOSE, params.close_px, window_px, scr)
+    out = fill_holes(out, int(params.fill_holes_m2 / px_area), window_px, scr)
+    return remove_small(out, int(np.ceil(params.min_area_m2 / px_area)), window_px, scr)
 
 
 def decide(q: np.ndarray, params: DecideConfig, gsd_m: float,
-           fixed: float | None = None) -> tuple[np.ndarray, Threshold]:
+           fixed: float | None = None, *, window_px: int = 1024,
+           scr: scratch.Scratch = scratch.IN_MEMORY) -> tuple[np.ndarray, Threshold]:
     """Threshold the quantised score and clean the result.
 
     ``fixed`` replaces the automatic threshold (a learned model's calibrated one); hysteresis
@@ -193,14 +228,17 @@ def decide(q: np.ndarray, params: DecideConfig, gsd_m: float,
         thr = choose(histogram(q), params)
     else:
         thr = Threshold("model", fixed, fixed, fixed * params.hysteresis_low_ratio)
-    mask = cut(q, thr, params, gsd_m)
-    mask[q == NODATA] = NODATA
+    mask = cut(q, thr, params, gsd_m, window_px, scr)
+    for r, c, h, w in windowed.windows(q.shape, window_px):
+        mask[r:r + h, c:c + w][np.asarray(q[r:r + h, c:c + w]) == NODATA] = NODATA
+        scratch.release(mask, q)
     return mask, thr
 
 
-def cut(q: np.ndarray, thr: Threshold, params: DecideConfig, gsd_m: float) -> np.ndarray:
+def cut(q: np.ndarray, thr: Threshold, params: DecideConfig, gsd_m: float, window_px: int = 1024,
+        scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
     """The pixel decision at given thresholds: hysteresis, then clean-up; uint8 0/1."""
-    return clean(hysteresis(q, thr), params, gsd_m)
+    return clean(hysteresis(q, thr, window_px, scr), params, gsd_m, window_px, scr)
 
 
 #: a line's pixels keep at least this share of its typical line evidence (z^2): a quarter is where
