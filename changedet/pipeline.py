@@ -550,18 +550,19 @@ def add_line_scores(score_path: Path, lines: np.ndarray, lq: np.ndarray, window_
     ``change_score.tif`` then explains every changed pixel: a faint trench's pixels score low
     pixel by pixel, and high as a line. Other pixels keep the fused pixel score.
     """
-    if not lines.any():
+    boxes = [box for box in iter_windows(lines.shape, window_px)
+             if np.any(windowed.read(lines, box)[0] == 1)]  # windows holding a line
+    if not boxes:
         return
     with rasterio.open(score_path, "r+") as ds:
-        for r, c, h, w in iter_windows(lines.shape, window_px):
-            sel = lines[r:r + h, c:c + w] == 1
-            if not sel.any():
-                continue
+        for r, c, h, w in boxes:
+            sel = np.asarray(lines[r:r + h, c:c + w]) == 1
             win = Window(c, r, w, h)
             score = ds.read(1, window=win)
-            line = lq[r:r + h, c:c + w].astype(np.float32) / threshold.LEVELS
+            line = np.asarray(lq[r:r + h, c:c + w]).astype(np.float32) / threshold.LEVELS
             score[sel] = np.maximum(score[sel], line[sel])
             ds.write(score, 1, window=win)
+            scratch.release(lines, lq)
 
 
 # --------------------------------------------------------------------------- objects
@@ -1003,8 +1004,12 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
                          f"{cfg.decide.false_alarms_per_km2:g} false alarms per km²")
         step()
         lines = threshold.line_mask(lq, mask, cfg.decide, pair.gsd_m, differencing.LINE_FLANK_PX,
-                                    cfg.measure.line_length_px)
-        mask[(mask == 0) & (lines == 1)] = 1
+                                    cfg.measure.line_length_px, cfg.processing.window_px, scr)
+        for r, c, h, w in iter_windows(mask.shape, cfg.processing.window_px):
+            part = np.asarray(mask[r:r + h, c:c + w])
+            part[(part == 0) & (np.asarray(lines[r:r + h, c:c + w]) == 1)] = 1
+            mask[r:r + h, c:c + w] = part
+            scratch.release(mask, lines)
         add_line_scores(stage.file("score.scratch.tif"), lines, lq, cfg.processing.window_px)
         del lq, lines
         step()

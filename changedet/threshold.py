@@ -247,7 +247,8 @@ LINE_END_SHARE = 0.25
 
 
 def line_mask(lq: np.ndarray, mask: np.ndarray, params: DecideConfig, gsd_m: float,
-              flank_px: int = 3, length_px: int = 11) -> np.ndarray:
+              flank_px: int = 3, length_px: int = 11, window_px: int = 1024,
+              scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
     """Long thin lines of change from the quantised line evidence that ``mask`` misses; uint8 0/1.
 
     Parameters
@@ -275,30 +276,35 @@ def line_mask(lq: np.ndarray, mask: np.ndarray, params: DecideConfig, gsd_m: flo
        nor what is left of the evidence around an object.
 
     No opening: it would erase lines two pixels wide.
+
+    Made window by window (``window_px``; the masks from ``scr``), equal to the whole-array result.
     """
-    out = np.zeros(lq.shape, np.uint8)
+    out = scr.zeros(lq.shape, np.uint8)
     if params.line_min_ratio <= 0:
         return out
     r = params.line_min_ratio
     high, low = r / (1.0 + r), (r / 2) / (1.0 + r / 2)
-    seeds = (lq > high * LEVELS) & (lq != NODATA)
-    if not seeds.any():
+    if not any(np.any((part > high * LEVELS) & (part != NODATA))
+               for part in (np.asarray(lq[r0:r1]) for r0, r1 in windowed.strips(lq.shape, window_px))):
         return out
-    del seeds
-    near = cv2.dilate((mask == 1).astype(np.uint8), _disk(flank_px)).astype(bool)
-    wide = _wide_regions(mask, flank_px, length_px // 2 + 1)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(hysteresis(lq, Threshold("line", high, high, low)),
-                                                          connectivity=8, ltype=cv2.CV_32S)
+    scratch.release(lq)
+    near = _dilate_windowed(windowed.equals(mask, 1), flank_px, window_px, scr)
+    wide = _wide_regions(mask, flank_px, length_px // 2 + 1, window_px, scr)
+    lines = hysteresis(lq, Threshold("line", high, high, low), window_px, scr)
+    labels, stats = label_windowed(lines, window_px, scr)
+    del lines
     min_px = params.line_min_length_m / gsd_m
-    for i in range(1, n):
+    for i in range(1, len(stats)):
         x, y, w, h = _box(stats, i)
         if np.hypot(w, h) < min_px:
             continue
-        region = labels[y:y + h, x:x + w] == i
-        lev = lq[y:y + h, x:x + w].astype(np.float32) / LEVELS
+        if i % 256 == 0:  # memory maps: let go of the pages the regions so far touched
+            scratch.release(labels, lq, wide, near, out)
+        region = np.asarray(labels[y:y + h, x:x + w]) == i
+        lev = np.asarray(lq[y:y + h, x:x + w]).astype(np.float32) / LEVELS
         rr = lev / np.maximum(1.0 - lev, 1e-3)  # back to multiples of the 90th percentile
         region &= rr >= LINE_END_SHARE * float(np.median(rr[region]))
-        region &= ~wide[y:y + h, x:x + w]
+        region &= ~(np.asarray(wide[y:y + h, x:x + w]) > 0)
         m, parts, pstats, _ = cv2.connectedComponentsWithStats(region.astype(np.uint8), connectivity=8,
                                                                ltype=cv2.CV_32S)
         for j in range(1, m):
@@ -306,9 +312,23 @@ def line_mask(lq: np.ndarray, mask: np.ndarray, params: DecideConfig, gsd_m: flo
             if np.hypot(pw, ph) < min_px:
                 continue
             part = parts[py:py + ph, px:px + pw] == j
-            far = part & ~near[y + py:y + py + ph, x + px:x + px + pw]
+            far = part & ~(np.asarray(near[y + py:y + py + ph, x + px:x + px + pw]) > 0)
             if far.sum() >= min_px and skeleton_length_px(far) >= min_px:
                 out[y + py:y + py + ph, x + px:x + px + pw][part] = 1
+    scratch.release(labels, lq, wide, near, out)
+    return out
+
+
+def _dilate_windowed(src: np.ndarray | windowed.Where, radius: int, window_px: int,
+                     scr: scratch.Scratch) -> np.ndarray:
+    """``cv2.dilate(src, disk(radius))`` (uint8 0/1) by windows with a halo of ``radius``."""
+    out = scr.zeros(src.shape, np.uint8)
+    kernel = _disk(radius)
+    for box in windowed.windows(src.shape, window_px):
+        part, big = windowed.read(src, box, radius)
+        r, c, h, w = box
+        out[r:r + h, c:c + w] = windowed.crop(cv2.dilate(part.astype(np.uint8), kernel), big, box)
+        scratch.release(out)
     return out
 
 
@@ -318,21 +338,25 @@ def _box(stats: np.ndarray, i: int) -> tuple[int, int, int, int]:
             int(stats[i, cv2.CC_STAT_HEIGHT]))
 
 
-def _wide_regions(mask: np.ndarray, flank_px: int, reach_px: int) -> np.ndarray:
-    """Pixels within ``reach_px`` of a region of ``mask`` that is not a thin line (bool).
+def _wide_regions(mask: np.ndarray, flank_px: int, reach_px: int, window_px: int = 1024,
+                  scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
+    """Pixels within ``reach_px`` of a region of ``mask`` that is not a thin line (uint8 0/1).
 
     A region is a thin line when its width along its skeleton (:func:`changedet.objects.widest_px`)
     is at most ``2 * flank_px`` pixels and its skeleton is at least twice that width: a piece of a
     trench the pixel score found. Roofs, hulls and clearings are not, however small.
     """
-    n, labels, stats, _ = cv2.connectedComponentsWithStats((mask == 1).astype(np.uint8), connectivity=8,
-                                                          ltype=cv2.CV_32S)
+    labels, stats = label_windowed(mask, window_px, scr, value=1)
+    n = len(stats)
     block = np.zeros(n, bool)
     for i in range(1, n):
         x, y, w, h = _box(stats, i)
-        region = labels[y:y + h, x:x + w] == i
+        region = np.asarray(labels[y:y + h, x:x + w]) == i
         width = widest_px(region)
         block[i] = width > 2 * flank_px or skeleton_length_px(region) < 2 * width
+        if i % 256 == 0:
+            scratch.release(labels)
     if not block[1:].any():
-        return np.zeros(mask.shape, bool)
-    return cv2.dilate(block[labels].astype(np.uint8), _disk(reach_px)).astype(bool)
+        return scr.zeros(mask.shape, np.uint8)
+    lut = block.astype(np.uint8)
+    return _dilate_windowed(windowed.Where(labels, lambda lab: lut[lab]), reach_px, window_px, scr)

@@ -164,3 +164,20 @@ def test_the_decision_through_memory_maps(tmp_path):
     assert scratch.is_mapped(mapped) and thr2 == thr
     np.testing.assert_array_equal(np.asarray(mapped), whole)
     assert 0 < (whole == 1).mean() < 1
+
+
+@pytest.mark.parametrize("window", [16, 40])
+def test_line_mask_by_windows_and_memory_maps_equals_one_window(tmp_path, window):
+    r = np.full((120, 160), 0.5, np.float32)
+    mask = np.zeros(r.shape, np.uint8)
+    mask[20:34, 20:34] = 1  # a roof with lines along it
+    r[17:19, 16:38] = 12.0
+    r[26:28, 8:46] = 12.0
+    mask[80:83, 20:50] = 1  # a trench crossing window seams, found in part by the pixel score
+    r[80:83, 20:130] = 12.0
+    r[50:100, 140:142] = 12.0  # and one in line evidence only
+    r[100:102, 10:16] = 12.0  # a streak
+    whole = T.line_mask(_line_levels(r), mask, DecideConfig(), 0.5, window_px=4096)
+    got = T.line_mask(_line_levels(r), mask, DecideConfig(), 0.5, window_px=window, scr=scratch.Scratch(tmp_path, 0))
+    assert scratch.is_mapped(got) and whole[80:83, 52:128].all() and whole[52:98, 140:142].all()
+    np.testing.assert_array_equal(np.asarray(got), whole)
