@@ -181,8 +181,13 @@ def cascade_windows(q: np.ndarray, level: float, window_px: int) -> list[Box]:
     boxes = list(iter_windows(q.shape, window_px))
     if level <= 0:
         return boxes
-    cand = (q != threshold.NODATA) & (q >= int(np.ceil(level * threshold.LEVELS)))
-    rows, cols = np.any(cand, axis=1), np.any(cand, axis=0)
+    least = int(np.ceil(level * threshold.LEVELS))
+    cand = windowed.Where(q, lambda a: (a != threshold.NODATA) & (a >= least))
+    rows, cols = np.zeros(q.shape[0], bool), np.zeros(q.shape[1], bool)
+    for r0, r1 in windowed.strips(q.shape, window_px):
+        part = cand[r0:r1]
+        rows[r0:r1] = np.any(part, axis=1)
+        cols |= np.any(part, axis=0)
     m = CASCADE_MARGIN_PX
     keep = []
     for box in boxes:
@@ -843,6 +848,11 @@ def _summary(site: str, before: Any, after: Any, pair: PairSource, models: _Mode
              timings: dict[str, float], applied: bool, obs: observability.Observability) -> dict[str, Any]:
     counts = {k: sum(r["class"] == k for r in records) for k in objects.CLASS_CODES}
     obs_km2 = obs.observable_km2(pair.gsd_m)
+    mask_counts = np.zeros(256, np.int64)
+    for r0, r1 in windowed.strips(mask.shape, 1024):
+        mask_counts += np.bincount(np.asarray(mask[r0:r1]).ravel(), minlength=256)
+        scratch.release(mask)
+    changed, known = int(mask_counts[1]), int(mask_counts.sum() - mask_counts[255])
     reg = models.reg.to_json()
     reg["applied"] = applied
     return {
@@ -862,8 +872,8 @@ def _summary(site: str, before: Any, after: Any, pair: PairSource, models: _Mode
         "threshold": thr.to_json(),
         "config": cfg.record(),
         "counts": counts,
-        "changed_area_m2": round(float(np.count_nonzero(mask == 1)) * pair.gsd_m ** 2, 3),
-        "changed_fraction": round(float(np.count_nonzero(mask == 1)) / max(int(np.count_nonzero(mask != 255)), 1), 6),
+        "changed_area_m2": round(float(changed) * pair.gsd_m ** 2, 3),
+        "changed_fraction": round(float(changed) / max(known, 1), 6),
         "observable_fraction": obs.observable_fraction(),
         "observable_km2": round(obs_km2, 6),
         "detections_per_km2": round(len(records) / obs_km2, 3) if obs_km2 > 0 else 0.0,
