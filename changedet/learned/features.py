@@ -165,23 +165,45 @@ def _up(fmap: np.ndarray, factor: int, out: np.ndarray | None = None) -> np.ndar
     return out
 
 
-def pair_features(xb: np.ndarray, xa: np.ndarray, threads: int | None = None) -> np.ndarray:
-    """Head input at stride 4 for encoder inputs of both dates: (N_FEATURES, h/4, w/4) float32.
+@dataclass(frozen=True)
+class PairTaps:
+    """The encoder's taps of both dates, as the head's features need them: per tap, the absolute
+    difference and the mean at the tap's own stride, and the factor up to the head's grid."""
 
-    The parts are upsampled straight into the result (no list of parts and concatenated copy:
-    a 1408² read box's features are 174 MB).
-    """
+    parts: tuple[tuple[np.ndarray, int], ...]  # ((c, h_tap, w_tap) float32, factor), in feature order
+    shape: tuple[int, int]  # the head's grid (h/4, w/4)
+
+    def rows(self, r0: int, r1: int) -> np.ndarray:
+        """Rows ``r0:r1`` of the head's features, (N_FEATURES, r1 - r0, w) float32: the same numbers
+        as those rows of :func:`pair_features`, upsampling only the tap rows they need (bilinear
+        interpolation reads the two nearest rows, so one more row on each side keeps the edges)."""
+        h, w = self.shape
+        out = np.empty((sum(p.shape[0] for p, _ in self.parts), r1 - r0, w), np.float32)
+        k = 0
+        for part, factor in self.parts:
+            c, th = part.shape[0], part.shape[1]
+            s0, s1 = max(0, r0 // factor - 1), min(th, (r1 - 1) // factor + 2)
+            up = _up(part[:, s0:s1], factor)
+            out[k:k + c] = up[:, r0 - s0 * factor:r1 - s0 * factor]
+            k += c
+        return out
+
+
+def pair_taps(xb: np.ndarray, xa: np.ndarray, threads: int | None = None) -> PairTaps:
+    """The encoder's taps of both dates for :meth:`PairTaps.rows` (about 7 MB at a 1408² read box,
+    where the upsampled features are 174 MB)."""
     fb, fa = encode(xb, threads), encode(xa, threads)
-    h, w = fb[0].shape[1:]  # the stride-4 tap is on the head's grid
-    out = np.empty((N_FEATURES, h, w), np.float32)
-    k = 0
+    parts = []
     for tb, ta, stride in zip(fb, fa, (4, 8, 16)):
         up = stride // HEAD_STRIDE
-        c = tb.shape[0]
-        _up(np.abs(ta - tb), up, out[k:k + c])
-        _up(0.5 * (ta + tb), up, out[k + c:k + 2 * c])
-        k += 2 * c
-    return out
+        parts += [(np.abs(ta - tb), up), (0.5 * (ta + tb), up)]
+    return PairTaps(tuple(parts), fb[0].shape[1:])  # the stride-4 tap is on the head's grid
+
+
+def pair_features(xb: np.ndarray, xa: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """Head input at stride 4 for encoder inputs of both dates: (N_FEATURES, h/4, w/4) float32."""
+    taps = pair_taps(xb, xa, threads)
+    return taps.rows(0, taps.shape[0])
 
 
 def padded_box(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
