@@ -130,7 +130,7 @@ def correlation_length(q: np.ndarray, sample: np.ndarray, window_px: int = 1024)
     Horizontal and vertical lags on every :data:`CORR_STRIDE`-th row and column, pooled; linear
     interpolation between the lags tried (1, 2, 4, ... :data:`MAX_LAG_PX`). 1 when too few pixels.
     ``q`` and ``sample`` may be memory maps or lazy views (:class:`changedet.windowed.Where`): only
-    those rows and columns are read, a strip at a time.
+    those rows and columns are kept, read a strip at a time. ``sample`` must not hold on nodata.
     """
     counts = np.zeros(256, np.int64)
     for r0, r1 in windowed.strips(q.shape, window_px):
@@ -151,46 +151,45 @@ def correlation_length(q: np.ndarray, sample: np.ndarray, window_px: int = 1024)
     return float(MAX_LAG_PX)
 
 
+#: a sampled line's value where the pixel is not in the sample (a level the score never takes there)
+_OUT = NODATA
+
+
 def _sampled_lines(q: np.ndarray, sample: np.ndarray, table: np.ndarray,
                    window_px: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Every :data:`CORR_STRIDE`-th row, and column (transposed), of the normal scores and the sample.
-
-    As uint8 levels and bools, 2 bytes per sampled pixel (the normal scores are looked up from
-    ``table`` when a lag is measured).
-    """
-    h, w = q.shape
-    rows_q, rows_s, cols_q, cols_s = [], [], [], []
+    """Every :data:`CORR_STRIDE`-th row, and column (transposed), of ``q``'s levels where ``sample``
+    holds, :data:`_OUT` elsewhere: one byte per sampled pixel (the normal scores are looked up from
+    ``table`` when a lag is measured). ``sample`` never holds on nodata."""
+    rows, cols = [], []
     for r0, r1 in windowed.strips(q.shape, window_px):
         first = r0 + (-r0) % CORR_STRIDE
-        part_q, part_s = np.asarray(q[r0:r1]), np.asarray(sample[r0:r1])
-        rows_q.append(part_q[first - r0::CORR_STRIDE])
-        rows_s.append(part_s[first - r0::CORR_STRIDE])
-        cols_q.append(part_q[:, ::CORR_STRIDE])
-        cols_s.append(part_s[:, ::CORR_STRIDE])
+        part = np.where(np.asarray(sample[r0:r1]).astype(bool), np.asarray(q[r0:r1]), np.uint8(_OUT))
+        rows.append(part[first - r0::CORR_STRIDE])
+        cols.append(part[:, ::CORR_STRIDE])
         scratch.release(q)
-    out = [(np.concatenate(rows_q), np.concatenate(rows_s)), (np.concatenate(cols_q).T, np.concatenate(cols_s).T)]
-    return [(table, *pair) for pair in out]  # type: ignore[misc]
+    return [(table, np.concatenate(rows)), (table, np.concatenate(cols).T)]
 
 
-def _lag_correlation(lines: list[tuple[np.ndarray, np.ndarray, np.ndarray]], lag: int) -> float | None:
+def _lag_correlation(lines: list[tuple[np.ndarray, np.ndarray]], lag: int) -> float | None:
     """Pearson correlation of the normal scores ``lag`` apart along the sampled lines (pooled).
 
     Sums in float64 over blocks of lines (two passes: means, then centred products), so the
     working set is a block, not every pair of pixels.
     """
     blocks = []
-    for table, lq, ls in lines:
+    for table, lq in lines:
         if lq.shape[1] <= lag:
             continue
         step = max(1, (1 << 20) // max(1, lq.shape[1]))
         for i in range(0, lq.shape[0], step):
-            blocks.append((table, lq[i:i + step], ls[i:i + step]))
+            blocks.append((table, lq[i:i + step]))
     if not blocks:
         return None
 
-    def pairs(table: np.ndarray, lq: np.ndarray, ls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        both = ls[:, :-lag] & ls[:, lag:]
-        return table[lq[:, :-lag][both]].astype(np.float64), table[lq[:, lag:][both]].astype(np.float64)
+    def pairs(table: np.ndarray, lq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a, b = lq[:, :-lag], lq[:, lag:]
+        both = (a != _OUT) & (b != _OUT)
+        return table[a[both]].astype(np.float64), table[b[both]].astype(np.float64)
 
     n, sa, sb = 0, 0.0, 0.0
     lo_a = lo_b = np.inf
