@@ -912,6 +912,7 @@ def detect_pair(before: str | Path, after: str | Path, out_dir: str | Path, conf
     """
     cfg = config or Config()
     progress = progress or _no_progress
+    scratch.return_large_blocks()  # freed window arrays go back to the system, not to fragmented heaps
     # GDAL's block cache defaults to 5 % of RAM; windows are read once, so a small cache keeps memory flat.
     # rasterio passes GDAL_CACHEMAX to GDALSetCacheMax64, in bytes: a bare 64 was a 64-byte cache, and
     # copying a PNG input printed GDAL's "block cache size (64) should be at least the size of the swath"

@@ -97,3 +97,25 @@ def trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         return
+
+
+#: blocks at least this large are mapped on their own and given back to the system when freed
+LARGE_BLOCK_BYTES = 4 * 2**20
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def return_large_blocks() -> None:
+    """Have glibc map every block of :data:`LARGE_BLOCK_BYTES` or more on its own (``mallopt``;
+    no-op elsewhere).
+
+    By default glibc raises that threshold up to 32 MB as large blocks are freed, after which the
+    windows' arrays come from its heaps, which fragment and keep what was freed: with two workers
+    over learned windows, 0.15 GB more at the peak and 0.28 GB more kept after. Process-wide, and
+    kept after the run.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES)
+    except (OSError, AttributeError):
+        return
