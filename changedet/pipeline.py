@@ -3,8 +3,12 @@
 load -> align -> register -> normalize -> measure -> decide -> objects -> write.
 Global quantities (registration, radiometric fit, noise, threshold) are
 estimated first from decimated reads and chips; the per-pixel stages then run
-window by window with a halo, so memory stays flat as tiles grow. Only uint8
-products (quantised score, water, mask) are held whole.
+window by window with a halo. Whole-scene products are uint8 (quantised score,
+line evidence, water, reasons, probability, mask, classes) and the int32 region
+labels, held in memory maps past ``processing.memory_budget_mb``
+(:mod:`changedet.scratch`); the decision stages go through them window by window
+(:mod:`changedet.windowed`, :mod:`changedet.labels`) and let go of the maps' pages
+as they go, so the working set does not grow with the scene.
 """
 
 from __future__ import annotations
