@@ -75,14 +75,22 @@ def is_mapped(arr: np.ndarray) -> bool:
 
 
 def release(*arrays: np.ndarray) -> None:
-    """Let the system drop memory maps' resident pages (written back to their files first); no-op for others."""
+    """Let the system drop memory maps' resident pages; no-op for others.
+
+    The maps are shared file mappings (:meth:`Scratch.full`): ``MADV_DONTNEED`` unmaps their pages
+    from the process, and what was written stays in the file's page cache (the next read maps it
+    again), which the system writes back when it likes. No ``msync``: on a 0.5 GB map it took
+    about 45 ms a call (an fsync of the file), against 5 ms without, and the stages call this once a
+    window. Where ``madvise`` is missing, the pages are written back and stay mapped.
+    """
     for arr in arrays:
         mm = getattr(arr, "_mmap", None)
         if not isinstance(arr, np.memmap) or mm is None:
             continue
-        mm.flush()
         if hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
             mm.madvise(mmap.MADV_DONTNEED)
+        else:
+            mm.flush()
 
 
 def trim_heap() -> None:
