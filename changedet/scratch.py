@@ -42,6 +42,10 @@ class Scratch:
             return np.full(shape, fill, dtype=dt)
         path = self.folder / f"array{next(self._count)}.scratch.bin"
         arr = np.memmap(path, dtype=dt, mode="w+", shape=shape)  # a new file reads as zeros
+        try:  # the map keeps the file: its disk and page cache go when the array does, unwritten
+            path.unlink()
+        except OSError:  # (not on every system: the staging folder's removal takes it then)
+            pass
         if fill != 0:
             rows = max(1, (64 * 2**20) // max(1, nbytes // max(1, shape[0])))
             for r in range(0, shape[0], rows):
