@@ -170,6 +170,8 @@ def split_touching(mask: np.ndarray, gsd_m: float, params: ObjectsConfig, window
     n, labels, stats = _label(mask, window_px, scr)
     k8 = np.ones((3, 3), np.uint8)
     for lab in range(1, n):
+        if lab % 64 == 0:  # a memory map keeps only the pages of the last crops
+            scratch.release(labels, out)
         x, y, w, h, area = (int(v) for v in stats[lab])
         if area < 8 * min_r * min_r:  # too small to hold two objects
             continue
@@ -270,7 +272,9 @@ def group_fragments(labels: np.ndarray, comps: list[Component], water: np.ndarra
         max_w = params.trench_max_width_m / gsd_m
         h, w = labels.shape
         thin: dict[int, tuple[float, list[tuple[np.ndarray, np.ndarray]], float]] = {}
-        for comp in comps:
+        for k, comp in enumerate(comps):
+            if k % 64 == 63:  # a memory map keeps only the pages of the last crops
+                scratch.release(labels)
             if comp.area_px > 50_000:
                 continue
             crop = labels[comp.row_min:comp.row_max + 1, comp.col_min:comp.col_max + 1] == comp.label

@@ -401,7 +401,7 @@ def resolve(ev_before: np.ndarray, ev_after: np.ndarray, valid: np.ndarray, gsd_
         for code, m in ((CLOUD, cl), (CLOUD_SHADOW, sh)):
             if m is not None and _any(m, window_px):
                 found[code].append(_dilate_windowed(m, buffer_px, window_px, scr))
-        hz = _haze_windowed(ev, gsd_m, params, window_px)
+        hz = _haze_windowed(ev, gsd_m, params, window_px, scr)
         if hz is not None:
             found[HAZE].append(hz)
         sat = _large_windowed(_bits(ev, SAT), _area_px(params.saturation_min_area_m2, gsd_m), window_px, scr)
@@ -547,12 +547,27 @@ def _cloud_shadow_windowed(ev: np.ndarray, gsd_m: float, params: ObserveConfig, 
     return cl, _shift_windowed(cl, found[0], found[1], window_px, scr), (float(found[0]), float(found[1]))
 
 
-def _haze_windowed(ev: np.ndarray, gsd_m: float, params: ObserveConfig, window_px: int) -> np.ndarray | None:
-    """:func:`_haze` of one date's bits; None when no pixel is hazy (the usual case, checked by
-    windows), else made on the whole scene (its holes are 4-connected regions)."""
-    hazy_src = _bits(ev, HAZY)
-    if not any(np.any(hazy_src[r0:r1]) for r0, r1 in windowed.strips(ev.shape, window_px)):
+def _haze_windowed(ev: np.ndarray, gsd_m: float, params: ObserveConfig, window_px: int,
+                   scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray | None:
+    """:func:`_haze` of one date's bits, window by window (uint8 from ``scr``); None when no pixel
+    is hazy (the usual case) or no haze region is large enough."""
+    hazy = _bits(ev, HAZY)
+    if not any(np.any(hazy[r0:r1]) for r0, r1 in windowed.strips(ev.shape, window_px)):
         return None
-    hz = _haze((np.asarray(ev) & HAZY) > 0, gsd_m, params)
-    scratch.release(ev)
-    return hz if hz.any() else None
+    closed = windowed.morphology(hazy, cv2.MORPH_CLOSE, _disk(3), 2, window_px, scr)
+    min_px = _area_px(params.haze_min_area_m2, gsd_m)
+    big = _large_windowed(windowed.Where(closed, lambda a: a > 0), min_px, window_px, scr)
+    del closed
+    if big is None:
+        return None
+    # holes: gaps enclosed by haze (not reaching the scene's border) smaller than a haze patch
+    labels, stats = windowed.label(big, window_px, scr, value=0, connectivity=4)
+    h, w = big.shape
+    x, y, bw, bh = (stats[:, i] for i in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT))
+    hole = (stats[:, cv2.CC_STAT_AREA] < min_px) & ~((x == 0) | (y == 0) | (x + bw == w) | (y + bh == h))
+    hole[0] = False
+    for (r, c, hh, ww), part in windowed.apply(labels, hole, window_px):
+        if part.any():
+            big[r:r + hh, c:c + ww][part] = 1
+        scratch.release(big)
+    return big

@@ -604,6 +604,8 @@ def refine_edges(pair: PairSource, models: _Models, cfg: Config, mask: np.ndarra
 
     for i, (rows, cols) in enumerate(parallel.ordered_map(one, comps, workers(cfg))):
         out[rows, cols] = 0
+        if i % 64 == 63:  # memory maps keep only the pages of the last crops
+            scratch.release(labels, out)
         progress("edges", i + 1, len(comps))
     scratch.release(out)
     win = cfg.processing.window_px
@@ -658,6 +660,8 @@ def describe_objects(pair: PairSource, models: _Models, cfg: Config, labels: np.
     dets = []
     for i, det in enumerate(parallel.ordered_map(one, groups, workers(cfg))):
         dets.append(replace(det, id=len(dets) + 1))
+        if i % 64 == 63:  # memory maps keep only the pages of the last crops
+            scratch.release(labels, water, q)
         progress("objects", i + 1, len(groups))
     return dets, notes
 
@@ -697,7 +701,7 @@ def class_image(labels: np.ndarray, mask: np.ndarray, dets: list[objects.Detecti
         part = lut[labels[r:r + h, c:c + w]]
         part[mask[r:r + h, c:c + w] == threshold.NODATA] = threshold.NODATA
         out[r:r + h, c:c + w] = part
-    scratch.release(out)
+        scratch.release(out, labels, mask)
     return out
 
 
@@ -708,6 +712,7 @@ def clear_labels(mask: np.ndarray, labels: np.ndarray, drop: list[int], window_p
         sel = np.isin(labels[r:r + h, c:c + w], drop_arr)
         if sel.any():
             mask[r:r + h, c:c + w][sel] = 0
+        scratch.release(labels, mask)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -717,7 +722,9 @@ def detection_features(pair: PairSource, dets: list[objects.Detection],
                        labels: np.ndarray) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """GeoJSON features and the summary's detection records."""
     feats, records = [], []
-    for d in dets:
+    for k, d in enumerate(dets):
+        if k % 64 == 63:  # a memory map keeps only the pages of the last crops
+            scratch.release(labels)
         c0, r0, c1, r1 = d.bbox_px
         obj = _object_crop(labels, d)
         tr = pair.transform @ Affine.translation(c0, r0)
@@ -825,7 +832,9 @@ def quicklook_panels(pair: PairSource, models: _Models, cfg: Config, dets: list[
         hidden = seen == 0
     scale = up / f
     outlines = []
-    for d in dets:
+    for k, d in enumerate(dets):
+        if k % 64 == 63:  # a memory map keeps only the pages of the last crops
+            scratch.release(labels)
         c0, r0, c1, r1 = d.bbox_px
         obj = _object_crop(labels, d).astype(np.uint8)
         contours, _ = cv2.findContours(obj, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)

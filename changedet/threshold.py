@@ -188,14 +188,7 @@ def fill_holes(mask: np.ndarray, max_px: int, window_px: int = 1024,
 
 def _morphology(mask: np.ndarray, op: int, radius: int, window_px: int, scr: scratch.Scratch) -> np.ndarray:
     """``cv2.morphologyEx(mask, op, disk(radius))`` (an opening or a closing) by windows with a halo."""
-    out = scr.zeros(mask.shape, np.uint8)
-    kernel = _disk(radius)
-    for box in windowed.windows(mask.shape, window_px):
-        part, big = windowed.read(mask, box, 2 * radius)  # two passes of the disk
-        r, c, h, w = box
-        out[r:r + h, c:c + w] = windowed.crop(cv2.morphologyEx(part, op, kernel), big, box)
-        scratch.release(out)
-    return out
+    return windowed.morphology(mask, op, _disk(radius), 2, window_px, scr)
 
 
 def clean(mask: np.ndarray, params: DecideConfig, gsd_m: float, window_px: int = 1024,

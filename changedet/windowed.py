@@ -100,9 +100,11 @@ def near(src: Any, dist: float, window_px: int) -> Iterator[tuple[Box, np.ndarra
         yield box, crop(d, big, box) <= dist
 
 
-def label(src: Any, window_px: int, scr: scratch.Scratch, value: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """8-connected labels of ``src`` (nonzero, or equal to ``value``) and their stats, as OpenCV gives them."""
-    return _labels.label_windowed(src, window_px, scr, value)
+def label(src: Any, window_px: int, scr: scratch.Scratch, value: int | None = None,
+          connectivity: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Labels of the regions of ``src`` (nonzero, or equal to ``value``) and their stats, as OpenCV
+    gives them (:func:`changedet.labels.label_windowed`)."""
+    return _labels.label_windowed(src, window_px, scr, value, connectivity)
 
 
 def apply(labels: np.ndarray, lut: np.ndarray, window_px: int) -> Iterator[tuple[Box, np.ndarray]]:
@@ -136,5 +138,20 @@ def fill(out: np.ndarray, parts: Iterator[tuple[Box, np.ndarray]]) -> np.ndarray
     """Write windows into ``out`` (releasing a memory map's pages as it goes); returns ``out``."""
     for (r, c, h, w), part in parts:
         out[r:r + h, c:c + w] = part
+        scratch.release(out)
+    return out
+
+
+def morphology(mask: Any, op: int, kernel: np.ndarray, passes: int, window_px: int,
+               scr: scratch.Scratch) -> np.ndarray:
+    """``cv2.morphologyEx(mask, op, kernel)`` (uint8) by windows with a halo of ``passes`` kernel
+    radii (an opening or a closing is two passes): OpenCV's border leaves the scene's edge as the
+    whole-array call does, and a window's own edge never reaches its core."""
+    out = scr.zeros(mask.shape[-2:], np.uint8)
+    halo = passes * (max(kernel.shape) // 2)
+    for box in windows(mask.shape[-2:], window_px):
+        part, big = read(mask, box, halo)
+        r, c, h, w = box
+        out[r:r + h, c:c + w] = crop(cv2.morphologyEx(part.astype(np.uint8), op, kernel), big, box)
         scratch.release(out)
     return out

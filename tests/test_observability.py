@@ -243,3 +243,31 @@ def test_windows_and_memory_maps_give_the_whole_scene_reasons(tmp_path, window):
     np.testing.assert_array_equal(np.asarray(got.reason), whole.reason)
     assert got.shadow_offset_px == whole.shadow_offset_px
     assert got.areas_m2(GSD) == whole.areas_m2(GSD)
+
+
+def test_haze_by_windows_equals_the_whole_scene(tmp_path):
+    from changedet import scratch
+
+    before = _ground(256, 3)
+    haze = _disk(256, 128, 128, 80, 20)
+    after = before * (1 - 0.85 * haze)[None] + (haze * 0.35)[None] * np.array([1.3, 1.1, 0.9, 0.6], np.float32)[:, None, None]
+    valid = np.ones(before.shape[1:], bool)
+    eb, ea = O.evidence(before, after, valid, _scale(before), PARAMS)
+    whole = O._haze((ea & O.HAZY) > 0, GSD, PARAMS)
+    assert whole.sum() > 1000
+    for window in (40, 100):
+        got = O._haze_windowed(ea, GSD, PARAMS, window, scratch.Scratch(tmp_path, 0))
+        np.testing.assert_array_equal(np.asarray(got) > 0, whole)
+
+
+def test_haze_holes_by_windows_fill_enclosed_gaps_only(tmp_path):
+    from changedet import scratch
+
+    ev = np.zeros((200, 230), np.uint8)
+    ev[0:180, 20:200] = O.HAZY
+    ev[90:100, 90:100] = 0  # an enclosed gap: filled
+    ev[0:60, 120:130] = 0  # a notch from the scene's edge: left
+    whole = O._haze((ev & O.HAZY) > 0, GSD, PARAMS)
+    assert whole[95, 95] and not whole[10, 125]
+    got = O._haze_windowed(ev, GSD, PARAMS, 48, scratch.Scratch(tmp_path, 0))
+    np.testing.assert_array_equal(np.asarray(got) > 0, whole)
