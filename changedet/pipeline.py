@@ -221,8 +221,10 @@ def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch:
     def one(box: Box) -> np.ndarray:
         pbox = lfeatures.padded_box(box)
         b, a, v = read_registered(pair, models.reg, pbox)
-        a = radiometry.apply(a, models.fit, b)
-        p = lscore.probability(b, a, v, stretch, head, threads)
+        xb = lfeatures.encoder_input(b, v, stretch)
+        xa = lfeatures.encoder_input(radiometry.apply(a, models.fit, b), v, stretch)
+        del b, a  # the images go before the encoder runs (64 MB at a 1408² read box)
+        p = lscore.probability_of_inputs(xb, xa, v, head, threads)
         r, c, h, w = box
         dr, dc = r - pbox[0], c - pbox[1]
         return threshold.quantize(p[dr:dr + h, dc:dc + w], v[dr:dr + h, dc:dc + w])
