@@ -216,7 +216,7 @@ def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch:
     if boxes is None:
         boxes = list(iter_windows(shape, cfg.model.window_px))
     n = workers(cfg)
-    threads = cfg.model.threads or parallel.cpu_count()  # encoder runs take turns (features.encode)
+    threads = cfg.model.threads or parallel.library_threads(n)
 
     def one(box: Box) -> np.ndarray:
         pbox = lfeatures.padded_box(box)

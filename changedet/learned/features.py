@@ -13,7 +13,6 @@ Windowed runs equal whole-image runs: windows start on the stride-16 grid and ca
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -135,17 +134,10 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-#: one encoder run at a time in this process: its activations are a window's largest working set
-#: (about 0.35 GB at a 1408² read box), and a run uses every core through onnxruntime's own
-#: threads, while other workers go on with the rest of their windows
-_RUN_LOCK = threading.Lock()
-
-
 def encode(x: np.ndarray, threads: int | None = None, path: Path = ENCODER_PATH) -> tuple[np.ndarray, ...]:
     """Run the encoder on (3, h, w) input (h, w multiples of 16): feature maps at strides 4, 8, 16."""
     sess = _session(str(path), threads or default_threads())
-    with _RUN_LOCK:
-        outs = sess.run(None, {"image": x[None].astype(np.float32, copy=False)})  # type: ignore[attr-defined]
+    outs = sess.run(None, {"image": x[None].astype(np.float32, copy=False)})  # type: ignore[attr-defined]
     return tuple(o[0] for o in outs)
 
 
