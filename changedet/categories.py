@@ -19,6 +19,7 @@ import numpy as np
 
 from .objects import CLASS_CODES
 from .quicklook import COLOURS
+from .scratch import release
 from .threshold import NODATA
 
 
@@ -146,10 +147,29 @@ def change_first_mode(array: np.ndarray, factor: int, nodata: int = NODATA, back
         raise ValueError(f"factor must be >= 1, got {factor}")
     h, w = array.shape
     oh, ow = -(-h // factor), -(-w // factor)
+    # by strips of whole blocks (each block's code depends on that block only), so a large array,
+    # or a memory map, is gone through a strip at a time
+    rows = max(1, (4 * 2**20) // max(1, ow * factor * factor)) * factor
+    present = np.zeros(256, bool)
+    for r in range(0, h, rows):
+        present[np.asarray(array[r:r + rows]).ravel()] = True
+        release(array)
+    codes = [c for c in np.flatnonzero(present).tolist() if c not in (nodata, background)]
+    out = np.empty((oh, ow), dtype=np.uint8)
+    for r in range(0, h, rows):
+        out[r // factor:(r + rows) // factor] = _change_first_strip(np.asarray(array[r:r + rows]), factor, codes,
+                                                                    nodata, background)
+        release(array)
+    return out
+
+
+def _change_first_strip(array: np.ndarray, factor: int, codes: list[int], nodata: int, background: int) -> np.ndarray:
+    """:func:`change_first_mode` of rows of whole blocks (the last strip may end inside one)."""
+    h, w = array.shape
+    oh, ow = -(-h // factor), -(-w // factor)
     padded = np.full((oh * factor, ow * factor), nodata, dtype=np.uint8)
     padded[:h, :w] = array
     blocks = padded.reshape(oh, factor, ow, factor)
-    codes = [int(c) for c in np.unique(array) if c not in (nodata, background)]
     best = np.zeros((oh, ow), dtype=np.int64)
     out = np.full((oh, ow), nodata, dtype=np.uint8)
     out[(blocks == background).any(axis=(1, 3))] = background

@@ -976,11 +976,18 @@ class BandWriter:
         self._ds.close()
 
 
-def write_band(path: Path, array: np.ndarray, nodata: float | None, crs: Any, transform: Affine) -> None:
-    """Write a whole (h, w) array as a single-band tiled GeoTIFF scratch file."""
+def write_band(path: Path, array: np.ndarray, nodata: float | None, crs: Any, transform: Affine,
+               window_px: int = 2048) -> None:
+    """Write a whole (h, w) array as a single-band tiled GeoTIFF scratch file (by windows: the
+    array may be a memory map, whose pages are let go as they are written)."""
+    from .scratch import release
+
     writer = BandWriter(path, array.shape, str(array.dtype), nodata, crs, transform)
     try:
-        writer.write((0, 0, array.shape[0], array.shape[1]), array)
+        for box in iter_windows(array.shape, window_px):
+            r, c, h, w = box
+            writer.write(box, np.ascontiguousarray(array[r:r + h, c:c + w]))
+            release(array)
     finally:
         writer.close()
 

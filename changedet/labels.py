@@ -30,7 +30,7 @@ def _windows(shape: tuple[int, int], step: int) -> list[tuple[int, int, int, int
 
 
 def label_windowed(binary: np.ndarray, window_px: int, scr: scratch.Scratch = scratch.IN_MEMORY,
-                   value: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   value: int | None = None, connectivity: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Label the 8-connected regions of ``binary`` window by window.
 
     Parameters
@@ -40,6 +40,8 @@ def label_windowed(binary: np.ndarray, window_px: int, scr: scratch.Scratch = sc
     window_px : side of a window (rounded down to even, at least 2).
     scr : allocator of the (h, w) int32 label image.
     value : the pixel value of regions (default: any nonzero value).
+    connectivity : 8, or 4 (then the regions and their stats are OpenCV's, but not necessarily
+        their numbering).
 
     Returns
     -------
@@ -55,9 +57,11 @@ def label_windowed(binary: np.ndarray, window_px: int, scr: scratch.Scratch = sc
     areas: list[np.ndarray] = [np.zeros(1, np.int64)]
     offset = 0
     for r, c, hh, ww in _windows((h, w), step):
-        part = np.asarray(binary[r:r + hh, c:c + ww])
+        part = np.array(binary[r:r + hh, c:c + ww])
+        if isinstance(binary, np.ndarray):
+            scratch.release(binary)
         win = (part != 0 if value is None else part == value).astype(np.uint8)
-        n, lab, st, _ = cv2.connectedComponentsWithStats(win, connectivity=8, ltype=cv2.CV_32S)
+        n, lab, st, _ = cv2.connectedComponentsWithStats(win, connectivity=connectivity, ltype=cv2.CV_32S)
         if n <= 1:
             continue
         rows, cols = np.nonzero(lab)
@@ -70,10 +74,10 @@ def label_windowed(binary: np.ndarray, window_px: int, scr: scratch.Scratch = sc
         areas.append(area)
         labels[r:r + hh, c:c + ww] = np.where(lab > 0, lab + offset, 0)
         offset += n - 1
-    scratch.release(labels)
+        scratch.release(labels)  # a memory map keeps only the window resident
     if offset == 0:
         return labels, np.zeros((1, 5), np.int32)
-    root = _join_seams(labels, step, offset)
+    root = _join_seams(labels, step, offset, connectivity)
     fb, bx, ar = np.concatenate(first), np.concatenate(boxes), np.concatenate(areas)
     n_final = int(root.max()) + 1
     order_key = np.full(n_final, np.iinfo(np.int64).max, np.int64)
@@ -84,7 +88,7 @@ def label_windowed(binary: np.ndarray, window_px: int, scr: scratch.Scratch = sc
     lut[1:] = rank[root[1:]]
     for r, c, hh, ww in _windows((h, w), step):
         labels[r:r + hh, c:c + ww] = lut[labels[r:r + hh, c:c + ww]]
-    scratch.release(labels)
+        scratch.release(labels)
     m = n_final  # labels 1..n_final - 1; the class holding 0 ranked last, past them
     stats = np.zeros((m, 5), np.int64)
     rmin = np.full(m, np.iinfo(np.int64).max, np.int64)
@@ -103,11 +107,12 @@ def label_windowed(binary: np.ndarray, window_px: int, scr: scratch.Scratch = sc
     return labels, stats.astype(np.int32)
 
 
-def _seam_pairs(first: np.ndarray, second: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Labels of two adjacent pixel lines that touch (8-connected: straight or diagonal)."""
+def _seam_pairs(first: np.ndarray, second: np.ndarray,
+                connectivity: int = 8) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Labels of two adjacent pixel lines that touch (8-connected: straight or diagonal; 4: straight)."""
     n = len(first)
     a_parts, b_parts = [], []
-    for d in (-1, 0, 1):
+    for d in ((-1, 0, 1) if connectivity == 8 else (0,)):
         fa = first[max(0, -d):n - max(0, d)]
         sb = second[max(0, d):n - max(0, -d)]
         ok = (fa > 0) & (sb > 0)
@@ -116,14 +121,17 @@ def _seam_pairs(first: np.ndarray, second: np.ndarray) -> tuple[list[np.ndarray]
     return a_parts, b_parts
 
 
-def _join_seams(labels: np.ndarray, step: int, n: int) -> np.ndarray:
+def _join_seams(labels: np.ndarray, step: int, n: int, connectivity: int = 8) -> np.ndarray:
     """Class of each provisional label (0..n) after joining labels that touch across window seams."""
     h, w = labels.shape
     a_parts, b_parts = [], []
-    seams = [(np.asarray(labels[:, x - 1]), np.asarray(labels[:, x])) for x in range(step, w, step)]  # vertical
-    seams += [(np.asarray(labels[y - 1]), np.asarray(labels[y])) for y in range(step, h, step)]  # horizontal
-    for first, second in seams:
-        pa, pb = _seam_pairs(first, second)
+    seams = [(np.s_[:, x - 1], np.s_[:, x]) for x in range(step, w, step)]  # vertical
+    seams += [(np.s_[y - 1], np.s_[y]) for y in range(step, h, step)]  # horizontal
+    for at_first, at_second in seams:
+        # copies, and the map's pages let go: a column touches a page of every row
+        first, second = np.array(labels[at_first]), np.array(labels[at_second])
+        scratch.release(labels)
+        pa, pb = _seam_pairs(first, second, connectivity)
         a_parts += pa
         b_parts += pb
     a = np.concatenate(a_parts) if a_parts else np.zeros(0, np.int64)

@@ -170,6 +170,8 @@ def split_touching(mask: np.ndarray, gsd_m: float, params: ObjectsConfig, window
     n, labels, stats = _label(mask, window_px, scr)
     k8 = np.ones((3, 3), np.uint8)
     for lab in range(1, n):
+        if lab % 64 == 0:  # a memory map keeps only the pages of the last crops
+            scratch.release(labels, out)
         x, y, w, h, area = (int(v) for v in stats[lab])
         if area < 8 * min_r * min_r:  # too small to hold two objects
             continue
@@ -270,7 +272,9 @@ def group_fragments(labels: np.ndarray, comps: list[Component], water: np.ndarra
         max_w = params.trench_max_width_m / gsd_m
         h, w = labels.shape
         thin: dict[int, tuple[float, list[tuple[np.ndarray, np.ndarray]], float]] = {}
-        for comp in comps:
+        for k, comp in enumerate(comps):
+            if k % 64 == 63:  # a memory map keeps only the pages of the last crops
+                scratch.release(labels)
             if comp.area_px > 50_000:
                 continue
             crop = labels[comp.row_min:comp.row_max + 1, comp.col_min:comp.col_max + 1] == comp.label
@@ -841,10 +845,20 @@ def water_mask(before: np.ndarray, after: np.ndarray, valid: np.ndarray, model: 
     return both.astype(np.uint8)
 
 
-def keep_large_water(water: np.ndarray, params: ObjectsConfig, gsd_m: float) -> np.ndarray:
-    """Only water bodies of at least ``water_min_area_m2`` (puddles and shadows are not water)."""
+def keep_large_water(water: np.ndarray, params: ObjectsConfig, gsd_m: float, window_px: int = 1024,
+                     scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
+    """Only water bodies of at least ``water_min_area_m2`` (puddles and shadows are not water).
+
+    Labelled window by window (:func:`changedet.labels.label_windowed`); the result comes from ``scr``.
+    """
     min_px = int(params.water_min_area_m2 / (gsd_m * gsd_m))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(water, connectivity=8, ltype=cv2.CV_32S)
+    labels, stats = label_windowed(water, window_px, scr)
     keep = stats[:, cv2.CC_STAT_AREA] >= max(min_px, 1)
     keep[0] = False
-    return keep[labels].astype(np.uint8)
+    out = scr.zeros(water.shape, np.uint8)
+    lut = keep.astype(np.uint8)
+    for r in range(0, water.shape[0], window_px):
+        for c in range(0, water.shape[1], window_px):
+            out[r:r + window_px, c:c + window_px] = lut[np.asarray(labels[r:r + window_px, c:c + window_px])]
+            scratch.release(out, labels)
+    return out

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from . import scratch, windowed
 from .config import ObserveConfig
 
 #: reason codes of the whole-scene raster :func:`resolve` returns (0 = observable)
@@ -176,21 +177,28 @@ def evidence(before: np.ndarray, after: np.ndarray, valid: np.ndarray, scale: Sc
 class Observability:
     """What :func:`resolve` found: the reason raster and how it got there."""
 
-    reason: np.ndarray  # (h, w) uint8 reason codes
+    reason: np.ndarray  # (h, w) uint8 reason codes (may be a memory map)
     shadow_offset_px: tuple[tuple[float, float] | None, tuple[float, float] | None]  # (dx, dy) per date
 
     def observable(self) -> np.ndarray:
         return self.reason == OBSERVABLE
 
+    def _counts(self) -> np.ndarray:
+        counts = np.zeros(max(len(REASONS) + 1, 256), np.int64)
+        for r0, r1 in windowed.strips(self.reason.shape, 1024):
+            counts += np.bincount(np.asarray(self.reason[r0:r1]).ravel(), minlength=counts.size)
+            scratch.release(self.reason)
+        return counts
+
     def areas_m2(self, gsd_m: float) -> dict[str, float]:
-        counts = np.bincount(self.reason.ravel(), minlength=len(REASONS) + 1)
+        counts = self._counts()
         return {name: round(float(counts[code]) * gsd_m * gsd_m, 1) for code, name in REASONS.items()}
 
     def observable_km2(self, gsd_m: float) -> float:
-        return float(np.count_nonzero(self.reason == OBSERVABLE)) * gsd_m * gsd_m / 1e6
+        return float(self._counts()[OBSERVABLE]) * gsd_m * gsd_m / 1e6
 
     def observable_fraction(self) -> float:
-        return round(float(np.count_nonzero(self.reason == OBSERVABLE)) / max(self.reason.size, 1), 6)
+        return round(float(self._counts()[OBSERVABLE]) / max(self.reason.size, 1), 6)
 
 
 def _px(m: float, gsd_m: float) -> int:
@@ -270,7 +278,12 @@ def shadow_offset(cloud: np.ndarray, dark: np.ndarray, max_offset_px: int, min_l
     if not cloud.any() or not dark.any():
         return None
     factor = max(1, int(np.ceil(max(cloud.shape) / 512)))
-    c, d = _decimate(cloud, factor), _decimate(dark, factor)
+    return _offset_on_grid(_decimate(cloud, factor), _decimate(dark, factor), factor, max_offset_px, min_lift)
+
+
+def _offset_on_grid(c: np.ndarray, d: np.ndarray, factor: int, max_offset_px: int,
+                    min_lift: float) -> tuple[int, int] | None:
+    """:func:`shadow_offset` on the masks decimated by ``factor`` (cloud and dark shares per cell)."""
     seen = 1.0 - c
     h, w = c.shape
     fh, fw = cv2.getOptimalDFTSize(2 * h), cv2.getOptimalDFTSize(2 * w)
@@ -355,7 +368,7 @@ def _classical_cloud_shadow(ev: np.ndarray, gsd_m: float, params: ObserveConfig
 def resolve(ev_before: np.ndarray, ev_after: np.ndarray, valid: np.ndarray, gsd_m: float,
             params: ObserveConfig,
             cloud_shadow: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
-            ) -> Observability:
+            *, window_px: int = 1024, scr: scratch.Scratch = scratch.IN_MEMORY) -> Observability:
     """The scene's reason raster from both dates' evidence bits (:func:`evidence`).
 
     Parameters
@@ -363,6 +376,11 @@ def resolve(ev_before: np.ndarray, ev_after: np.ndarray, valid: np.ndarray, gsd_
     cloud_shadow : optional ((cloud, shadow) of before, (cloud, shadow) of after), (h, w) bool each,
         found by another detector (:mod:`changedet.cloudmask`). They replace the clouds and shadows
         found from the evidence bits; haze and saturation still come from the bits.
+    window_px, scr : the scene is gone through by windows of ``window_px`` (regions labelled with
+        their seams joined, buffers and distances with a halo), its masks held in arrays from
+        ``scr``; the result is the same as on whole arrays. The evidence and ``valid`` may be memory
+        maps or lazy views (:class:`changedet.windowed.Where`). Haze, when there is any, is still
+        resolved on the whole scene.
 
     Returns
     -------
@@ -370,26 +388,186 @@ def resolve(ev_before: np.ndarray, ev_after: np.ndarray, valid: np.ndarray, gsd_
     cloud shadow, haze, saturated that holds on either date (clouds and shadows are buffered by
     ``buffer_m``), and the shadow displacement found per date (None with ``cloud_shadow``).
     """
-    reason = np.zeros(valid.shape, np.uint8)
+    shape = ev_before.shape
     buffer_px = min(_px(params.buffer_m, gsd_m), 64)
-    cloud_any = np.zeros(valid.shape, bool)
-    shadow_any = np.zeros(valid.shape, bool)
-    haze_any = np.zeros(valid.shape, bool)
-    sat_any = np.zeros(valid.shape, bool)
+    found: dict[int, list[np.ndarray]] = {SATURATED: [], HAZE: [], CLOUD_SHADOW: [], CLOUD: []}
     offsets: list[tuple[float, float] | None] = []
     for i, ev in enumerate((ev_before, ev_after)):
         if cloud_shadow is not None:
             (cl, sh), off = cloud_shadow[i], None
         else:
-            cl, sh, off = _classical_cloud_shadow(ev, gsd_m, params)
-        cloud_any |= _dilate(cl, buffer_px)
-        shadow_any |= _dilate(sh, buffer_px)
+            cl, sh, off = _cloud_shadow_windowed(ev, gsd_m, params, window_px, scr)
         offsets.append(off)
-        haze_any |= _haze((ev & HAZY) > 0, gsd_m, params)
-        sat_any |= _large((ev & SAT) > 0, _area_px(params.saturation_min_area_m2, gsd_m))
-    reason[sat_any] = SATURATED
-    reason[haze_any] = HAZE
-    reason[shadow_any] = CLOUD_SHADOW
-    reason[cloud_any] = CLOUD
-    reason[~valid] = NODATA
+        for code, m in ((CLOUD, cl), (CLOUD_SHADOW, sh)):
+            if m is not None and _any(m, window_px):
+                found[code].append(_dilate_windowed(m, buffer_px, window_px, scr))
+        hz = _haze_windowed(ev, gsd_m, params, window_px, scr)
+        if hz is not None:
+            found[HAZE].append(hz)
+        sat = _large_windowed(_bits(ev, SAT), _area_px(params.saturation_min_area_m2, gsd_m), window_px, scr)
+        if sat is not None:
+            found[SATURATED].append(sat)
+    reason = scr.zeros(shape, np.uint8)
+    for r, c, h, w in windowed.windows(shape, window_px):
+        part = np.zeros((h, w), np.uint8)
+        for code in (SATURATED, HAZE, CLOUD_SHADOW, CLOUD):
+            for m in found[code]:
+                part[np.asarray(m[r:r + h, c:c + w]) > 0] = code
+                scratch.release(m)
+        part[~np.asarray(valid[r:r + h, c:c + w]).astype(bool)] = NODATA
+        reason[r:r + h, c:c + w] = part
+        scratch.release(reason)
     return Observability(reason, (offsets[0], offsets[1]))
+
+
+def _bits(ev: np.ndarray, bit: int) -> windowed.Where:
+    return windowed.Where(ev, lambda e: (e & bit) > 0)
+
+
+def _any(m: np.ndarray, window_px: int) -> bool:
+    for r0, r1 in windowed.strips(m.shape, window_px):
+        hit = bool(np.any(np.asarray(m[r0:r1])))
+        scratch.release(m)
+        if hit:
+            return True
+    return False
+
+
+def _large_windowed(src: windowed.Where, min_px: int, window_px: int,
+                    scr: scratch.Scratch) -> np.ndarray | None:
+    """:func:`_large` of a lazy mask, as a uint8 array from ``scr``; None when nothing is left."""
+    labels, stats = windowed.label(src, window_px, scr)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_px
+    keep[0] = False
+    if not keep.any():
+        return None
+    return windowed.fill(scr.zeros(src.shape, np.uint8), windowed.apply(labels, keep.astype(np.uint8), window_px))
+
+
+def _dilate_windowed(mask: np.ndarray, radius: int, window_px: int, scr: scratch.Scratch) -> np.ndarray:
+    """:func:`_dilate` window by window (with a halo of ``radius``), as a uint8 array from ``scr``."""
+    out = scr.zeros(mask.shape, np.uint8)
+    for box in windowed.windows(mask.shape, window_px):
+        part, big = windowed.read(mask, box, radius)
+        grown = _dilate(part.astype(bool), radius) if radius > 0 and part.any() else part.astype(bool)
+        r, c, h, w = box
+        out[r:r + h, c:c + w] = windowed.crop(grown, big, box)
+        scratch.release(out)
+    return out
+
+
+def _clouds_windowed(ev: np.ndarray, gsd_m: float, params: ObserveConfig, window_px: int,
+                     scr: scratch.Scratch) -> np.ndarray | None:
+    """:func:`clouds` of one date's evidence bits, window by window (uint8 from ``scr``; None: no cloud)."""
+    labels, stats = windowed.label(_bits(ev, CORE | RIM), window_px, scr)
+    n = len(stats)
+    if n <= 1:
+        return None
+    core_px = np.zeros(n, np.int64)
+    for r, c, h, w in windowed.windows(ev.shape, window_px):
+        core = (np.asarray(ev[r:r + h, c:c + w]) & CORE) > 0
+        core_px += np.bincount(np.asarray(labels[r:r + h, c:c + w])[core], minlength=n)
+        scratch.release(labels, ev)
+    keep = (stats[:, cv2.CC_STAT_AREA] >= _area_px(params.cloud_min_area_m2, gsd_m)) & (core_px > 0)
+    keep[0] = False
+    if not keep.any():
+        return None
+    # a cloud is a blob: its core holds a disk of cloud_min_radius_m; a distance of at least that
+    # is decided within a halo of that many pixels (shorter paths lie inside it)
+    min_radius = max(params.cloud_min_radius_m / gsd_m, MIN_CLOUD_RADIUS_PX)
+    deep = np.zeros(n, bool)
+    for box in windowed.windows(ev.shape, window_px):
+        part, big = windowed.read(ev, box, int(np.ceil(min_radius)) + 3)
+        core = ((part & CORE) > 0).astype(np.uint8)
+        if not core.any():
+            continue
+        radius = windowed.crop(cv2.distanceTransform(core, cv2.DIST_L2, 5), big, box)
+        r, c, h, w = box
+        lab = np.asarray(labels[r:r + h, c:c + w])
+        deep[np.unique(lab[(windowed.crop(core, big, box) > 0) & (radius >= min_radius)])] = True
+        scratch.release(labels)
+    keep &= deep
+    # a roof, a hangar or a paved yard is rectilinear: it fills its minimum-area rectangle
+    for i in np.flatnonzero(keep):
+        x, y, w, h = stats[i, :4]
+        sub = (np.asarray(labels[y:y + h, x:x + w]) == i).astype(np.uint8)
+        scratch.release(labels)
+        contours, _ = cv2.findContours(sub, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        (_, _), (rw, rh), _ = cv2.minAreaRect(np.concatenate(contours))
+        keep[i] = stats[i, cv2.CC_STAT_AREA] < params.cloud_max_rectangularity * max(rw * rh, 1.0)
+    if not keep.any():
+        return None
+    return windowed.fill(scr.zeros(ev.shape, np.uint8), windowed.apply(labels, keep.astype(np.uint8), window_px))
+
+
+def _decimate_windowed(mask: np.ndarray, factor: int, window_px: int) -> np.ndarray:
+    """:func:`_decimate` by strips of whole cells (the cells' shares of 0/1 pixels are exact sums)."""
+    h, w = mask.shape
+    gh, gw = -(-h // factor), -(-w // factor)
+    out = np.zeros((gh, gw), np.float32)
+    cells = max(1, window_px // factor)
+    for g0 in range(0, gh, cells):
+        g1 = min(gh, g0 + cells)
+        pad = np.zeros(((g1 - g0) * factor, gw * factor), np.float32)
+        part = np.asarray(mask[g0 * factor:g1 * factor])
+        scratch.release(mask)
+        pad[:part.shape[0], :w] = part > 0
+        out[g0:g1] = pad.reshape(g1 - g0, factor, gw, factor).mean(axis=(1, 3))
+    return out
+
+
+def _shift_windowed(mask: np.ndarray, dx: int, dy: int, window_px: int, scr: scratch.Scratch) -> np.ndarray:
+    """:func:`_shift` window by window, as a uint8 array from ``scr``."""
+    h, w = mask.shape
+    out = scr.zeros(mask.shape, np.uint8)
+    for r, c, hh, ww in windowed.windows(mask.shape, window_px):
+        r0, c0 = max(r - dy, 0), max(c - dx, 0)
+        r1, c1 = min(r + hh - dy, h), min(c + ww - dx, w)
+        if r1 > r0 and c1 > c0:
+            out[r0 + dy:r1 + dy, c0 + dx:c1 + dx] = np.asarray(mask[r0:r1, c0:c1]) > 0
+            scratch.release(out, mask)
+    return out
+
+
+def _cloud_shadow_windowed(ev: np.ndarray, gsd_m: float, params: ObserveConfig, window_px: int,
+                           scr: scratch.Scratch) -> tuple[np.ndarray | None, np.ndarray | None,
+                                                          tuple[float, float] | None]:
+    """:func:`_classical_cloud_shadow` window by window; None for a mask with nothing in it."""
+    cl = _clouds_windowed(ev, gsd_m, params, window_px, scr)
+    if cl is None:
+        return None, None, None
+    dark = _large_windowed(_bits(ev, DARK), _area_px(params.shadow_min_area_m2, gsd_m), window_px, scr)
+    found = None
+    if dark is not None:
+        factor = max(1, int(np.ceil(max(cl.shape) / 512)))
+        found = _offset_on_grid(_decimate_windowed(cl, factor, window_px), _decimate_windowed(dark, factor, window_px),
+                                factor, _px(params.shadow_max_offset_m, gsd_m), params.shadow_min_lift)
+    if found is None:
+        return cl, None, None
+    return cl, _shift_windowed(cl, found[0], found[1], window_px, scr), (float(found[0]), float(found[1]))
+
+
+def _haze_windowed(ev: np.ndarray, gsd_m: float, params: ObserveConfig, window_px: int,
+                   scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray | None:
+    """:func:`_haze` of one date's bits, window by window (uint8 from ``scr``); None when no pixel
+    is hazy (the usual case) or no haze region is large enough."""
+    hazy = _bits(ev, HAZY)
+    if not any(np.any(hazy[r0:r1]) for r0, r1 in windowed.strips(ev.shape, window_px)):
+        return None
+    closed = windowed.morphology(hazy, cv2.MORPH_CLOSE, _disk(3), 2, window_px, scr)
+    min_px = _area_px(params.haze_min_area_m2, gsd_m)
+    big = _large_windowed(windowed.Where(closed, lambda a: a > 0), min_px, window_px, scr)
+    del closed
+    if big is None:
+        return None
+    # holes: gaps enclosed by haze (not reaching the scene's border) smaller than a haze patch
+    labels, stats = windowed.label(big, window_px, scr, value=0, connectivity=4)
+    h, w = big.shape
+    x, y, bw, bh = (stats[:, i] for i in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT))
+    hole = (stats[:, cv2.CC_STAT_AREA] < min_px) & ~((x == 0) | (y == 0) | (x + bw == w) | (y + bh == h))
+    hole[0] = False
+    for (r, c, hh, ww), part in windowed.apply(labels, hole, window_px):
+        if part.any():
+            big[r:r + hh, c:c + ww][part] = 1
+        scratch.release(big)
+    return big

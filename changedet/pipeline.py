@@ -3,8 +3,12 @@
 load -> align -> register -> normalize -> measure -> decide -> objects -> write.
 Global quantities (registration, radiometric fit, noise, threshold) are
 estimated first from decimated reads and chips; the per-pixel stages then run
-window by window with a halo, so memory stays flat as tiles grow. Only uint8
-products (quantised score, water, mask) are held whole.
+window by window with a halo. Whole-scene products are uint8 (quantised score,
+line evidence, water, reasons, probability, mask, classes) and the int32 region
+labels, held in memory maps past ``processing.memory_budget_mb``
+(:mod:`changedet.scratch`); the decision stages go through them window by window
+(:mod:`changedet.windowed`, :mod:`changedet.labels`) and let go of the maps' pages
+as they go, so the working set does not grow with the scene.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from rasterio.windows import Window
 
 from . import (__version__, categories, cloudmask, differencing, geodesy, learned, objects, observability, parallel,
                quicklook, radiometry, registration, report, resources, scratch, significance, stac, threshold,
-               vector)
+               vector, windowed)
 from .learned import features as lfeatures
 from .learned import guided
 from .learned import score as lscore
@@ -181,8 +185,13 @@ def cascade_windows(q: np.ndarray, level: float, window_px: int) -> list[Box]:
     boxes = list(iter_windows(q.shape, window_px))
     if level <= 0:
         return boxes
-    cand = (q != threshold.NODATA) & (q >= int(np.ceil(level * threshold.LEVELS)))
-    rows, cols = np.any(cand, axis=1), np.any(cand, axis=0)
+    least = int(np.ceil(level * threshold.LEVELS))
+    cand = windowed.Where(q, lambda a: (a != threshold.NODATA) & (a >= least))
+    rows, cols = np.zeros(q.shape[0], bool), np.zeros(q.shape[1], bool)
+    for r0, r1 in windowed.strips(q.shape, window_px):
+        part = cand[r0:r1]
+        rows[r0:r1] = np.any(part, axis=1)
+        cols |= np.any(part, axis=0)
     m = CASCADE_MARGIN_PX
     keep = []
     for box in boxes:
@@ -212,8 +221,10 @@ def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch:
     def one(box: Box) -> np.ndarray:
         pbox = lfeatures.padded_box(box)
         b, a, v = read_registered(pair, models.reg, pbox)
-        a = radiometry.apply(a, models.fit, b)
-        p = lscore.probability(b, a, v, stretch, head, threads)
+        xb = lfeatures.encoder_input(b, v, stretch)
+        xa = lfeatures.encoder_input(radiometry.apply(a, models.fit, b), v, stretch)
+        del b, a  # the images go before the encoder runs (64 MB at a 1408² read box)
+        p = lscore.probability_of_inputs(xb, xa, v, head, threads)
         r, c, h, w = box
         dr, dc = r - pbox[0], c - pbox[1]
         return threshold.quantize(p[dr:dr + h, dc:dc + w], v[dr:dr + h, dc:dc + w])
@@ -244,10 +255,15 @@ def run_learned(pair: PairSource, models: _Models, cfg: Config, sb: np.ndarray, 
     for r, c, h, w in iter_windows(q.shape, cfg.model.window_px):
         if (r, c, h, w) not in ran:  # no candidate: no relevant change (probability 0) where there are data
             pq[r:r + h, c:c + w][q[r:r + h, c:c + w] != threshold.NODATA] = 0
-    pq[obs.reason != observability.OBSERVABLE] = threshold.NODATA
     # probability below the veto, looked up per level: no whole-scene float copy of the probability
     vetoed = (np.arange(256, dtype=np.float32) / threshold.LEVELS) < cfg.model.veto_probability
-    lq = np.where(vetoed[pq] & (lq != threshold.NODATA), np.uint8(0), lq)
+    for r, c, h, w in iter_windows(q.shape, cfg.processing.window_px):
+        p = np.asarray(pq[r:r + h, c:c + w])
+        p[np.asarray(obs.reason[r:r + h, c:c + w]) != observability.OBSERVABLE] = threshold.NODATA
+        pq[r:r + h, c:c + w] = p
+        ln = np.asarray(lq[r:r + h, c:c + w])
+        lq[r:r + h, c:c + w] = np.where(vetoed[p] & (ln != threshold.NODATA), np.uint8(0), ln)
+        scratch.release(pq, lq, obs.reason)
     return _Learned(head, stretch, pq, str(cfg.model.path or learned.DEFAULT_MODEL.name), seen), lq
 
 
@@ -301,30 +317,43 @@ def refined_probability(q: np.ndarray, pq: np.ndarray, box: Box, radius: int, ep
 
 
 def backed_regions(mask: np.ndarray, pq: np.ndarray, min_probability: float,
-                   min_piece_px: int = 4 * lfeatures.HEAD_STRIDE ** 2) -> np.ndarray:
+                   min_piece_px: int = 4 * lfeatures.HEAD_STRIDE ** 2, window_px: int = 1024,
+                   scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
     """``mask`` (uint8: 0, 1, 255 nodata) with the changed regions the model does not back cut back.
 
     A region (8-connected) stays whole when the mean of the quantised probability ``pq`` over its
     pixels reaches ``min_probability``. Otherwise only its pixels whose own probability reaches
     ``min_probability`` stay, in pieces of at least ``min_piece_px`` (what the model's grid can
     resolve: 2 x 2 cells of stride 4): fragments that only the classical score or line evidence
-    found go, and a large merged region keeps the part the model calls changed. Returns a new array.
+    found go, and a large merged region keeps the part the model calls changed. Returns a new array
+    (from ``scr``), made window by window.
     """
-    out = mask.copy()
+    out = scr.copy(mask)
     if min_probability <= 0:
         return out
-    n, labels = cv2.connectedComponents((mask == 1).astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    labels, stats = windowed.label(mask, window_px, scr, value=1)
+    n = len(stats)
     if n <= 1:
         return out
-    p = threshold.dequantize(pq)
-    sums = np.bincount(labels.ravel(), weights=p.ravel(), minlength=n)
-    counts = np.bincount(labels.ravel(), minlength=n)
-    weak = sums < min_probability * np.maximum(counts, 1)
+    # each region's probabilities summed over its pixels in row-major order, as one bincount would
+    lab_px, p_px = windowed.label_pixels(labels, window_px, pq)
+    sums = windowed.label_sums(lab_px, threshold.dequantize(p_px), n)
+    del lab_px, p_px
+    weak = sums < min_probability * np.maximum(stats[:, cv2.CC_STAT_AREA].astype(np.int64), 1)
     weak[0] = False
-    in_weak = weak[labels]
-    out[in_weak & (p < min_probability)] = 0
-    pieces = (in_weak & (out == 1)).astype(np.uint8)
-    out[(pieces == 1) & (threshold.remove_small(pieces, min_piece_px) == 0)] = 0
+    pieces = scr.zeros(mask.shape, np.uint8)
+    for (r, c, h, w), in_weak in windowed.apply(labels, weak, window_px):
+        part = np.asarray(out[r:r + h, c:c + w])
+        part[in_weak & (threshold.dequantize(np.asarray(pq[r:r + h, c:c + w])) < min_probability)] = 0
+        out[r:r + h, c:c + w] = part
+        pieces[r:r + h, c:c + w] = in_weak & (part == 1)
+        scratch.release(out, pq, pieces)
+    kept = threshold.remove_small(pieces, min_piece_px, window_px, scr)
+    for r, c, h, w in iter_windows(mask.shape, window_px):
+        drop = (np.asarray(pieces[r:r + h, c:c + w]) == 1) & (np.asarray(kept[r:r + h, c:c + w]) == 0)
+        if drop.any():
+            out[r:r + h, c:c + w][drop] = 0
+        scratch.release(out, pieces, kept)
     return out
 
 
@@ -335,7 +364,12 @@ def fuse_pass(score_path: Path, q: np.ndarray, lrn: _Learned, classical: thresho
     local_max = None
     if cfg.model.gate_score > 0:
         size = 2 * lfeatures.HEAD_STRIDE + 1  # the reach of the stride-4 probability's blur
-        local_max = cv2.dilate(np.where(q == threshold.NODATA, 0, q).astype(np.uint8), np.ones((size, size), np.uint8))
+        local_max = scr.zeros(q.shape, np.uint8)
+        for box in iter_windows(q.shape, cfg.processing.window_px):
+            part, big = windowed.read(q, box, size // 2)
+            grown = cv2.dilate(np.where(part == threshold.NODATA, 0, part).astype(np.uint8), np.ones((size, size), np.uint8))
+            local_max[box[0]:box[0] + box[2], box[1]:box[1] + box[3]] = windowed.crop(grown, big, box)
+            scratch.release(local_max)
 
     def one(item: tuple[Box, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         (r, c, h, w), s = item
@@ -355,7 +389,7 @@ def fuse_pass(score_path: Path, q: np.ndarray, lrn: _Learned, classical: thresho
         for (r, c, h, w), (f, fqw) in zip(boxes, parallel.ordered_map(one, items, workers(cfg))):
             ds.write(f, 1, window=Window(c, r, w, h))
             fq[r:r + h, c:c + w] = fqw
-            scratch.release(fq, q, lrn.pq)
+            scratch.release(fq, q, lrn.pq, *(() if local_max is None else (local_max,)))
     return fq
 
 
@@ -417,7 +451,8 @@ def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
             progress("measure", i + 1, len(boxes))
     finally:
         writer.close()
-    return _Scores(q, lq, objects.keep_large_water(water, cfg.objects, pair.gsd_m), ev_b, ev_a)
+    return _Scores(q, lq, objects.keep_large_water(water, cfg.objects, pair.gsd_m, cfg.processing.window_px, scr),
+                   ev_b, ev_a)
 
 
 def csmask_bands(pair: PairSource, before: str | Path, after: str | Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -476,34 +511,47 @@ def csmask_pass(pair: PairSource, reg: registration.Registration, cfg: Config, b
 def observe(pair: PairSource, cfg: Config, sc: _Scores, score_path: Path,
             lrn: _Learned | None,
             cloud_shadow: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
-            ) -> observability.Observability:
+            scr: scratch.Scratch = scratch.IN_MEMORY) -> observability.Observability:
     """Find what cannot be seen on either date and take it out of every later stage.
 
     Not-observable pixels become nodata in the quantised scores (so nothing is decided there),
     NaN in the score raster, and are not water (so no vessel context comes from a cloud).
+    Window by window: the reason raster comes from ``scr``.
     """
-    valid = sc.q != threshold.NODATA
+    win = cfg.processing.window_px
+    valid = windowed.Where(sc.q, lambda q: q != threshold.NODATA)
     if cfg.observe.enabled:
-        obs = observability.resolve(sc.ev_before, sc.ev_after, valid, pair.gsd_m, cfg.observe, cloud_shadow)
+        obs = observability.resolve(sc.ev_before, sc.ev_after, valid, pair.gsd_m, cfg.observe, cloud_shadow,
+                                    window_px=win, scr=scr)
     else:
-        obs = observability.Observability(np.where(valid, observability.OBSERVABLE, observability.NODATA)
-                                          .astype(np.uint8), (None, None))
-    hidden = (obs.reason != observability.OBSERVABLE) & valid
-    if hidden.any():
-        sc.q[hidden] = threshold.NODATA
-        sc.lq[hidden] = threshold.NODATA
-        sc.water[hidden] = 0
-        if lrn is not None:
-            lrn.pq[hidden] = threshold.NODATA
-        with rasterio.open(score_path, "r+") as ds:
-            for r, c, h, w in iter_windows(hidden.shape, cfg.processing.window_px):
-                sel = hidden[r:r + h, c:c + w]
-                if sel.any():
-                    win = Window(c, r, w, h)
-                    score = ds.read(1, window=win)
-                    score[sel] = np.nan
-                    ds.write(score, 1, window=win)
+        reason = windowed.fill(scr.zeros(sc.q.shape, np.uint8), (
+            (box, np.where(valid[box[0]:box[0] + box[2], box[1]:box[1] + box[3]], observability.OBSERVABLE,
+                           observability.NODATA).astype(np.uint8)) for box in windowed.windows(sc.q.shape, win)))
+        obs = observability.Observability(reason, (None, None))
     sc.ev_before = sc.ev_after = np.zeros((0, 0), np.uint8)  # free them
+
+    def hidden(r: int, c: int, h: int, w: int) -> np.ndarray:
+        sel = (np.asarray(obs.reason[r:r + h, c:c + w]) != observability.OBSERVABLE) & \
+            (np.asarray(sc.q[r:r + h, c:c + w]) != threshold.NODATA)
+        scratch.release(obs.reason, sc.q)
+        return sel
+
+    boxes = list(iter_windows(sc.q.shape, win))
+    if not any(hidden(*box).any() for box in boxes):
+        return obs
+    with rasterio.open(score_path, "r+") as ds:
+        for r, c, h, w in boxes:
+            sel = hidden(r, c, h, w)
+            if not sel.any():
+                continue
+            for arr, value in ((sc.q, threshold.NODATA), (sc.lq, threshold.NODATA), (sc.water, 0)) + \
+                    (((lrn.pq, threshold.NODATA),) if lrn is not None else ()):
+                arr[r:r + h, c:c + w][sel] = value
+                scratch.release(arr)
+            window = Window(c, r, w, h)
+            score = ds.read(1, window=window)
+            score[sel] = np.nan
+            ds.write(score, 1, window=window)
     return obs
 
 
@@ -513,18 +561,19 @@ def add_line_scores(score_path: Path, lines: np.ndarray, lq: np.ndarray, window_
     ``change_score.tif`` then explains every changed pixel: a faint trench's pixels score low
     pixel by pixel, and high as a line. Other pixels keep the fused pixel score.
     """
-    if not lines.any():
+    boxes = [box for box in iter_windows(lines.shape, window_px)
+             if np.any(windowed.read(lines, box)[0] == 1)]  # windows holding a line
+    if not boxes:
         return
     with rasterio.open(score_path, "r+") as ds:
-        for r, c, h, w in iter_windows(lines.shape, window_px):
-            sel = lines[r:r + h, c:c + w] == 1
-            if not sel.any():
-                continue
+        for r, c, h, w in boxes:
+            sel = np.asarray(lines[r:r + h, c:c + w]) == 1
             win = Window(c, r, w, h)
             score = ds.read(1, window=win)
-            line = lq[r:r + h, c:c + w].astype(np.float32) / threshold.LEVELS
+            line = np.asarray(lq[r:r + h, c:c + w]).astype(np.float32) / threshold.LEVELS
             score[sel] = np.maximum(score[sel], line[sel])
             ds.write(score, 1, window=win)
+            scratch.release(lines, lq)
 
 
 # --------------------------------------------------------------------------- objects
@@ -557,10 +606,18 @@ def refine_edges(pair: PairSource, models: _Models, cfg: Config, mask: np.ndarra
 
     for i, (rows, cols) in enumerate(parallel.ordered_map(one, comps, workers(cfg))):
         out[rows, cols] = 0
+        if i % 64 == 63:  # memory maps keep only the pages of the last crops
+            scratch.release(labels, out)
         progress("edges", i + 1, len(comps))
-    cleaned = threshold.remove_small((out == 1).astype(np.uint8),
-                                     int(np.ceil(cfg.decide.min_area_m2 / pair.gsd_m ** 2)))
-    out[(out == 1) & (cleaned == 0)] = 0
+    scratch.release(out)
+    win = cfg.processing.window_px
+    cleaned = threshold.remove_small(windowed.equals(out, 1), int(np.ceil(cfg.decide.min_area_m2 / pair.gsd_m ** 2)),
+                                     win, scr)
+    for r, c, h, w in iter_windows(out.shape, win):
+        part = np.asarray(out[r:r + h, c:c + w])
+        part[(part == 1) & (np.asarray(cleaned[r:r + h, c:c + w]) == 0)] = 0
+        out[r:r + h, c:c + w] = part
+        scratch.release(out, cleaned)
     return out
 
 
@@ -605,6 +662,8 @@ def describe_objects(pair: PairSource, models: _Models, cfg: Config, labels: np.
     dets = []
     for i, det in enumerate(parallel.ordered_map(one, groups, workers(cfg))):
         dets.append(replace(det, id=len(dets) + 1))
+        if i % 64 == 63:  # memory maps keep only the pages of the last crops
+            scratch.release(labels, water, q)
         progress("objects", i + 1, len(groups))
     return dets, notes
 
@@ -644,7 +703,7 @@ def class_image(labels: np.ndarray, mask: np.ndarray, dets: list[objects.Detecti
         part = lut[labels[r:r + h, c:c + w]]
         part[mask[r:r + h, c:c + w] == threshold.NODATA] = threshold.NODATA
         out[r:r + h, c:c + w] = part
-    scratch.release(out)
+        scratch.release(out, labels, mask)
     return out
 
 
@@ -655,6 +714,7 @@ def clear_labels(mask: np.ndarray, labels: np.ndarray, drop: list[int], window_p
         sel = np.isin(labels[r:r + h, c:c + w], drop_arr)
         if sel.any():
             mask[r:r + h, c:c + w][sel] = 0
+        scratch.release(labels, mask)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -664,7 +724,9 @@ def detection_features(pair: PairSource, dets: list[objects.Detection],
                        labels: np.ndarray) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """GeoJSON features and the summary's detection records."""
     feats, records = [], []
-    for d in dets:
+    for k, d in enumerate(dets):
+        if k % 64 == 63:  # a memory map keeps only the pages of the last crops
+            scratch.release(labels)
         c0, r0, c1, r1 = d.bbox_px
         obj = _object_crop(labels, d)
         tr = pair.transform @ Affine.translation(c0, r0)
@@ -767,11 +829,14 @@ def quicklook_panels(pair: PairSource, models: _Models, cfg: Config, dets: list[
     hidden = None
     if observable is not None:
         # what cannot be seen, on the panel grid; pixels of the reference outside the overlap stay unhatched
-        seen = cv2.resize(observable.astype(np.uint8), (pb.shape[1], pb.shape[0]), interpolation=cv2.INTER_AREA)
+        seen = cv2.resize(np.asarray(observable, np.uint8), (pb.shape[1], pb.shape[0]), interpolation=cv2.INTER_AREA)
+        scratch.release(observable)
         hidden = seen == 0
     scale = up / f
     outlines = []
-    for d in dets:
+    for k, d in enumerate(dets):
+        if k % 64 == 63:  # a memory map keeps only the pages of the last crops
+            scratch.release(labels)
         c0, r0, c1, r1 = d.bbox_px
         obj = _object_crop(labels, d).astype(np.uint8)
         contours, _ = cv2.findContours(obj, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
@@ -798,6 +863,11 @@ def _summary(site: str, before: Any, after: Any, pair: PairSource, models: _Mode
              timings: dict[str, float], applied: bool, obs: observability.Observability) -> dict[str, Any]:
     counts = {k: sum(r["class"] == k for r in records) for k in objects.CLASS_CODES}
     obs_km2 = obs.observable_km2(pair.gsd_m)
+    mask_counts = np.zeros(256, np.int64)
+    for r0, r1 in windowed.strips(mask.shape, 1024):
+        mask_counts += np.bincount(np.asarray(mask[r0:r1]).ravel(), minlength=256)
+        scratch.release(mask)
+    changed, known = int(mask_counts[1]), int(mask_counts.sum() - mask_counts[255])
     reg = models.reg.to_json()
     reg["applied"] = applied
     return {
@@ -817,8 +887,8 @@ def _summary(site: str, before: Any, after: Any, pair: PairSource, models: _Mode
         "threshold": thr.to_json(),
         "config": cfg.record(),
         "counts": counts,
-        "changed_area_m2": round(float(np.count_nonzero(mask == 1)) * pair.gsd_m ** 2, 3),
-        "changed_fraction": round(float(np.count_nonzero(mask == 1)) / max(int(np.count_nonzero(mask != 255)), 1), 6),
+        "changed_area_m2": round(float(changed) * pair.gsd_m ** 2, 3),
+        "changed_fraction": round(float(changed) / max(known, 1), 6),
         "observable_fraction": obs.observable_fraction(),
         "observable_km2": round(obs_km2, 6),
         "detections_per_km2": round(len(records) / obs_km2, 3) if obs_km2 > 0 else 0.0,
@@ -857,6 +927,7 @@ def detect_pair(before: str | Path, after: str | Path, out_dir: str | Path, conf
     """
     cfg = config or Config()
     progress = progress or _no_progress
+    scratch.return_large_blocks()  # freed window arrays go back to the system, not to fragmented heaps
     # GDAL's block cache defaults to 5 % of RAM; windows are read once, so a small cache keeps memory flat.
     # rasterio passes GDAL_CACHEMAX to GDALSetCacheMax64, in bytes: a bare 64 was a 64-byte cache, and
     # copying a PNG input printed GDAL's "block cache size (64) should be at least the size of the swath"
@@ -929,7 +1000,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         sc = score_pass(pair, models, cfg, stage.file("score.scratch.tif"), progress, scr=scr)
     with timer("observe"):
         given = csmask_pass(pair, used, cfg, csm_bands) if csm_bands is not None else None
-        obs = observe(pair, cfg, sc, stage.file("score.scratch.tif"), None, given)
+        obs = observe(pair, cfg, sc, stage.file("score.scratch.tif"), None, given, scr)
         q, lq, water = sc.q, sc.lq, sc.water
         del sc
     lrn = None
@@ -938,35 +1009,46 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
             progress("learned", 0, 1)  # loading the model and the first window take a while
             classical = threshold.choose(threshold.histogram(q), cfg.decide)
             lrn, lq = run_learned(pair, models, cfg, sb, q, lq, obs, classical, progress, scr)
+            scratch.trim_heap()
     with timer("decide"):
         step = _steps(progress, "decide", 4 if lrn is None else 5)
         if lrn is not None:
             q = fuse_pass(stage.file("score.scratch.tif"), q, lrn, classical, cfg, scr)
             step()
-            mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m, lrn.head.threshold)
+            mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m, lrn.head.threshold, window_px=cfg.processing.window_px, scr=scr)
             thr = replace(thr, raw=classical.raw)
         else:
-            mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m)
+            mask, thr = threshold.decide(q, cfg.decide, pair.gsd_m, window_px=cfg.processing.window_px, scr=scr)
         step()
         mask, budget = significance.keep_significant(
-            mask, q, obs.observable(), pair.gsd_m, cfg.decide.false_alarms_per_km2, thr.low,
-            lambda sim_q: threshold.cut(sim_q, thr, cfg.decide, pair.gsd_m), progress)
+            mask, q, windowed.equals(obs.reason, observability.OBSERVABLE), pair.gsd_m,
+            cfg.decide.false_alarms_per_km2, thr.low, lambda sim_q: threshold.cut(sim_q, thr, cfg.decide, pair.gsd_m),
+            progress, window_px=cfg.processing.window_px, scr=scr)
         if budget.rejected:
             warns.append(f"false-alarm budget: {budget.rejected} of {budget.tested} changed regions "
                          f"({budget.rejected_m2:.0f} m²) not significant at "
                          f"{cfg.decide.false_alarms_per_km2:g} false alarms per km²")
         step()
         lines = threshold.line_mask(lq, mask, cfg.decide, pair.gsd_m, differencing.LINE_FLANK_PX,
-                                    cfg.measure.line_length_px)
-        mask[(mask == 0) & (lines == 1)] = 1
+                                    cfg.measure.line_length_px, cfg.processing.window_px, scr)
+        for r, c, h, w in iter_windows(mask.shape, cfg.processing.window_px):
+            part = np.asarray(mask[r:r + h, c:c + w])
+            part[(part == 0) & (np.asarray(lines[r:r + h, c:c + w]) == 1)] = 1
+            mask[r:r + h, c:c + w] = part
+            scratch.release(mask, lines)
         add_line_scores(stage.file("score.scratch.tif"), lines, lq, cfg.processing.window_px)
         del lq, lines
         step()
         mask = refine_edges(pair, models, cfg, mask, progress, scr)
         if lrn is not None:
-            mask = backed_regions(mask, lrn.pq, cfg.model.region_probability * lrn.head.threshold)
+            mask = backed_regions(mask, lrn.pq, cfg.model.region_probability * lrn.head.threshold,
+                                  window_px=cfg.processing.window_px, scr=scr)
         step()
-        mask[~obs.observable()] = threshold.NODATA  # clean-up and edges never reach into what cannot be seen
+        # clean-up and edges never reach into what cannot be seen
+        for r, c, h, w in iter_windows(mask.shape, cfg.processing.window_px):
+            mask[r:r + h, c:c + w][np.asarray(obs.reason[r:r + h, c:c + w]) != observability.OBSERVABLE] = \
+                threshold.NODATA
+            scratch.release(mask, obs.reason)
     with timer("objects"):
         mask = objects.split_touching(mask, pair.gsd_m, cfg.objects, cfg.processing.window_px, scr)
         labels, comps = objects.components(mask, cfg.processing.window_px, scr)
@@ -1002,8 +1084,11 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         if cfg.registration.write_tiepoints and reg.chips:
             write_json(stage.file("tiepoints.geojson"), tiepoint_features(pair, reg))
             names.append("tiepoints.geojson")
-        panels = quicklook_panels(pair, models, cfg, dets, labels,
-                                  (obs.reason == observability.OBSERVABLE) | (obs.reason == observability.NODATA))
+        seen = windowed.fill(scr.zeros(mask.shape, np.uint8), (
+            (box, np.isin(windowed.read(obs.reason, box)[0], (observability.OBSERVABLE, observability.NODATA)))
+            for box in windowed.windows(mask.shape, cfg.processing.window_px)))
+        panels = quicklook_panels(pair, models, cfg, dets, labels, seen)
+        del seen
         dates = (input_label(info_b.to_json()), input_label(info_a.to_json()))
         # encoded here and written by Python: a failed write is then an OSError with its cause,
         # not libpng's "Write Error" on stderr

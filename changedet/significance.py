@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 from scipy.special import ndtr, ndtri
 
+from . import scratch, windowed
 from .threshold import LEVELS, NODATA
 
 #: the correlation length is searched up to this lag (pixels)
@@ -112,23 +113,35 @@ def normal_scores(q: np.ndarray, sample: np.ndarray) -> np.ndarray:
     The simulated null is a Gaussian field mapped onto the score's distribution: its correlation is
     that of the score's normal scores, not of the score itself.
     """
-    hist = np.bincount(q[sample], minlength=256).astype(np.float64)
+    return _normal_table(np.bincount(q[sample], minlength=256))[q]
+
+
+def _normal_table(counts: np.ndarray) -> np.ndarray:
+    """The normal score (float32) of each of the 256 levels, from the levels' counts over the sample."""
+    hist = np.asarray(counts).astype(np.float64)
     total = max(hist.sum(), 1.0)
     mid = (np.cumsum(hist) - hist / 2) / total
-    return ndtri(np.clip(mid, 1e-6, 1 - 1e-6)).astype(np.float32)[q]
+    return ndtri(np.clip(mid, 1e-6, 1 - 1e-6)).astype(np.float32)
 
 
-def correlation_length(q: np.ndarray, sample: np.ndarray) -> float:
+def correlation_length(q: np.ndarray, sample: np.ndarray, window_px: int = 1024) -> float:
     """Lag (pixels) at which the autocorrelation of ``q``'s normal scores over ``sample`` falls to 0.5.
 
     Horizontal and vertical lags on every :data:`CORR_STRIDE`-th row and column, pooled; linear
     interpolation between the lags tried (1, 2, 4, ... :data:`MAX_LAG_PX`). 1 when too few pixels.
+    ``q`` and ``sample`` may be memory maps or lazy views (:class:`changedet.windowed.Where`): only
+    those rows and columns are kept, read a strip at a time. ``sample`` must not hold on nodata.
     """
-    z = normal_scores(q, sample)
+    counts = np.zeros(256, np.int64)
+    for r0, r1 in windowed.strips(q.shape, window_px):
+        counts += np.bincount(np.asarray(q[r0:r1])[np.asarray(sample[r0:r1])], minlength=256)
+    scratch.release(q)
+    table = _normal_table(counts)
+    lines = _sampled_lines(q, sample, table, window_px)
     prev_lag, prev_c = 0, 1.0
     lag = 1
     while lag <= MAX_LAG_PX:
-        c = _lag_correlation(z, sample, lag)
+        c = _lag_correlation(lines, lag)
         if c is None:
             return float(max(prev_lag, 1))
         if c < 0.5:
@@ -138,21 +151,69 @@ def correlation_length(q: np.ndarray, sample: np.ndarray) -> float:
     return float(MAX_LAG_PX)
 
 
-def _lag_correlation(z: np.ndarray, sample: np.ndarray, lag: int) -> float | None:
-    a_parts, b_parts = [], []
-    for img, ok in ((z[::CORR_STRIDE], sample[::CORR_STRIDE]), (z[:, ::CORR_STRIDE].T, sample[:, ::CORR_STRIDE].T)):
-        if img.shape[1] <= lag:
+#: a sampled line's value where the pixel is not in the sample (a level the score never takes there)
+_OUT = NODATA
+
+
+def _sampled_lines(q: np.ndarray, sample: np.ndarray, table: np.ndarray,
+                   window_px: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every :data:`CORR_STRIDE`-th row, and column (transposed), of ``q``'s levels where ``sample``
+    holds, :data:`_OUT` elsewhere: one byte per sampled pixel (the normal scores are looked up from
+    ``table`` when a lag is measured). ``sample`` never holds on nodata."""
+    rows, cols = [], []
+    for r0, r1 in windowed.strips(q.shape, window_px):
+        first = r0 + (-r0) % CORR_STRIDE
+        part = np.where(np.asarray(sample[r0:r1]).astype(bool), np.asarray(q[r0:r1]), np.uint8(_OUT))
+        rows.append(part[first - r0::CORR_STRIDE])
+        cols.append(part[:, ::CORR_STRIDE])
+        scratch.release(q)
+    return [(table, np.concatenate(rows)), (table, np.concatenate(cols).T)]
+
+
+def _lag_correlation(lines: list[tuple[np.ndarray, np.ndarray]], lag: int) -> float | None:
+    """Pearson correlation of the normal scores ``lag`` apart along the sampled lines (pooled).
+
+    Sums in float64 over blocks of lines (two passes: means, then centred products), so the
+    working set is a block, not every pair of pixels.
+    """
+    blocks = []
+    for table, lq in lines:
+        if lq.shape[1] <= lag:
             continue
-        both = ok[:, :-lag] & ok[:, lag:]
-        a_parts.append(img[:, :-lag][both])
-        b_parts.append(img[:, lag:][both])
-    if not a_parts:
+        step = max(1, (1 << 20) // max(1, lq.shape[1]))
+        for i in range(0, lq.shape[0], step):
+            blocks.append((table, lq[i:i + step]))
+    if not blocks:
         return None
-    a = np.concatenate(a_parts).astype(np.float64)
-    b = np.concatenate(b_parts).astype(np.float64)
-    if a.size < 100 or a.std() == 0 or b.std() == 0:
+
+    def pairs(table: np.ndarray, lq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a, b = lq[:, :-lag], lq[:, lag:]
+        both = (a != _OUT) & (b != _OUT)
+        return table[a[both]].astype(np.float64), table[b[both]].astype(np.float64)
+
+    n, sa, sb = 0, 0.0, 0.0
+    lo_a = lo_b = np.inf
+    hi_a = hi_b = -np.inf
+    for blk in blocks:
+        a, b = pairs(*blk)
+        if a.size:
+            n += a.size
+            sa += float(a.sum())
+            sb += float(b.sum())
+            lo_a, hi_a = min(lo_a, float(a.min())), max(hi_a, float(a.max()))
+            lo_b, hi_b = min(lo_b, float(b.min())), max(hi_b, float(b.max()))
+    if n < 100 or lo_a == hi_a or lo_b == hi_b:
         return None
-    return float(np.corrcoef(a, b)[0, 1])
+    ma, mb = sa / n, sb / n
+    saa = sbb = sab = 0.0
+    for blk in blocks:
+        a, b = pairs(*blk)
+        a -= ma
+        b -= mb
+        saa += float(a @ a)
+        sbb += float(b @ b)
+        sab += float(a @ b)
+    return float(np.clip(sab / np.sqrt(saa * sbb), -1.0, 1.0))
 
 
 def _logit(level: np.ndarray) -> np.ndarray:
@@ -172,7 +233,12 @@ def null_survival(q: np.ndarray, sample: np.ndarray, top: int) -> tuple[np.ndarr
     through a logistic, as the score's ``z² / (z² + k²)`` is). Returns the survival, ``t1`` and the
     slope of ``z`` per unit of logit.
     """
-    hist = np.bincount(q[sample], minlength=256)[: LEVELS + 1].astype(np.float64)
+    return null_survival_of(np.bincount(q[sample], minlength=256), top)
+
+
+def null_survival_of(counts: np.ndarray, top: int) -> tuple[np.ndarray, int, float]:
+    """:func:`null_survival` from the counts of each level over the sample (256 or more)."""
+    hist = np.asarray(counts)[: LEVELS + 1].astype(np.float64)
     if hist.sum() == 0:
         return np.ones(LEVELS + 1), 0, 0.0
     at_or_above = np.cumsum(hist[::-1])[::-1]
@@ -246,8 +312,9 @@ def rate_per_km2(masses: np.ndarray, sim_masses: np.ndarray, sim_km2: float) -> 
 
 
 def judge_regions(mask: np.ndarray, q: np.ndarray, observable: np.ndarray, gsd_m: float, low: float,
-                 decide: Callable[[np.ndarray], np.ndarray], per_km2: float,
-                 progress: Callable[[str, int, int], None] | None = None) -> RegionTest:
+                  decide: Callable[[np.ndarray], np.ndarray], per_km2: float,
+                  progress: Callable[[str, int, int], None] | None = None, *, window_px: int = 1024,
+                  scr: scratch.Scratch = scratch.IN_MEMORY) -> RegionTest:
     """The a-contrario test of every changed region of ``mask`` (0/1/255) on the decision score ``q``.
 
     ``q`` is quantised (255 nodata); ``observable`` is where change can be seen; ``low`` is the
@@ -255,28 +322,39 @@ def judge_regions(mask: np.ndarray, q: np.ndarray, observable: np.ndarray, gsd_m
     (quantised score -> 0/1 mask), applied to the simulated null. The null is measured on every
     observable pixel, then (:data:`ROUNDS`) again without the regions significant at ``per_km2``.
     ``progress(stage, done, total)``, when given, hears of each round (stage ``significance``).
+
+    The scene is gone through by windows of ``window_px`` (the label image and the samples from
+    ``scr``; ``mask``, ``q`` and ``observable`` may be memory maps or lazy views), so the working
+    set is a window, the changed pixels and the simulated field, whatever the scene's size.
     """
     report = progress or (lambda stage, done, total: None)
     report("significance", 0, ROUNDS)
-    changed = (mask == 1).astype(np.uint8)
-    n, labels = cv2.connectedComponents(changed, connectivity=8, ltype=cv2.CV_32S)
-    area = np.bincount(labels.ravel(), minlength=n)
-    valid = observable & (q != NODATA)
+    labels, stats = windowed.label(mask, window_px, scr, value=1)
+    n = len(stats)
+    area = stats[:, cv2.CC_STAT_AREA].astype(np.int64)
+    valid = scr.zeros(q.shape, np.uint8)  # observable and not nodata
+    for (r, c, h, w), part in windowed.near(windowed.equals(mask, 1), HALO_PX, window_px):
+        ok = np.asarray(observable[r:r + h, c:c + w]) & (np.asarray(q[r:r + h, c:c + w]) != NODATA)
+        valid[r:r + h, c:c + w] = ok.astype(np.uint8) + (ok & ~part)  # 1 valid, 2 also far from every change
+        scratch.release(valid, q)
     side = int(np.ceil(np.sqrt(np.clip(q.size, SIM_MIN_PX, SIM_MAX_PX))))
     sim_km2 = side * side * gsd_m * gsd_m / 1e6
-    far = valid & (cv2.distanceTransform(1 - changed, cv2.DIST_L2, 3) > HALO_PX)
     # the null's correlation away from the changes (which are wider)
-    ell = correlation_length(q, far)
+    ell = correlation_length(q, windowed.equals(valid, 2), window_px)
     ranks = null_field((side, side), ell)
-    sample = valid
+    lab_px, q_px = windowed.label_pixels(labels, window_px, q)  # the changed pixels: their masses
+    sample: np.ndarray | windowed.Where = windowed.Where(valid, lambda v: v > 0)
+    null_px = 0
     for round_ in range(ROUNDS):
-        surv, t_n, slope = null_survival(q, sample, int(TOP_SHARE * low * LEVELS))
+        hist, null_px = _sample_hist(q, sample, window_px)
+        surv, t_n, slope = null_survival_of(hist, int(TOP_SHARE * low * LEVELS))
         info = surprise(surv)
         sim_q = levels_of(ranks, surv)
         m, sim_labels = cv2.connectedComponents((decide(sim_q) == 1).astype(np.uint8), connectivity=8,
                                                 ltype=cv2.CV_32S)
         sim_mass = region_mass(sim_q, sim_labels, m, info)[1:]
-        nfa = rate_per_km2(region_mass(q, labels, n, info), sim_mass, sim_km2)
+        del sim_labels, sim_q
+        nfa = rate_per_km2(windowed.label_sums(lab_px, info[q_px], n), sim_mass, sim_km2)
         nfa[0] = np.inf
         significant = nfa <= per_km2
         if round_ + 1 == ROUNDS or not np.any(significant):
@@ -284,26 +362,56 @@ def judge_regions(mask: np.ndarray, q: np.ndarray, observable: np.ndarray, gsd_m
             break
         report("significance", round_ + 1, ROUNDS)
         # the regions found significant are change: measure the null again without them
-        away = cv2.distanceTransform(1 - significant[labels].astype(np.uint8), cv2.DIST_L2, 3)
-        sample = valid & (away > HALO_ELL * ell)
-    return RegionTest(labels, nfa, area, ell, int(np.count_nonzero(sample)), sim_km2, int(sim_mass.size),
-                      t_n / LEVELS, slope)
+        sig = significant.astype(np.uint8)
+        away = scr.zeros(q.shape, np.uint8)
+        close = windowed.near(windowed.Where(labels, lambda lab: sig[lab]), HALO_ELL * ell, window_px)
+        for (r, c, h, w), part in close:
+            away[r:r + h, c:c + w] = (np.asarray(valid[r:r + h, c:c + w]) > 0) & ~part
+            scratch.release(away, valid)
+        sample = away
+    return RegionTest(labels, nfa, area, ell, null_px, sim_km2, int(sim_mass.size), t_n / LEVELS, slope)
+
+
+def _sample_hist(q: np.ndarray, sample: np.ndarray | windowed.Where, window_px: int) -> tuple[np.ndarray, int]:
+    """Counts of each level of ``q`` over ``sample`` (256), and the sample's size."""
+    counts = np.zeros(256, np.int64)
+    n = 0
+    for r0, r1 in windowed.strips(q.shape, window_px):
+        ok = np.asarray(sample[r0:r1]).astype(bool)
+        counts += np.bincount(np.asarray(q[r0:r1])[ok], minlength=256)
+        n += int(np.count_nonzero(ok))
+        scratch.release(q)
+    return counts, n
 
 
 def keep_significant(mask: np.ndarray, q: np.ndarray, observable: np.ndarray, gsd_m: float, per_km2: float,
                      low: float, decide: Callable[[np.ndarray], np.ndarray],
-                     progress: Callable[[str, int, int], None] | None = None) -> tuple[np.ndarray, Budget]:
+                     progress: Callable[[str, int, int], None] | None = None, *, window_px: int = 1024,
+                     scr: scratch.Scratch = scratch.IN_MEMORY) -> tuple[np.ndarray, Budget]:
     """``mask`` (0/1/255) without its changed regions whose false alarms per km² exceed ``per_km2``.
 
-    ``per_km2`` 0 switches the test off (every region kept). ``progress`` as in :func:`judge_regions`.
+    ``per_km2`` 0 switches the test off (every region kept). ``progress``, ``window_px`` and ``scr``
+    as in :func:`judge_regions`; the result is a new array from ``scr``.
     """
-    if per_km2 <= 0 or not np.any(mask == 1):
+    if per_km2 <= 0 or not _any_equal(mask, 1, window_px):
         return mask, Budget(per_km2, 0.0, 0, 0.0, 0, 1.0, 0.0, 0, 0, 0.0)
-    t = judge_regions(mask, q, observable, gsd_m, low, decide, per_km2, progress)
+    t = judge_regions(mask, q, observable, gsd_m, low, decide, per_km2, progress, window_px=window_px, scr=scr)
     reject = t.nfa_per_km2 > per_km2
     reject[0] = False
-    out = mask.copy()
-    out[reject[t.labels]] = 0
+    out = scr.copy(mask)
+    for (r, c, h, w), part in windowed.apply(t.labels, reject, window_px):
+        if part.any():
+            out[r:r + h, c:c + w][part] = 0
+        scratch.release(out)
     budget = Budget(per_km2, t.correlation_px, t.null_px, t.simulated_km2, t.simulated_regions, t.tail_level, t.tail_slope,
                     len(t.area_px) - 1, int(reject.sum()), float(t.area_px[reject].sum()) * gsd_m * gsd_m)
     return out, budget
+
+
+def _any_equal(arr: np.ndarray, value: int, window_px: int) -> bool:
+    for r0, r1 in windowed.strips(arr.shape, window_px):
+        found = bool(np.any(np.asarray(arr[r0:r1]) == value))
+        scratch.release(arr)
+        if found:
+            return True
+    return False

@@ -2,6 +2,12 @@
 
 The score arrives quantised to ``uint8`` levels 0..254 (255 = nodata), the only
 per-pixel product held whole besides the mask itself.
+
+The decision goes through the scene by windows (``window_px``, default 1024): regions are
+labelled window by window with their seams joined (:mod:`changedet.labels`), openings and
+closings are made with a halo, and whole-scene masks come from a :class:`~changedet.scratch.Scratch`
+(``scr``, memory maps past the budget), so the working set does not grow with the scene. The
+results equal those of whole-array operations (tests/test_threshold.py).
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from . import scratch, windowed
 from .config import DecideConfig
+from .labels import label_windowed
 from .objects import skeleton_length_px, widest_px
 
 LEVELS = 254
@@ -46,7 +54,11 @@ def dequantize(q: np.ndarray) -> np.ndarray:
 
 def histogram(q: np.ndarray) -> np.ndarray:
     """Counts of each score level 0..254 (nodata excluded)."""
-    return np.bincount(q.ravel(), minlength=256)[: LEVELS + 1].astype(np.float64)
+    counts = np.zeros(256, np.int64)
+    for r0, r1 in windowed.strips(q.shape, 1024):
+        counts += np.bincount(np.asarray(q[r0:r1]).ravel(), minlength=256)
+        scratch.release(q)
+    return counts[: LEVELS + 1].astype(np.float64)
 
 
 def otsu(hist: np.ndarray) -> float:
@@ -127,58 +139,74 @@ def _disk(radius: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
 
-def hysteresis(q: np.ndarray, thr: Threshold) -> np.ndarray:
+def hysteresis(q: np.ndarray, thr: Threshold, window_px: int = 1024,
+               scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
     """Pixels above ``low`` connected (8-neighbourhood) to a pixel above ``high``; uint8 0/1."""
-    valid = q != NODATA
-    low = ((q > thr.low * LEVELS) & valid).astype(np.uint8)
-    high = (q > thr.high * LEVELS) & valid
-    n, labels = cv2.connectedComponents(low, connectivity=8, ltype=cv2.CV_32S)
+    lo, hi = thr.low * LEVELS, thr.high * LEVELS
+    labels, stats = label_windowed(windowed.Where(q, lambda a: (a > lo) & (a != NODATA)), window_px, scr)
+    out = scr.zeros(q.shape, np.uint8)
+    n = len(stats)
     if n <= 1:
-        return np.zeros_like(low)
+        return out
     keep = np.zeros(n, dtype=bool)
-    keep[np.unique(labels[high])] = True
+    for r, c, h, w in windowed.windows(q.shape, window_px):
+        part = np.asarray(q[r:r + h, c:c + w])
+        keep[np.unique(np.asarray(labels[r:r + h, c:c + w])[(part > hi) & (part != NODATA)])] = True
+        scratch.release(q, labels)
     keep[0] = False
-    return keep[labels].astype(np.uint8)
+    return windowed.fill(out, windowed.apply(labels, keep.astype(np.uint8), window_px))
 
 
-def remove_small(mask: np.ndarray, min_px: int) -> np.ndarray:
+def remove_small(mask: np.ndarray, min_px: int, window_px: int = 1024,
+                 scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
     """Drop 8-connected regions of fewer than ``min_px`` pixels."""
     if min_px <= 1:
         return mask
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
+    labels, stats = label_windowed(mask, window_px, scr)
     keep = stats[:, cv2.CC_STAT_AREA] >= min_px
     keep[0] = False
-    return keep[labels].astype(np.uint8)
+    return windowed.fill(scr.zeros(mask.shape, np.uint8), windowed.apply(labels, keep.astype(np.uint8), window_px))
 
 
-def fill_holes(mask: np.ndarray, max_px: int) -> np.ndarray:
+def fill_holes(mask: np.ndarray, max_px: int, window_px: int = 1024,
+               scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
     """Fill 4-connected holes of at most ``max_px`` pixels."""
     if max_px <= 0:
         return mask
-    holes = (mask == 0).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(holes, connectivity=4, ltype=cv2.CV_32S)
+    labels, stats = label_windowed(mask, window_px, scr, value=0, connectivity=4)
     h, w = mask.shape
     x, y, bw, bh = (stats[:, i] for i in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT))
     touches = (x == 0) | (y == 0) | (x + bw == w) | (y + bh == h)
     small = (stats[:, cv2.CC_STAT_AREA] <= max_px) & ~touches
     small[0] = False
-    return (mask.astype(bool) | small[labels]).astype(np.uint8)
+    out = scr.zeros(mask.shape, np.uint8)
+    for (r, c, hh, ww), part in windowed.apply(labels, small, window_px):
+        out[r:r + hh, c:c + ww] = (np.asarray(mask[r:r + hh, c:c + ww]).astype(bool) | part).astype(np.uint8)
+        scratch.release(out, mask)
+    return out
 
 
-def clean(mask: np.ndarray, params: DecideConfig, gsd_m: float) -> np.ndarray:
+def _morphology(mask: np.ndarray, op: int, radius: int, window_px: int, scr: scratch.Scratch) -> np.ndarray:
+    """``cv2.morphologyEx(mask, op, disk(radius))`` (an opening or a closing) by windows with a halo."""
+    return windowed.morphology(mask, op, _disk(radius), 2, window_px, scr)
+
+
+def clean(mask: np.ndarray, params: DecideConfig, gsd_m: float, window_px: int = 1024,
+          scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
     """Opening, closing, small-region removal and hole filling, sizes in m²."""
     px_area = gsd_m * gsd_m
     out = mask
     if params.open_px > 0:
-        out = cv2.morphologyEx(out, cv2.MORPH_OPEN, _disk(params.open_px))
+        out = _morphology(out, cv2.MORPH_OPEN, params.open_px, window_px, scr)
     if params.close_px > 0:
-        out = cv2.morphologyEx(out, cv2.MORPH_CLOSE, _disk(params.close_px))
-    out = fill_holes(out, int(params.fill_holes_m2 / px_area))
-    return remove_small(out, int(np.ceil(params.min_area_m2 / px_area)))
+        out = _morphology(out, cv2.MORPH_CLOSE, params.close_px, window_px, scr)
+    out = fill_holes(out, int(params.fill_holes_m2 / px_area), window_px, scr)
+    return remove_small(out, int(np.ceil(params.min_area_m2 / px_area)), window_px, scr)
 
 
 def decide(q: np.ndarray, params: DecideConfig, gsd_m: float,
-           fixed: float | None = None) -> tuple[np.ndarray, Threshold]:
+           fixed: float | None = None, *, window_px: int = 1024,
+           scr: scratch.Scratch = scratch.IN_MEMORY) -> tuple[np.ndarray, Threshold]:
     """Threshold the quantised score and clean the result.
 
     ``fixed`` replaces the automatic threshold (a learned model's calibrated one); hysteresis
@@ -193,14 +221,17 @@ def decide(q: np.ndarray, params: DecideConfig, gsd_m: float,
         thr = choose(histogram(q), params)
     else:
         thr = Threshold("model", fixed, fixed, fixed * params.hysteresis_low_ratio)
-    mask = cut(q, thr, params, gsd_m)
-    mask[q == NODATA] = NODATA
+    mask = cut(q, thr, params, gsd_m, window_px, scr)
+    for r, c, h, w in windowed.windows(q.shape, window_px):
+        mask[r:r + h, c:c + w][np.asarray(q[r:r + h, c:c + w]) == NODATA] = NODATA
+        scratch.release(mask, q)
     return mask, thr
 
 
-def cut(q: np.ndarray, thr: Threshold, params: DecideConfig, gsd_m: float) -> np.ndarray:
+def cut(q: np.ndarray, thr: Threshold, params: DecideConfig, gsd_m: float, window_px: int = 1024,
+        scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
     """The pixel decision at given thresholds: hysteresis, then clean-up; uint8 0/1."""
-    return clean(hysteresis(q, thr), params, gsd_m)
+    return clean(hysteresis(q, thr, window_px, scr), params, gsd_m, window_px, scr)
 
 
 #: a line's pixels keep at least this share of its typical line evidence (z^2): a quarter is where
@@ -209,7 +240,8 @@ LINE_END_SHARE = 0.25
 
 
 def line_mask(lq: np.ndarray, mask: np.ndarray, params: DecideConfig, gsd_m: float,
-              flank_px: int = 3, length_px: int = 11) -> np.ndarray:
+              flank_px: int = 3, length_px: int = 11, window_px: int = 1024,
+              scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
     """Long thin lines of change from the quantised line evidence that ``mask`` misses; uint8 0/1.
 
     Parameters
@@ -237,30 +269,35 @@ def line_mask(lq: np.ndarray, mask: np.ndarray, params: DecideConfig, gsd_m: flo
        nor what is left of the evidence around an object.
 
     No opening: it would erase lines two pixels wide.
+
+    Made window by window (``window_px``; the masks from ``scr``), equal to the whole-array result.
     """
-    out = np.zeros(lq.shape, np.uint8)
+    out = scr.zeros(lq.shape, np.uint8)
     if params.line_min_ratio <= 0:
         return out
     r = params.line_min_ratio
     high, low = r / (1.0 + r), (r / 2) / (1.0 + r / 2)
-    seeds = (lq > high * LEVELS) & (lq != NODATA)
-    if not seeds.any():
+    if not any(np.any((part > high * LEVELS) & (part != NODATA))
+               for part in (np.asarray(lq[r0:r1]) for r0, r1 in windowed.strips(lq.shape, window_px))):
         return out
-    del seeds
-    near = cv2.dilate((mask == 1).astype(np.uint8), _disk(flank_px)).astype(bool)
-    wide = _wide_regions(mask, flank_px, length_px // 2 + 1)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(hysteresis(lq, Threshold("line", high, high, low)),
-                                                          connectivity=8, ltype=cv2.CV_32S)
+    scratch.release(lq)
+    near = _dilate_windowed(windowed.equals(mask, 1), flank_px, window_px, scr)
+    wide = _wide_regions(mask, flank_px, length_px // 2 + 1, window_px, scr)
+    lines = hysteresis(lq, Threshold("line", high, high, low), window_px, scr)
+    labels, stats = label_windowed(lines, window_px, scr)
+    del lines
     min_px = params.line_min_length_m / gsd_m
-    for i in range(1, n):
+    for i in range(1, len(stats)):
         x, y, w, h = _box(stats, i)
         if np.hypot(w, h) < min_px:
             continue
-        region = labels[y:y + h, x:x + w] == i
-        lev = lq[y:y + h, x:x + w].astype(np.float32) / LEVELS
+        if i % 256 == 0:  # memory maps: let go of the pages the regions so far touched
+            scratch.release(labels, lq, wide, near, out)
+        region = np.asarray(labels[y:y + h, x:x + w]) == i
+        lev = np.asarray(lq[y:y + h, x:x + w]).astype(np.float32) / LEVELS
         rr = lev / np.maximum(1.0 - lev, 1e-3)  # back to multiples of the 90th percentile
         region &= rr >= LINE_END_SHARE * float(np.median(rr[region]))
-        region &= ~wide[y:y + h, x:x + w]
+        region &= ~(np.asarray(wide[y:y + h, x:x + w]) > 0)
         m, parts, pstats, _ = cv2.connectedComponentsWithStats(region.astype(np.uint8), connectivity=8,
                                                                ltype=cv2.CV_32S)
         for j in range(1, m):
@@ -268,9 +305,23 @@ def line_mask(lq: np.ndarray, mask: np.ndarray, params: DecideConfig, gsd_m: flo
             if np.hypot(pw, ph) < min_px:
                 continue
             part = parts[py:py + ph, px:px + pw] == j
-            far = part & ~near[y + py:y + py + ph, x + px:x + px + pw]
+            far = part & ~(np.asarray(near[y + py:y + py + ph, x + px:x + px + pw]) > 0)
             if far.sum() >= min_px and skeleton_length_px(far) >= min_px:
                 out[y + py:y + py + ph, x + px:x + px + pw][part] = 1
+    scratch.release(labels, lq, wide, near, out)
+    return out
+
+
+def _dilate_windowed(src: np.ndarray | windowed.Where, radius: int, window_px: int,
+                     scr: scratch.Scratch) -> np.ndarray:
+    """``cv2.dilate(src, disk(radius))`` (uint8 0/1) by windows with a halo of ``radius``."""
+    out = scr.zeros(src.shape, np.uint8)
+    kernel = _disk(radius)
+    for box in windowed.windows(src.shape, window_px):
+        part, big = windowed.read(src, box, radius)
+        r, c, h, w = box
+        out[r:r + h, c:c + w] = windowed.crop(cv2.dilate(part.astype(np.uint8), kernel), big, box)
+        scratch.release(out)
     return out
 
 
@@ -280,21 +331,25 @@ def _box(stats: np.ndarray, i: int) -> tuple[int, int, int, int]:
             int(stats[i, cv2.CC_STAT_HEIGHT]))
 
 
-def _wide_regions(mask: np.ndarray, flank_px: int, reach_px: int) -> np.ndarray:
-    """Pixels within ``reach_px`` of a region of ``mask`` that is not a thin line (bool).
+def _wide_regions(mask: np.ndarray, flank_px: int, reach_px: int, window_px: int = 1024,
+                  scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
+    """Pixels within ``reach_px`` of a region of ``mask`` that is not a thin line (uint8 0/1).
 
     A region is a thin line when its width along its skeleton (:func:`changedet.objects.widest_px`)
     is at most ``2 * flank_px`` pixels and its skeleton is at least twice that width: a piece of a
     trench the pixel score found. Roofs, hulls and clearings are not, however small.
     """
-    n, labels, stats, _ = cv2.connectedComponentsWithStats((mask == 1).astype(np.uint8), connectivity=8,
-                                                          ltype=cv2.CV_32S)
+    labels, stats = label_windowed(mask, window_px, scr, value=1)
+    n = len(stats)
     block = np.zeros(n, bool)
     for i in range(1, n):
         x, y, w, h = _box(stats, i)
-        region = labels[y:y + h, x:x + w] == i
+        region = np.asarray(labels[y:y + h, x:x + w]) == i
         width = widest_px(region)
         block[i] = width > 2 * flank_px or skeleton_length_px(region) < 2 * width
+        if i % 256 == 0:
+            scratch.release(labels)
     if not block[1:].any():
-        return np.zeros(mask.shape, bool)
-    return cv2.dilate(block[labels].astype(np.uint8), _disk(reach_px)).astype(bool)
+        return scr.zeros(mask.shape, np.uint8)
+    lut = block.astype(np.uint8)
+    return _dilate_windowed(windowed.Where(labels, lambda lab: lut[lab]), reach_px, window_px, scr)

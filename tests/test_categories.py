@@ -229,3 +229,17 @@ def test_qgis_draws_the_classes_with_names_and_legend_colours(class_cog, tmp_pat
     assert got["valid"] and got["renderer"] == "paletted"
     want = [[c.code, c.name, "#{:02x}{:02x}{:02x}".format(*c.rgb)] for c in CLASS_LEGEND.categories]
     assert got["classes"] == want
+
+
+@pytest.mark.parametrize("factor", [2, 8])
+def test_change_first_mode_by_strips_equals_one_pass(factor):
+    # a scene tall enough to be gone through in several strips of whole blocks
+    from changedet import categories as C
+
+    rng = np.random.default_rng(factor)
+    array = rng.choice(np.array([0, 0, 0, 0, 1, 2, 3, 255], np.uint8), size=(3001, 2999))
+    codes = [c for c in np.unique(array).tolist() if c not in (255, 0)]
+    whole = C._change_first_strip(array, factor, codes, 255, 0)
+    rows = max(1, (4 * 2**20) // (-(-2999 // factor) * factor * factor)) * factor
+    assert rows < 3001
+    np.testing.assert_array_equal(C.change_first_mode(array, factor), whole)

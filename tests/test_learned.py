@@ -205,3 +205,20 @@ def test_training_reads_non_finite_values_as_nodata(tmp_path):
     assert np.isfinite(data).all()
     assert not valid[5:9, 5:9].any() and not valid[20, 20]
     assert valid.sum() == 40 * 40 - 16 - 1
+
+
+def test_feature_rows_equal_the_rows_of_the_whole_features():
+    # bilinear upsampling of a band of tap rows (with a row of margin) gives the same numbers as
+    # upsampling the whole tap, and the head then sees the same blocks of pixels
+    from changedet.learned import features as F
+
+    rng = np.random.default_rng(0)
+    parts = tuple((rng.standard_normal((c, 88 // f, 60 // f)).astype(np.float32), f)
+                  for c, f in ((3, 1), (5, 2), (4, 4)))
+    taps = F.PairTaps(parts, (88, 60))
+    whole = taps.rows(0, 88)
+    for r0, r1 in ((0, 1), (0, 7), (3, 4), (5, 46), (45, 88), (87, 88), (13, 61)):
+        assert taps.rows(r0, r1).tobytes() == whole[:, r0:r1].tobytes()
+    hd = learned.load_model(None)
+    x = rng.standard_normal((F.N_FEATURES, 130, 200)).astype(np.float32)
+    assert hd.predict(x).tobytes() == hd.predict_rows(lambda a, b: np.ascontiguousarray(x[:, a:b]), 130, 200).tobytes()

@@ -222,3 +222,52 @@ def test_each_date_clips_at_its_own_level():
     both = O.Scale.fit(before.reshape(4, -1), (2, 1, 0), 3, 255.0)  # one level for both dates, as before
     eb2, ea2 = O.evidence(before, before.copy(), valid, both, PARAMS)
     assert ((ea2 & O.SAT) > 0).sum() == 30 * 30
+
+
+@pytest.mark.parametrize("window", [48, 100])
+def test_windows_and_memory_maps_give_the_whole_scene_reasons(tmp_path, window):
+    # clouds, their shadows, saturation and nodata crossing window seams: the same reasons, offsets
+    # and areas as one window over the whole scene (the whole-array computation)
+    from changedet import scratch
+
+    before, after, _, _, _ = _cloudy_pair()
+    after[:, 10:40, 150:230] = 1.0  # blown out
+    valid = np.ones(before.shape[1:], bool)
+    valid[:, :7] = False
+    eb, ea = O.evidence(before, after, valid, _scale(before), PARAMS)
+    eb[5:60, 5:60] |= O.SAT  # and on the other date
+    whole = O.resolve(eb, ea, valid, GSD, PARAMS, window_px=4096)
+    assert {O.CLOUD, O.CLOUD_SHADOW, O.SATURATED, O.NODATA} <= set(np.unique(whole.reason))
+    got = O.resolve(eb, ea, valid, GSD, PARAMS, window_px=window, scr=scratch.Scratch(tmp_path, 0))
+    assert scratch.is_mapped(got.reason)
+    np.testing.assert_array_equal(np.asarray(got.reason), whole.reason)
+    assert got.shadow_offset_px == whole.shadow_offset_px
+    assert got.areas_m2(GSD) == whole.areas_m2(GSD)
+
+
+def test_haze_by_windows_equals_the_whole_scene(tmp_path):
+    from changedet import scratch
+
+    before = _ground(256, 3)
+    haze = _disk(256, 128, 128, 80, 20)
+    after = before * (1 - 0.85 * haze)[None] + (haze * 0.35)[None] * np.array([1.3, 1.1, 0.9, 0.6], np.float32)[:, None, None]
+    valid = np.ones(before.shape[1:], bool)
+    eb, ea = O.evidence(before, after, valid, _scale(before), PARAMS)
+    whole = O._haze((ea & O.HAZY) > 0, GSD, PARAMS)
+    assert whole.sum() > 1000
+    for window in (40, 100):
+        got = O._haze_windowed(ea, GSD, PARAMS, window, scratch.Scratch(tmp_path, 0))
+        np.testing.assert_array_equal(np.asarray(got) > 0, whole)
+
+
+def test_haze_holes_by_windows_fill_enclosed_gaps_only(tmp_path):
+    from changedet import scratch
+
+    ev = np.zeros((200, 230), np.uint8)
+    ev[0:180, 20:200] = O.HAZY
+    ev[90:100, 90:100] = 0  # an enclosed gap: filled
+    ev[0:60, 120:130] = 0  # a notch from the scene's edge: left
+    whole = O._haze((ev & O.HAZY) > 0, GSD, PARAMS)
+    assert whole[95, 95] and not whole[10, 125]
+    got = O._haze_windowed(ev, GSD, PARAMS, 48, scratch.Scratch(tmp_path, 0))
+    np.testing.assert_array_equal(np.asarray(got) > 0, whole)

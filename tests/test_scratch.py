@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -16,7 +18,8 @@ def test_past_the_budget_an_array_is_a_memory_map_with_the_same_contents(tmp_pat
     assert not scratch.is_mapped(small) and scratch.is_mapped(big)
     assert big.dtype == small.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(big, small)
-    assert list(tmp_path.iterdir()), "the map lives in the given folder"
+    assert Path(big.filename).parent == tmp_path, "the map lives in the given folder"
+    assert not list(tmp_path.iterdir()), "unlinked at once: its disk goes with the array"
 
 
 def test_released_pages_keep_their_data(tmp_path):

@@ -110,3 +110,43 @@ def test_nodata_and_unobservable_pixels_are_left_alone():
     out, _ = S.keep_significant(mask, q, observable, GSD, 1.0, 0.5, _cut(0.5))
     assert np.all(out[:, :20] == NODATA)
     assert set(np.unique(out)) <= {0, 1, NODATA}
+
+
+def _corrcoef_reference(q: np.ndarray, sample: np.ndarray, lag: int) -> float:
+    """The lag correlation as one np.corrcoef over every pair (the whole-array way)."""
+    z = S.normal_scores(q, sample)
+    a_parts, b_parts = [], []
+    for img, ok in ((z[::S.CORR_STRIDE], sample[::S.CORR_STRIDE]),
+                    (z[:, ::S.CORR_STRIDE].T, sample[:, ::S.CORR_STRIDE].T)):
+        both = ok[:, :-lag] & ok[:, lag:]
+        a_parts.append(img[:, :-lag][both])
+        b_parts.append(img[:, lag:][both])
+    a, b = np.concatenate(a_parts).astype(np.float64), np.concatenate(b_parts).astype(np.float64)
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+@pytest.mark.parametrize("lag", [1, 2, 8])
+def test_lag_correlation_by_blocks_equals_one_corrcoef(lag):
+    q = _null_score(301, 2.5, 7)
+    sample = np.random.default_rng(7).random(q.shape) > 0.2
+    table = S._normal_table(np.bincount(q[sample], minlength=256))
+    lines = S._sampled_lines(q, sample, table, 64)
+    assert S._lag_correlation(lines, lag) == pytest.approx(_corrcoef_reference(q, sample, lag), abs=1e-12)
+
+
+def test_windows_and_memory_maps_decide_the_same_regions(tmp_path):
+    from changedet import scratch
+
+    q = _null_score(300, 2.0, 5)
+    q[100:130, 40:80] = LEVELS
+    q[:, :10] = NODATA
+    mask = _threshold(q, 0.45)
+    mask[:, :10] = NODATA
+    observable = np.ones_like(q, bool)
+    observable[250:, 250:] = False
+    whole, b_whole = S.keep_significant(mask, q, observable, GSD, 5.0, 0.45, _cut(0.45))
+    mapped, b_mapped = S.keep_significant(mask, q, observable, GSD, 5.0, 0.45, _cut(0.45), window_px=32,
+                                          scr=scratch.Scratch(tmp_path, 0))
+    assert scratch.is_mapped(mapped)
+    np.testing.assert_array_equal(np.asarray(mapped), whole)
+    assert b_mapped == b_whole and 0 < b_whole.rejected < b_whole.tested

@@ -98,3 +98,86 @@ def test_line_mask_leaves_roofs_alone_and_joins_pieces_of_a_trench():
     assert not out[:60].any()
     assert out[80:83, 52:128].all()
     assert out[80:83, 20:50].all()  # the line overlaps its piece, which it will join
+
+
+# --- by windows: the same decision as whole arrays
+
+import cv2  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from changedet import scratch  # noqa: E402
+
+
+def _whole_cut(q: np.ndarray, thr: T.Threshold, params: DecideConfig, gsd_m: float) -> np.ndarray:
+    """The decision on whole arrays, as it was written before it went by windows."""
+    valid = q != T.NODATA
+    low = ((q > thr.low * T.LEVELS) & valid).astype(np.uint8)
+    n, labels = cv2.connectedComponents(low, connectivity=8, ltype=cv2.CV_32S)
+    keep = np.zeros(n, bool)
+    keep[np.unique(labels[(q > thr.high * T.LEVELS) & valid])] = True
+    keep[0] = False
+    out = keep[labels].astype(np.uint8)
+    if params.open_px > 0:
+        out = cv2.morphologyEx(out, cv2.MORPH_OPEN, T._disk(params.open_px))
+    if params.close_px > 0:
+        out = cv2.morphologyEx(out, cv2.MORPH_CLOSE, T._disk(params.close_px))
+    max_px = int(params.fill_holes_m2 / gsd_m ** 2)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((out == 0).astype(np.uint8), connectivity=4,
+                                                          ltype=cv2.CV_32S)
+    h, w = out.shape
+    x, y, bw, bh = (stats[:, i] for i in range(4))
+    small = (stats[:, 4] <= max_px) & ~((x == 0) | (y == 0) | (x + bw == w) | (y + bh == h))
+    small[0] = False
+    out = (out.astype(bool) | small[labels]).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(out, connectivity=8, ltype=cv2.CV_32S)
+    keep = stats[:, 4] >= int(np.ceil(params.min_area_m2 / gsd_m ** 2))
+    keep[0] = False
+    return keep[labels].astype(np.uint8)
+
+
+@settings(max_examples=20, deadline=None)
+@given(h=st.integers(8, 140), w=st.integers(8, 140), window=st.sampled_from([8, 30, 64]),
+       open_px=st.integers(0, 2), close_px=st.integers(0, 2), seed=st.integers(0, 10_000))
+def test_the_decision_by_windows_equals_the_whole_array_one(h, w, window, open_px, close_px, seed):
+    rng = np.random.default_rng(seed)
+    score = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 1.5)
+    score = (score - score.min()) / max(float(score.max() - score.min()), 1e-6)
+    valid = rng.random((h, w)) > 0.02
+    q = T.quantize(score, valid)
+    params = DecideConfig(open_px=open_px, close_px=close_px, fill_holes_m2=6.0, min_area_m2=5.0)
+    thr = T.Threshold("model", 0.7, 0.7, 0.7 * params.hysteresis_low_ratio)
+    want = _whole_cut(q, thr, params, 1.0)
+    np.testing.assert_array_equal(T.cut(q, thr, params, 1.0, window), want)
+    mask, _ = T.decide(q, params, 1.0, 0.7, window_px=window)
+    np.testing.assert_array_equal(mask, np.where(valid, want, T.NODATA))
+
+
+def test_the_decision_through_memory_maps(tmp_path):
+    rng = np.random.default_rng(3)
+    score = cv2.GaussianBlur(rng.random((300, 280)).astype(np.float32), (0, 0), 2.0)
+    q = T.quantize((score - score.min()) / (score.max() - score.min()), np.ones(score.shape, bool))
+    params = DecideConfig(min_area_m2=4.0, fill_holes_m2=4.0)
+    whole, thr = T.decide(q, params, 1.0)
+    mapped, thr2 = T.decide(q, params, 1.0, window_px=64, scr=scratch.Scratch(tmp_path, 0))
+    assert scratch.is_mapped(mapped) and thr2 == thr
+    np.testing.assert_array_equal(np.asarray(mapped), whole)
+    assert 0 < (whole == 1).mean() < 1
+
+
+@pytest.mark.parametrize("window", [16, 40])
+def test_line_mask_by_windows_and_memory_maps_equals_one_window(tmp_path, window):
+    r = np.full((120, 160), 0.5, np.float32)
+    mask = np.zeros(r.shape, np.uint8)
+    mask[20:34, 20:34] = 1  # a roof with lines along it
+    r[17:19, 16:38] = 12.0
+    r[26:28, 8:46] = 12.0
+    mask[80:83, 20:50] = 1  # a trench crossing window seams, found in part by the pixel score
+    r[80:83, 20:130] = 12.0
+    r[50:100, 140:142] = 12.0  # and one in line evidence only
+    r[100:102, 10:16] = 12.0  # a streak
+    whole = T.line_mask(_line_levels(r), mask, DecideConfig(), 0.5, window_px=4096)
+    got = T.line_mask(_line_levels(r), mask, DecideConfig(), 0.5, window_px=window, scr=scratch.Scratch(tmp_path, 0))
+    assert scratch.is_mapped(got) and whole[80:83, 52:128].all() and whole[52:98, 140:142].all()
+    np.testing.assert_array_equal(np.asarray(got), whole)

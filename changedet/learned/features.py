@@ -120,6 +120,9 @@ def _session(path: str, threads: int) -> object:
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
+    # no arena: it keeps the largest window's activations (about 0.6 GB at a 1408² read box) for
+    # the whole run, and more when workers run the session at once; the numbers do not change
+    so.enable_cpu_mem_arena = False
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
@@ -138,28 +141,61 @@ def encode(x: np.ndarray, threads: int | None = None, path: Path = ENCODER_PATH)
     return tuple(o[0] for o in outs)
 
 
-def _up(fmap: np.ndarray, factor: int) -> np.ndarray:
-    """(c, h, w) -> (c, h*factor, w*factor), bilinear with centres aligned."""
-    if factor == 1:
-        return fmap
+def _up(fmap: np.ndarray, factor: int, out: np.ndarray | None = None) -> np.ndarray:
+    """(c, h, w) -> (c, h*factor, w*factor), bilinear with centres aligned; into ``out`` when given."""
     c, h, w = fmap.shape
+    if out is None:
+        out = np.empty((c, h * factor, w * factor), np.float32)
+    if factor == 1:
+        out[...] = fmap
+        return out
     flat = fmap.reshape(c, h * w).T.reshape(h, w, c)
-    out = np.empty((h * factor, w * factor, c), np.float32)
     for i in range(0, c, 256):  # cv2 takes at most 512 channels
-        out[..., i:i + 256] = cv2.resize(np.ascontiguousarray(flat[..., i:i + 256]), (w * factor, h * factor),
-                                         interpolation=cv2.INTER_LINEAR).reshape(h * factor, w * factor, -1)
-    return out.transpose(2, 0, 1)
+        up = cv2.resize(np.ascontiguousarray(flat[..., i:i + 256]), (w * factor, h * factor),
+                        interpolation=cv2.INTER_LINEAR).reshape(h * factor, w * factor, -1)
+        out[i:i + up.shape[2]] = up.transpose(2, 0, 1)
+    return out
 
 
-def pair_features(xb: np.ndarray, xa: np.ndarray, threads: int | None = None) -> np.ndarray:
-    """Head input at stride 4 for encoder inputs of both dates: (N_FEATURES, h/4, w/4) float32."""
+@dataclass(frozen=True)
+class PairTaps:
+    """The encoder's taps of both dates, as the head's features need them: per tap, the absolute
+    difference and the mean at the tap's own stride, and the factor up to the head's grid."""
+
+    parts: tuple[tuple[np.ndarray, int], ...]  # ((c, h_tap, w_tap) float32, factor), in feature order
+    shape: tuple[int, int]  # the head's grid (h/4, w/4)
+
+    def rows(self, r0: int, r1: int) -> np.ndarray:
+        """Rows ``r0:r1`` of the head's features, (N_FEATURES, r1 - r0, w) float32: the same numbers
+        as those rows of :func:`pair_features`, upsampling only the tap rows they need (bilinear
+        interpolation reads the two nearest rows, so one more row on each side keeps the edges)."""
+        h, w = self.shape
+        out = np.empty((sum(p.shape[0] for p, _ in self.parts), r1 - r0, w), np.float32)
+        k = 0
+        for part, factor in self.parts:
+            c, th = part.shape[0], part.shape[1]
+            s0, s1 = max(0, r0 // factor - 1), min(th, (r1 - 1) // factor + 2)
+            up = _up(part[:, s0:s1], factor)
+            out[k:k + c] = up[:, r0 - s0 * factor:r1 - s0 * factor]
+            k += c
+        return out
+
+
+def pair_taps(xb: np.ndarray, xa: np.ndarray, threads: int | None = None) -> PairTaps:
+    """The encoder's taps of both dates for :meth:`PairTaps.rows` (about 7 MB at a 1408² read box,
+    where the upsampled features are 174 MB)."""
     fb, fa = encode(xb, threads), encode(xa, threads)
     parts = []
     for tb, ta, stride in zip(fb, fa, (4, 8, 16)):
         up = stride // HEAD_STRIDE
-        parts.append(_up(np.abs(ta - tb), up))
-        parts.append(_up(0.5 * (ta + tb), up))
-    return np.concatenate(parts, axis=0)
+        parts += [(np.abs(ta - tb), up), (0.5 * (ta + tb), up)]
+    return PairTaps(tuple(parts), fb[0].shape[1:])  # the stride-4 tap is on the head's grid
+
+
+def pair_features(xb: np.ndarray, xa: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """Head input at stride 4 for encoder inputs of both dates: (N_FEATURES, h/4, w/4) float32."""
+    taps = pair_taps(xb, xa, threads)
+    return taps.rows(0, taps.shape[0])
 
 
 def padded_box(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:

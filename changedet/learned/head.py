@@ -57,11 +57,23 @@ class Head:
     def predict(self, feats: np.ndarray) -> np.ndarray:
         """(N_FEATURES, h, w) features -> (h, w) float32 probability of relevant change."""
         c, h, w = feats.shape
-        x = feats.reshape(c, h * w).T
+        return self.predict_rows(lambda r0, r1: feats[:, r0:r1], h, w)
+
+    def predict_rows(self, rows: Callable[[int, int], np.ndarray], h: int, w: int) -> np.ndarray:
+        """:meth:`predict` on features made a few rows at a time: ``rows(r0, r1)`` gives rows
+        ``r0:r1`` of the (N_FEATURES, h, w) features.
+
+        Pixels go through the network in the same blocks of 16384 (row-major), laid out in memory
+        the same way, whichever way the features come, so the numbers are the same.
+        """
         out = np.empty(h * w, np.float64)
         step = 16384
         for i in range(0, h * w, step):  # bounded memory whatever the window
-            out[i:i + step] = _sigmoid64(self.logits(x[i:i + step]))
+            j = min(i + step, h * w)
+            r0, r1 = i // w, -(-j // w)
+            band = rows(r0, r1)
+            x = band.reshape(band.shape[0], (r1 - r0) * w).T[i - r0 * w:j - r0 * w]
+            out[i:j] = _sigmoid64(self.logits(x))
         return out.reshape(h, w)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .features import HALO_PX, HEAD_STRIDE, Stretch, encoder_input, padded_box, pair_features
+from .features import HALO_PX, HEAD_STRIDE, Stretch, encoder_input, padded_box, pair_features, pair_taps
 from .head import Head
 
 
@@ -30,7 +30,16 @@ def upsample(p4: np.ndarray) -> np.ndarray:
 def probability(before: np.ndarray, after: np.ndarray, valid: np.ndarray, stretch: Stretch, head: Head,
                 threads: int | None = None) -> np.ndarray:
     """(h, w) float32 probability of relevant change for a read box; 0 where invalid."""
-    p = upsample(head.predict(features(before, after, valid, stretch, threads))).astype(np.float32)
+    return probability_of_inputs(encoder_input(before, valid, stretch), encoder_input(after, valid, stretch), valid,
+                                 head, threads)
+
+
+def probability_of_inputs(xb: np.ndarray, xa: np.ndarray, valid: np.ndarray, head: Head,
+                          threads: int | None = None) -> np.ndarray:
+    """:func:`probability` from both dates' encoder inputs (:func:`encoder_input`): the caller may
+    let the images go before the encoder runs."""
+    taps = pair_taps(xb, xa, threads)
+    p = upsample(head.predict_rows(taps.rows, *taps.shape)).astype(np.float32)  # features a few rows at a time
     p[~valid] = 0.0
     return p
 
