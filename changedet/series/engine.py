@@ -150,14 +150,13 @@ def _usable(stack: Stack, box: Box, date_ok: np.ndarray) -> np.ndarray:
 
 
 def background_pass(stack: Stack, cfg: Config, date_ok: np.ndarray, sigmas: np.ndarray,
-                    progress: ProgressFn) -> np.ndarray:
+                    wmodel: objects.WaterModel, progress: ProgressFn) -> np.ndarray:
     """Pass 3b: the background raster (lasting steps resolved, :func:`background.step_background`)
     and the steps (``step``: the first date after a pixel's lasting step, 0 where none); returns
     water (uint8, whole)."""
     halo = BACKGROUND_HALO
     _, boxes = _windows(stack, cfg, halo)
     water = np.zeros(stack.shape, np.uint8)
-    wmodel = objects.fit_water(stack.samples, cfg.objects)
     typical = np.nanmedian(sigmas, axis=0) if np.isfinite(sigmas).any() else np.ones(stack.n_bands)
     bg = stack.writer("background", None, stack.n_bands, "float32", float("nan"))
     steps = stack.writer("step", None, 1, "int16", None)
@@ -322,9 +321,9 @@ def contrast_pass(stack: Stack, cfg: Config, cands: list[presence.Candidate], da
             around = presence.ring_of(foot, cfg.objects.ring_px, neighbours[g]) & ok
             sub = np.nan_to_num(sub)
             con[g, i] = presence.contrast(sub, inside, around, sigma)
-            stood = stood_out[g].get(i)
-            side[g, i] = presence.nearest_side(sub, inside if stood is None or not (stood & ok).any() else stood & ok,
-                                               around, sigma)
+            stood = stood_out[g][i] & ok if i in stood_out[g] else None
+            side[g, i] = presence.nearest_side(sub, stood if stood is not None and stood.any() else inside, around,
+                                               sigma)
             share[g, i, 0] = inside.sum() / max(int(foot.sum()), 1)
             share[g, i, 1] = (foot & _paste(strict, box, strict)).sum() / max(int(foot.sum()), 1)
         progress("contrast", i + 1, stack.n_dates)
@@ -350,6 +349,29 @@ def object_mask(after: np.ndarray, before: np.ndarray, near: np.ndarray, sigma: 
     return objects.fill_holes(_largest(m)) if m.any() else m
 
 
+def _nearest(dates: list[int], t: int) -> int | None:
+    """The date of ``dates`` nearest ``t`` (the earlier on a tie), None when there is none."""
+    return int(min(dates, key=lambda d: (abs(d - t), d))) if len(dates) else None
+
+
+def _object_and_empty(stack: Stack, box: Box, object_date: int, empty_date: int | None,
+                      sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A box of an object-state date and of an empty-state date (the background when None):
+    (after, before) (bands, h, w) float32 with NaN past the data, where both hold data (h, w), and
+    the spread of their difference per band (both dates' spreads against the background)."""
+    nb = stack.n_bands
+
+    def read(kind: str, i: int | None) -> np.ndarray:
+        x = stack.read(kind, i, box, nb)
+        return x if nb > 1 else x[None]
+
+    after = read("date", object_date)
+    before = read("background", None) if empty_date is None else read("date", empty_date)
+    valid = np.isfinite(after).all(axis=0) & np.isfinite(before).all(axis=0)
+    pair = sigmas[object_date] if empty_date is None else np.hypot(sigmas[object_date], sigmas[empty_date])
+    return after, before, valid, pair
+
+
 def classify_track(stack: Stack, cfg: Config, cand: presence.Candidate, track: Track,
                    empty_date: int | None, object_date: int, water: np.ndarray,
                    sigmas: np.ndarray, wmodel: objects.WaterModel) -> tuple[str, float, np.ndarray]:
@@ -367,18 +389,9 @@ def classify_track(stack: Stack, cfg: Config, cand: presence.Candidate, track: T
     h, w = cand.footprint.shape
     box = (cand.row0 - margin, cand.col0 - margin, h + 2 * margin, w + 2 * margin)
     foot = np.pad(cand.footprint, margin)
-    nb = stack.n_bands
-
-    def read(kind: str, i: int | None) -> np.ndarray:
-        x = stack.read(kind, i, box, nb)
-        return x if nb > 1 else x[None]
-
-    b = read("background", None) if empty_date is None else read("date", empty_date)
-    a = read("date", object_date)
-    valid = np.isfinite(b).all(axis=0) & np.isfinite(a).all(axis=0)
+    a, b, valid, pair = _object_and_empty(stack, box, object_date, empty_date, sigmas)
     b, a = np.nan_to_num(b), np.nan_to_num(a)
     sigma = stack.band_sigma()
-    pair = sigmas[object_date] if empty_date is None else np.hypot(sigmas[object_date], sigmas[empty_date])
     near = cv2.dilate(foot.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
     obj = object_mask(a, b, near & valid, pair, cfg)
     if obj.sum() < 4:
@@ -410,6 +423,7 @@ class Evidence:
     date_ok: np.ndarray  # (n,) bool
     sigmas: np.ndarray  # (n, bands)
     water: np.ndarray  # (H, W) uint8
+    wmodel: objects.WaterModel  # water on one date (:func:`changedet.objects.fit_water` on the reference)
     cands: list[presence.Candidate]
     con: np.ndarray  # (G, n, bands)
     side: np.ndarray  # (G, n)
@@ -426,11 +440,12 @@ def gather(stack: Stack, cfg: Config, progress: ProgressFn) -> Evidence:
     fractions = observe_pass(stack, cfg, progress)
     date_ok = np.array([f >= cfg.series.min_observable_fraction for f in fractions])
     sigmas = spread_pass(stack, cfg, date_ok, progress)
-    water = background_pass(stack, cfg, date_ok, sigmas, progress)
+    wmodel = objects.fit_water(stack.samples, cfg.objects)
+    water = background_pass(stack, cfg, date_ok, sigmas, wmodel, progress)
     mask_pass(stack, cfg, date_ok, sigmas, progress)
     cands = link_pass(stack, cfg, date_ok, progress)
     con, side, share = contrast_pass(stack, cfg, cands, date_ok, progress)
-    return Evidence(fractions, date_ok, sigmas, water, cands, con, side, share)
+    return Evidence(fractions, date_ok, sigmas, water, wmodel, cands, con, side, share)
 
 
 def bridged(stack: Stack, cfg: Config, sigmas: np.ndarray, cands: list[presence.Candidate],
@@ -441,19 +456,10 @@ def bridged(stack: Stack, cfg: Config, sigmas: np.ndarray, cands: list[presence.
     (ga, tra, sa, sta), (gb, _, sb, stb) = a, b
     obj_date = max(tra.present, key=lambda t: (sa[t] + sb[t], -t))
     absent = np.flatnonzero(sta.observed & ~sta.present & stb.observed & ~stb.present)
-    empty = int(min(absent, key=lambda t: (abs(t - obj_date), t))) if absent.size else None
+    empty = _nearest(absent.tolist(), obj_date)
     cd = presence.union([cands[ga], cands[gb]])
     box = (cd.row0 - 1, cd.col0 - 1, cd.footprint.shape[0] + 2, cd.footprint.shape[1] + 2)
-    nb = stack.n_bands
-
-    def read(kind: str, i: int | None) -> np.ndarray:
-        x = stack.read(kind, i, box, nb)
-        return x if nb > 1 else x[None]
-
-    after = read("date", obj_date)
-    before = read("background", None) if empty is None else read("date", empty)
-    valid = np.isfinite(after).all(axis=0) & np.isfinite(before).all(axis=0)
-    pair = sigmas[obj_date] if empty is None else np.hypot(sigmas[obj_date], sigmas[empty])
+    after, before, valid, pair = _object_and_empty(stack, box, obj_date, empty, sigmas)
     dev = background.deviation(after, before, pair, cfg.series.edge_tolerance_px)
     mask = background.object_mask(dev, valid, cfg.series.deviation_sigma)
     _, labels = cv2.connectedComponents(mask, connectivity=8)
@@ -502,7 +508,6 @@ def conclude(stack: Stack, cfg: Config, ev: Evidence, progress: ProgressFn) -> A
     tracks: list[Track] = []
     feet: list[tuple[int, int, np.ndarray]] = []
     margin = cfg.objects.ring_px + 2
-    wmodel = objects.fit_water(stack.samples, cfg.objects)
     objs = [(presence.union([cands[found[i][0]] for i in group]), set(found[group[0]][1].present)) for group in groups]
     parts = presence.parts_of_larger(objs)
     groups = [grp for k, grp in enumerate(groups) if k not in parts]
@@ -513,8 +518,8 @@ def conclude(stack: Stack, cfg: Config, ev: Evidence, progress: ProgressFn) -> A
         strength = np.sum([m[2] for m in members], axis=0)
         absent = [int(t) for t in np.flatnonzero(st.observed & ~st.present)]
         obj_date = max(tr.present, key=lambda t: (strength[t], -t))
-        empty = min(absent, key=lambda t: (abs(t - obj_date), t)) if absent else None
-        tr.cls, tr.confidence, foot = classify_track(stack, cfg, cd, tr, empty, obj_date, water, sigmas, wmodel)
+        empty = _nearest(absent, obj_date)
+        tr.cls, tr.confidence, foot = classify_track(stack, cfg, cd, tr, empty, obj_date, water, sigmas, ev.wmodel)
         tr.extra["separation_sigma"] = round(st.separation, 3)
         if len(members) > 1:
             tr.extra["pieces"] = len(members)
