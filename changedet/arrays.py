@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,3 +47,15 @@ def crop(array: np.ndarray, halo: int) -> np.ndarray:
     if halo == 0:
         return array
     return array[..., halo:-halo, halo:-halo]
+
+
+#: a window of a grid: (row, col, height, width)
+Box = tuple[int, int, int, int]
+
+
+def iter_windows(shape: tuple[int, int], size: int) -> Iterator[Box]:
+    """Tile a (rows, cols) grid into boxes of at most ``size`` pixels, row by row."""
+    rows, cols = shape
+    for r in range(0, rows, size):
+        for c in range(0, cols, size):
+            yield (r, c, min(size, rows - r), min(size, cols - c))

@@ -38,13 +38,13 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from . import categories
+from .arrays import Box, iter_windows
 from .errors import ChangedetError, InputError, NoOverlapError, OutputError, OutputWriteError
 from .stac import Input, acquisition_datetime, input_sha256, is_remote
 
 log = logging.getLogger(__name__)
 
 #: Windows are (row0, col0, height, width) tuples on the output grid.
-Box = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -573,14 +573,6 @@ def check_observable(ds: Any, bands: list[int], path: str | Path, window: Window
         v = ", ".join(f"{x:g}" for x in values[:, 0])
         raise InputError(f"{path}: nothing observable in it: every pixel is ({v}); "
                          "check the file (an empty export or a failed download?)")
-
-
-def iter_windows(shape: tuple[int, int], size: int) -> Iterator[Box]:
-    """Tile a (rows, cols) grid into boxes of at most ``size`` pixels, row by row."""
-    rows, cols = shape
-    for r in range(0, rows, size):
-        for c in range(0, cols, size):
-            yield (r, c, min(size, rows - r), min(size, cols - c))
 
 
 def grow(box: Box, halo: int) -> Box:

@@ -22,11 +22,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from . import scratch
-
-
-def _windows(shape: tuple[int, int], step: int) -> list[tuple[int, int, int, int]]:
-    h, w = shape
-    return [(r, c, min(step, h - r), min(step, w - c)) for r in range(0, h, step) for c in range(0, w, step)]
+from .arrays import iter_windows
 
 
 def label_windowed(binary: np.ndarray, window_px: int, scr: scratch.Scratch = scratch.IN_MEMORY,
@@ -56,7 +52,7 @@ def label_windowed(binary: np.ndarray, window_px: int, scr: scratch.Scratch = sc
     boxes: list[np.ndarray] = [np.zeros((1, 4), np.int64)]  # row_min, col_min, row_max, col_max
     areas: list[np.ndarray] = [np.zeros(1, np.int64)]
     offset = 0
-    for r, c, hh, ww in _windows((h, w), step):
+    for r, c, hh, ww in iter_windows((h, w), step):
         part = np.array(binary[r:r + hh, c:c + ww])
         if isinstance(binary, np.ndarray):
             scratch.release(binary)
@@ -86,7 +82,7 @@ def label_windowed(binary: np.ndarray, window_px: int, scr: scratch.Scratch = sc
     rank[np.argsort(order_key, kind="stable")] = np.arange(1, n_final + 1)
     lut = np.zeros(offset + 1, np.int32)
     lut[1:] = rank[root[1:]]
-    for r, c, hh, ww in _windows((h, w), step):
+    for r, c, hh, ww in iter_windows((h, w), step):
         labels[r:r + hh, c:c + ww] = lut[labels[r:r + hh, c:c + ww]]
         scratch.release(labels)
     m = n_final  # labels 1..n_final - 1; the class holding 0 ranked last, past them

@@ -26,9 +26,10 @@ import cv2
 import numpy as np
 
 from . import labels as _labels
+from .arrays import Box
+from .arrays import iter_windows as windows  # noqa: F401 - the stages' name for it
 from . import scratch
 
-Box = tuple[int, int, int, int]
 #: weight of a straight step of OpenCV's 3 x 3 L2 chamfer distance (the shortest step)
 CHAMFER_STEP = 0.955
 
@@ -50,14 +51,6 @@ class Where:
 def equals(src: np.ndarray, value: int) -> Where:
     """``src == value`` as a lazy view."""
     return Where(src, lambda a: a == value)
-
-
-def windows(shape: tuple[int, int], size: int) -> Iterator[Box]:
-    """Boxes (row, col, h, w) of at most ``size`` a side, row by row."""
-    h, w = shape
-    for r in range(0, h, size):
-        for c in range(0, w, size):
-            yield r, c, min(size, h - r), min(size, w - c)
 
 
 def strips(shape: tuple[int, int], size: int) -> Iterator[tuple[int, int]]:
