@@ -76,11 +76,11 @@ class Sampler:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", type=int, default=2745)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--size", type=int, default=2745, help="tile side of the generated 4-band uint16 pair (default 2745)")
+    ap.add_argument("--workers", type=int, default=2, help="detect --workers (default 2)")
     ap.add_argument("--pairs", default=None, help="folder keeping the generated pairs (default: a temporary one)")
     ap.add_argument("--out", default=None, help="output folder of the run (default: a temporary one)")
-    ap.add_argument("--every-ms", type=float, default=20.0)
+    ap.add_argument("--every-ms", type=float, default=20.0, help="how often resident memory is sampled (default 20 ms)")
     ap.add_argument("--set", action="append", default=[], help="config KEY=VALUE (as detect --set)")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args()
