@@ -295,6 +295,10 @@ class SeriesConfig(_Section):
         "pieces present on exactly the same dates and this close are one object (a zig-zag trench, a hull and its stern)"))
     large_cloud_share: float = Field(0.1, gt=0, le=1, description=(
         "a bright white region covering this share of the site is a cloud whatever its shape (no roof is that large)"))
+    passing_cloud_radius_m: float = Field(8.0, ge=0, description=(
+        "a ragged bright white blob bright on one date only (not on the dates before and after) is a cloud "
+        "when its core holds a disk of this radius, smaller than detect's observe.cloud_min_radius_m "
+        "(a new road or roof row lasts; a hull or a roof is rectilinear); 0 turns the rule off"))
     memory_mb: int = Field(96, ge=8, le=65536, description=(
         "memory for the windows of all dates read at once; the window side follows from it and the number of dates"))
     timeline_max_tracks: int = Field(60, ge=1, le=1000, description="tracks drawn as bars in timeline.png (longest first)")

@@ -368,7 +368,8 @@ def _classical_cloud_shadow(ev: np.ndarray, gsd_m: float, params: ObserveConfig
 def resolve(ev_before: np.ndarray, ev_after: np.ndarray, valid: np.ndarray, gsd_m: float,
             params: ObserveConfig,
             cloud_shadow: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
-            *, window_px: int = 1024, scr: scratch.Scratch = scratch.IN_MEMORY) -> Observability:
+            *, window_px: int = 1024, scr: scratch.Scratch = scratch.IN_MEMORY,
+            more_clouds: tuple[np.ndarray | None, np.ndarray | None] = (None, None)) -> Observability:
     """The scene's reason raster from both dates' evidence bits (:func:`evidence`).
 
     Parameters
@@ -376,6 +377,10 @@ def resolve(ev_before: np.ndarray, ev_after: np.ndarray, valid: np.ndarray, gsd_
     cloud_shadow : optional ((cloud, shadow) of before, (cloud, shadow) of after), (h, w) bool each,
         found by another detector (:mod:`changedet.cloudmask`). They replace the clouds and shadows
         found from the evidence bits; haze and saturation still come from the bits.
+    more_clouds : optional clouds of each date ((h, w) bool or None) found by a rule the evidence
+        bits alone cannot apply (a series' passing clouds,
+        :func:`changedet.series.background.passing_clouds`): added to the clouds found from the
+        bits before their shadows are looked for.
     window_px, scr : the scene is gone through by windows of ``window_px`` (regions labelled with
         their seams joined, buffers and distances with a halo), its masks held in arrays from
         ``scr``; the result is the same as on whole arrays. The evidence and ``valid`` may be memory
@@ -396,7 +401,7 @@ def resolve(ev_before: np.ndarray, ev_after: np.ndarray, valid: np.ndarray, gsd_
         if cloud_shadow is not None:
             (cl, sh), off = cloud_shadow[i], None
         else:
-            cl, sh, off = _cloud_shadow_windowed(ev, gsd_m, params, window_px, scr)
+            cl, sh, off = _cloud_shadow_windowed(ev, gsd_m, params, window_px, scr, more_clouds[i])
         offsets.append(off)
         for code, m in ((CLOUD, cl), (CLOUD_SHADOW, sh)):
             if m is not None and _any(m, window_px):
@@ -530,10 +535,13 @@ def _shift_windowed(mask: np.ndarray, dx: int, dy: int, window_px: int, scr: scr
 
 
 def _cloud_shadow_windowed(ev: np.ndarray, gsd_m: float, params: ObserveConfig, window_px: int,
-                           scr: scratch.Scratch) -> tuple[np.ndarray | None, np.ndarray | None,
-                                                          tuple[float, float] | None]:
-    """:func:`_classical_cloud_shadow` window by window; None for a mask with nothing in it."""
+                           scr: scratch.Scratch, more: np.ndarray | None = None,
+                           ) -> tuple[np.ndarray | None, np.ndarray | None, tuple[float, float] | None]:
+    """:func:`_classical_cloud_shadow` window by window, with ``more`` clouds (bool, or None) added
+    to those of the bits; None for a mask with nothing in it."""
     cl = _clouds_windowed(ev, gsd_m, params, window_px, scr)
+    if more is not None and more.any():
+        cl = more.astype(np.uint8) if cl is None else np.maximum(cl, more.astype(np.uint8))
     if cl is None:
         return None, None, None
     dark = _large_windowed(_bits(ev, DARK), _area_px(params.shadow_min_area_m2, gsd_m), window_px, scr)

@@ -156,6 +156,39 @@ def test_lasting_step_found_at_its_date(n, frac, seed):
     assert not step[3:].any()
 
 
+def _blob(shape, centre, radius, seed):
+    """A ragged disk (bool): a radius that wanders by up to a third around the circle."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    ang = np.arctan2(yy - centre[0], xx - centre[1])
+    wobble = sum(rng.uniform(0.08, 0.15) * np.sin(k * ang + rng.uniform(0, 6.3)) for k in (3, 5, 7))
+    return np.hypot(yy - centre[0], xx - centre[1]) <= radius * (1 + wobble)
+
+
+@pytest.mark.parametrize("radius", [20, 30])
+def test_passing_cloud_on_one_date_only(radius):
+    core_bit, rim_bit = 1, 2
+    shape = (140, 140)
+    cloud = _blob(shape, (70, 70), radius, radius)
+    bits = np.where(cloud, core_bit | rim_bit, 0).astype(np.uint8)
+    quiet = np.zeros(shape, np.uint8)
+    min_px = 12
+    got = background.passing_clouds(bits, [quiet, quiet], core_bit, rim_bit, min_px, 0.8)
+    assert got[cloud].all() and not got[~cloud].any()
+    # bright on the next date as well: it lasts (a new roof, a paved yard), not a cloud here
+    assert not background.passing_clouds(bits, [quiet, bits], core_bit, rim_bit, min_px, 0.8).any()
+    # a hull or roof moored for one date fills its rectangle; a boom is thinner than the disk
+    hull = np.zeros(shape, np.uint8)
+    hull[40:40 + 2 * radius, 10:130] = core_bit | rim_bit
+    assert not background.passing_clouds(hull, [quiet, quiet], core_bit, rim_bit, min_px, 0.8).any()
+    boom = np.zeros(shape, np.uint8)
+    boom[65:65 + min_px, 10:130] = core_bit | rim_bit
+    boom[10:130, 65:65 + min_px] = core_bit | rim_bit
+    assert not background.passing_clouds(boom, [quiet, quiet], core_bit, rim_bit, min_px, 0.8).any()
+    # the rule off
+    assert not background.passing_clouds(bits, [quiet], core_bit, rim_bit, 0, 0.8).any()
+
+
 def test_lasting_step_ignores_slow_drift_and_unusable_dates():
     n = 20
     drift = np.linspace(0, 12, n, dtype=np.float32)  # the season: 12 sigma over the series, no step
@@ -238,6 +271,22 @@ def test_fallback_split_needs_an_object_unlike_its_ring():
     side[4:9] = 3.0 + rng.normal(0, 0.05, 5)
     got = presence.decide_states(con, np.ones(n, bool), stood, 1.5, side, 4.0)
     assert got is not None and np.flatnonzero(got.present).tolist() == list(range(4, 9))
+
+
+def test_faint_trench_unlike_its_ring_only_since_it_was_dug():
+    # a faint trench dug into a field on date 14: always a little unlike the field's sides (its
+    # footprint holds some texture), more so since it was dug, but less than min_separation
+    rng = np.random.default_rng(11)
+    n = 28
+    con = np.array([3.3, 0.5, -0.5]) + rng.normal(0, 0.1, (n, 3))
+    con[14:] += np.array([2.3, 0.6, -0.4])
+    side = np.where(np.arange(n) >= 14, 1.3, 0.8) + rng.normal(0, 0.05, n)
+    stood = np.arange(n) >= 14
+    got = presence.decide_states(con, np.ones(n, bool), stood, 1.5, side, 4.0)
+    assert got is not None and np.flatnonzero(got.present).tolist() == list(range(14, n))
+    # the same contrasts with the sides as like the footprint on every date: a patch of the field
+    flat = 0.8 + rng.normal(0, 0.05, n)
+    assert presence.decide_states(con, np.ones(n, bool), stood, 1.5, flat, 4.0) is None
 
 
 def test_object_state_from_the_clearer_cue():

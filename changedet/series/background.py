@@ -133,6 +133,42 @@ def large_bright(evidence_bits: np.ndarray, core_bit: int, rim_bit: int, min_px:
     return keep[labels]
 
 
+def passing_clouds(bits: np.ndarray, neighbours: list[np.ndarray], core_bit: int, rim_bit: int,
+                   min_radius_px: float, max_rectangularity: float) -> np.ndarray:
+    """Bright-and-white regions (rim holding a core) of one date that the dates before and after do
+    not share: ragged blobs whose core holds a disk of ``min_radius_px`` (bool).
+
+    ``bits`` are the date's evidence bits against the median of the dates
+    (:func:`changedet.observability.evidence`); ``neighbours`` the bits of the nearest dates before
+    and after it that are not mostly under cloud. A region counts as passing when under half of it
+    is bright and white on each of them.
+    :func:`changedet.observability.clouds` asks a larger core of a pair of dates, as a new road or a
+    roof row is bright against the other date too; in a series those last, a cloud passes. A hull
+    moored for one date or a roof fills its minimum-area rectangle (``max_rectangularity``) and is kept.
+    """
+    grown = ((bits & (core_bit | rim_bit)) > 0).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8, ltype=cv2.CV_32S)
+    if n <= 1 or min_radius_px <= 0:
+        return np.zeros(grown.shape, bool)
+    core = (bits & core_bit) > 0
+    radius = cv2.distanceTransform(core.astype(np.uint8), cv2.DIST_L2, 5)
+    deepest = np.zeros(n, np.float32)
+    np.maximum.at(deepest, labels[core], radius[core])
+    keep = deepest >= min_radius_px
+    keep[0] = False
+    area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
+    for other in neighbours:
+        shared = np.bincount(labels.ravel(), weights=((other & (core_bit | rim_bit)) > 0).ravel(), minlength=n)
+        keep &= shared < 0.5 * area
+    for i in np.flatnonzero(keep):
+        x, y, w, h = stats[i, :4]
+        sub = (labels[y:y + h, x:x + w] == i).astype(np.uint8)
+        contours, _ = cv2.findContours(sub, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        (_, _), (rw, rh), _ = cv2.minAreaRect(np.concatenate(contours))
+        keep[i] = area[i] < max_rectangularity * max(rw * rh, 1.0)
+    return keep[labels]
+
+
 def smooth_stack(stack: np.ndarray) -> np.ndarray:
     """Every date's bands averaged over 3 x 3 ((n, bands, h, w) float32; NaN stays NaN where a date has no data)."""
     out = np.empty(stack.shape, np.float32)

@@ -70,6 +70,7 @@ def observe_pass(stack: Stack, cfg: Config, progress: ProgressFn) -> list[float]
     _, boxes = _windows(stack, cfg, halo)
     assert stack.scale is not None
     writers = [stack.writer("ev", i, 1, "uint8", None) for i in range(stack.n_dates)]
+    bright = np.zeros(stack.n_dates)  # bright white pixels per date: one mostly under cloud is no neighbour
     try:
         for k, box in enumerate(boxes):
             s = stack.read_window(grow(box, halo))
@@ -80,24 +81,39 @@ def observe_pass(stack: Stack, cfg: Config, progress: ProgressFn) -> list[float]
             r, c, h, w = box
             for i in range(stack.n_dates):
                 _, ev = observability.evidence(m0, np.nan_to_num(s[i]), valid[i] & mvalid, stack.scale, cfg.observe)
-                writers[i].write(crop(ev, halo)[None], window=_win(box))
+                ev = crop(ev, halo)
+                writers[i].write(ev[None], window=_win(box))
+                bright[i] += np.count_nonzero(ev & (observability.CORE | observability.RIM))
             progress("observe", k + 1, len(boxes))
     finally:
         for wr in writers:
             wr.close()
     full = (0, 0) + stack.shape
     fractions = []
+    bits: dict[int, np.ndarray] = {}  # evidence of the date resolved and of its nearest clear dates
+
+    def evidence_of(i: int) -> np.ndarray:
+        if i not in bits:
+            bits[i] = stack.read("ev", i, full, fill=0).astype(np.uint8)
+        return bits[i]
+
+    radius_px = cfg.series.passing_cloud_radius_m / stack.gsd_m
+    clear = np.flatnonzero(bright < cfg.series.large_cloud_share * stack.shape[0] * stack.shape[1])
     for i in range(stack.n_dates):
         valid = np.isfinite(stack.read("date", i, full, stack.n_bands)).all(axis=0) if stack.n_bands > 1 \
             else np.isfinite(stack.read("date", i, full))
         if cfg.observe.enabled:
-            ev = stack.read("ev", i, full, fill=0).astype(np.uint8)
+            ev = evidence_of(i)
             big = background.large_bright(ev, observability.CORE, observability.RIM,
                                           int(cfg.series.large_cloud_share * ev.size))
+            around = clear[clear < i][-1:].tolist() + clear[clear > i][:1].tolist()  # nearest clear dates
+            passing = background.passing_clouds(ev, [evidence_of(k) for k in around], observability.CORE,
+                                                observability.RIM, radius_px, cfg.observe.cloud_max_rectangularity)
             masks = []
             for buffer_m in (cfg.observe.buffer_m, cfg.series.footprint_buffer_m):
                 params = cfg.observe.model_copy(update={"buffer_m": buffer_m})
-                reason = observability.resolve(np.zeros_like(ev), ev, valid, stack.gsd_m, params).reason
+                reason = observability.resolve(np.zeros_like(ev), ev, valid, stack.gsd_m, params,
+                                               more_clouds=(None, passing)).reason
                 seen = reason == observability.OBSERVABLE
                 masks.append(seen & ~observability._dilate(big, min(int(math.ceil(buffer_m / stack.gsd_m)), 64)))
             seen, see = masks
@@ -106,6 +122,10 @@ def observe_pass(stack: Stack, cfg: Config, progress: ProgressFn) -> list[float]
         with stack.writer("obs", i, 1, "uint8", None) as ds:
             ds.write((seen.astype(np.uint8) * SEEN + see.astype(np.uint8) * SEEN_FOOTPRINT)[None])
         fractions.append(round(float(see.mean()), 6))
+        last_clear = clear[clear <= i][-1:].tolist()
+        for k in [k for k in bits if k <= i and k not in last_clear]:
+            del bits[k]  # kept: the last clear date so far (the next date's neighbour) and dates after
+    for i in range(stack.n_dates):
         stack.path("ev", i).unlink()
     return fractions
 

@@ -304,7 +304,9 @@ def decide_states(contrasts: np.ndarray, observed: np.ndarray, stood_out: np.nda
     most of the time (a hut built early) is found alike. When that does not split (a trench across
     a field edge: the ring's own variety is as large as the trench's contrast), the contrasts are
     put on one axis (:func:`state_axis`) and split there, provided the two groups are tight
-    (``min_sharpness``).
+    (``min_sharpness``) and the object dates are unlike every side of the ring: by
+    ``min_separation``, or by more than on the empty dates (half ``min_sharpness`` times the
+    scatter; a faint trench dug into a field is a little unlike the field, but only since it was dug).
     """
     ok = np.isfinite(contrasts).all(axis=1)
     if side is not None:
@@ -327,8 +329,9 @@ def decide_states(contrasts: np.ndarray, observed: np.ndarray, stood_out: np.nda
     present = obs & (value > cut)
     if not present.any() or present.sum() == obs.sum():
         return None
-    if axis and side is not None and not np.median(side[present]) >= min_separation:
-        return None  # on its "object" dates it is like one side of its ring: a patch of what is around it
+    if axis and side is not None and not (np.median(side[present]) >= min_separation
+                                          or _separation(side, present, obs & ~present) >= min_sharpness / 2.0):
+        return None  # a patch of what is around it: like one side of its ring, on its "object" dates as on the others
     # the object is new to the background when the dates that stood out are (mostly) its dates
     obj_new = int((present & stood_out).sum()) >= int((~present & obs & stood_out).sum())
     return States(present, obs, float(sep), obj_new, value)
