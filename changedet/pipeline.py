@@ -950,7 +950,8 @@ def _detect(before: str | Path, after: str | Path, out_dir: str | Path, cfg: Con
     site = site or out_dir.name
     t0 = time.perf_counter()
     def check_size(height: int, width: int) -> None:
-        resources.check_grid(before, height, width, cfg.limits, cfg.model.enabled, workers=workers(cfg))
+        resources.check_grid(before, height, width, cfg.limits, cfg.model.enabled, workers=workers(cfg),
+                             scratch_dir=out_dir.absolute().parent)
 
     sweep_dead_scratch()
     before_in, after_in = stac.resolve_input(before, assets), stac.resolve_input(after, assets)
@@ -1106,7 +1107,8 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
             report.render_html(summary, panels.before, panels.after, panels.outlines, panels.metres_per_px,
                                panels.north_deg), encoding="utf-8")
     summary["timings_s"] = timer.timings
-    summary["run"] = {"workers": workers(cfg), "cores": parallel.cpu_count()}
+    summary["run"] = {"workers": workers(cfg), "cores": parallel.cpu_count(),
+                      "scratch_peak_mb": round(scr.peak_mapped_bytes / 2**20, 1)}
     # the STAC Item describes every other file; the record (with its hash) is written after it
     (stage.file("item.json")).write_text(stac.dumps(stac.run_item(summary, [*names, "summary.json"])),
                                          encoding="utf-8")

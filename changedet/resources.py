@@ -1,42 +1,66 @@
-"""Will a pair fit? The run's peak memory estimated from the grid's size, checked before any work.
+"""Will a pair fit? The run's peak memory and temporary disk estimated from the grid's size,
+checked before any work.
 
 A header can declare any size: a 116 kB GeoTIFF that says 100000 x 100000 pixels ran for minutes
 before asking for a 9 GiB array. The output grid's size is known as soon as the pair is open, so
-:func:`check_grid` refuses such a pair at once, with the numbers and the fix.
+:func:`check_grid` refuses such a pair at once, with the numbers and the fix. Memory hardly grows
+with the grid (its whole-scene products are memory maps in the staging folder), so on a large
+grid the disk beside ``--out`` is what runs out first.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from .config import LimitsConfig
 from .errors import InputError
 
-#: Peak resident memory of ``detect`` is base + bytes per pixel of the output grid (the whole-grid
-#: uint8 and int32 products; windows and chips are bounded by ``processing.window_px``). Measured
-#: with ``/usr/bin/time -v`` on synth camp scenes of 1024² to 4096² px: model off 224 MB + 39.8 B/px
-#: (within 19 MB); with the learned stage, onnxruntime's working set sets the peak (1.28, 1.33, 1.35,
-#: 1.52 GB at 1, 4, 9, 17 Mpx) until the later stages' outgrow it; at 10980² (121 Mpx) the run
-#: peaked at 6.24 GB with one learned window (5.5 GB estimated before: too low), 6.59 GB with two
-#: workers. The constants lie above every measured peak.
-BASE_BYTES = 240 * 2**20
-BYTES_PER_PX = 44
-MODEL_PEAK_BYTES = 1300 * 2**20
-MODEL_BYTES_PER_PX = 44
-#: each worker past the first holds one more learned window (``model.window_px`` 1024 with its
-#: halo; measured +0.8 to 1.0 GB at 2745² with two workers)
-MODEL_WORKER_BYTES = 1024 * 2**20
+#: Peak resident memory of ``detect``: the stages run by windows over memory maps (issue 15), so it
+#: does not grow with the grid's area, only (a little) with its width: register and the quick-look
+#: read strips one window high across the scene. Measured peaks (``benchmarks/stage_memory.py``, two
+#: workers) of the stages other than the learned one: 0.79 GB at 2745², 1.00 at 5490², 1.12 at
+#: 10980²; BASE_BYTES + BYTES_PER_COLUMN * width lies above each.
+BASE_BYTES = 800 * 2**20
+BYTES_PER_COLUMN = 48 * 2**10
+#: the learned stage's working set (onnxruntime, one window of ``model.window_px`` with its halo):
+#: 1.11 to 1.57 GB with two workers at 2745², 5490² and 10980² alike
+MODEL_PEAK_BYTES = 1536 * 2**20
+#: each worker past the first holds one more learned window
+MODEL_WORKER_BYTES = 512 * 2**20
+#: temporary disk of a run, bytes per pixel of the grid: the memory maps (summary.json
+#: ``run.scratch_peak_mb``: 17.0 B/px at 2745² with every array mapped) and the float32 score
+#: raster written before its COG (at most 4 B/px), with a margin
+SCRATCH_BYTES_PER_PX = 24
 
 
-def estimate_peak_bytes(n_px: int, model_enabled: bool, workers: int = 1) -> int:
-    """Estimated peak resident memory, bytes, of a run over an output grid of ``n_px`` pixels with
-    ``workers`` threads."""
-    later = BASE_BYTES + BYTES_PER_PX * int(n_px)
+def estimate_peak_bytes(n_px: int, model_enabled: bool, workers: int = 1, width: int | None = None) -> int:
+    """Estimated peak resident memory, bytes, of a run over an output grid of ``n_px`` pixels,
+    ``width`` columns (default: a square grid), with ``workers`` threads."""
+    cols = int(width) if width is not None else int(round(int(n_px) ** 0.5))
+    later = BASE_BYTES + BYTES_PER_COLUMN * cols
     if not model_enabled:
         return later
-    return max(later, MODEL_PEAK_BYTES + MODEL_BYTES_PER_PX * int(n_px)) + \
-        max(0, workers - 1) * MODEL_WORKER_BYTES
+    return max(later, MODEL_PEAK_BYTES + max(0, workers - 1) * MODEL_WORKER_BYTES)
+
+
+def estimate_scratch_bytes(n_px: int) -> int:
+    """Estimated temporary disk, bytes, of a run over an output grid of ``n_px`` pixels (in the
+    staging folder beside ``--out``)."""
+    return SCRATCH_BYTES_PER_PX * int(n_px)
+
+
+def free_disk_bytes(folder: str | Path) -> int | None:
+    """Free space for this user on the file system of ``folder`` (or of its nearest existing
+    parent); None when it cannot be told."""
+    here = Path(folder).absolute()
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    try:
+        return int(shutil.disk_usage(here).free)
+    except OSError:
+        return None
 
 
 def available_memory_bytes() -> int | None:
@@ -59,7 +83,8 @@ def _gib(n: float) -> str:
 
 
 def check_grid(path: str | Path, height: int, width: int, limits: LimitsConfig, model_enabled: bool,
-               available: int | None = None, workers: int = 1) -> None:
+               available: int | None = None, workers: int = 1, scratch_dir: str | Path | None = None,
+               free_disk: int | None = None) -> None:
     """Raise :class:`InputError` when a grid of ``height`` x ``width`` is over a limit.
 
     Parameters
@@ -70,6 +95,9 @@ def check_grid(path: str | Path, height: int, width: int, limits: LimitsConfig, 
     model_enabled : whether the learned stage runs (it has its own working set).
     available : bytes of memory available (default: :func:`available_memory_bytes`).
     workers : threads of the run (``processing.workers`` resolved).
+    scratch_dir : where the run's temporary files go (the staging folder's parent: beside
+        ``--out``); None skips the disk check.
+    free_disk : free bytes there (default: :func:`free_disk_bytes`).
     """
     n_px = height * width
     mpx = n_px / 1e6
@@ -80,17 +108,25 @@ def check_grid(path: str | Path, height: int, width: int, limits: LimitsConfig, 
         raise InputError(f"{path}: the area to process is {size}, over limits.max_megapixels={most:g}; "
                          f"crop both images (e.g. gdal_translate -srcwin 0 0 {side} {side} in.tif crop.tif) "
                          "or raise limits.max_megapixels")
-    if limits.memory_fraction <= 0:
+    if limits.memory_fraction > 0:
+        avail = available_memory_bytes() if available is None else available
+        need = estimate_peak_bytes(n_px, model_enabled, workers, width)
+        allowed = limits.memory_fraction * avail if avail is not None else None
+        if allowed is not None and need > allowed:
+            fits = [side for side in range(256, 200_000, 256)
+                    if estimate_peak_bytes(side * side, model_enabled, workers) <= allowed]
+            side = fits[-1] if fits else 256
+            raise InputError(f"{path}: the area to process is {size} and needs about {_gib(need)} of memory, "
+                             f"{_gib(avail)} is available ({limits.memory_fraction:g} of it may be used); "
+                             f"crop both images (e.g. gdal_translate -srcwin 0 0 {side} {side} in.tif crop.tif) "
+                             "or raise limits.memory_fraction")
+    if scratch_dir is None:
         return
-    avail = available_memory_bytes() if available is None else available
-    if avail is None:
-        return
-    need = estimate_peak_bytes(n_px, model_enabled, workers)
-    allowed = limits.memory_fraction * avail
-    if need > allowed:
-        fits = [side for side in range(256, 200_000, 256) if estimate_peak_bytes(side * side, model_enabled, workers) <= allowed]
-        side = fits[-1] if fits else 256
-        raise InputError(f"{path}: the area to process is {size} and needs about {_gib(need)} of memory, "
-                         f"{_gib(avail)} is available ({limits.memory_fraction:g} of it may be used); "
-                         f"crop both images (e.g. gdal_translate -srcwin 0 0 {side} {side} in.tif crop.tif) "
-                         "or raise limits.memory_fraction")
+    free = free_disk_bytes(scratch_dir) if free_disk is None else free_disk
+    disk = estimate_scratch_bytes(n_px)
+    if free is not None and disk > free:
+        side = int((free / SCRATCH_BYTES_PER_PX) ** 0.5) // 256 * 256
+        raise InputError(f"{path}: the area to process is {size} and needs about {_gib(disk)} of temporary disk "
+                         f"beside the output folder, {_gib(free)} is free there; crop both images "
+                         f"(e.g. gdal_translate -srcwin 0 0 {max(side, 256)} {max(side, 256)} in.tif crop.tif) "
+                         "or choose an --out on a larger disk")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import mmap
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,17 @@ class Scratch:
         self.folder = Path(folder) if folder is not None else None
         self.budget_bytes = budget_bytes
         self._count = itertools.count()
+        self.mapped_bytes = 0  # disk held by the maps alive now
+        self.peak_mapped_bytes = 0  # ... and at most during the run (the temporary disk a run needs)
+
+    def _mapped(self, arr: np.ndarray, nbytes: int) -> None:
+        """Count a new map's bytes while it lives."""
+        self.mapped_bytes += nbytes
+        self.peak_mapped_bytes = max(self.peak_mapped_bytes, self.mapped_bytes)
+        weakref.finalize(arr, self._unmapped, nbytes)
+
+    def _unmapped(self, nbytes: int) -> None:
+        self.mapped_bytes -= nbytes
 
     def full(self, shape: tuple[int, ...], fill: int | float, dtype: npt.DTypeLike) -> np.ndarray:
         """An array of ``shape`` filled with ``fill`` (same contents whichever way it is held)."""
@@ -42,6 +54,7 @@ class Scratch:
             return np.full(shape, fill, dtype=dt)
         path = self.folder / f"array{next(self._count)}.scratch.bin"
         arr = np.memmap(path, dtype=dt, mode="w+", shape=shape)  # a new file reads as zeros
+        self._mapped(arr, nbytes)
         try:  # the map keeps the file: its disk and page cache go when the array does, unwritten
             path.unlink()
         except OSError:  # (not on every system: the staging folder's removal takes it then)

@@ -272,10 +272,14 @@ def test_huge_header_is_refused_before_any_work(tmp_path):
     huge = huge_header(tmp_path / "huge.tif")
     assert huge.stat().st_size < 1_000_000
     out = tmp_path / "out"
+    n_px = 100_000 ** 2
+    if (resources.estimate_scratch_bytes(n_px) <= (resources.free_disk_bytes(tmp_path) or 0)
+            and resources.estimate_peak_bytes(n_px, True, 2, 100_000) <= 0.8 * (resources.available_memory_bytes() or 0)):
+        pytest.skip("this machine has the memory and disk a 100000² run is estimated to need")
     proc = cli("detect", huge, huge, "--out", out, tmpdir=tmp_path / "tmp", timeout=120)
-    line = assert_one_line_error(proc, str(huge), "100000x100000 pixels", "GiB of memory", "available",
-                                 "gdal_translate -srcwin", "limits.memory_fraction")
+    line = assert_one_line_error(proc, str(huge), "100000x100000 pixels", "GiB of", "gdal_translate -srcwin")
     assert "learned" not in line
+    assert ("of memory" in line and "limits.memory_fraction" in line) or ("temporary disk" in line and "--out" in line)
     assert not out.exists()
     assert_nothing_left(tmp_path / "tmp", tmp_path)
 
@@ -292,6 +296,7 @@ def test_size_check_comes_before_any_read(tmp_path, monkeypatch):
     monkeypatch.setattr(io, "check_observable", no_read)
     monkeypatch.setattr(io, "undeclared_fill", no_read)
     monkeypatch.setattr(resources, "available_memory_bytes", lambda: 64 * 2**30)
+    monkeypatch.setattr(resources, "free_disk_bytes", lambda folder: 100 * 2**30)
     with pytest.raises(InputError, match=r"huge\.tif: the area to process is 100000x100000 pixels"):
         pipeline.detect_pair(huge, huge, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.tif"]

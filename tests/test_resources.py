@@ -28,32 +28,42 @@ def sparse_header(path: Path, side: int = SIDE) -> Path:
     return path
 
 
-def test_a_40000_px_header_is_refused_by_the_memory_check(tmp_path, monkeypatch):
+def test_a_40000_px_header_is_refused_by_the_memory_or_disk_check(tmp_path, monkeypatch):
     big = sparse_header(tmp_path / "big.tif")
     assert big.stat().st_size < 2_000_000
-    monkeypatch.setattr(resources, "available_memory_bytes", lambda: 16 * 2**30)  # a laptop
+    monkeypatch.setattr(resources, "free_disk_bytes", lambda folder: 2**40)
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda: 2 * 2**30)  # a small VM
     with pytest.raises(InputError, match=r"big\.tif: the area to process is 40000x40000 pixels .* GiB of memory"):
+        detect_pair(big, big, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif"]
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda: 16 * 2**30)  # a laptop ...
+    monkeypatch.setattr(resources, "free_disk_bytes", lambda folder: 20 * 2**30)  # ... with 20 GiB free
+    with pytest.raises(InputError, match=r"big\.tif: .*40000x40000 pixels .* GiB of temporary disk beside the output "
+                                         r"folder, 20\.0 GiB is free there.*--out on a larger disk"):
         detect_pair(big, big, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif"]
 
 
 def test_a_40000_px_header_exits_2_with_one_line(tmp_path):
-    need = resources.estimate_peak_bytes(SIDE * SIDE, model_enabled=True)
-    avail = resources.available_memory_bytes()
-    if avail is None or LimitsConfig().memory_fraction * avail >= need:
-        pytest.skip("this machine has the memory a 40000² run is estimated to need")
+    """Refused up front where memory or disk is short, else by what it holds (no data), never run."""
     big = sparse_header(tmp_path / "big.tif")
     out = tmp_path / "out"
-    proc = cli("detect", big, big, "--out", out, tmpdir=tmp_path / "tmp", timeout=120)
-    assert_one_line_error(proc, str(big), "40000x40000 pixels", "GiB of memory", "limits.memory_fraction")
+    proc = cli("detect", big, big, "--out", out, tmpdir=tmp_path / "tmp", timeout=300)
+    assert_one_line_error(proc, str(big))
+    assert any(why in proc.stderr for why in ("40000x40000 pixels", "nothing observable"))
     assert not out.exists()
     assert_nothing_left(tmp_path / "tmp", tmp_path)
 
 
-def test_the_estimate_grows_with_the_grid_and_is_over_the_measured_peak():
-    small, large = (resources.estimate_peak_bytes(n, False) for n in (2745 ** 2, 10980 ** 2))
-    assert 331 * 2**20 < small < large  # the peak measured at 2745² (issue 15)
-    assert large > 1919 * 2**20  # and at 10980², before memory maps
+def test_the_estimate_is_over_the_measured_peaks_and_grows_with_the_width():
+    # peaks of the stages without the learned one, two workers (issue 15, windowed decision stages)
+    for side, peak_mb in ((2745, 791), (5490, 996), (10980, 1116)):
+        assert resources.estimate_peak_bytes(side * side, False) > peak_mb * 2**20
+        assert resources.estimate_peak_bytes(side * side, True, workers=2) > 1566 * 2**20  # learned, 2 workers
+    wide, tall = (resources.estimate_peak_bytes(40000 * 2745, False, width=w) for w in (40000, 2745))
+    assert wide > tall  # strips one window high run across the width
+    # the area sets the disk: the memory maps of every product
+    assert resources.estimate_scratch_bytes(40000 ** 2) == 16 * resources.estimate_scratch_bytes(10000 ** 2)
 
 
 def test_each_extra_worker_adds_a_learned_window_to_the_estimate():
@@ -61,3 +71,13 @@ def test_each_extra_worker_adds_a_learned_window_to_the_estimate():
     one, two = (resources.estimate_peak_bytes(n, True, workers=w) for w in (1, 2))
     assert two - one == resources.MODEL_WORKER_BYTES
     assert resources.estimate_peak_bytes(n, False, workers=4) == resources.estimate_peak_bytes(n, False)
+
+
+def test_the_disk_check_uses_the_free_space_beside_out(tmp_path):
+    need = resources.estimate_scratch_bytes(8000 * 8000)
+    resources.check_grid("a.tif", 8000, 8000, LimitsConfig(), False, available=2**40, scratch_dir=tmp_path,
+                         free_disk=need + 1)
+    with pytest.raises(InputError, match=r"a\.tif: .*8000x8000 pixels .*temporary disk"):
+        resources.check_grid("a.tif", 8000, 8000, LimitsConfig(), False, available=2**40, scratch_dir=tmp_path,
+                             free_disk=need - 1)
+    assert resources.free_disk_bytes(tmp_path / "not" / "yet") == resources.free_disk_bytes(tmp_path) > 0
