@@ -39,7 +39,8 @@ def probability_of_inputs(xb: np.ndarray, xa: np.ndarray, valid: np.ndarray, hea
     """:func:`probability` from both dates' encoder inputs (:func:`encoder_input`): the caller may
     let the images go before the encoder runs."""
     taps = pair_taps(xb, xa, threads)
-    p = upsample(head.predict_rows(taps.rows, *taps.shape)).astype(np.float32)  # features a few rows at a time
+    del xb, xa
+    p = upsample(head.predict_taps(taps).astype(np.float32))  # the first layer at each tap's own stride
     p[~valid] = 0.0
     return p
 
