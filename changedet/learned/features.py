@@ -228,24 +228,26 @@ class FirstLayer:
     bias: np.ndarray  # (k,) float64
     shape: tuple[int, int]  # the head's grid
 
-    def rows(self, r0: int, r1: int) -> np.ndarray:
-        """((r1 - r0) * w, k) float64: rows ``r0:r1`` of the head's grid, row-major, before the activation.
+    def rows(self, r0: int, r1: int, c0: int = 0, c1: int | None = None) -> np.ndarray:
+        """((r1 - r0) * (c1 - c0), k) float64: rows ``r0:r1``, columns ``c0:c1`` (default all) of the
+        head's grid, row-major, before the activation.
 
-        The projected taps are upsampled only on the tap rows these rows need (one more on each
-        side), as :meth:`PairTaps.rows` does, so any band of rows gives the numbers of the whole.
+        The projected taps are upsampled only on the tap rows and columns these cells need (one
+        more on each side), as :meth:`PairTaps.rows` does, so any block gives the numbers of the whole.
         """
-        h, w = self.shape
-        out = np.empty(((r1 - r0) * w, self.bias.size), np.float64)
+        c1 = self.shape[1] if c1 is None else c1
+        out = np.empty(((r1 - r0) * (c1 - c0), self.bias.size), np.float64)
         out[...] = self.bias
         if self.fine is not None and self.w_fine is not None:
             c = self.fine.shape[0]
-            out += self.fine[:, r0:r1].reshape(c, -1).T.astype(np.float64) @ self.w_fine
+            out += self.fine[:, r0:r1, c0:c1].reshape(c, -1).T.astype(np.float64) @ self.w_fine
         for proj, factor in self.coarse:
             th, tw, k = proj.shape
             s0, s1 = max(0, r0 // factor - 1), min(th, (r1 - 1) // factor + 2)
-            up = cv2.resize(np.ascontiguousarray(proj[s0:s1]), (tw * factor, (s1 - s0) * factor),
-                            interpolation=cv2.INTER_LINEAR).reshape((s1 - s0) * factor, tw * factor, k)
-            out += up[r0 - s0 * factor:r1 - s0 * factor].reshape(-1, k)
+            t0, t1 = max(0, c0 // factor - 1), min(tw, (c1 - 1) // factor + 2)
+            up = cv2.resize(np.ascontiguousarray(proj[s0:s1, t0:t1]), ((t1 - t0) * factor, (s1 - s0) * factor),
+                            interpolation=cv2.INTER_LINEAR).reshape((s1 - s0) * factor, (t1 - t0) * factor, k)
+            out += up[r0 - s0 * factor:r1 - s0 * factor, c0 - t0 * factor:c1 - t0 * factor].reshape(-1, k)
         return out
 
 

@@ -76,26 +76,30 @@ class Head:
             out[i:j] = _sigmoid64(self.logits(x))
         return out.reshape(h, w)
 
-    def predict_taps(self, taps: PairTaps, band_px: int = 16384) -> np.ndarray:
-        """:meth:`predict` on the encoder's taps of a read box, (h, w) float64 on the head's grid.
+    def predict_taps(self, taps: PairTaps, cells: tuple[int, int, int, int] | None = None,
+                     band_px: int = 16384) -> np.ndarray:
+        """:meth:`predict` on the encoder's taps of a read box, float64 on the head's grid.
 
-        The first layer runs on each tap at its own stride (:meth:`PairTaps.first_layer`), the
-        rest per pixel, in bands of whole rows of about ``band_px`` pixels (bounded memory). The
-        numbers equal :meth:`predict` on the features up to float64 rounding.
+        ``cells`` (row0, col0, row1, col1) limits it to a block of the grid (default: all of it),
+        e.g. a window without its halo. The first layer runs on each tap at its own stride
+        (:meth:`PairTaps.first_layer`), the rest per cell, in bands of whole rows of about
+        ``band_px`` cells (bounded memory). The numbers equal :meth:`predict` on the features up
+        to float64 rounding, and do not depend on the block.
         """
         mean, scale = self.mean.astype(np.float64), self.scale.astype(np.float64)
         w0 = self.weights[0].astype(np.float64)
         first = taps.first_layer(scale[:, None] * w0, self.biases[0].astype(np.float64) - (mean * scale) @ w0)
-        h, w = taps.shape
-        out = np.empty((h, w), np.float64)
+        g0, k0, g1, k1 = cells or (0, 0, *taps.shape)
+        w = k1 - k0
+        out = np.empty((g1 - g0, w), np.float64)
         step = max(1, band_px // max(1, w))
-        for r0 in range(0, h, step):
-            r1 = min(h, r0 + step)
-            x = first.rows(r0, r1)
+        for r0 in range(g0, g1, step):
+            r1 = min(g1, r0 + step)
+            x = first.rows(r0, r1, k0, k1)
             for wi, bi in zip(self.weights[1:], self.biases[1:]):
                 np.maximum(x, 0, out=x)
                 x = x @ wi.astype(np.float64) + bi
-            out[r0:r1] = _sigmoid64(x[:, 0]).reshape(r1 - r0, w)
+            out[r0 - g0:r1 - g0] = _sigmoid64(x[:, 0]).reshape(r1 - r0, w)
         return out
 
 

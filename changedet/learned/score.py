@@ -45,6 +45,30 @@ def probability_of_inputs(xb: np.ndarray, xa: np.ndarray, valid: np.ndarray, hea
     return p
 
 
+def window_probability(xb: np.ndarray, xa: np.ndarray, valid: np.ndarray, head: Head,
+                       inner: tuple[int, int, int, int], threads: int | None = None) -> np.ndarray:
+    """:func:`probability_of_inputs` cropped to ``inner`` (row, col, h, w in the read box, row and
+    col multiples of the head's stride), with the head run only on the cells that crop needs.
+
+    The halo is context for the encoder only: the head runs on the window's cells and one more
+    on each side (what bilinear upsampling reads), about half the cells of the read box. The
+    numbers are those of :func:`probability_of_inputs` cropped.
+    """
+    r, c, h, w = inner
+    if r % HEAD_STRIDE or c % HEAD_STRIDE:
+        raise ValueError(f"window origin {(r, c)} is not on the head's grid of {HEAD_STRIDE} px")
+    taps = pair_taps(xb, xa, threads)
+    del xb, xa
+    gh, gw = taps.shape
+    g0, k0 = max(0, r // HEAD_STRIDE - 1), max(0, c // HEAD_STRIDE - 1)
+    g1, k1 = min(gh, -(-(r + h) // HEAD_STRIDE) + 1), min(gw, -(-(c + w) // HEAD_STRIDE) + 1)
+    p = upsample(head.predict_taps(taps, (g0, k0, g1, k1)).astype(np.float32))
+    dr, dc = r - g0 * HEAD_STRIDE, c - k0 * HEAD_STRIDE
+    p = p[dr:dr + h, dc:dc + w]
+    p[~valid[r:r + h, c:c + w]] = 0.0
+    return p
+
+
 def pad_to_box(arr: np.ndarray, shape: tuple[int, int], fill: float | bool = 0) -> np.ndarray:
     """Place a whole (…, h, w) array in its :func:`padded_box`, ``fill`` outside."""
     r0, c0, ph, pw = padded_box((0, 0) + shape)
