@@ -234,7 +234,6 @@ def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch:
         pq[r:r + h, c:c + w] = out
         scratch.release(pq)
         progress("learned", i + 1, len(boxes))
-    lfeatures.release_sessions()  # the encoder's arena goes before the decision stages
     return pq
 
 
