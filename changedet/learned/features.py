@@ -234,7 +234,8 @@ class FirstLayer:
         head's grid, row-major, before the activation.
 
         The projected taps are upsampled only on the tap rows and columns these cells need (one
-        more on each side), as :meth:`PairTaps.rows` does, so any block gives the numbers of the whole.
+        more on each side), as :meth:`PairTaps.rows` does, so any block gives the numbers of the whole
+        (up to float64 rounding in the product of the stride-4 taps).
         """
         c1 = self.shape[1] if c1 is None else c1
         out = np.empty(((r1 - r0) * (c1 - c0), self.bias.size), np.float64)

@@ -4,6 +4,11 @@ Pure functions on arrays. :func:`probability` scores a read box laid out by
 :func:`~changedet.learned.features.padded_box` (origin and size on the stride-16 grid, a halo of
 :data:`~changedet.learned.features.HALO_PX` around the window); the caller crops the halo.
 :func:`whole_probability` scores a whole image the same way, so both give the same numbers.
+:func:`window_probability` is what a windowed run calls: the head only on the window's cells.
+
+The head's first layer runs on each encoder tap at its own stride and is upsampled after
+(:meth:`~changedet.learned.head.Head.predict_taps`): the 352 features per cell of
+:func:`features` are made only for training.
 """
 
 from __future__ import annotations
