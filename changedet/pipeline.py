@@ -224,10 +224,10 @@ def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch:
         xb = lfeatures.encoder_input(b, v, stretch)
         xa = lfeatures.encoder_input(radiometry.apply(a, models.fit, b), v, stretch)
         del b, a  # the images go before the encoder runs (64 MB at a 1408² read box)
-        p = lscore.probability_of_inputs(xb, xa, v, head, threads)
         r, c, h, w = box
         dr, dc = r - pbox[0], c - pbox[1]
-        return threshold.quantize(p[dr:dr + h, dc:dc + w], v[dr:dr + h, dc:dc + w])
+        p = lscore.window_probability(xb, xa, v, head, (dr, dc, h, w), threads)
+        return threshold.quantize(p, v[dr:dr + h, dc:dc + w])
 
     for i, (box, out) in enumerate(zip(boxes, parallel.ordered_map(one, boxes, n))):
         r, c, h, w = box

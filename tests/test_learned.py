@@ -48,8 +48,8 @@ def _windowed(before: np.ndarray, after: np.ndarray, valid: np.ndarray, stretch:
             b[:, r0 - pr:r1 - pr, c0 - pc:c1 - pc] = before[:, r0:r1, c0:c1]
             a[:, r0 - pr:r1 - pr, c0 - pc:c1 - pc] = after[:, r0:r1, c0:c1]
             v[r0 - pr:r1 - pr, c0 - pc:c1 - pc] = valid[r0:r1, c0:c1]
-            p = S.probability(b, a, v, stretch, head)
-            out[r:r + box[2], c:c + box[3]] = p[r - pr:r - pr + box[2], c - pc:c - pc + box[3]]
+            xb, xa = F.encoder_input(b, v, stretch), F.encoder_input(a, v, stretch)
+            out[r:r + box[2], c:c + box[3]] = S.window_probability(xb, xa, v, head, (r - pr, c - pc, *box[2:]))
     return out
 
 
@@ -222,3 +222,49 @@ def test_feature_rows_equal_the_rows_of_the_whole_features():
     hd = learned.load_model(None)
     x = rng.standard_normal((F.N_FEATURES, 130, 200)).astype(np.float32)
     assert hd.predict(x).tobytes() == hd.predict_rows(lambda a, b: np.ascontiguousarray(x[:, a:b]), 130, 200).tobytes()
+
+
+def _random_taps(rng: np.random.Generator, h: int, w: int) -> F.PairTaps:
+    """Taps of a (4h, 4w) read box as :func:`~changedet.learned.features.pair_taps` lays them out."""
+    parts = []
+    for c, f in zip(F.TAP_CHANNELS, (1, 2, 4)):
+        parts += [(np.abs(rng.standard_normal((c, h // f, w // f))).astype(np.float32), f),
+                  (rng.standard_normal((c, h // f, w // f)).astype(np.float32), f)]
+    return F.PairTaps(tuple(parts), (h, w))
+
+
+def test_head_on_the_taps_equals_the_head_on_the_features():
+    # the first layer at each tap's own stride, then upsampled, is the first layer on the upsampled
+    # features (bilinear weights sum to one): the same probability up to rounding
+    rng = np.random.default_rng(3)
+    taps = _random_taps(rng, 64, 88)
+    hd = learned.load_model(None)
+    on_features = hd.predict(taps.rows(0, 64))
+    on_taps = hd.predict_taps(taps)
+    assert on_taps.shape == (64, 88)
+    assert np.abs(on_taps - on_features).max() < 1e-5
+    assert np.abs(on_taps - 0.5).max() > 0.1  # not a constant: the comparison can fail
+    # any block of the grid gives the numbers of the whole, whatever the band of rows, up to the
+    # last bits of float64 (BLAS sums a single row in another order than a block of rows)
+    for cells, band in (((0, 0, 64, 88), 100), ((5, 7, 6, 8), 16384), ((13, 30, 51, 81), 37), ((0, 84, 64, 88), 1)):
+        g0, k0, g1, k1 = cells
+        assert np.abs(hd.predict_taps(taps, cells, band) - on_taps[g0:g1, k0:k1]).max() < 1e-12
+
+
+def test_window_probability_is_the_crop_of_the_read_box():
+    rng = np.random.default_rng(4)
+    h, w = 224, 288
+    xb = rng.normal(0, 0.5, (3, h, w)).astype(np.float32)
+    xa = (xb + rng.normal(0, 0.3, (3, h, w))).astype(np.float32)
+    valid = np.ones((h, w), bool)
+    valid[:40, :30] = False
+    head = _random_head(5)
+    whole = S.probability_of_inputs(xb, xa, valid, head)
+    for r, c, bh, bw in ((0, 0, h, w), (16, 32, 100, 77), (200, 4, 24, 3), (0, 280, 224, 8)):
+        part = S.window_probability(xb, xa, valid, head, (r, c, bh, bw))
+        crop = whole[r:r + bh, c:c + bw]
+        assert np.abs(part - crop).max() < 1e-6
+        assert np.array_equal(threshold.quantize(part, valid[r:r + bh, c:c + bw]),
+                              threshold.quantize(crop, valid[r:r + bh, c:c + bw]))
+    with pytest.raises(ValueError, match="grid"):
+        S.window_probability(xb, xa, valid, head, (2, 0, 8, 8))

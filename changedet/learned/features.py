@@ -105,8 +105,14 @@ def encoder_input(img: np.ndarray, valid: np.ndarray, stretch: Stretch) -> np.nd
     idx = list(stretch.rgb)
     lo = np.asarray(stretch.lo, np.float32)[:, None, None]
     hi = np.asarray(stretch.hi, np.float32)[:, None, None]
-    x = np.clip((img[idx].astype(np.float32) - lo) / (hi - lo), 0.0, 1.0) * np.float32(255.0)
-    x = (x - np.float32(MEAN)) / np.float32(STD)
+    # in place, the same float32 operations in the same order: one buffer instead of six
+    x = img[idx].astype(np.float32)
+    x -= lo
+    x /= hi - lo
+    np.clip(x, 0.0, 1.0, out=x)
+    x *= np.float32(255.0)
+    x -= np.float32(MEAN)
+    x /= np.float32(STD)
     x[:, ~valid] = 0.0
     return x
 
@@ -121,7 +127,8 @@ def _session(path: str, threads: int) -> object:
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
     # no arena: it keeps the largest window's activations (about 0.6 GB at a 1408² read box) for
-    # the whole run, and more when workers run the session at once; the numbers do not change
+    # the whole run, and more when workers run the session at once (measured at 2745² with 2
+    # workers: the learned stage's peak 1225 MB without, 2039 MB with); the numbers do not change
     so.enable_cpu_mem_arena = False
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
@@ -178,6 +185,71 @@ class PairTaps:
             up = _up(part[:, s0:s1], factor)
             out[k:k + c] = up[:, r0 - s0 * factor:r1 - s0 * factor]
             k += c
+        return out
+
+
+    def first_layer(self, weights: np.ndarray, bias: np.ndarray) -> FirstLayer:
+        """The head's first (linear) layer on these taps without making the features: ``weights``
+        (N_FEATURES, k) and ``bias`` (k,), float64, applied as :meth:`FirstLayer.rows` asks.
+
+        Bilinear upsampling is linear and its weights sum to one, so the features times ``weights``
+        equal each tap times its rows of ``weights`` at the tap's own stride, upsampled: the stride-8
+        and stride-16 taps are multiplied at 1/4 and 1/16 of the pixels, and the 352 features of a
+        pixel are never made. The numbers equal those of the features up to rounding (float64).
+        """
+        fine_parts, fine_rows = [], []
+        coarse: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        k = 0
+        for part, factor in self.parts:
+            rows = weights[k:k + part.shape[0]]
+            k += part.shape[0]
+            if factor == 1:
+                fine_parts.append(part)
+                fine_rows.append(rows)
+            else:
+                coarse.setdefault(factor, []).append((part, rows))
+        projected = []
+        for factor, items in coarse.items():  # one product per stride: its parts' channels side by side
+            x = np.concatenate([p for p, _ in items])
+            c, th, tw = x.shape
+            proj = x.reshape(c, th * tw).T.astype(np.float64) @ np.concatenate([r for _, r in items])
+            projected.append((proj.reshape(th, tw, -1), factor))
+        fine = np.concatenate(fine_parts) if fine_parts else None
+        w_fine = np.concatenate(fine_rows) if fine_rows else None
+        return FirstLayer(fine, w_fine, tuple(projected), np.asarray(bias, np.float64), self.shape)
+
+
+@dataclass(frozen=True)
+class FirstLayer:
+    """The head's first layer on a read box's taps (:meth:`PairTaps.first_layer`), by rows."""
+
+    fine: np.ndarray | None  # (c, h, w) float32 taps on the head's grid
+    w_fine: np.ndarray | None  # (c, k) float64 their weights
+    coarse: tuple[tuple[np.ndarray, int], ...]  # ((h_tap, w_tap, k) float64 projected taps, factor)
+    bias: np.ndarray  # (k,) float64
+    shape: tuple[int, int]  # the head's grid
+
+    def rows(self, r0: int, r1: int, c0: int = 0, c1: int | None = None) -> np.ndarray:
+        """((r1 - r0) * (c1 - c0), k) float64: rows ``r0:r1``, columns ``c0:c1`` (default all) of the
+        head's grid, row-major, before the activation.
+
+        The projected taps are upsampled only on the tap rows and columns these cells need (one
+        more on each side), as :meth:`PairTaps.rows` does, so any block gives the numbers of the whole
+        (up to float64 rounding in the product of the stride-4 taps).
+        """
+        c1 = self.shape[1] if c1 is None else c1
+        out = np.empty(((r1 - r0) * (c1 - c0), self.bias.size), np.float64)
+        out[...] = self.bias
+        if self.fine is not None and self.w_fine is not None:
+            c = self.fine.shape[0]
+            out += self.fine[:, r0:r1, c0:c1].reshape(c, -1).T.astype(np.float64) @ self.w_fine
+        for proj, factor in self.coarse:
+            th, tw, k = proj.shape
+            s0, s1 = max(0, r0 // factor - 1), min(th, (r1 - 1) // factor + 2)
+            t0, t1 = max(0, c0 // factor - 1), min(tw, (c1 - 1) // factor + 2)
+            up = cv2.resize(np.ascontiguousarray(proj[s0:s1, t0:t1]), ((t1 - t0) * factor, (s1 - s0) * factor),
+                            interpolation=cv2.INTER_LINEAR).reshape((s1 - s0) * factor, (t1 - t0) * factor, k)
+            out += up[r0 - s0 * factor:r1 - s0 * factor, c0 - t0 * factor:c1 - t0 * factor].reshape(-1, k)
         return out
 
 

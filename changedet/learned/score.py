@@ -4,6 +4,11 @@ Pure functions on arrays. :func:`probability` scores a read box laid out by
 :func:`~changedet.learned.features.padded_box` (origin and size on the stride-16 grid, a halo of
 :data:`~changedet.learned.features.HALO_PX` around the window); the caller crops the halo.
 :func:`whole_probability` scores a whole image the same way, so both give the same numbers.
+:func:`window_probability` is what a windowed run calls: the head only on the window's cells.
+
+The head's first layer runs on each encoder tap at its own stride and is upsampled after
+(:meth:`~changedet.learned.head.Head.predict_taps`): the 352 features per cell of
+:func:`features` are made only for training.
 """
 
 from __future__ import annotations
@@ -39,8 +44,33 @@ def probability_of_inputs(xb: np.ndarray, xa: np.ndarray, valid: np.ndarray, hea
     """:func:`probability` from both dates' encoder inputs (:func:`encoder_input`): the caller may
     let the images go before the encoder runs."""
     taps = pair_taps(xb, xa, threads)
-    p = upsample(head.predict_rows(taps.rows, *taps.shape)).astype(np.float32)  # features a few rows at a time
+    del xb, xa
+    p = upsample(head.predict_taps(taps).astype(np.float32))  # the first layer at each tap's own stride
     p[~valid] = 0.0
+    return p
+
+
+def window_probability(xb: np.ndarray, xa: np.ndarray, valid: np.ndarray, head: Head,
+                       inner: tuple[int, int, int, int], threads: int | None = None) -> np.ndarray:
+    """:func:`probability_of_inputs` cropped to ``inner`` (row, col, h, w in the read box, row and
+    col multiples of the head's stride), with the head run only on the cells that crop needs.
+
+    The halo is context for the encoder only: the head runs on the window's cells and one more
+    on each side (what bilinear upsampling reads), about half the cells of the read box. The
+    numbers are those of :func:`probability_of_inputs` cropped.
+    """
+    r, c, h, w = inner
+    if r % HEAD_STRIDE or c % HEAD_STRIDE:
+        raise ValueError(f"window origin {(r, c)} is not on the head's grid of {HEAD_STRIDE} px")
+    taps = pair_taps(xb, xa, threads)
+    del xb, xa
+    gh, gw = taps.shape
+    g0, k0 = max(0, r // HEAD_STRIDE - 1), max(0, c // HEAD_STRIDE - 1)
+    g1, k1 = min(gh, -(-(r + h) // HEAD_STRIDE) + 1), min(gw, -(-(c + w) // HEAD_STRIDE) + 1)
+    p = upsample(head.predict_taps(taps, (g0, k0, g1, k1)).astype(np.float32))
+    dr, dc = r - g0 * HEAD_STRIDE, c - k0 * HEAD_STRIDE
+    p = p[dr:dr + h, dc:dc + w]
+    p[~valid[r:r + h, c:c + w]] = 0.0
     return p
 
 
