@@ -41,16 +41,19 @@ BLOCK = 1024
 STAGES = ("load", "register", "normalize", "measure", "observe", "learned", "decide", "objects", "write")
 
 
-def write_pair(folder: Path, size: int, seed: int = 0) -> tuple[Path, Path]:
-    """A ``size``² 4-band uint16 pair, tiled 512², written block by block (memory stays flat)."""
-    profile = {"driver": "GTiff", "height": size, "width": size, "count": 4, "dtype": "uint16", "tiled": True,
+def write_pair(folder: Path, size: int, seed: int = 0, width: int | None = None) -> tuple[Path, Path]:
+    """A 4-band uint16 pair of ``size`` rows and ``width`` columns (default ``size``), tiled 512²,
+    written block by block (memory stays flat)."""
+    cols = width or size
+    profile = {"driver": "GTiff", "height": size, "width": cols, "count": 4, "dtype": "uint16", "tiled": True,
                "blockxsize": 512, "blockysize": 512, "compress": "deflate", "crs": "EPSG:32633",
                "transform": from_origin(500000, 5000000, 10.0, 10.0)}
-    paths = folder / f"before_{size}.tif", folder / f"after_{size}.tif"
+    name = str(size) if width is None else f"{size}x{cols}"
+    paths = folder / f"before_{name}.tif", folder / f"after_{name}.tif"
     with rasterio.open(paths[0], "w", **profile) as b, rasterio.open(paths[1], "w", **profile) as a:
         for r in range(0, size, BLOCK):
-            for c in range(0, size, BLOCK):
-                h, w = min(BLOCK, size - r), min(BLOCK, size - c)
+            for c in range(0, cols, BLOCK):
+                h, w = min(BLOCK, size - r), min(BLOCK, cols - c)
                 before, after = _block(seed, r, c, h + 1, w + 1)
                 win = Window(c, r, w, h)
                 b.write(before[:, :h, :w], window=win)

@@ -8,6 +8,7 @@ resident set seen and the seconds spent, then the whole run's peak (``VmHWM``) a
 
     python benchmarks/stage_memory.py --size 2745 --workers 2 [--pairs /tmp/pairs] [--out DIR]
     python benchmarks/stage_memory.py --size 5490 --workers 2 --json rss_5490.json
+    python benchmarks/stage_memory.py --size 1372 --width 40000   # a strip: memory against the width
 
 Linux only (``/proc``). Sampling misses peaks shorter than ``--every-ms``; ``VmHWM`` does not.
 """
@@ -77,6 +78,8 @@ class Sampler:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=2745, help="tile side of the generated 4-band uint16 pair (default 2745)")
+    ap.add_argument("--width", type=int, default=None,
+                    help="columns of the pair when not square (--size is then its rows): memory against the width")
     ap.add_argument("--workers", type=int, default=2, help="detect --workers (default 2)")
     ap.add_argument("--pairs", default=None, help="folder keeping the generated pairs (default: a temporary one)")
     ap.add_argument("--out", default=None, help="output folder of the run (default: a temporary one)")
@@ -91,9 +94,10 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory()
     pairs = Path(args.pairs or tmp.name)
     pairs.mkdir(parents=True, exist_ok=True)
-    before, after = pairs / f"before_{args.size}.tif", pairs / f"after_{args.size}.tif"
+    name = str(args.size) if args.width is None else f"{args.size}x{args.width}"
+    before, after = pairs / f"before_{name}.tif", pairs / f"after_{name}.tif"
     if not (before.exists() and after.exists()):
-        scale.write_pair(pairs, args.size)
+        scale.write_pair(pairs, args.size, width=args.width)
     out = Path(args.out) if args.out else Path(tmp.name) / "run"
     cfg = load_config(sets=[f"processing.workers={args.workers}", *args.set])
 
@@ -120,17 +124,18 @@ def main() -> None:
     with sampler:
         result = pipeline.detect_pair(before, after, out, cfg, progress=progress)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    px = args.size * args.size
+    px = args.size * (args.width or args.size)
     hwm = _status("VmHWM")
-    print(f"size {args.size}² workers {args.workers}: wall {wall:.1f} s, cpu {100 * cpu / wall:.0f} %, "
-          f"peak {hwm / 2**20:.0f} MB ({hwm / px:.1f} B/px)")
+    print(f"size {name} workers {args.workers}: wall {wall:.1f} s, cpu {100 * cpu / wall:.0f} %, "
+          f"peak {hwm / 2**20:.0f} MB ({hwm / px:.1f} B/px), scratch {result.summary['run']['scratch_peak_mb']} MB")
     print(f"{'stage':<28} {'peak MB':>8} {'B/px':>6}")
     for key in sampler.order:
         print(f"{key:<28} {sampler.peaks[key] / 2**20:>8.0f} {sampler.peaks[key] / px:>6.1f}")
     print("timings_s", json.dumps(result.summary["timings_s"]))
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "size": args.size, "workers": args.workers, "wall_s": wall, "cpu_pct": 100 * cpu / wall,
+            "size": args.size, "width": args.width or args.size, "workers": args.workers, "wall_s": wall,
+            "cpu_pct": 100 * cpu / wall, "scratch_peak_mb": result.summary["run"]["scratch_peak_mb"],
             "peak_mb": hwm / 2**20, "stages_mb": {k: sampler.peaks[k] / 2**20 for k in sampler.order},
             "timings_s": result.summary["timings_s"]}, indent=1))
     tmp.cleanup()
