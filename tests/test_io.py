@@ -170,4 +170,4 @@ def test_block_cache_is_raised_then_set_back(tmp_path):
     with rasterio.Env(GDAL_CACHEMAX=1000), open_pair(a, a) as pair:
         with block_cache(pair, 40, cap_bytes=5000):
             assert int(get_gdal_config("GDAL_CACHEMAX", normalize=False)) == 5000  # capped
-        assert get_gdal_config("GDAL_CACHEMAX", normalize=False) == "1000"
+        assert int(get_gdal_config("GDAL_CACHEMAX", normalize=False)) == 1000
