@@ -1222,11 +1222,12 @@ def write_categorical_cog(dst: Path, array: np.ndarray, legend: categories.Legen
         tree = ET.parse(vrt)
         band = tree.getroot().find("VRTRasterBand")
         assert band is not None
-        for f in categories.overview_factors(*array.shape):
+        factors = categories.overview_factors(*array.shape)
+        levels = categories.change_first_modes(array, factors, legend.nodata)  # one pass for every level
+        for f in factors:
             ovr = Path(f"{stem}.ovr{f}.scratch.tif")
             made.append(ovr)
-            write_band(ovr, categories.change_first_mode(array, f, legend.nodata), legend.nodata, None,
-                       Affine.identity())
+            write_band(ovr, levels.pop(f), legend.nodata, None, Affine.identity())
             el = ET.SubElement(band, "Overview")
             ET.SubElement(el, "SourceFilename", relativeToVRT="1").text = ovr.name
             ET.SubElement(el, "SourceBand").text = "1"
