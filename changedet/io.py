@@ -476,6 +476,11 @@ def drop_nonfinite(data: np.ndarray, valid: np.ndarray) -> None:
         data[:, bad] = 0
 
 
+def _all_valid(ds: Any) -> bool:
+    """Whether every band of ``ds`` has GDAL's all-valid mask (no nodata, mask band nor alpha)."""
+    return all(list(flags) == [MaskFlags.all_valid] for flags in ds.mask_flag_enums)
+
+
 def _read_box(ds: Any, bands: list[int], box: Box, grid: Window, path: str) -> tuple[np.ndarray, np.ndarray]:
     row0, col0, h, w = box
     data = np.zeros((len(bands), h, w), dtype=np.float32)
@@ -488,7 +493,10 @@ def _read_box(ds: Any, bands: list[int], box: Box, grid: Window, path: str) -> t
     sub = (slice(r_lo - row0, r_hi - row0), slice(c_lo - col0, c_hi - col0))
     with reading(path, ds, win):
         data[(slice(None),) + sub] = ds.read(bands, window=win, out_dtype="float32")
-        valid[sub] = ds.dataset_mask(window=win) > 0
+        if _all_valid(ds):  # what dataset_mask gives then, without asking it: it costs as much as
+            valid[sub] = True  # the read, and broke the block cache's reuse of the read's blocks
+        else:
+            valid[sub] = ds.dataset_mask(window=win) > 0
     if any(np.dtype(ds.dtypes[b - 1]).kind not in "uib" for b in bands):  # integers are always finite
         drop_nonfinite(data, valid)
     return data, valid
