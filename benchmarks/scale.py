@@ -17,6 +17,7 @@ Ratios are measured in the same run, so they hold on a loaded machine better tha
 
     python benchmarks/scale.py                          # 2745, 5490, 10980 with every core
     python benchmarks/scale.py --sizes 2745,5490 --workers 1,2
+    python benchmarks/scale.py --sizes 2745 --keep /tmp/pairs   # the pair is written once, then reused
 """
 
 from __future__ import annotations
@@ -127,8 +128,12 @@ def naive_fits(size: int) -> bool:
     return 30 * 4 * size * size < 0.7 * avail_kb * 1024
 
 
-def measure(size: int, workers: list[int], tmp: Path, with_naive: bool) -> list[dict[str, Any]]:
-    paths = write_pair(tmp, size)
+def measure(size: int, workers: list[int], tmp: Path, with_naive: bool,
+            keep: Path | None = None) -> list[dict[str, Any]]:
+    folder = keep or tmp
+    paths = folder / f"before_{size}.tif", folder / f"after_{size}.tif"
+    if keep is None or not all(p.exists() for p in paths):
+        paths = write_pair(folder, size)
     read_s = read_windows(paths)
     naive_row: dict[str, Any] = {"naive_s": None, "naive_mb": None}
     if with_naive and naive_fits(size):
@@ -164,6 +169,8 @@ def main() -> None:
     ap.add_argument("--workers", default="0", help="worker counts, comma-separated (0 = every core)")
     ap.add_argument("--no-naive", action="store_true", help="skip the whole-array scikit-image pipeline")
     ap.add_argument("--tmp", default=None, help="folder for the generated pairs (default: a temporary one)")
+    ap.add_argument("--keep", default=None, type=Path,
+                    help="folder where the generated pairs are kept and reused by later runs (default: none)")
     ap.add_argument("--naive", nargs=2, metavar=("BEFORE", "AFTER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.naive:
@@ -176,7 +183,9 @@ def main() -> None:
     print(head)
     with tempfile.TemporaryDirectory(dir=args.tmp) as t:
         for size in (int(s) for s in args.sizes.split(",")):
-            rows = measure(size, workers, Path(t), not args.no_naive)
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+            rows = measure(size, workers, Path(t), not args.no_naive, args.keep)
             for row in rows:
                 fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
                 stages = " ".join(f"{k} {row['stages'][k]:.1f}" for k in STAGES if k in row["stages"])

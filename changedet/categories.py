@@ -179,3 +179,65 @@ def _change_first_strip(array: np.ndarray, factor: int, codes: list[int], nodata
         out[take] = code
         best[take] = n[take]
     return out
+
+
+def change_first_modes(array: np.ndarray, factors: list[int], nodata: int = NODATA,
+                       background: int = 0) -> dict[int, np.ndarray]:
+    """:func:`change_first_mode` of ``array`` for each of ``factors`` (powers of two), from one pass.
+
+    The same arrays as one call per factor: each level's code still follows from the counts of
+    each code over its full-resolution block, but the counts of a block of ``2f`` are summed from
+    the four blocks of ``f`` under it, instead of counted again from the full resolution.
+    """
+    if array.ndim != 2 or array.dtype != np.uint8:
+        raise ValueError(f"array must be (h, w) uint8, got {array.shape} {array.dtype}")
+    wanted = sorted(set(factors))
+    if not wanted:
+        return {}
+    if any(f < 1 or f & (f - 1) for f in wanted):
+        raise ValueError(f"factors must be powers of two, got {factors}")
+    h, w = array.shape
+    top = wanted[-1]
+    rows = max(1, (4 * 2**20) // max(1, w)) // top * top or top  # strips of whole blocks of every level
+    present = np.zeros(256, bool)
+    for r in range(0, h, rows):
+        present[np.asarray(array[r:r + rows]).ravel()] = True
+        release(array)
+    codes = [c for c in np.flatnonzero(present).tolist() if c not in (nodata, background)]
+    outs = {f: np.empty((-(-h // f), -(-w // f)), np.uint8) for f in wanted}
+    for r in range(0, h, rows):
+        part = np.asarray(array[r:r + rows])
+        counts = {v: (part == v).astype(np.int32) for v in (background, *codes)}
+        release(array)
+        f = 1
+        for target in wanted:
+            while f < target:
+                counts = {v: _sum_2x2(n) for v, n in counts.items()}
+                f *= 2
+            outs[target][r // target:r // target + counts[background].shape[0]] = \
+                _change_first_of_counts(counts, codes, nodata, background)
+    return outs
+
+
+def _sum_2x2(n: np.ndarray) -> np.ndarray:
+    """Counts of 2 x 2 blocks (a partial block at the end sums what it has)."""
+    h, w = n.shape
+    if h % 2 or w % 2:
+        padded = np.zeros((h + h % 2, w + w % 2), n.dtype)
+        padded[:h, :w] = n
+        n = padded
+    return n[0::2, 0::2] + n[0::2, 1::2] + n[1::2, 0::2] + n[1::2, 1::2]
+
+
+def _change_first_of_counts(counts: dict[int, np.ndarray], codes: list[int], nodata: int,
+                            background: int) -> np.ndarray:
+    """The code of each block from its counts, by :func:`change_first_mode`'s rule."""
+    out = np.full(counts[background].shape, nodata, dtype=np.uint8)
+    out[counts[background] > 0] = background
+    best = np.zeros(out.shape, dtype=np.int32)
+    for code in codes:  # ascending: a tie keeps the lower code
+        n = counts[code]
+        take = n > best
+        out[take] = code
+        best[take] = n[take]
+    return out

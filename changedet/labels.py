@@ -60,15 +60,12 @@ def label_windowed(binary: np.ndarray, window_px: int, scr: scratch.Scratch = sc
         n, lab, st, _ = cv2.connectedComponentsWithStats(win, connectivity=connectivity, ltype=cv2.CV_32S)
         if n <= 1:
             continue
-        rows, cols = np.nonzero(lab)
-        key = ((rows + r) // 2).astype(np.int64) * bw + (cols + c) // 2
-        blk = np.full(n, np.iinfo(np.int64).max, np.int64)
-        np.minimum.at(blk, lab[rows, cols], key)
-        first.append(blk[1:])
+        first.append(_first_blocks(lab, n, r, c, bw, connectivity))
         x, y, bwid, bhgt, area = (st[1:, k].astype(np.int64) for k in range(5))
         boxes.append(np.column_stack([y + r, x + c, y + r + bhgt - 1, x + c + bwid - 1]))
         areas.append(area)
-        labels[r:r + hh, c:c + ww] = np.where(lab > 0, lab + offset, 0)
+        np.add(lab, np.int32(offset), out=lab, where=lab > 0)
+        labels[r:r + hh, c:c + ww] = lab
         offset += n - 1
         scratch.release(labels)  # a memory map keeps only the window resident
     if offset == 0:
@@ -101,6 +98,36 @@ def label_windowed(binary: np.ndarray, window_px: int, scr: scratch.Scratch = sc
     stats[1:, 2], stats[1:, 3] = cmax[1:] - cmin[1:] + 1, rmax[1:] - rmin[1:] + 1
     stats[0] = (0, 0, w, h, h * w - int(stats[1:, 4].sum()))  # row 0 (background) is not OpenCV's bbox
     return labels, stats.astype(np.int32)
+
+
+def _first_blocks(lab: np.ndarray, n: int, r: int, c: int, bw: int, connectivity: int) -> np.ndarray:
+    """For labels 1..n-1 of a window at (``r``, ``c``) (even), the whole mask's row-major index of
+    the first 2 x 2 block holding one of their pixels (``bw`` blocks a row).
+
+    8-connected, the pixels of a 2 x 2 block all touch, so a block holds one label: its largest.
+    The blocks are then 4 times fewer than the pixels, and the first of each label is where it
+    first occurs in the blocks' order.
+    """
+    if connectivity != 8:
+        rows, cols = np.nonzero(lab)
+        key = ((rows + r) // 2).astype(np.int64) * bw + (cols + c) // 2
+        blk = np.full(n, np.iinfo(np.int64).max, np.int64)
+        np.minimum.at(blk, lab[rows, cols], key)
+        return blk[1:]
+    hh, ww = lab.shape
+    if hh % 2 or ww % 2:
+        padded = np.zeros((hh + hh % 2, ww + ww % 2), lab.dtype)
+        padded[:hh, :ww] = lab
+        lab = padded
+    block = np.maximum(np.maximum(lab[0::2, 0::2], lab[0::2, 1::2]), np.maximum(lab[1::2, 0::2], lab[1::2, 1::2]))
+    flat = block.ravel()
+    nz = np.flatnonzero(flat)
+    which, at = np.unique(flat[nz], return_index=True)  # the first occurrence of each label
+    wb = block.shape[1]
+    local = nz[at]
+    blk = np.full(n, np.iinfo(np.int64).max, np.int64)
+    blk[which] = (r // 2 + local // wb).astype(np.int64) * bw + c // 2 + local % wb
+    return blk[1:]
 
 
 def _seam_pairs(first: np.ndarray, second: np.ndarray,

@@ -43,6 +43,7 @@ from .errors import InputError, OutputError, RegistrationError
 from .io import (
     BandWriter,
     Box,
+    block_cache,
     OutputStage,
     PairSource,
     grow,
@@ -438,19 +439,22 @@ def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
 
     writer = BandWriter(score_path, shape, "float32", float("nan"), pair.crs, pair.transform)
     try:
-        results = parallel.ordered_map(one, boxes, workers(cfg))
-        for i, (box, (s, ln, v, w, eb, ea)) in enumerate(zip(boxes, results)):
-            r, c, h, wd = box
-            writer.write(box, np.where(v, s, np.float32(np.nan)).astype(np.float32))
-            q[r:r + h, c:c + wd] = threshold.quantize(s, v)
-            lq[r:r + h, c:c + wd] = threshold.quantize(ln, v)
-            water[r:r + h, c:c + wd] = w
-            ev_b[r:r + h, c:c + wd] = eb
-            ev_a[r:r + h, c:c + wd] = ea
-            scratch.release(q, lq, water, ev_b, ev_a)  # memory maps: only the window stays resident
-            progress("measure", i + 1, len(boxes))
+        # each block of the inputs decoded once, though the halo reads it for two rows of windows
+        with block_cache(pair, cfg.processing.window_px + 2 * halo):
+            results = parallel.ordered_map(one, boxes, workers(cfg))
+            for i, (box, (s, ln, v, w, eb, ea)) in enumerate(zip(boxes, results)):
+                r, c, h, wd = box
+                writer.write(box, np.where(v, s, np.float32(np.nan)).astype(np.float32))
+                q[r:r + h, c:c + wd] = threshold.quantize(s, v)
+                lq[r:r + h, c:c + wd] = threshold.quantize(ln, v)
+                water[r:r + h, c:c + wd] = w
+                ev_b[r:r + h, c:c + wd] = eb
+                ev_a[r:r + h, c:c + wd] = ea
+                scratch.release(q, lq, water, ev_b, ev_a)  # memory maps: only the window stays resident
+                progress("measure", i + 1, len(boxes))
     finally:
         writer.close()
+    scratch.trim_heap()  # the cache's blocks, let go, go back to the system
     return _Scores(q, lq, objects.keep_large_water(water, cfg.objects, pair.gsd_m, cfg.processing.window_px, scr),
                    ev_b, ev_a)
 
@@ -955,7 +959,8 @@ def _detect(before: str | Path, after: str | Path, out_dir: str | Path, cfg: Con
 
     sweep_dead_scratch()
     before_in, after_in = stac.resolve_input(before, assets), stac.resolve_input(after, assets)
-    with open_pair(before_in, after_in, gsd_m or cfg.gsd_m, check_size) as pair:
+    decimate_px = (cfg.registration.coarse_max_px, cfg.processing.quicklook_max_px)
+    with open_pair(before_in, after_in, gsd_m or cfg.gsd_m, check_size, decimate_px) as pair:
         info_b = raster_info(pair.before, before_in, pair.datetimes[0])
         info_a = raster_info(pair.after, after_in, pair.datetimes[1])
         timer.timings["load"] = round(time.perf_counter() - t0, 3)

@@ -229,7 +229,15 @@ def apply(after: np.ndarray, fit: RadiometricFit, before: np.ndarray | None = No
             w = _veg_weight(vi, *fit.veg_index_range)[None]
             g0, o0 = (np.asarray(v, dtype=np.float32)[:, None, None] for v in (fit.gains, fit.offsets))
             g1, o1 = (np.asarray(v, dtype=np.float32)[:, None, None] for v in (fit.veg_gains, fit.veg_offsets))
-            return ((1 - w) * (after * g0 + o0) + w * (after * g1 + o1)).astype(np.float32)
+            # ((1 - w) * (after * g0 + o0) + w * (after * g1 + o1)), in place: the same numbers
+            bare = after * g0
+            bare += o0
+            bare *= 1 - w
+            veg = after * g1
+            veg += o1
+            veg *= w
+            bare += veg
+            return bare.astype(np.float32, copy=False)
     if fit.quantiles_after:
         out = np.empty(after.shape, dtype=np.float32)
         for i in range(after.shape[0]):

@@ -186,10 +186,13 @@ def _lag_correlation(lines: list[tuple[np.ndarray, np.ndarray]], lag: int) -> fl
     if not blocks:
         return None
 
+    wide = {id(table): table.astype(np.float64) for table, _ in lines}  # float32 -> float64 is exact
+
     def pairs(table: np.ndarray, lq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         a, b = lq[:, :-lag], lq[:, lag:]
         both = (a != _OUT) & (b != _OUT)
-        return table[a[both]].astype(np.float64), table[b[both]].astype(np.float64)
+        t64 = wide[id(table)]
+        return t64[a[both]], t64[b[both]]
 
     n, sa, sb = 0, 0.0, 0.0
     lo_a = lo_b = np.inf

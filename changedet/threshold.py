@@ -151,7 +151,7 @@ def hysteresis(q: np.ndarray, thr: Threshold, window_px: int = 1024,
     keep = np.zeros(n, dtype=bool)
     for r, c, h, w in windowed.windows(q.shape, window_px):
         part = np.asarray(q[r:r + h, c:c + w])
-        keep[np.unique(np.asarray(labels[r:r + h, c:c + w])[(part > hi) & (part != NODATA)])] = True
+        keep[np.asarray(labels[r:r + h, c:c + w])[(part > hi) & (part != NODATA)]] = True  # no sort needed
         scratch.release(q, labels)
     keep[0] = False
     return windowed.fill(out, windowed.apply(labels, keep.astype(np.uint8), window_px))

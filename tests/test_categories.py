@@ -243,3 +243,17 @@ def test_change_first_mode_by_strips_equals_one_pass(factor):
     rows = max(1, (4 * 2**20) // (-(-2999 // factor) * factor * factor)) * factor
     assert rows < 3001
     np.testing.assert_array_equal(C.change_first_mode(array, factor), whole)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (37, 130), (300, 257), (512, 64)])
+def test_change_first_modes_equal_one_level_at_a_time(shape):
+    """All overview levels from one pass (counts summed 2 x 2) equal change_first_mode per factor."""
+    from changedet.categories import change_first_mode, change_first_modes
+
+    rng = np.random.default_rng(shape[0])
+    array = rng.choice([0, 0, 0, 0, 0, 1, 2, 3, 4, 255], size=shape).astype(np.uint8)
+    array[shape[0] // 2, :] = 2  # a thin line of one code
+    factors = [2, 4, 8, 16, 32]
+    levels = change_first_modes(array, factors)
+    for f in factors:
+        assert np.array_equal(levels[f], change_first_mode(array, f))

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from changedet import differencing as D
 from changedet.arrays import crop
@@ -193,3 +194,35 @@ def test_line_evidence_off_without_calibration_or_length():
     valid = np.ones(b.shape[1:], bool)
     assert not D.line_score(b, a, valid, D.NoiseModel((10.0,) * 4, 10.0), 11).any()
     assert not D.line_score(b, a, valid, _calibrated(b, a), 0).any()
+
+
+@pytest.mark.parametrize("n_bands", [1, 2, 3, 4, 5])
+def test_line_z2_is_the_squared_line_contrast_bit_for_bit(n_bands):
+    """The grouped, in-place line_z2 gives what squaring line_contrast band by band gives."""
+    rng = np.random.default_rng(n_bands)
+    diff = rng.normal(0, 5, (n_bands, 83, 121)).astype(np.float32)
+    diff[:, 30:33, :] += 20  # a line of change
+    sig = np.linspace(2.0, 4.0, n_bands)
+    want = np.zeros(diff.shape[1:], np.float32)
+    for k in range(D.LINE_ORIENTATIONS):
+        acc = np.zeros(diff.shape[1:], np.float32)
+        for band, s in zip(diff, sig.astype(np.float32)):
+            c = D.line_contrast(band, 11, k) / s
+            acc += c * c
+        np.maximum(want, acc / np.float32(n_bands), out=want)
+    assert np.array_equal(D.line_z2(diff, sig, 11), want)
+
+
+@pytest.mark.parametrize("tolerance_px", [1, 2])
+@pytest.mark.parametrize("brightness_weight", [1.0, 0.3])
+def test_tolerant_cva_both_ways_bit_for_bit(tolerance_px, brightness_weight):
+    """Each offset's comparison serves both directions: the same numbers as two separate searches."""
+    rng = np.random.default_rng(7)
+    before = rng.normal(500, 80, (4, 47, 65)).astype(np.float32)
+    after = (before + rng.normal(0, 20, before.shape)).astype(np.float32)
+    after[:, 10:16, 20:27] += 300
+    sigma = np.array([20.0, 25.0, 30.0, 35.0])
+    want = np.maximum(D._tolerant_z2(before, after, sigma, brightness_weight, tolerance_px),
+                      D._tolerant_z2(after, before, sigma, brightness_weight, tolerance_px))
+    got = D._tolerant_z2_both(before, after, sigma, brightness_weight, tolerance_px)
+    assert np.array_equal(got, want)

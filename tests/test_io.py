@@ -141,3 +141,33 @@ def test_inputs_slow_to_read_by_window_are_read_from_a_local_copy_removed_on_clo
         assert np.array_equal(b, data[:3, 10:40, 0:40].astype(np.float32))
         assert not vb[:, :8].any() and vb[:, 8:].all()
     assert not list(scratch.glob("changedet-inputs-*"))
+
+
+def test_decimated_reads_in_one_pass_equal_separate_reads(tmp_path, monkeypatch):
+    """PairSource.decimate reads the rows once for several sizes; each equals its own strip-by-strip read."""
+    from changedet import io
+
+    monkeypatch.setattr(io, "_DECIMATE_STRIP_PX", 24)  # many strips, crossing the 32-row blocks
+    rng = np.random.default_rng(3)
+    img = rng.integers(1, 4000, (3, 150, 170)).astype(np.uint16)
+    img[:, 40:47, :] = 0  # a nodata band of rows
+    a = write(tmp_path / "a.tif", img, nodata=0, tiled=True, blockxsize=32, blockysize=32)
+    with open_pair(a, a, decimate_px=(40, 70, 100)) as pair:
+        ahead = {px: pair.read_decimated("before", px) for px in (40, 70, 100)}
+        for px, (data, valid, factor) in ahead.items():
+            fresh = pair.read_decimated("before", px)  # handed out once: this one is read again
+            assert fresh[0] is not data
+            assert np.array_equal(fresh[0], data) and np.array_equal(fresh[1], valid) and fresh[2] == factor
+
+
+def test_block_cache_is_raised_then_set_back(tmp_path):
+    from rasterio.env import get_gdal_config
+
+    from changedet.io import block_cache
+
+    img = np.arange(2 * 64 * 64, dtype=np.uint16).reshape(2, 64, 64)
+    a = write(tmp_path / "a.tif", img, tiled=True, blockxsize=32, blockysize=32)
+    with rasterio.Env(GDAL_CACHEMAX=1000), open_pair(a, a) as pair:
+        with block_cache(pair, 40, cap_bytes=5000):
+            assert int(get_gdal_config("GDAL_CACHEMAX", normalize=False)) == 5000  # capped
+        assert int(get_gdal_config("GDAL_CACHEMAX", normalize=False)) == 1000
