@@ -320,11 +320,12 @@ class PairSource:
     def _decimate(self, which: str, sizes: tuple[int, ...]) -> dict[int, Decimation]:
         read = self.read_before if which == "before" else self.read_after
         ds = self.before if which == "before" else self.after
-        plans = {px: _DecimationPlan.of(self.height, self.width, px) for px in dict.fromkeys(sizes)}
+        plans = {px: _DecimationPlan.of(self.height, self.width, px, self.n_bands) for px in dict.fromkeys(sizes)}
         if len(plans) == 1 or isinstance(ds, WarpedVRT):
             # a warped view's pixels may depend on the window read: each size reads its own strips
             return {px: _decimate_strips(read, plan, self.n_bands, self.width) for px, plan in plans.items()}
-        return _decimate_together(read, plans, self.n_bands, self.width, ds.block_shapes[0][0])
+        return _decimate_together(read, plans, self.n_bands, self.width,
+                                  min(ds.block_shapes[0][0], strip_rows(self.width, self.n_bands)))
 
 
 #: a decimated read: (bands, h, w) float32, (h, w) bool validity, the decimation factor
@@ -341,12 +342,12 @@ class _DecimationPlan:
     strips: tuple[tuple[int, int, int, int], ...]  # (out row 0, out row 1, full-res row 0, rows to read)
 
     @staticmethod
-    def of(height: int, width: int, max_px: int) -> _DecimationPlan:
+    def of(height: int, width: int, max_px: int, n_bands: int = 1) -> _DecimationPlan:
         factor = max(1.0, max(height, width) / float(max_px))
         out_h = max(1, int(round(height / factor)))
         out_w = max(1, int(round(width / factor)))
         rows_per_out = height / out_h
-        step = max(1, int(_DECIMATE_STRIP_PX // rows_per_out))  # output rows per strip
+        step = max(1, int(strip_rows(width, n_bands) // rows_per_out))  # output rows per strip
         strips = []
         for o0 in range(0, out_h, step):
             o1 = min(out_h, o0 + step)
@@ -444,7 +445,14 @@ def _gdal_reason(exc: BaseException) -> str:
     return reason if len(reason) <= 160 else reason[:157] + "..."
 
 
-_DECIMATE_STRIP_PX = 512  # full-resolution rows read at a time by PairSource.read_decimated
+_DECIMATE_STRIP_PX = 512  # full-resolution rows read at a time by PairSource.read_decimated ...
+_DECIMATE_STRIP_BYTES = 96 * 2**20  # ... and at most this much float32 of all bands: a wide scene reads fewer rows
+
+
+def strip_rows(width: int, n_bands: int) -> int:
+    """Full-resolution rows a whole-width strip read may hold: :data:`_DECIMATE_STRIP_PX`, fewer on
+    a scene so wide that they would pass :data:`_DECIMATE_STRIP_BYTES` (memory flat in the width)."""
+    return max(1, min(_DECIMATE_STRIP_PX, _DECIMATE_STRIP_BYTES // max(1, 4 * n_bands * width)))
 
 
 def _shrink(data: np.ndarray, valid: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

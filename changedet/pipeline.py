@@ -51,6 +51,7 @@ from .io import (
     open_pair,
     file_record,
     raster_info,
+    strip_rows,
     sweep_dead_scratch,
     describe_band,
     to_cog,
@@ -813,6 +814,25 @@ def input_label(record: dict[str, Any]) -> str:
     return Path(str(record.get("path", ""))).name
 
 
+def _shrink_by_strips(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``mask`` (uint8, may be a memory map) resized onto ``shape`` (h, w) by area averaging, read in
+    strips of whole output rows (:func:`changedet.io.strip_rows`): a whole-scene mask is never
+    held at once."""
+    (big_h, big_w), (h, w) = mask.shape, shape[:2]
+    if h >= big_h:  # enlarged (a small tile): at most the panel's size
+        return cv2.resize(np.asarray(mask, np.uint8), (w, h), interpolation=cv2.INTER_AREA)
+    rows_per_out = big_h / h
+    step = max(1, int(strip_rows(big_w, 1) // rows_per_out))
+    out = np.empty((h, w), np.uint8)
+    for o0 in range(0, h, step):
+        o1 = min(h, o0 + step)
+        r0, r1 = int(round(o0 * rows_per_out)), int(round(o1 * rows_per_out))
+        out[o0:o1] = cv2.resize(np.asarray(mask[r0:max(r1, r0 + 1)], np.uint8), (w, o1 - o0),
+                                interpolation=cv2.INTER_AREA)
+        scratch.release(mask)
+    return out
+
+
 def quicklook_panels(pair: PairSource, models: _Models, cfg: Config, dets: list[objects.Detection],
                      labels: np.ndarray, observable: np.ndarray | None = None) -> Panels:
     """Decimated before/after panels and the detections' outlines on them."""
@@ -833,9 +853,7 @@ def quicklook_panels(pair: PairSource, models: _Models, cfg: Config, dets: list[
     hidden = None
     if observable is not None:
         # what cannot be seen, on the panel grid; pixels of the reference outside the overlap stay unhatched
-        seen = cv2.resize(np.asarray(observable, np.uint8), (pb.shape[1], pb.shape[0]), interpolation=cv2.INTER_AREA)
-        scratch.release(observable)
-        hidden = seen == 0
+        hidden = _shrink_by_strips(observable, pb.shape[:2]) == 0
     scale = up / f
     outlines = []
     for k, d in enumerate(dets):

@@ -143,11 +143,16 @@ def test_inputs_slow_to_read_by_window_are_read_from_a_local_copy_removed_on_clo
     assert not list(scratch.glob("changedet-inputs-*"))
 
 
-def test_decimated_reads_in_one_pass_equal_separate_reads(tmp_path, monkeypatch):
-    """PairSource.decimate reads the rows once for several sizes; each equals its own strip-by-strip read."""
+@pytest.mark.parametrize("strip_bytes", [None, 3 * 170 * 4 * 10])
+def test_decimated_reads_in_one_pass_equal_separate_reads(tmp_path, monkeypatch, strip_bytes):
+    """PairSource.decimate reads the rows once for several sizes; each equals its own strip-by-strip read
+    (also when the scene is so wide that a strip holds fewer rows than a block: 10 here)."""
     from changedet import io
 
     monkeypatch.setattr(io, "_DECIMATE_STRIP_PX", 24)  # many strips, crossing the 32-row blocks
+    if strip_bytes is not None:
+        monkeypatch.setattr(io, "_DECIMATE_STRIP_BYTES", strip_bytes)
+        assert io.strip_rows(170, 3) == 10
     rng = np.random.default_rng(3)
     img = rng.integers(1, 4000, (3, 150, 170)).astype(np.uint16)
     img[:, 40:47, :] = 0  # a nodata band of rows
@@ -158,6 +163,15 @@ def test_decimated_reads_in_one_pass_equal_separate_reads(tmp_path, monkeypatch)
             fresh = pair.read_decimated("before", px)  # handed out once: this one is read again
             assert fresh[0] is not data
             assert np.array_equal(fresh[0], data) and np.array_equal(fresh[1], valid) and fresh[2] == factor
+
+
+@given(st.integers(1, 200_000), st.integers(1, 16))
+def test_strips_are_bounded_in_bytes_whatever_the_width(width, bands):
+    from changedet import io
+
+    rows = io.strip_rows(width, bands)
+    assert 1 <= rows <= io._DECIMATE_STRIP_PX
+    assert rows == 1 or rows * width * bands * 4 <= io._DECIMATE_STRIP_BYTES
 
 
 def test_block_cache_is_raised_then_set_back(tmp_path):

@@ -104,3 +104,20 @@ def test_a_panel_of_400_detections_says_how_many_ids_it_shows(tmp_path):
     plain = quicklook.render(panel, panel, outlines[:1], {"hut": 1})
     legend = slice(pic.shape[0] - 30, pic.shape[0])
     assert (pic[legend] < 128).sum() > (plain[legend] < 128).sum()  # the "ids: n of 400 shown" note
+
+
+def test_hidden_mask_shrunk_by_strips_equals_whole(monkeypatch):
+    """The panel's not-observable hatch is shrunk from the whole-scene mask strip by strip (a 40000²
+    mask is never held at once); where strips end on whole output rows it equals one resize."""
+    import cv2
+
+    from changedet import io, pipeline
+
+    rng = np.random.default_rng(4)
+    mask = (rng.random((200, 150)) < 0.3).astype(np.uint8)
+    monkeypatch.setattr(io, "_DECIMATE_STRIP_BYTES", 150 * 4 * 30)  # 30 rows a strip: 3 output rows
+    assert io.strip_rows(150, 1) == 30
+    whole = cv2.resize(mask, (15, 20), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(pipeline._shrink_by_strips(mask, (20, 15)), whole)
+    assert np.array_equal(pipeline._shrink_by_strips(mask, (400, 300)),
+                          cv2.resize(mask, (300, 400), interpolation=cv2.INTER_AREA))
