@@ -18,14 +18,15 @@ from .config import LimitsConfig
 from .errors import InputError
 
 #: Peak resident memory of ``detect``: the stages run by windows over memory maps (issue 15), so it
-#: does not grow with the grid's area, only (a little) with its width: register and the quick-look
-#: read strips one window high across the scene. Measured peaks (``benchmarks/stage_memory.py``, two
-#: workers) of the stages other than the learned one: 0.79 GB at 2745², 1.00 at 5490², 1.12 at
-#: 10980²; BASE_BYTES + BYTES_PER_COLUMN * width lies above each.
-BASE_BYTES = 800 * 2**20
-BYTES_PER_COLUMN = 48 * 2**10
+#: does not grow with the grid's area, and whole-width strips are bounded in bytes
+#: (:func:`changedet.io.strip_rows`), so hardly with its width. Measured peaks
+#: (``benchmarks/stage_memory.py``, two workers) of the stages other than the learned one: 0.79 GB
+#: at 2745², 1.00 at 5490², 1.12 at 10980², 1.14 at 1372 x 40000; BASE_BYTES + BYTES_PER_COLUMN *
+#: width lies above each.
+BASE_BYTES = 1200 * 2**20
+BYTES_PER_COLUMN = 4 * 2**10
 #: the learned stage's working set (onnxruntime, one window of ``model.window_px`` with its halo):
-#: 1.11 to 1.57 GB with two workers at 2745², 5490² and 10980² alike
+#: 1.11 to 1.57 GB with two workers at 2745², 5490², 10980² and 1372 x 40000 alike
 MODEL_PEAK_BYTES = 1536 * 2**20
 #: each worker past the first holds one more learned window
 MODEL_WORKER_BYTES = 512 * 2**20

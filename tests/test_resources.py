@@ -60,8 +60,11 @@ def test_the_estimate_is_over_the_measured_peaks_and_grows_with_the_width():
     for side, peak_mb in ((2745, 791), (5490, 996), (10980, 1116)):
         assert resources.estimate_peak_bytes(side * side, False) > peak_mb * 2**20
         assert resources.estimate_peak_bytes(side * side, True, workers=2) > 1566 * 2**20  # learned, 2 workers
+    strip = 1372 * 40000  # as wide as a 40000² scene: 1136 MB without the learned stage, 1387 MB with it
+    assert resources.estimate_peak_bytes(strip, False, width=40000) > 1136 * 2**20
+    assert resources.estimate_peak_bytes(strip, True, workers=2, width=40000) > 1387 * 2**20
     wide, tall = (resources.estimate_peak_bytes(40000 * 2745, False, width=w) for w in (40000, 2745))
-    assert wide > tall  # strips one window high run across the width
+    assert wide > tall  # strips run across the width
     # the area sets the disk: the memory maps of every product
     assert resources.estimate_scratch_bytes(40000 ** 2) == 16 * resources.estimate_scratch_bytes(10000 ** 2)
 
