@@ -263,6 +263,8 @@ class LimitsConfig(_Section):
         "largest output grid (the overlap of the pair), megapixels; null: only the memory check"))
     memory_fraction: float = Field(0.8, ge=0, description=(
         "refuse a pair whose estimated peak memory exceeds this share of the memory available; 0 turns the check off"))
+    disk_fraction: float = Field(0.9, ge=0, le=1, description=(
+        "refuse a pair whose estimated temporary disk exceeds this share of the free space beside --out; 0 turns the check off"))
 
 
 class SeriesConfig(_Section):

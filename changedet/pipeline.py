@@ -973,7 +973,7 @@ def _detect(before: str | Path, after: str | Path, out_dir: str | Path, cfg: Con
     t0 = time.perf_counter()
     def check_size(height: int, width: int) -> None:
         resources.check_grid(before, height, width, cfg.limits, cfg.model.enabled, workers=workers(cfg),
-                             scratch_dir=out_dir.absolute().parent)
+                             out_dir=out_dir)
 
     sweep_dead_scratch()
     before_in, after_in = stac.resolve_input(before, assets), stac.resolve_input(after, assets)

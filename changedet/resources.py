@@ -80,11 +80,11 @@ def available_memory_bytes() -> int | None:
 
 
 def _gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB"
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def check_grid(path: str | Path, height: int, width: int, limits: LimitsConfig, model_enabled: bool,
-               available: int | None = None, workers: int = 1, scratch_dir: str | Path | None = None,
+               available: int | None = None, workers: int = 1, out_dir: str | Path | None = None,
                free_disk: int | None = None) -> None:
     """Raise :class:`InputError` when a grid of ``height`` x ``width`` is over a limit.
 
@@ -92,12 +92,12 @@ def check_grid(path: str | Path, height: int, width: int, limits: LimitsConfig, 
     ----------
     path : the reference image (``before``), named in the message.
     height, width : the output grid (the pair's overlap on ``before``'s grid), pixels.
-    limits : ``max_megapixels`` and ``memory_fraction``.
+    limits : ``max_megapixels``, ``memory_fraction`` and ``disk_fraction``.
     model_enabled : whether the learned stage runs (it has its own working set).
     available : bytes of memory available (default: :func:`available_memory_bytes`).
     workers : threads of the run (``processing.workers`` resolved).
-    scratch_dir : where the run's temporary files go (the staging folder's parent: beside
-        ``--out``); None skips the disk check.
+    out_dir : the output folder (``--out``): the run's temporary files go beside it, and a disk too
+        small is named by it; None skips the disk check (as ``limits.disk_fraction`` 0 does).
     free_disk : free bytes there (default: :func:`free_disk_bytes`).
     """
     n_px = height * width
@@ -121,13 +121,13 @@ def check_grid(path: str | Path, height: int, width: int, limits: LimitsConfig, 
                              f"{_gib(avail)} is available ({limits.memory_fraction:g} of it may be used); "
                              f"crop both images (e.g. gdal_translate -srcwin 0 0 {side} {side} in.tif crop.tif) "
                              "or raise limits.memory_fraction")
-    if scratch_dir is None:
+    if out_dir is None or limits.disk_fraction <= 0:
         return
-    free = free_disk_bytes(scratch_dir) if free_disk is None else free_disk
+    free = free_disk_bytes(Path(out_dir).absolute().parent) if free_disk is None else free_disk
     disk = estimate_scratch_bytes(n_px)
-    if free is not None and disk > free:
-        side = int((free / SCRATCH_BYTES_PER_PX) ** 0.5) // 256 * 256
-        raise InputError(f"{path}: the area to process is {size} and needs about {_gib(disk)} of temporary disk "
-                         f"beside the output folder, {_gib(free)} is free there; crop both images "
-                         f"(e.g. gdal_translate -srcwin 0 0 {max(side, 256)} {max(side, 256)} in.tif crop.tif) "
-                         "or choose an --out on a larger disk")
+    if free is not None and disk > limits.disk_fraction * free:
+        side = max(16, int((limits.disk_fraction * free / SCRATCH_BYTES_PER_PX) ** 0.5))
+        raise InputError(f"{out_dir}: the area to process is {size} and needs about {_gib(disk)} of temporary disk "
+                         f"beside this output folder, {_gib(free)} is free there ({limits.disk_fraction:g} of it may "
+                         f"be used); choose an --out on a larger disk, crop both images (e.g. gdal_translate -srcwin "
+                         f"0 0 {side} {side} in.tif crop.tif) or set limits.disk_fraction=0")

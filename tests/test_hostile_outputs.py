@@ -149,18 +149,31 @@ def test_not_permitted_out_is_exit_2_one_line(tmp_path, scenes):
 
 @pytest.mark.parametrize("size", ["24k", "150k", "700k"], ids=["scratch", "rasters", "quicklook"])
 def test_full_disk_is_exit_2_one_line_and_leaves_nothing(tmp_path, scenes, size):
-    """A real small tmpfs: the disk fills while the score scratch, the COGs or the quick-look are written."""
+    """A real small tmpfs: the disk fills while the score scratch, the COGs or the quick-look are written
+    (the up-front disk check, which would refuse the pair first, is off)."""
+    no_check = ("--set", "limits.disk_fraction=0")
     with tmpfs(tmp_path / "small", size) as small:
-        proc = cli("detect", scenes / "camp/before.tif", scenes / "camp/after.tif", *FAST, "--out", small / "o",
-                   tmpdir=tmp_path / "tmp")
+        proc = cli("detect", scenes / "camp/before.tif", scenes / "camp/after.tif", *FAST, *no_check,
+                   "--out", small / "o", tmpdir=tmp_path / "tmp")
         assert_one_line_error(proc, str(small / "o"), "the disk is full", "--out")
         assert list(small.iterdir()) == []
         if size == "150k":
-            proc = cli("batch", scenes / "sites.yaml", "--out", small / "runs", tmpdir=tmp_path / "tmp")
+            proc = cli("batch", scenes / "sites.yaml", *no_check, "--out", small / "runs", tmpdir=tmp_path / "tmp")
             assert_one_line_error(proc, "the disk is full", "--out")
             sites = [p for p in (small / "runs").iterdir() if p.is_dir()]
             assert all(_whole(p) for p in sites)  # a batch stops on a full disk; what it finished is whole
         assert_nothing_left(tmp_path / "tmp", small)
+
+
+def test_too_small_a_disk_is_refused_up_front(tmp_path, scenes):
+    """With the check on, a pair whose temporary files cannot fit beside --out is refused before any work."""
+    with tmpfs(tmp_path / "small", "24k") as small:
+        proc = cli("detect", scenes / "camp/before.tif", scenes / "camp/after.tif", *FAST, "--out", small / "o",
+                   tmpdir=tmp_path / "tmp")
+        assert_one_line_error(proc, str(small / "o"), "128x128 pixels", "MiB of temporary disk",
+                              "--out on a larger disk", "limits.disk_fraction=0")
+        assert list(small.iterdir()) == []
+    assert_nothing_left(tmp_path / "tmp", tmp_path)
 
 
 def test_synth_into_a_full_disk_is_exit_2_and_leaves_no_half_scene(tmp_path):

@@ -38,7 +38,7 @@ def test_a_40000_px_header_is_refused_by_the_memory_or_disk_check(tmp_path, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif"]
     monkeypatch.setattr(resources, "available_memory_bytes", lambda: 16 * 2**30)  # a laptop ...
     monkeypatch.setattr(resources, "free_disk_bytes", lambda folder: 20 * 2**30)  # ... with 20 GiB free
-    with pytest.raises(InputError, match=r"big\.tif: .*40000x40000 pixels .* GiB of temporary disk beside the output "
+    with pytest.raises(InputError, match=r"out: .*40000x40000 pixels .* GiB of temporary disk beside this output "
                                          r"folder, 20\.0 GiB is free there.*--out on a larger disk"):
         detect_pair(big, big, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif"]
@@ -78,9 +78,12 @@ def test_each_extra_worker_adds_a_learned_window_to_the_estimate():
 
 def test_the_disk_check_uses_the_free_space_beside_out(tmp_path):
     need = resources.estimate_scratch_bytes(8000 * 8000)
-    resources.check_grid("a.tif", 8000, 8000, LimitsConfig(), False, available=2**40, scratch_dir=tmp_path,
-                         free_disk=need + 1)
-    with pytest.raises(InputError, match=r"a\.tif: .*8000x8000 pixels .*temporary disk"):
-        resources.check_grid("a.tif", 8000, 8000, LimitsConfig(), False, available=2**40, scratch_dir=tmp_path,
-                             free_disk=need - 1)
+    out = tmp_path / "runs" / "site"
+    limits = LimitsConfig(disk_fraction=0.5)
+    resources.check_grid("a.tif", 8000, 8000, limits, False, available=2**40, out_dir=out, free_disk=2 * need + 2)
+    with pytest.raises(InputError, match=r"runs/site: the area to process is 8000x8000 pixels .*temporary disk .*"
+                                         r"limits\.disk_fraction=0"):
+        resources.check_grid("a.tif", 8000, 8000, limits, False, available=2**40, out_dir=out, free_disk=2 * need - 2)
+    resources.check_grid("a.tif", 8000, 8000, LimitsConfig(disk_fraction=0), False, available=2**40, out_dir=out,
+                         free_disk=1)  # off
     assert resources.free_disk_bytes(tmp_path / "not" / "yet") == resources.free_disk_bytes(tmp_path) > 0
