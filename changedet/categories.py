@@ -150,11 +150,7 @@ def change_first_mode(array: np.ndarray, factor: int, nodata: int = NODATA, back
     # by strips of whole blocks (each block's code depends on that block only), so a large array,
     # or a memory map, is gone through a strip at a time
     rows = max(1, (4 * 2**20) // max(1, ow * factor * factor)) * factor
-    present = np.zeros(256, bool)
-    for r in range(0, h, rows):
-        present[np.asarray(array[r:r + rows]).ravel()] = True
-        release(array)
-    codes = [c for c in np.flatnonzero(present).tolist() if c not in (nodata, background)]
+    codes = _change_codes(array, rows, nodata, background)
     out = np.empty((oh, ow), dtype=np.uint8)
     for r in range(0, h, rows):
         out[r // factor:(r + rows) // factor] = _change_first_strip(np.asarray(array[r:r + rows]), factor, codes,
@@ -170,15 +166,17 @@ def _change_first_strip(array: np.ndarray, factor: int, codes: list[int], nodata
     padded = np.full((oh * factor, ow * factor), nodata, dtype=np.uint8)
     padded[:h, :w] = array
     blocks = padded.reshape(oh, factor, ow, factor)
-    best = np.zeros((oh, ow), dtype=np.int64)
-    out = np.full((oh, ow), nodata, dtype=np.uint8)
-    out[(blocks == background).any(axis=(1, 3))] = background
-    for code in codes:  # ascending: a tie keeps the lower code
-        n = (blocks == code).sum(axis=(1, 3))
-        take = n > best
-        out[take] = code
-        best[take] = n[take]
-    return out
+    counts = {v: (blocks == v).sum(axis=(1, 3), dtype=np.int64) for v in (background, *codes)}
+    return _change_first_of_counts(counts, codes, nodata, background)
+
+
+def _change_codes(array: np.ndarray, rows: int, nodata: int, background: int) -> list[int]:
+    """The change codes ``array`` holds (neither nodata nor background), ascending; read ``rows`` at a time."""
+    present = np.zeros(256, bool)
+    for r in range(0, array.shape[0], rows):
+        present[np.asarray(array[r:r + rows]).ravel()] = True
+        release(array)
+    return [c for c in np.flatnonzero(present).tolist() if c not in (nodata, background)]
 
 
 def change_first_modes(array: np.ndarray, factors: list[int], nodata: int = NODATA,
@@ -199,11 +197,7 @@ def change_first_modes(array: np.ndarray, factors: list[int], nodata: int = NODA
     h, w = array.shape
     top = wanted[-1]
     rows = max(1, (4 * 2**20) // max(1, w)) // top * top or top  # strips of whole blocks of every level
-    present = np.zeros(256, bool)
-    for r in range(0, h, rows):
-        present[np.asarray(array[r:r + rows]).ravel()] = True
-        release(array)
-    codes = [c for c in np.flatnonzero(present).tolist() if c not in (nodata, background)]
+    codes = _change_codes(array, rows, nodata, background)
     outs = {f: np.empty((-(-h // f), -(-w // f)), np.uint8) for f in wanted}
     for r in range(0, h, rows):
         part = np.asarray(array[r:r + rows])
@@ -234,7 +228,7 @@ def _change_first_of_counts(counts: dict[int, np.ndarray], codes: list[int], nod
     """The code of each block from its counts, by :func:`change_first_mode`'s rule."""
     out = np.full(counts[background].shape, nodata, dtype=np.uint8)
     out[counts[background] > 0] = background
-    best = np.zeros(out.shape, dtype=np.int32)
+    best = np.zeros(out.shape, dtype=np.int64)
     for code in codes:  # ascending: a tie keeps the lower code
         n = counts[code]
         take = n > best

@@ -627,9 +627,10 @@ def open_pair(before_path: str | Path | Input, after_path: str | Path | Input, g
                           paths=(str(before_path), str(after_path)), datetimes=datetimes, _closers=closers)
         # one pass over each image gives the decimated reads of the later stages and the check that
         # it shows something; only an image that looks empty there gets the exact check
+        sizes = tuple(decimate_px) or (512,)
         for which, ds, bands, path in (("before", before, b_bands, before_path),
                                        ("after", after_src, a_bands, after_path)):
-            data, valid, _ = pair.decimate(which, tuple(decimate_px) or (512,))[min(decimate_px or (512,))]
+            data, valid, _ = pair.decimate(which, sizes)[min(sizes)]
             if not shows_something(data, valid):
                 check_observable(ds, bands, path, grid)
         return pair
@@ -1227,7 +1228,7 @@ def write_categorical_cog(dst: Path, array: np.ndarray, legend: categories.Legen
     that keep thin changes, and its colour table, category names and raster attribute table in
     ``dst.aux.xml`` beside it (:func:`categorical_pam`; read by GDAL, QGIS and ArcGIS).
 
-    The overviews are made by :func:`categories.change_first_mode` and handed to GDAL through a
+    The overviews are made by :func:`categories.change_first_modes` and handed to GDAL through a
     VRT's ``Overview`` elements (the COG driver uses a source's overviews when it has some).
     Scratch files are removed. Returns the path of the ``.aux.xml``.
     """

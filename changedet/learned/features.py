@@ -187,7 +187,6 @@ class PairTaps:
             k += c
         return out
 
-
     def first_layer(self, weights: np.ndarray, bias: np.ndarray) -> FirstLayer:
         """The head's first (linear) layer on these taps without making the features: ``weights``
         (N_FEATURES, k) and ``bias`` (k,), float64, applied as :meth:`FirstLayer.rows` asks.

@@ -35,29 +35,20 @@ def upsample(p4: np.ndarray) -> np.ndarray:
 def probability(before: np.ndarray, after: np.ndarray, valid: np.ndarray, stretch: Stretch, head: Head,
                 threads: int | None = None) -> np.ndarray:
     """(h, w) float32 probability of relevant change for a read box; 0 where invalid."""
-    return probability_of_inputs(encoder_input(before, valid, stretch), encoder_input(after, valid, stretch), valid,
-                                 head, threads)
-
-
-def probability_of_inputs(xb: np.ndarray, xa: np.ndarray, valid: np.ndarray, head: Head,
-                          threads: int | None = None) -> np.ndarray:
-    """:func:`probability` from both dates' encoder inputs (:func:`encoder_input`): the caller may
-    let the images go before the encoder runs."""
-    taps = pair_taps(xb, xa, threads)
-    del xb, xa
-    p = upsample(head.predict_taps(taps).astype(np.float32))  # the first layer at each tap's own stride
-    p[~valid] = 0.0
-    return p
+    return window_probability(encoder_input(before, valid, stretch), encoder_input(after, valid, stretch), valid,
+                              head, (0, 0) + valid.shape, threads)
 
 
 def window_probability(xb: np.ndarray, xa: np.ndarray, valid: np.ndarray, head: Head,
                        inner: tuple[int, int, int, int], threads: int | None = None) -> np.ndarray:
-    """:func:`probability_of_inputs` cropped to ``inner`` (row, col, h, w in the read box, row and
-    col multiples of the head's stride), with the head run only on the cells that crop needs.
+    """The probability of a read box from both dates' encoder inputs (:func:`encoder_input`; the
+    caller may let the images go before the encoder runs), cropped to ``inner`` (row, col, h, w in
+    the read box, row and col multiples of the head's stride), with the head run only on the cells
+    that crop needs.
 
     The halo is context for the encoder only: the head runs on the window's cells and one more
     on each side (what bilinear upsampling reads), about half the cells of the read box. The
-    numbers are those of :func:`probability_of_inputs` cropped.
+    numbers are those of the whole read box (:func:`probability`) cropped.
     """
     r, c, h, w = inner
     if r % HEAD_STRIDE or c % HEAD_STRIDE:
