@@ -169,6 +169,32 @@ def passing_clouds(bits: np.ndarray, neighbours: list[np.ndarray], core_bit: int
     return keep[labels]
 
 
+def passing_dark(bits: np.ndarray, neighbours: list[np.ndarray], dark_bit: int) -> np.ndarray:
+    """The date's evidence bits with ``dark_bit`` kept only on dark regions the dates before and
+    after do not share (uint8, a copy).
+
+    A cloud's shadow passes with its cloud; against the median of the dates, a berth left empty
+    is dark too, on every date its vessel is away. Left in, it is where the shadow search lays a
+    cloud of the same date (the rarer dark pixels are, the more it stands out), and the berth is
+    masked as shadow on the date a vessel is at the next one. ``neighbours`` are the bits of the
+    nearest dates before and after that are not mostly under cloud (:func:`passing_clouds`); a dark
+    region counts as passing when under half of it is dark on each of them.
+    """
+    dark = ((bits & dark_bit) > 0).astype(np.uint8)
+    out = bits.copy()
+    if not neighbours or not dark.any():
+        return out
+    n, labels = cv2.connectedComponents(dark, connectivity=8, ltype=cv2.CV_32S)
+    area = np.bincount(labels.ravel(), minlength=n).astype(np.float64)
+    keep = np.ones(n, bool)
+    for other in neighbours:
+        shared = np.bincount(labels.ravel(), weights=((other & dark_bit) > 0).ravel(), minlength=n)
+        keep &= shared < 0.5 * area
+    keep[0] = True
+    out[~keep[labels]] &= np.uint8(~dark_bit & 0xFF)
+    return out
+
+
 def smooth_stack(stack: np.ndarray) -> np.ndarray:
     """Every date's bands averaged over 3 x 3 ((n, bands, h, w) float32; NaN stays NaN where a date has no data)."""
     out = np.empty(stack.shape, np.float32)

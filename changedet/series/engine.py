@@ -109,6 +109,7 @@ def observe_pass(stack: Stack, cfg: Config, progress: ProgressFn) -> list[float]
             around = clear[clear < i][-1:].tolist() + clear[clear > i][:1].tolist()  # nearest clear dates
             passing = background.passing_clouds(ev, [evidence_of(k) for k in around], observability.CORE,
                                                 observability.RIM, radius_px, cfg.observe.cloud_max_rectangularity)
+            ev = background.passing_dark(ev, [evidence_of(k) for k in around], observability.DARK)
             masks = []
             for buffer_m in (cfg.observe.buffer_m, cfg.series.footprint_buffer_m):
                 params = cfg.observe.model_copy(update={"buffer_m": buffer_m})

@@ -327,6 +327,8 @@ def decide_states(contrasts: np.ndarray, observed: np.ndarray, stood_out: np.nda
         return None
     cut, sep = split
     present = obs & (value > cut)
+    if not axis:
+        present = _with_contrast_level(contrasts, obs, present, min_separation, min_sharpness)
     if not present.any() or present.sum() == obs.sum():
         return None
     if axis and side is not None and not (np.median(side[present]) >= min_separation
@@ -335,6 +337,26 @@ def decide_states(contrasts: np.ndarray, observed: np.ndarray, stood_out: np.nda
     # the object is new to the background when the dates that stood out are (mostly) its dates
     obj_new = int((present & stood_out).sum()) >= int((~present & obs & stood_out).sum())
     return States(present, obs, float(sep), obj_new, value)
+
+
+def _with_contrast_level(contrasts: np.ndarray, obs: np.ndarray, present: np.ndarray,
+                         min_separation: float, min_sharpness: float) -> np.ndarray:
+    """``present`` (found on the side distance) with the dates its contrast's norm puts with them.
+
+    A trench under a changed season can be only a little unlike the nearest side of its ring on a
+    few dates (between the empty level and its other dates, less than ``min_separation`` above
+    the empty one), while its contrast with the ring as a whole is as strong as on its other dates.
+    When the norm splits the dates into two tight groups (``min_separation`` apart and
+    ``min_sharpness`` times their scatter) whose high group holds every date the side found, the
+    high group is the object's.
+    """
+    norm = np.full(len(obs), np.nan)
+    norm[obs] = np.linalg.norm(contrasts[obs], axis=1)
+    split = lowest_level(norm[obs], float("inf"), min_separation, min_sharpness)
+    if split is None:
+        return present
+    high = obs & (norm > split[0])
+    return high if (high >= present).all() and high.sum() < obs.sum() else present
 
 
 def doubt_absence(states: States, surely_seen: np.ndarray) -> States | None:
