@@ -341,6 +341,29 @@ def test_dates_a_trench_is_less_unlike_its_nearest_side_stay_present():
     assert got is not None and np.flatnonzero(got.present).tolist() == sorted(set(range(12, n)) - {15, 16})
 
 
+def test_a_thin_footprint_across_a_field_edge_is_oriented_by_the_clearer_cue():
+    # an L-shaped trench dug on date 20 across a field edge: its empty footprint, half one field and
+    # half the other, is unlike either side (4.5), the trench less so (2.3); its contrast with the
+    # ring as a whole is 1.8 before and 10.6 after. Both cues split the same dates; the clearer
+    # one (against its scatter) says which are the object's
+    rng = np.random.default_rng(17)
+    n = 28
+    con = np.array([1.5, 0.8, -0.5]) + rng.normal(0, 0.05, (n, 3))
+    con[20:] += np.array([8.0, 5.0, -3.0])
+    side = np.where(np.arange(n) >= 20, 2.3, 4.5) + rng.normal(0, 0.2, n)
+    stood = np.arange(n) >= 20
+    got = presence.decide_states(con, np.ones(n, bool), stood, 1.5, side, 4.0)
+    assert got is not None and np.flatnonzero(got.present).tolist() == list(range(20, n))
+    # a berth: a hull unlike every side (side 4.5 on its dates) whose ring, half quay, makes the empty
+    # water's contrast a little larger than the hull's: the side is the clearer cue and stands
+    hull = np.arange(n) < 20
+    con_b = np.array([4.0, 1.0, 0.0]) + rng.normal(0, 0.3, (n, 3))
+    con_b[hull] -= np.array([1.5, 0.5, 0.0])
+    side_b = np.where(hull, 4.5, 0.5) + rng.normal(0, 0.05, n)
+    got = presence.decide_states(con_b, np.ones(n, bool), hull, 1.5, side_b, 4.0)
+    assert got is not None and np.flatnonzero(got.present).tolist() == list(range(20))
+
+
 def test_object_state_from_the_clearer_cue():
     # a hut built on date 12 at a field's edge: the empty ground there (half field, half bare) is
     # like neither side, the hut like the bare side, so the side barely tells the states apart;

@@ -328,7 +328,7 @@ def decide_states(contrasts: np.ndarray, observed: np.ndarray, stood_out: np.nda
     cut, sep = split
     present = obs & (value > cut)
     if not axis:
-        present = _with_contrast_level(contrasts, obs, present, min_separation, min_sharpness)
+        present = _with_contrast_level(contrasts, obs, present, side, min_separation, min_sharpness)
     if not present.any() or present.sum() == obs.sum():
         return None
     if axis and side is not None and not (np.median(side[present]) >= min_separation
@@ -339,7 +339,7 @@ def decide_states(contrasts: np.ndarray, observed: np.ndarray, stood_out: np.nda
     return States(present, obs, float(sep), obj_new, value)
 
 
-def _with_contrast_level(contrasts: np.ndarray, obs: np.ndarray, present: np.ndarray,
+def _with_contrast_level(contrasts: np.ndarray, obs: np.ndarray, present: np.ndarray, side: np.ndarray,
                          min_separation: float, min_sharpness: float) -> np.ndarray:
     """``present`` (found on the side distance) with the dates its contrast's norm puts with them.
 
@@ -348,7 +348,10 @@ def _with_contrast_level(contrasts: np.ndarray, obs: np.ndarray, present: np.nda
     the empty one), while its contrast with the ring as a whole is as strong as on its other dates.
     When the norm splits the dates into two tight groups (``min_separation`` apart and
     ``min_sharpness`` times their scatter) whose high group holds every date the side found, the
-    high group is the object's.
+    high group is the object's. When its groups are the side's, the other way round, the cue that
+    separates them more clearly against its own scatter says which is the object's (as in
+    :func:`state_axis`): a thin footprint across a field edge is, empty, half one field and half
+    the other and unlike either side, but like the ring as a whole.
     """
     norm = np.full(len(obs), np.nan)
     norm[obs] = np.linalg.norm(contrasts[obs], axis=1)
@@ -356,7 +359,14 @@ def _with_contrast_level(contrasts: np.ndarray, obs: np.ndarray, present: np.nda
     if split is None:
         return present
     high = obs & (norm > split[0])
-    return high if (high >= present).all() and high.sum() < obs.sum() else present
+    if high.sum() == obs.sum():
+        return present
+    if (high >= present).all():
+        return high
+    if np.array_equal(high, obs & ~present) and \
+            _separation(norm, high, present) > _separation(side, present, high):
+        return high
+    return present
 
 
 def doubt_absence(states: States, surely_seen: np.ndarray) -> States | None:
