@@ -246,7 +246,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5, help="seeds per scenario")
     ap.add_argument("--first-seed", type=int, default=0,
-                    help="first seed (the engine was developed on seeds 0-2: report others)")
+                    help="first seed (report seeds the engine was not developed on: the README lists those it was)")
     ap.add_argument("--scenarios", default="port,base", help="comma list of port, base")
     ap.add_argument("--dates", type=int, default=30)
     ap.add_argument("--size", type=int, default=512)
