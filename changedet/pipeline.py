@@ -33,6 +33,7 @@ from rasterio.windows import Window
 from . import (__version__, categories, cloudmask, differencing, geodesy, learned, objects, observability, parallel,
                quicklook, radiometry, registration, report, resources, scratch, significance, stac, threshold,
                vector, windowed)
+from .learned import bands as lbands
 from .learned import features as lfeatures
 from .learned import guided
 from .learned import score as lscore
@@ -220,18 +221,16 @@ def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch:
     n = workers(cfg)
     threads = cfg.model.threads or parallel.library_threads(n)
 
-    def one(box: Box) -> np.ndarray:
-        pbox = lfeatures.padded_box(box)
-        b, a, v = read_registered(pair, models.reg, pbox)
+    def inputs(box: Box) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        b, a, v = read_registered(pair, models.reg, box)
         xb = lfeatures.encoder_input(b, v, stretch)
-        xa = lfeatures.encoder_input(radiometry.apply(a, models.fit, b), v, stretch)
-        del b, a  # the images go before the encoder runs (64 MB at a 1408² read box)
-        r, c, h, w = box
-        dr, dc = r - pbox[0], c - pbox[1]
-        p = lscore.window_probability(xb, xa, v, head, (dr, dc, h, w), threads)
-        return threshold.quantize(p, v[dr:dr + h, dc:dc + w])
+        return xb, lfeatures.encoder_input(radiometry.apply(a, models.fit, b), v, stretch), v
 
-    for i, (box, out) in enumerate(zip(boxes, parallel.ordered_map(one, boxes, n))):
+    def pool(fn: Callable[[Any], Any], items: list[Any]) -> Iterator[Any]:
+        return parallel.ordered_map(fn, items, n)
+
+    results = lbands.window_probabilities(boxes, inputs, head, pool, threshold.quantize, threads)
+    for i, (box, out) in enumerate(zip(boxes, results)):
         r, c, h, w = box
         pq[r:r + h, c:c + w] = out
         scratch.release(pq)

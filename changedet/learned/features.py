@@ -22,6 +22,10 @@ import numpy as np
 
 #: the encoder shipped in the package (sha256 recorded in every summary that used it)
 ENCODER_PATH = Path(__file__).resolve().parents[1] / "models" / "lite0_s16.onnx"
+#: the same encoder cut at its stride-4 tap (:mod:`changedet.learned.encoder_parts`): image -> f4
+ENCODER_S4_PATH = ENCODER_PATH.with_name("lite0_s4.onnx")
+#: and f4 -> f8, f16
+ENCODER_FROM_S4_PATH = ENCODER_PATH.with_name("lite0_s4_s16.onnx")
 #: coarsest stride of the encoder; windows start on multiples of it
 STRIDE = 16
 #: grid of the head's input and output
@@ -29,6 +33,8 @@ HEAD_STRIDE = 4
 #: receptive-field radius of stem + blocks 0..10 is 170 px; bilinear upsampling of the stride-16
 #: map reaches one cell further (186 px), and the stride-4 result one cell more: 192, on the grid
 HALO_PX = 192
+#: the encoder up to its stride-4 tap reaches 9 px (stem, blocks 0..2): a tile of it carries 16, on the grid
+S4_HALO_PX = 16
 #: channels of the taps at strides 4, 8, 16
 TAP_CHANNELS = (24, 40, 112)
 N_FEATURES = 2 * sum(TAP_CHANNELS)
@@ -117,7 +123,7 @@ def encoder_input(img: np.ndarray, valid: np.ndarray, stretch: Stretch) -> np.nd
     return x
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=8)
 def _session(path: str, threads: int) -> object:
     import onnxruntime as ort
 
@@ -146,6 +152,19 @@ def encode(x: np.ndarray, threads: int | None = None, path: Path = ENCODER_PATH)
     sess = _session(str(path), threads or default_threads())
     outs = sess.run(None, {"image": x[None].astype(np.float32, copy=False)})  # type: ignore[attr-defined]
     return tuple(o[0] for o in outs)
+
+
+def encode_s4(x: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """The encoder's stride-4 tap (24, h/4, w/4) of (3, h, w) input (h, w multiples of 4): the first
+    output of :func:`encode`, the same numbers, from the first part of the encoder alone."""
+    return encode(x, threads, ENCODER_S4_PATH)[0]
+
+
+def encode_from_s4(f4: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, ...]:
+    """All three taps from the stride-4 tap (h/4, w/4 multiples of 4): :func:`encode`'s numbers."""
+    sess = _session(str(ENCODER_FROM_S4_PATH), threads or default_threads())
+    outs = sess.run(None, {"f4": np.ascontiguousarray(f4, np.float32)[None]})  # type: ignore[attr-defined]
+    return (f4,) + tuple(o[0] for o in outs)
 
 
 def _up(fmap: np.ndarray, factor: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -255,7 +274,16 @@ class FirstLayer:
 def pair_taps(xb: np.ndarray, xa: np.ndarray, threads: int | None = None) -> PairTaps:
     """The encoder's taps of both dates for :meth:`PairTaps.rows` (about 7 MB at a 1408² read box,
     where the upsampled features are 174 MB)."""
-    fb, fa = encode(xb, threads), encode(xa, threads)
+    return taps_of(encode(xb, threads), encode(xa, threads))
+
+
+def pair_taps_s4(f4b: np.ndarray, f4a: np.ndarray, threads: int | None = None) -> PairTaps:
+    """:func:`pair_taps` from both dates' stride-4 taps of the read box (:func:`encode_s4`)."""
+    return taps_of(encode_from_s4(f4b, threads), encode_from_s4(f4a, threads))
+
+
+def taps_of(fb: tuple[np.ndarray, ...], fa: tuple[np.ndarray, ...]) -> PairTaps:
+    """The head's view of both dates' taps (:func:`encode`): per tap, the difference and the mean."""
     parts = []
     for tb, ta, stride in zip(fb, fa, (4, 8, 16)):
         up = stride // HEAD_STRIDE

@@ -1,0 +1,171 @@
+"""The learned probability of a scene's windows, by bands of window rows, the encoder's stride-4 part
+made once per pixel.
+
+A window's read box (:func:`~changedet.learned.features.padded_box`) is 1.9 times its area at the
+default 1024 px; the encoder's first part (stem and blocks 0..2, up to the stride-4 tap ``f4``) is
+over half its time but reaches only 9 px. So that part runs on tiles of the scene with a halo of
+:data:`~changedet.learned.features.S4_HALO_PX`, once per pixel: a band holds ``f4`` of both dates
+(24 channels at stride 4, 12 bytes a pixel for the pair) over the read boxes of one row of windows,
+and the rows the next band shares with it are carried over, not made again. The encoder's second
+part and the head then run per window on its read box's crop of the band, as
+:func:`~changedet.learned.score.window_probability` runs them on the read box: ``f4`` is the same
+wherever the window's result can see it (the box's edge reaches 9 px into it, its result 170 px
+less deep than the halo), so the numbers are the same.
+
+Reading is the caller's (``inputs``), and so is the pool of workers (``map_fn``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import TypeVar
+
+import numpy as np
+
+from .features import HALO_PX, HEAD_STRIDE, S4_HALO_PX, STRIDE, TAP_CHANNELS, encode_s4, padded_box, pair_taps_s4
+from .head import Head
+from .score import taps_probability
+
+T = TypeVar("T")
+R = TypeVar("R")
+Box = tuple[int, int, int, int]
+#: a box (row, col, h, w) of the scene -> both dates' encoder inputs (3, h, w) float32 and their
+#: validity (h, w) bool; outside the scene the inputs are 0 and invalid
+Inputs = Callable[[Box], tuple[np.ndarray, np.ndarray, np.ndarray]]
+#: ``map(fn, items)`` yielding results in the order of the items (e.g. a pool of workers)
+MapFn = Callable[[Callable[[T], R], list[T]], Iterable[R]]
+#: side of the tiles the encoder's first part runs on (a multiple of 16: about 0.2 GB of its
+#: activations at 1024 px)
+TILE_PX = 1024
+
+
+@dataclass
+class S4Band:
+    """Both dates' stride-4 taps ``f4`` and the validity over a band of the scene's rows, by column tiles.
+
+    Rows ``row0 .. row0 + rows`` and columns ``-HALO_PX + k * tile_px`` .. of tile ``k``; ``done``
+    names the tiles made for these rows. The arrays are allocated once at the tallest band.
+    """
+
+    tile_px: int
+    n_tiles: int
+    max_rows: int
+    row0: int = 0
+    rows: int = 0
+    done: set[int] = field(default_factory=set)
+    f4: np.ndarray = field(init=False, repr=False)  # (2, 24, max_rows/4, n_tiles * tile_px/4) float32
+    valid: np.ndarray = field(init=False, repr=False)  # (max_rows, n_tiles * tile_px) bool
+
+    def __post_init__(self) -> None:
+        w = self.n_tiles * self.tile_px
+        self.f4 = np.zeros((2, TAP_CHANNELS[0], self.max_rows // HEAD_STRIDE, w // HEAD_STRIDE), np.float32)
+        self.valid = np.zeros((self.max_rows, w), bool)
+
+    def move_to(self, row0: int, rows: int) -> set[int]:
+        """Make the band rows ``row0 .. row0 + rows``, keeping what it shares with the current rows:
+        returns the tiles whose shared rows are kept (their rows from the old end on are to be made)."""
+        end, new_end = self.row0 + self.rows, row0 + rows
+        keep = self.done if self.rows and self.row0 <= row0 < end < new_end else set()
+        if keep:
+            s, n = row0 - self.row0, end - row0
+            self.valid[:n] = self.valid[s:s + n].copy()
+            q, m = s // HEAD_STRIDE, n // HEAD_STRIDE
+            self.f4[:, :, :m] = self.f4[:, :, q:q + m].copy()
+        self.row0, self.rows, self.done = row0, rows, set()
+        return set(keep)
+
+    def tile_cols(self, k: int) -> tuple[int, int]:
+        """Scene columns of tile ``k`` (start, end)."""
+        c0 = -HALO_PX + k * self.tile_px
+        return c0, c0 + self.tile_px
+
+    def put(self, k: int, r0: int, f4b: np.ndarray, f4a: np.ndarray, valid: np.ndarray) -> None:
+        """Store tile ``k``'s rows from scene row ``r0``."""
+        i, j = r0 - self.row0, k * self.tile_px
+        h = valid.shape[0]
+        self.valid[i:i + h, j:j + self.tile_px] = valid
+        q, k4 = i // HEAD_STRIDE, j // HEAD_STRIDE
+        self.f4[0, :, q:q + h // HEAD_STRIDE, k4:k4 + self.tile_px // HEAD_STRIDE] = f4b
+        self.f4[1, :, q:q + h // HEAD_STRIDE, k4:k4 + self.tile_px // HEAD_STRIDE] = f4a
+
+    def crop(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
+        """Both dates' ``f4`` (2, 24, h/4, w/4) of a read box in the band (a view)."""
+        r, c, h, w = box
+        i, j = (r - self.row0) // HEAD_STRIDE, (c + HALO_PX) // HEAD_STRIDE
+        return self.f4[0, :, i:i + h // HEAD_STRIDE, j:j + w // HEAD_STRIDE], \
+            self.f4[1, :, i:i + h // HEAD_STRIDE, j:j + w // HEAD_STRIDE]
+
+    def valid_of(self, box: Box) -> np.ndarray:
+        r, c, h, w = box
+        return self.valid[r - self.row0:r - self.row0 + h, c + HALO_PX:c + HALO_PX + w]
+
+
+def tile_s4(inputs: Inputs, box: Box, threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``f4`` of both dates and the validity of ``box`` (row, col, h, w on the stride-16 grid), from
+    the encoder's first part on the box grown by :data:`S4_HALO_PX`."""
+    r, c, h, w = box
+    m = S4_HALO_PX
+    xb, xa, v = inputs((r - m, c - m, h + 2 * m, w + 2 * m))
+    q = m // HEAD_STRIDE
+    f4b = encode_s4(xb, threads)[:, q:q + h // HEAD_STRIDE, q:q + w // HEAD_STRIDE]
+    del xb
+    f4a = encode_s4(xa, threads)[:, q:q + h // HEAD_STRIDE, q:q + w // HEAD_STRIDE]
+    return f4b, f4a, v[m:m + h, m:m + w]
+
+
+def window_probabilities(boxes: list[Box], inputs: Inputs, head: Head, map_fn: MapFn,
+                         post: Callable[[np.ndarray, np.ndarray], T], threads: int | None = None,
+                         tile_px: int = TILE_PX) -> Iterator[T]:
+    """``post(p, valid)`` of each window of ``boxes`` (row, col, h, w; row-major, on the stride-16
+    grid), in their order: ``p`` the (h, w) float32 probability (0 where invalid), as
+    :func:`~changedet.learned.score.window_probability` gives it on the window's read box.
+
+    Memory: a band of ``f4`` over the scene's width (12 bytes a pixel of the read boxes' rows,
+    about 0.2 GB for 1024 px windows over 10980 columns), a tile's encoder per worker.
+    """
+    if tile_px % STRIDE:
+        raise ValueError(f"tile_px {tile_px} is not a multiple of {STRIDE}")
+    if not boxes:
+        return
+    pboxes = [padded_box(b) for b in boxes]
+    right = max(pc + pw for _, pc, _, pw in pboxes)
+    band = S4Band(tile_px, -(-(right + HALO_PX) // tile_px), max(ph for _, _, ph, _ in pboxes))
+    for _, group in groupby(boxes, key=lambda b: b[0]):
+        row = list(group)
+        pr, _, ph, _ = padded_box(row[0])
+        old_end = band.row0 + band.rows
+        kept = band.move_to(pr, ph)
+        jobs = _tile_jobs(band, row, kept, old_end)
+        for (r, c, h, _), (f4b, f4a, v) in zip(jobs, map_fn(lambda b: tile_s4(inputs, b, threads), jobs)):
+            band.put((c + HALO_PX) // tile_px, r, f4b, f4a, v)
+
+        def one(box: Box) -> T:
+            pbox = padded_box(box)
+            f4b, f4a = band.crop(pbox)
+            taps = pair_taps_s4(f4b, f4a, threads)
+            r, c, h, w = box
+            p = taps_probability(taps, head, (r - pbox[0], c - pbox[1], h, w))
+            v = band.valid_of(box)
+            p[~v] = 0.0
+            return post(p, v)
+
+        yield from map_fn(one, row)
+
+
+def _tile_jobs(band: S4Band, boxes: list[Box], kept: set[int], old_end: int) -> list[Box]:
+    """The tiles (scene boxes of at most ``tile_px`` rows) the band still has to make for ``boxes``:
+    every row of a new tile, the rows from ``old_end`` on of a kept one."""
+    need: set[int] = set()
+    for box in boxes:
+        _, pc, _, pw = padded_box(box)
+        need.update(range((pc + HALO_PX) // band.tile_px, -(-(pc + pw + HALO_PX) // band.tile_px)))
+    end = band.row0 + band.rows
+    jobs = []
+    for k in sorted(need):
+        c0, _ = band.tile_cols(k)
+        for r in range(old_end if k in kept else band.row0, end, band.tile_px):
+            jobs.append((r, c0, min(band.tile_px, end - r), band.tile_px))
+    band.done = need
+    return jobs
