@@ -114,3 +114,18 @@ def test_tile_side_on_the_grid():
     with pytest.raises(ValueError, match="multiple of 16"):
         list(B.window_probabilities([(0, 0, 128, 128)], None, _random_head(), _serial,  # type: ignore[arg-type]
                                     lambda p, v: p, tile_px=100))
+
+
+def test_workers_give_the_same_numbers():
+    from changedet import parallel
+
+    h, w, window = 400, 330, 128
+    xb, xa, valid = _scene(7, h, w)
+    head = _random_head(1)
+    boxes = [(r, c, min(window, h - r), min(window, w - c)) for r in range(0, h, window) for c in range(0, w, window)]
+    serial = list(B.window_probabilities(boxes, _reader(xb, xa, valid, []), head, _serial,
+                                         lambda p, v: p.copy(), tile_px=112))
+    pooled = list(B.window_probabilities(boxes, _reader(xb, xa, valid, []), head,
+                                         lambda fn, items: parallel.ordered_map(fn, items, 2),
+                                         lambda p, v: p.copy(), tile_px=112))
+    assert all(np.array_equal(a, b) for a, b in zip(serial, pooled)) and len(serial) == len(pooled) == len(boxes)

@@ -17,6 +17,7 @@ Reading is the caller's (``inputs``), and so is the pool of workers (``map_fn``)
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -122,50 +123,91 @@ def window_probabilities(boxes: list[Box], inputs: Inputs, head: Head, map_fn: M
     grid), in their order: ``p`` the (h, w) float32 probability (0 where invalid), as
     :func:`~changedet.learned.score.window_probability` gives it on the window's read box.
 
-    Memory: a band of ``f4`` over the scene's width (12 bytes a pixel of the read boxes' rows,
-    about 0.2 GB for 1024 px windows over 10980 columns), a tile's encoder per worker.
+    Per row of windows, the band's tiles and the windows go to ``map_fn`` as one list, each window
+    after the tiles it needs (it waits for them), so the workers are not held back by a whole row
+    of tiles. Memory: a band of ``f4`` over the scene's width (12 bytes a pixel of the read boxes'
+    rows, about 0.2 GB for 1024 px windows over 10980 columns) and a tile's encoder per worker.
     """
     if tile_px % STRIDE:
         raise ValueError(f"tile_px {tile_px} is not a multiple of {STRIDE}")
     if not boxes:
         return
     pboxes = [padded_box(b) for b in boxes]
-    right = max(pc + pw for _, pc, _, pw in pboxes)
-    band = S4Band(tile_px, -(-(right + HALO_PX) // tile_px), max(ph for _, _, ph, _ in pboxes))
+    span = max(pc + pw for _, pc, _, pw in pboxes) + HALO_PX
+    n_tiles, width = _split(span, tile_px)
+    band = S4Band(width, n_tiles, max(ph for _, _, ph, _ in pboxes))
     for _, group in groupby(boxes, key=lambda b: b[0]):
         row = list(group)
         pr, _, ph, _ = padded_box(row[0])
         old_end = band.row0 + band.rows
         kept = band.move_to(pr, ph)
-        jobs = _tile_jobs(band, row, kept, old_end)
-        for (r, c, h, _), (f4b, f4a, v) in zip(jobs, map_fn(lambda b: tile_s4(inputs, b, threads), jobs)):
-            band.put((c + HALO_PX) // tile_px, r, f4b, f4a, v)
+        jobs = _band_jobs(band, row, kept, old_end, tile_px)
+        ready = {job: threading.Event() for job in jobs if job[0] == "tile"}
 
-        def one(box: Box) -> T:
-            pbox = padded_box(box)
-            f4b, f4a = band.crop(pbox)
-            taps = pair_taps_s4(f4b, f4a, threads)
-            r, c, h, w = box
-            p = taps_probability(taps, head, (r - pbox[0], c - pbox[1], h, w))
-            v = band.valid_of(box)
-            p[~v] = 0.0
-            return post(p, v)
+        def run(job: tuple[str, Box, tuple[Box, ...]]) -> T | None:
+            kind, box, needs = job
+            if kind == "tile":
+                try:
+                    band.put((box[1] + HALO_PX) // band.tile_px, box[0], *tile_s4(inputs, box, threads))
+                finally:  # a failed tile is raised at its turn, before any window that waits for it
+                    ready[job].set()
+                return None
+            for dep in needs:
+                ready[("tile", dep, ())].wait()
+            return _window(band, box, head, post, threads)
 
-        yield from map_fn(one, row)
+        for job, out in zip(jobs, map_fn(run, jobs)):
+            if job[0] == "window":
+                yield out  # type: ignore[misc]
 
 
-def _tile_jobs(band: S4Band, boxes: list[Box], kept: set[int], old_end: int) -> list[Box]:
-    """The tiles (scene boxes of at most ``tile_px`` rows) the band still has to make for ``boxes``:
-    every row of a new tile, the rows from ``old_end`` on of a kept one."""
-    need: set[int] = set()
+def _window(band: S4Band, box: Box, head: Head, post: Callable[[np.ndarray, np.ndarray], T],
+            threads: int | None) -> T:
+    pbox = padded_box(box)
+    taps = pair_taps_s4(*band.crop(pbox), threads)
+    r, c, h, w = box
+    p = taps_probability(taps, head, (r - pbox[0], c - pbox[1], h, w))
+    v = band.valid_of(box)
+    p[~v] = 0.0
+    return post(p, v)
+
+
+def _split(n: int, most: int) -> tuple[int, int]:
+    """``n`` px in the fewest parts of at most ``most`` (rounded up to the stride-16 grid): (parts, side)."""
+    parts = max(1, -(-n // most))
+    side = -(-n // parts)
+    return parts, -(-side // STRIDE) * STRIDE
+
+
+Job = tuple[str, Box, tuple[Box, ...]]
+
+
+def _band_jobs(band: S4Band, boxes: list[Box], kept: set[int], old_end: int, tile_px: int) -> list[Job]:
+    """The band's work in order: ``("tile", box, ())`` for the tiles it still has to make (every row
+    of a new tile, the rows from ``old_end`` on of a kept one; at most ``tile_px`` rows each), and
+    ``("window", box, tiles)`` for each window, after the tiles it needs."""
+    end = band.row0 + band.rows
+    tiles: dict[int, list[Box]] = {}
+    windows = []
     for box in boxes:
         _, pc, _, pw = padded_box(box)
-        need.update(range((pc + HALO_PX) // band.tile_px, -(-(pc + pw + HALO_PX) // band.tile_px)))
-    end = band.row0 + band.rows
-    jobs = []
-    for k in sorted(need):
-        c0, _ = band.tile_cols(k)
-        for r in range(old_end if k in kept else band.row0, end, band.tile_px):
-            jobs.append((r, c0, min(band.tile_px, end - r), band.tile_px))
-    band.done = need
+        need = range((pc + HALO_PX) // band.tile_px, -(-(pc + pw + HALO_PX) // band.tile_px))
+        for k in need:
+            if k not in tiles:
+                start = old_end if k in kept else band.row0
+                c0, _ = band.tile_cols(k)
+                if end > start:
+                    parts, side = _split(end - start, tile_px)
+                    tiles[k] = [(r, c0, min(side, end - r), band.tile_px) for r in range(start, end, side)]
+                else:
+                    tiles[k] = []
+        windows.append((box, tuple(t for k in need for t in tiles[k]), max(need)))
+    band.done = set(tiles)
+    jobs: list[Job] = []
+    made = -1
+    for box, deps, last in windows:
+        for k in range(made + 1, last + 1):
+            jobs += [("tile", t, ()) for t in tiles.get(k, [])]
+        made = max(made, last)
+        jobs.append(("window", box, deps))
     return jobs
