@@ -73,8 +73,9 @@ def test_stride4_tap_of_a_tile_is_the_crop_of_the_whole():
         assert np.array_equal(got, whole[:, r // 4:(r + h) // 4, c // 4:(c + w) // 4])
 
 
-@pytest.mark.parametrize("window, tile_px, drop", [(128, 160, ()), (128, 96, (1, 4, 5)), (160, 224, (0, 2))])
-def test_bands_equal_window_by_window(window, tile_px, drop):
+@pytest.mark.parametrize("window, tile_px, drop, arena",
+                         [(128, 160, (), True), (128, 96, (1, 4, 5), False), (160, 224, (0, 2), True)])
+def test_bands_equal_window_by_window(window, tile_px, drop, arena):
     h, w = 300, 420
     xb, xa, valid = _scene(window, h, w)
     head = _random_head(3)
@@ -83,7 +84,7 @@ def test_bands_equal_window_by_window(window, tile_px, drop):
     calls: list[B.Box] = []
     inputs = _reader(xb, xa, valid, calls)
     got = list(B.window_probabilities(boxes, inputs, head, _serial, lambda p, v: (p.copy(), v.copy()),
-                                      tile_px=tile_px))
+                                      tile_px=tile_px, tile_rows=tile_px, arena=arena))
     assert len(got) == len(boxes)
     for box, (p, v) in zip(boxes, got):
         pbox = F.padded_box(box)
@@ -102,7 +103,7 @@ def test_bands_make_each_tile_row_once():
     boxes = [(r, c, window, window) for r in range(0, h, window) for c in range(0, w, window)]
     calls: list[B.Box] = []
     list(B.window_probabilities(boxes, _reader(xb, xa, valid, calls), _random_head(), _serial,
-                                lambda p, v: None, tile_px=tile_px))
+                                lambda p, v: None, tile_px=tile_px, tile_rows=tile_px))
     m = F.S4_HALO_PX
     made = sum((bh - 2 * m) * (bw - 2 * m) for _, _, bh, bw in calls)
     first, last = F.padded_box(boxes[0]), F.padded_box(boxes[-1])
@@ -111,7 +112,7 @@ def test_bands_make_each_tile_row_once():
 
 
 def test_tile_side_on_the_grid():
-    with pytest.raises(ValueError, match="multiple of 16"):
+    with pytest.raises(ValueError, match="multiples of 16"):
         list(B.window_probabilities([(0, 0, 128, 128)], None, _random_head(), _serial,  # type: ignore[arg-type]
                                     lambda p, v: p, tile_px=100))
 

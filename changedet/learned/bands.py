@@ -25,7 +25,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from .features import HALO_PX, HEAD_STRIDE, S4_HALO_PX, STRIDE, TAP_CHANNELS, encode_s4, padded_box, pair_taps_s4
+from .features import (HALO_PX, HEAD_STRIDE, S4_HALO_PX, STRIDE, TAP_CHANNELS, encode_s4, padded_box, pair_taps_s4,
+                       release_arena)
 from .head import Head
 from .score import taps_probability
 
@@ -37,9 +38,10 @@ Box = tuple[int, int, int, int]
 Inputs = Callable[[Box], tuple[np.ndarray, np.ndarray, np.ndarray]]
 #: ``map(fn, items)`` yielding results in the order of the items (e.g. a pool of workers)
 MapFn = Callable[[Callable[[T], R], list[T]], Iterable[R]]
-#: side of the tiles the encoder's first part runs on (a multiple of 16: about 0.2 GB of its
-#: activations at 1024 px)
+#: width of the tiles the encoder's first part runs on (at most; a multiple of 16)
 TILE_PX = 1024
+#: and their height (at most): about 0.1 GB of activations a tile, 12 % more work for the halo
+TILE_ROWS = 512
 
 
 @dataclass
@@ -103,22 +105,23 @@ class S4Band:
         return self.valid[r - self.row0:r - self.row0 + h, c + HALO_PX:c + HALO_PX + w]
 
 
-def tile_s4(inputs: Inputs, box: Box, threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def tile_s4(inputs: Inputs, box: Box, threads: int | None = None,
+            arena: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``f4`` of both dates and the validity of ``box`` (row, col, h, w on the stride-16 grid), from
     the encoder's first part on the box grown by :data:`S4_HALO_PX`."""
     r, c, h, w = box
     m = S4_HALO_PX
     xb, xa, v = inputs((r - m, c - m, h + 2 * m, w + 2 * m))
     q = m // HEAD_STRIDE
-    f4b = encode_s4(xb, threads)[:, q:q + h // HEAD_STRIDE, q:q + w // HEAD_STRIDE]
+    f4b = encode_s4(xb, threads, arena)[:, q:q + h // HEAD_STRIDE, q:q + w // HEAD_STRIDE]
     del xb
-    f4a = encode_s4(xa, threads)[:, q:q + h // HEAD_STRIDE, q:q + w // HEAD_STRIDE]
+    f4a = encode_s4(xa, threads, arena)[:, q:q + h // HEAD_STRIDE, q:q + w // HEAD_STRIDE]
     return f4b, f4a, v[m:m + h, m:m + w]
 
 
 def window_probabilities(boxes: list[Box], inputs: Inputs, head: Head, map_fn: MapFn,
                          post: Callable[[np.ndarray, np.ndarray], T], threads: int | None = None,
-                         tile_px: int = TILE_PX) -> Iterator[T]:
+                         tile_px: int = TILE_PX, tile_rows: int = TILE_ROWS, arena: bool = True) -> Iterator[T]:
     """``post(p, valid)`` of each window of ``boxes`` (row, col, h, w; row-major, on the stride-16
     grid), in their order: ``p`` the (h, w) float32 probability (0 where invalid), as
     :func:`~changedet.learned.score.window_probability` gives it on the window's read box.
@@ -126,12 +129,24 @@ def window_probabilities(boxes: list[Box], inputs: Inputs, head: Head, map_fn: M
     Per row of windows, the band's tiles and the windows go to ``map_fn`` as one list, each window
     after the tiles it needs (it waits for them), so the workers are not held back by a whole row
     of tiles. Memory: a band of ``f4`` over the scene's width (12 bytes a pixel of the read boxes'
-    rows, about 0.2 GB for 1024 px windows over 10980 columns) and a tile's encoder per worker.
+    rows, about 0.2 GB for 1024 px windows over 10980 columns), a tile's or a window's encoder per
+    worker; with ``arena`` (:func:`~changedet.learned.features.encode_s4`) that memory is kept
+    until the last window, then given back.
     """
-    if tile_px % STRIDE:
-        raise ValueError(f"tile_px {tile_px} is not a multiple of {STRIDE}")
+    if tile_px % STRIDE or tile_rows % STRIDE:
+        raise ValueError(f"tile_px {tile_px} and tile_rows {tile_rows} must be multiples of {STRIDE}")
     if not boxes:
         return
+    try:
+        yield from _by_bands(boxes, inputs, head, map_fn, post, threads, tile_px, tile_rows, arena)
+    finally:
+        if arena:
+            release_arena(threads)
+
+
+def _by_bands(boxes: list[Box], inputs: Inputs, head: Head, map_fn: MapFn,
+              post: Callable[[np.ndarray, np.ndarray], T], threads: int | None, tile_px: int, tile_rows: int,
+              arena: bool) -> Iterator[T]:
     pboxes = [padded_box(b) for b in boxes]
     span = max(pc + pw for _, pc, _, pw in pboxes) + HALO_PX
     n_tiles, width = _split(span, tile_px)
@@ -141,20 +156,20 @@ def window_probabilities(boxes: list[Box], inputs: Inputs, head: Head, map_fn: M
         pr, _, ph, _ = padded_box(row[0])
         old_end = band.row0 + band.rows
         kept = band.move_to(pr, ph)
-        jobs = _band_jobs(band, row, kept, old_end, tile_px)
+        jobs = _band_jobs(band, row, kept, old_end, tile_rows)
         ready = {job: threading.Event() for job in jobs if job[0] == "tile"}
 
         def run(job: tuple[str, Box, tuple[Box, ...]]) -> T | None:
             kind, box, needs = job
             if kind == "tile":
                 try:
-                    band.put((box[1] + HALO_PX) // band.tile_px, box[0], *tile_s4(inputs, box, threads))
+                    band.put((box[1] + HALO_PX) // band.tile_px, box[0], *tile_s4(inputs, box, threads, arena))
                 finally:  # a failed tile is raised at its turn, before any window that waits for it
                     ready[job].set()
                 return None
             for dep in needs:
                 ready[("tile", dep, ())].wait()
-            return _window(band, box, head, post, threads)
+            return _window(band, box, head, post, threads, arena)
 
         for job, out in zip(jobs, map_fn(run, jobs)):
             if job[0] == "window":
@@ -162,9 +177,9 @@ def window_probabilities(boxes: list[Box], inputs: Inputs, head: Head, map_fn: M
 
 
 def _window(band: S4Band, box: Box, head: Head, post: Callable[[np.ndarray, np.ndarray], T],
-            threads: int | None) -> T:
+            threads: int | None, arena: bool) -> T:
     pbox = padded_box(box)
-    taps = pair_taps_s4(*band.crop(pbox), threads)
+    taps = pair_taps_s4(*band.crop(pbox), threads, arena)
     r, c, h, w = box
     p = taps_probability(taps, head, (r - pbox[0], c - pbox[1], h, w))
     v = band.valid_of(box)
@@ -182,9 +197,9 @@ def _split(n: int, most: int) -> tuple[int, int]:
 Job = tuple[str, Box, tuple[Box, ...]]
 
 
-def _band_jobs(band: S4Band, boxes: list[Box], kept: set[int], old_end: int, tile_px: int) -> list[Job]:
+def _band_jobs(band: S4Band, boxes: list[Box], kept: set[int], old_end: int, tile_rows: int) -> list[Job]:
     """The band's work in order: ``("tile", box, ())`` for the tiles it still has to make (every row
-    of a new tile, the rows from ``old_end`` on of a kept one; at most ``tile_px`` rows each), and
+    of a new tile, the rows from ``old_end`` on of a kept one; at most ``tile_rows`` rows each), and
     ``("window", box, tiles)`` for each window, after the tiles it needs."""
     end = band.row0 + band.rows
     tiles: dict[int, list[Box]] = {}
@@ -197,7 +212,7 @@ def _band_jobs(band: S4Band, boxes: list[Box], kept: set[int], old_end: int, til
                 start = old_end if k in kept else band.row0
                 c0, _ = band.tile_cols(k)
                 if end > start:
-                    parts, side = _split(end - start, tile_px)
+                    parts, side = _split(end - start, tile_rows)
                     tiles[k] = [(r, c0, min(side, end - r), band.tile_px) for r in range(start, end, side)]
                 else:
                     tiles[k] = []
