@@ -36,7 +36,6 @@ from . import (__version__, categories, cloudmask, differencing, geodesy, learne
 from .learned import bands as lbands
 from .learned import features as lfeatures
 from .learned import guided
-from .learned import score as lscore
 from .coregistration import estimate_registration, observability_scale, read_registered, rgb_bands
 from .arrays import band_roles, crop, luminance
 from .config import Config
@@ -210,9 +209,10 @@ def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch:
                  scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
     """The learned probability of relevant change, quantised (uint8 levels, 255 nodata), whole.
 
-    Windows of ``model.window_px`` are read with the encoder's halo (on the stride-16 grid), so
-    the result does not depend on the window size. With ``boxes`` (the cascade,
-    :func:`cascade_windows`), only those windows are run; the others hold 0 where valid.
+    Windows of ``model.window_px`` see the encoder's halo (on the stride-16 grid), so the result
+    does not depend on the window size. The encoder's first part is made once per pixel, by bands
+    of window rows (:mod:`changedet.learned.bands`); the pair is read by its tiles. With ``boxes``
+    (the cascade, :func:`cascade_windows`), only those windows are run; the others hold 0 where valid.
     """
     shape = pair.shape
     pq = scr.full(shape, threshold.NODATA, np.uint8)

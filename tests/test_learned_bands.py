@@ -130,3 +130,14 @@ def test_workers_give_the_same_numbers():
                                          lambda fn, items: parallel.ordered_map(fn, items, 2),
                                          lambda p, v: p.copy(), tile_px=112))
     assert all(np.array_equal(a, b) for a, b in zip(serial, pooled)) and len(serial) == len(pooled) == len(boxes)
+
+
+def test_shipped_parts_are_the_split_of_the_shipped_encoder(tmp_path):
+    pytest.importorskip("onnx")
+    import hashlib
+
+    from changedet.learned import encoder_parts
+
+    digests = encoder_parts.split(F.ENCODER_PATH, tmp_path)
+    for path in (F.ENCODER_S4_PATH, F.ENCODER_FROM_S4_PATH):
+        assert digests[path.name] == hashlib.sha256(path.read_bytes()).hexdigest()
