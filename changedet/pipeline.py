@@ -230,7 +230,7 @@ def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch:
         return parallel.ordered_map(fn, items, n)
 
     results = lbands.window_probabilities(boxes, inputs, head, pool, threshold.quantize, threads)
-    for i, (box, out) in enumerate(zip(boxes, results)):
+    for i, (box, out) in enumerate(results):
         r, c, h, w = box
         pq[r:r + h, c:c + w] = out
         scratch.release(pq)

@@ -73,9 +73,9 @@ def test_stride4_tap_of_a_tile_is_the_crop_of_the_whole():
         assert np.array_equal(got, whole[:, r // 4:(r + h) // 4, c // 4:(c + w) // 4])
 
 
-@pytest.mark.parametrize("window, tile_px, drop, arena",
-                         [(128, 160, (), True), (128, 96, (1, 4, 5), False), (160, 224, (0, 2), True)])
-def test_bands_equal_window_by_window(window, tile_px, drop, arena):
+@pytest.mark.parametrize("window, tile_px, drop, band_px, arena",
+                         [(128, 160, (), 12288, True), (128, 96, (1, 4, 5), 12288, False), (160, 224, (0, 2), 320, True)])
+def test_bands_equal_window_by_window(window, tile_px, drop, band_px, arena):
     h, w = 300, 420
     xb, xa, valid = _scene(window, h, w)
     head = _random_head(3)
@@ -83,10 +83,11 @@ def test_bands_equal_window_by_window(window, tile_px, drop, arena):
     boxes = [b for i, b in enumerate(boxes) if i not in drop]  # a cascade's gaps
     calls: list[B.Box] = []
     inputs = _reader(xb, xa, valid, calls)
-    got = list(B.window_probabilities(boxes, inputs, head, _serial, lambda p, v: (p.copy(), v.copy()),
-                                      tile_px=tile_px, tile_rows=tile_px, arena=arena))
-    assert len(got) == len(boxes)
-    for box, (p, v) in zip(boxes, got):
+    pairs = list(B.window_probabilities(boxes, inputs, head, _serial, lambda p, v: (p.copy(), v.copy()),
+                                        tile_px=tile_px, tile_rows=tile_px, band_px=band_px, arena=arena))
+    got = dict(pairs)
+    assert len(pairs) == len(got) == len(boxes) and set(got) == set(boxes)
+    for box, (p, v) in got.items():
         pbox = F.padded_box(box)
         pb, pa, pv = inputs(pbox)
         r, c, bh, bw = box
@@ -94,7 +95,7 @@ def test_bands_equal_window_by_window(window, tile_px, drop, arena):
         assert p.shape == (bh, bw)
         assert np.array_equal(v, valid[r:r + bh, c:c + bw])
         assert np.array_equal(p, want), f"window {box}: max difference {np.abs(p - want).max()}"
-    assert np.abs(got[-1][0] - 0.5).max() > 0.05  # not a constant: the comparison can fail
+    assert np.abs(got[boxes[-1]][0] - 0.5).max() > 0.05  # not a constant: the comparison can fail
 
 
 def test_bands_make_each_tile_row_once():
@@ -129,7 +130,8 @@ def test_workers_give_the_same_numbers():
     pooled = list(B.window_probabilities(boxes, _reader(xb, xa, valid, []), head,
                                          lambda fn, items: parallel.ordered_map(fn, items, 2),
                                          lambda p, v: p.copy(), tile_px=112))
-    assert all(np.array_equal(a, b) for a, b in zip(serial, pooled)) and len(serial) == len(pooled) == len(boxes)
+    assert [b for b, _ in serial] == [b for b, _ in pooled] and len(serial) == len(boxes)
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(serial, pooled))
 
 
 def test_shipped_parts_are_the_split_of_the_shipped_encoder(tmp_path):

@@ -25,7 +25,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from .features import (HALO_PX, HEAD_STRIDE, S4_HALO_PX, STRIDE, TAP_CHANNELS, encode_s4, padded_box, pair_taps_s4,
+from .features import (HEAD_STRIDE, S4_HALO_PX, STRIDE, TAP_CHANNELS, encode_s4, padded_box, pair_taps_s4,
                        release_arena)
 from .head import Head
 from .score import taps_probability
@@ -42,16 +42,21 @@ MapFn = Callable[[Callable[[T], R], list[T]], Iterable[R]]
 TILE_PX = 1024
 #: and their height (at most): about 0.1 GB of activations a tile, 12 % more work for the halo
 TILE_ROWS = 512
+#: windows are taken in vertical strips of this many columns (by their origin), each strip top to
+#: bottom, so that a band's memory does not grow with the scene's width (12 B a pixel: about 0.2 GB
+#: for 1024 px windows); a strip's edges are made twice, 3 % more work
+BAND_PX = 12288
 
 
 @dataclass
 class S4Band:
     """Both dates' stride-4 taps ``f4`` and the validity over a band of the scene's rows, by column tiles.
 
-    Rows ``row0 .. row0 + rows`` and columns ``-HALO_PX + k * tile_px`` .. of tile ``k``; ``done``
+    Rows ``row0 .. row0 + rows`` and columns ``col0 + k * tile_px`` .. of tile ``k``; ``done``
     names the tiles made for these rows. The arrays are allocated once at the tallest band.
     """
 
+    col0: int
     tile_px: int
     n_tiles: int
     max_rows: int
@@ -81,8 +86,12 @@ class S4Band:
 
     def tile_cols(self, k: int) -> tuple[int, int]:
         """Scene columns of tile ``k`` (start, end)."""
-        c0 = -HALO_PX + k * self.tile_px
+        c0 = self.col0 + k * self.tile_px
         return c0, c0 + self.tile_px
+
+    def tiles_of(self, box: Box) -> range:
+        """The tiles holding columns of ``box`` (row, col, h, w)."""
+        return range((box[1] - self.col0) // self.tile_px, -(-(box[1] + box[3] - self.col0) // self.tile_px))
 
     def put(self, k: int, r0: int, f4b: np.ndarray, f4a: np.ndarray, valid: np.ndarray) -> None:
         """Store tile ``k``'s rows from scene row ``r0``."""
@@ -94,15 +103,15 @@ class S4Band:
         self.f4[1, :, q:q + h // HEAD_STRIDE, k4:k4 + self.tile_px // HEAD_STRIDE] = f4a
 
     def crop(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
-        """Both dates' ``f4`` (2, 24, h/4, w/4) of a read box in the band (a view)."""
+        """Both dates' ``f4`` (24, h/4, w/4) of a read box in the band (views)."""
         r, c, h, w = box
-        i, j = (r - self.row0) // HEAD_STRIDE, (c + HALO_PX) // HEAD_STRIDE
+        i, j = (r - self.row0) // HEAD_STRIDE, (c - self.col0) // HEAD_STRIDE
         return self.f4[0, :, i:i + h // HEAD_STRIDE, j:j + w // HEAD_STRIDE], \
             self.f4[1, :, i:i + h // HEAD_STRIDE, j:j + w // HEAD_STRIDE]
 
     def valid_of(self, box: Box) -> np.ndarray:
         r, c, h, w = box
-        return self.valid[r - self.row0:r - self.row0 + h, c + HALO_PX:c + HALO_PX + w]
+        return self.valid[r - self.row0:r - self.row0 + h, c - self.col0:c - self.col0 + w]
 
 
 def tile_s4(inputs: Inputs, box: Box, threads: int | None = None,
@@ -121,24 +130,29 @@ def tile_s4(inputs: Inputs, box: Box, threads: int | None = None,
 
 def window_probabilities(boxes: list[Box], inputs: Inputs, head: Head, map_fn: MapFn,
                          post: Callable[[np.ndarray, np.ndarray], T], threads: int | None = None,
-                         tile_px: int = TILE_PX, tile_rows: int = TILE_ROWS, arena: bool = True) -> Iterator[T]:
-    """``post(p, valid)`` of each window of ``boxes`` (row, col, h, w; row-major, on the stride-16
-    grid), in their order: ``p`` the (h, w) float32 probability (0 where invalid), as
+                         tile_px: int = TILE_PX, tile_rows: int = TILE_ROWS, band_px: int = BAND_PX,
+                         arena: bool = True) -> Iterator[tuple[Box, T]]:
+    """``(box, post(p, valid))`` for each window of ``boxes`` (row, col, h, w on the stride-16 grid
+    of the model's windows): ``p`` the (h, w) float32 probability (0 where invalid), as
     :func:`~changedet.learned.score.window_probability` gives it on the window's read box.
 
-    Per row of windows, the band's tiles and the windows go to ``map_fn`` as one list, each window
-    after the tiles it needs (it waits for them), so the workers are not held back by a whole row
-    of tiles. Memory: a band of ``f4`` over the scene's width (12 bytes a pixel of the read boxes'
-    rows, about 0.2 GB for 1024 px windows over 10980 columns), a tile's or a window's encoder per
-    worker; with ``arena`` (:func:`~changedet.learned.features.encode_s4`) that memory is kept
-    until the last window, then given back.
+    The windows come strip by strip (:data:`BAND_PX` columns), each strip row by row, left to
+    right: a fixed order whatever ``map_fn``. Per row of a strip, the band's tiles and the windows
+    go to ``map_fn`` as one list, each window after the tiles it needs (it waits for them), so the
+    workers are not held back by a whole row of tiles. Memory: a band of ``f4`` (12 bytes a pixel
+    of a strip's read boxes' rows, about 0.2 GB for 1024 px windows) and a tile's or a window's
+    encoder per worker; with ``arena`` (:func:`~changedet.learned.features.encode_s4`) that
+    memory is kept until the last window, then given back.
     """
     if tile_px % STRIDE or tile_rows % STRIDE:
         raise ValueError(f"tile_px {tile_px} and tile_rows {tile_rows} must be multiples of {STRIDE}")
     if not boxes:
         return
     try:
-        yield from _by_bands(boxes, inputs, head, map_fn, post, threads, tile_px, tile_rows, arena)
+        strips = sorted(set(b[1] // band_px for b in boxes))
+        for k in strips:
+            strip = sorted((b for b in boxes if b[1] // band_px == k), key=lambda b: (b[0], b[1]))
+            yield from _by_bands(strip, inputs, head, map_fn, post, threads, tile_px, tile_rows, arena)
     finally:
         if arena:
             release_arena(threads)
@@ -146,11 +160,11 @@ def window_probabilities(boxes: list[Box], inputs: Inputs, head: Head, map_fn: M
 
 def _by_bands(boxes: list[Box], inputs: Inputs, head: Head, map_fn: MapFn,
               post: Callable[[np.ndarray, np.ndarray], T], threads: int | None, tile_px: int, tile_rows: int,
-              arena: bool) -> Iterator[T]:
+              arena: bool) -> Iterator[tuple[Box, T]]:
     pboxes = [padded_box(b) for b in boxes]
-    span = max(pc + pw for _, pc, _, pw in pboxes) + HALO_PX
-    n_tiles, width = _split(span, tile_px)
-    band = S4Band(width, n_tiles, max(ph for _, _, ph, _ in pboxes))
+    col0 = min(pc for _, pc, _, _ in pboxes)
+    n_tiles, width = _split(max(pc + pw for _, pc, _, pw in pboxes) - col0, tile_px)
+    band = S4Band(col0, width, n_tiles, max(ph for _, _, ph, _ in pboxes))
     for _, group in groupby(boxes, key=lambda b: b[0]):
         row = list(group)
         pr, _, ph, _ = padded_box(row[0])
@@ -163,7 +177,7 @@ def _by_bands(boxes: list[Box], inputs: Inputs, head: Head, map_fn: MapFn,
             kind, box, needs = job
             if kind == "tile":
                 try:
-                    band.put((box[1] + HALO_PX) // band.tile_px, box[0], *tile_s4(inputs, box, threads, arena))
+                    band.put(band.tiles_of(box)[0], box[0], *tile_s4(inputs, box, threads, arena))
                 finally:  # a failed tile is raised at its turn, before any window that waits for it
                     ready[job].set()
                 return None
@@ -173,7 +187,7 @@ def _by_bands(boxes: list[Box], inputs: Inputs, head: Head, map_fn: MapFn,
 
         for job, out in zip(jobs, map_fn(run, jobs)):
             if job[0] == "window":
-                yield out  # type: ignore[misc]
+                yield job[1], out  # type: ignore[misc]
 
 
 def _window(band: S4Band, box: Box, head: Head, post: Callable[[np.ndarray, np.ndarray], T],
@@ -205,8 +219,7 @@ def _band_jobs(band: S4Band, boxes: list[Box], kept: set[int], old_end: int, til
     tiles: dict[int, list[Box]] = {}
     windows = []
     for box in boxes:
-        _, pc, _, pw = padded_box(box)
-        need = range((pc + HALO_PX) // band.tile_px, -(-(pc + pw + HALO_PX) // band.tile_px))
+        need = band.tiles_of(padded_box(box))
         for k in need:
             if k not in tiles:
                 start = old_end if k in kept else band.row0
