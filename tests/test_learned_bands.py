@@ -74,7 +74,7 @@ def test_stride4_tap_of_a_tile_is_the_crop_of_the_whole():
 
 
 @pytest.mark.parametrize("window, tile_px, drop, band_px, arena",
-                         [(128, 160, (), 12288, True), (128, 96, (1, 4, 5), 12288, False), (160, 224, (0, 2), 320, True)])
+                         [(128, 160, (), 6144, True), (128, 96, (1, 4, 5), 6144, False), (160, 224, (0, 2), 320, True)])
 def test_bands_equal_window_by_window(window, tile_px, drop, band_px, arena):
     h, w = 300, 420
     xb, xa, valid = _scene(window, h, w)

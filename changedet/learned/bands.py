@@ -40,12 +40,13 @@ Inputs = Callable[[Box], tuple[np.ndarray, np.ndarray, np.ndarray]]
 MapFn = Callable[[Callable[[T], R], list[T]], Iterable[R]]
 #: width of the tiles the encoder's first part runs on (at most; a multiple of 16)
 TILE_PX = 1024
-#: and their height (at most): about 0.1 GB of activations a tile, 12 % more work for the halo
-TILE_ROWS = 512
+#: and their height (at most): about 50 MB of activations a tile (the arena holds one per worker),
+#: at the cost of 12 % more work of that part for the tile's halo
+TILE_ROWS = 256
 #: windows are taken in vertical strips of this many columns (by their origin), each strip top to
-#: bottom, so that a band's memory does not grow with the scene's width (12 B a pixel: about 0.2 GB
-#: for 1024 px windows); a strip's edges are made twice, 3 % more work
-BAND_PX = 12288
+#: bottom, so that a band's memory does not grow with the scene's width (12 B a pixel: about
+#: 0.11 GB for 1024 px windows); a strip's edges are made twice (4 % more of that part at 10980²)
+BAND_PX = 6144
 
 
 @dataclass
@@ -140,7 +141,7 @@ def window_probabilities(boxes: list[Box], inputs: Inputs, head: Head, map_fn: M
     right: a fixed order whatever ``map_fn``. Per row of a strip, the band's tiles and the windows
     go to ``map_fn`` as one list, each window after the tiles it needs (it waits for them), so the
     workers are not held back by a whole row of tiles. Memory: a band of ``f4`` (12 bytes a pixel
-    of a strip's read boxes' rows, about 0.2 GB for 1024 px windows) and a tile's or a window's
+    of a strip's read boxes' rows, about 0.11 GB for 1024 px windows) and a tile's or a window's
     encoder per worker; with ``arena`` (:func:`~changedet.learned.features.encode_s4`) that
     memory is kept until the last window, then given back.
     """
