@@ -33,9 +33,9 @@ from rasterio.windows import Window
 from . import (__version__, categories, cloudmask, differencing, geodesy, learned, objects, observability, parallel,
                quicklook, radiometry, registration, report, resources, scratch, significance, stac, threshold,
                vector, windowed)
+from .learned import bands as lbands
 from .learned import features as lfeatures
 from .learned import guided
-from .learned import score as lscore
 from .coregistration import estimate_registration, observability_scale, read_registered, rgb_bands
 from .arrays import band_roles, crop, luminance
 from .config import Config
@@ -209,9 +209,10 @@ def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch:
                  scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
     """The learned probability of relevant change, quantised (uint8 levels, 255 nodata), whole.
 
-    Windows of ``model.window_px`` are read with the encoder's halo (on the stride-16 grid), so
-    the result does not depend on the window size. With ``boxes`` (the cascade,
-    :func:`cascade_windows`), only those windows are run; the others hold 0 where valid.
+    Windows of ``model.window_px`` see the encoder's halo (on the stride-16 grid), so the result
+    does not depend on the window size. The encoder's first part is made once per pixel, by bands
+    of window rows (:mod:`changedet.learned.bands`); the pair is read by its tiles. With ``boxes``
+    (the cascade, :func:`cascade_windows`), only those windows are run; the others hold 0 where valid.
     """
     shape = pair.shape
     pq = scr.full(shape, threshold.NODATA, np.uint8)
@@ -220,18 +221,16 @@ def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch:
     n = workers(cfg)
     threads = cfg.model.threads or parallel.library_threads(n)
 
-    def one(box: Box) -> np.ndarray:
-        pbox = lfeatures.padded_box(box)
-        b, a, v = read_registered(pair, models.reg, pbox)
+    def inputs(box: Box) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        b, a, v = read_registered(pair, models.reg, box)
         xb = lfeatures.encoder_input(b, v, stretch)
-        xa = lfeatures.encoder_input(radiometry.apply(a, models.fit, b), v, stretch)
-        del b, a  # the images go before the encoder runs (64 MB at a 1408² read box)
-        r, c, h, w = box
-        dr, dc = r - pbox[0], c - pbox[1]
-        p = lscore.window_probability(xb, xa, v, head, (dr, dc, h, w), threads)
-        return threshold.quantize(p, v[dr:dr + h, dc:dc + w])
+        return xb, lfeatures.encoder_input(radiometry.apply(a, models.fit, b), v, stretch), v
 
-    for i, (box, out) in enumerate(zip(boxes, parallel.ordered_map(one, boxes, n))):
+    def pool(fn: Callable[[Any], Any], items: list[Any]) -> Iterator[Any]:
+        return parallel.ordered_map(fn, items, n)
+
+    results = lbands.window_probabilities(boxes, inputs, head, pool, threshold.quantize, threads)
+    for i, (box, out) in enumerate(results):
         r, c, h, w = box
         pq[r:r + h, c:c + w] = out
         scratch.release(pq)

@@ -3,8 +3,10 @@
 - :mod:`.features`: the encoder (ONNX, onnxruntime) and the Siamese features it gives the head;
 - :mod:`.head`: the head, its training and its model file (``.npz``, no pickle);
 - :mod:`.score`: the probability of relevant change for arrays (windows or whole images);
+- :mod:`.bands`: the same for a scene's windows, the encoder's stride-4 part made once per pixel;
 - :mod:`.training`: ``changedet train`` (manifests, sampling, the model card);
-- :mod:`.lite0`: the encoder's definition and its one-time export (needs torch; never at run time).
+- :mod:`.lite0`: the encoder's definition and its one-time export (needs torch; never at run time);
+- :mod:`.encoder_parts`: the exported encoder cut at its stride-4 tap (needs onnx; never at run time).
 """
 
 from __future__ import annotations

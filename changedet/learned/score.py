@@ -16,7 +16,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .features import HALO_PX, HEAD_STRIDE, Stretch, encoder_input, padded_box, pair_features, pair_taps
+from .features import (HALO_PX, HEAD_STRIDE, PairTaps, Stretch, encoder_input, padded_box, pair_features,
+                       pair_taps)
 from .head import Head
 
 
@@ -50,19 +51,33 @@ def window_probability(xb: np.ndarray, xa: np.ndarray, valid: np.ndarray, head: 
     on each side (what bilinear upsampling reads), about half the cells of the read box. The
     numbers are those of the whole read box (:func:`probability`) cropped.
     """
-    r, c, h, w = inner
-    if r % HEAD_STRIDE or c % HEAD_STRIDE:
-        raise ValueError(f"window origin {(r, c)} is not on the head's grid of {HEAD_STRIDE} px")
+    _check_inner(inner)
     taps = pair_taps(xb, xa, threads)
     del xb, xa
+    r, c, h, w = inner
+    p = taps_probability(taps, head, inner)
+    p[~valid[r:r + h, c:c + w]] = 0.0
+    return p
+
+
+def _check_inner(inner: tuple[int, int, int, int]) -> None:
+    r, c = inner[:2]
+    if r % HEAD_STRIDE or c % HEAD_STRIDE:
+        raise ValueError(f"window origin {(r, c)} is not on the head's grid of {HEAD_STRIDE} px")
+
+
+def taps_probability(taps: PairTaps, head: Head, inner: tuple[int, int, int, int]) -> np.ndarray:
+    """(h, w) float32 probability of the crop ``inner`` of a read box from its taps
+    (:func:`~changedet.learned.features.pair_taps` or :func:`~changedet.learned.features.pair_taps_s4`),
+    the head on that crop's cells only, validity not applied (:func:`window_probability`)."""
+    _check_inner(inner)
+    r, c, h, w = inner
     gh, gw = taps.shape
     g0, k0 = max(0, r // HEAD_STRIDE - 1), max(0, c // HEAD_STRIDE - 1)
     g1, k1 = min(gh, -(-(r + h) // HEAD_STRIDE) + 1), min(gw, -(-(c + w) // HEAD_STRIDE) + 1)
     p = upsample(head.predict_taps(taps, (g0, k0, g1, k1)).astype(np.float32))
     dr, dc = r - g0 * HEAD_STRIDE, c - k0 * HEAD_STRIDE
-    p = p[dr:dr + h, dc:dc + w]
-    p[~valid[r:r + h, c:c + w]] = 0.0
-    return p
+    return p[dr:dr + h, dc:dc + w]
 
 
 def pad_to_box(arr: np.ndarray, shape: tuple[int, int], fill: float | bool = 0) -> np.ndarray:
