@@ -51,6 +51,7 @@ model: install
 encoder: install
 	$(BIN)/python -m pip install -q -e ".[export]"
 	$(BIN)/python -m changedet.learned.lite0 --out changedet/models/lite0_s16.onnx
+	$(BIN)/python -m changedet.learned.encoder_parts --source changedet/models/lite0_s16.onnx --out-dir changedet/models
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .hypothesis
