@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from . import scratch, windowed
+from . import parallel, scratch, windowed
 from .threshold import LEVELS, NODATA
 
 #: the correlation length is searched up to this lag (pixels)
@@ -194,25 +194,34 @@ def _lag_correlation(lines: list[tuple[np.ndarray, np.ndarray]], lag: int) -> fl
         t64 = wide[id(table)]
         return t64[a[both]], t64[b[both]]
 
+    # each block's pairs gathered (and summed: numpy's own, exact whatever the thread) on the window
+    # threads; the blocks' sums and the dot products (BLAS) are added up here, in block order
+    def moments(blk: tuple[np.ndarray, np.ndarray]) -> tuple[int, float, float, float, float, float, float] | None:
+        a, b = pairs(*blk)
+        if not a.size:
+            return None
+        return a.size, float(a.sum()), float(b.sum()), float(a.min()), float(a.max()), float(b.min()), float(b.max())
+
     n, sa, sb = 0, 0.0, 0.0
     lo_a = lo_b = np.inf
     hi_a = hi_b = -np.inf
-    for blk in blocks:
-        a, b = pairs(*blk)
-        if a.size:
-            n += a.size
-            sa += float(a.sum())
-            sb += float(b.sum())
-            lo_a, hi_a = min(lo_a, float(a.min())), max(hi_a, float(a.max()))
-            lo_b, hi_b = min(lo_b, float(b.min())), max(hi_b, float(b.max()))
+    for m in parallel.map_windows(moments, blocks):
+        if m is not None:
+            n += m[0]
+            sa += m[1]
+            sb += m[2]
+            lo_a, hi_a = min(lo_a, m[3]), max(hi_a, m[4])
+            lo_b, hi_b = min(lo_b, m[5]), max(hi_b, m[6])
     if n < 100 or lo_a == hi_a or lo_b == hi_b:
         return None
     ma, mb = sa / n, sb / n
-    saa = sbb = sab = 0.0
-    for blk in blocks:
+
+    def centred(blk: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         a, b = pairs(*blk)
-        a -= ma
-        b -= mb
+        return a - ma, b - mb
+
+    saa = sbb = sab = 0.0
+    for a, b in parallel.map_windows(centred, blocks):
         saa += float(a @ a)
         sbb += float(b @ b)
         sab += float(a @ b)
