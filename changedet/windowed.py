@@ -94,17 +94,17 @@ def near(src: Any, dist: float, window_px: int) -> Iterator[tuple[Box, np.ndarra
     Equal to ``cv2.distanceTransform((src == 0).astype(np.uint8), cv2.DIST_L2, 3) <= dist`` on the
     whole grid. (bool windows)
     """
-    halo = int(np.ceil(dist / CHAMFER_STEP)) + 2
+    return map_boxes(lambda box: near_box(src, dist, box), src.shape[-2:], window_px)
 
-    def one(box: Box) -> np.ndarray:
-        part, big = read(src, box, halo)
-        zero = (part == 0).astype(np.uint8)
-        if zero.all():
-            return np.zeros(box[2:], bool)
-        d = cv2.distanceTransform(zero, cv2.DIST_L2, 3)
-        return crop(d, big, box) <= dist
 
-    return map_boxes(one, src.shape[-2:], window_px)
+def near_box(src: Any, dist: float, box: Box) -> np.ndarray:
+    """:func:`near` of one window ``box`` (bool), read with the halo the distance needs."""
+    part, big = read(src, box, int(np.ceil(dist / CHAMFER_STEP)) + 2)
+    zero = (part == 0).astype(np.uint8)
+    if zero.all():
+        return np.zeros(box[2:], bool)
+    d = cv2.distanceTransform(zero, cv2.DIST_L2, 3)
+    return crop(d, big, box) <= dist
 
 
 def label(src: Any, window_px: int, scr: scratch.Scratch, value: int | None = None,
