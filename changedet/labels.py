@@ -81,6 +81,8 @@ def label_windowed(binary: np.ndarray, window_px: int, scr: scratch.Scratch = sc
         if isinstance(binary, np.ndarray):
             scratch.release(binary)
         win = (part != 0 if value is None else part == value).astype(np.uint8)
+        if not win.any():  # most windows of a change mask: no need to label them
+            return None
         n, lab, st, _ = cv2.connectedComponentsWithStats(win, connectivity=connectivity, ltype=cv2.CV_32S)
         if n <= 1:
             return None

@@ -718,10 +718,14 @@ def class_image(labels: np.ndarray, mask: np.ndarray, dets: list[objects.Detecti
         if d.group is not None:
             lut[list(d.group.labels)] = objects.CLASS_CODES[d.cls]
     out = scr.zeros(labels.shape, np.uint8)
-    for r, c, h, w in iter_windows(labels.shape, window_px):
+
+    def one(box: Box) -> None:
+        r, c, h, w = box
         part = lut[labels[r:r + h, c:c + w]]
         part[mask[r:r + h, c:c + w] == threshold.NODATA] = threshold.NODATA
         out[r:r + h, c:c + w] = part
+
+    for _ in windowed.map_boxes(one, labels.shape, window_px):
         scratch.release(out, labels, mask)
     return out
 
@@ -729,10 +733,14 @@ def class_image(labels: np.ndarray, mask: np.ndarray, dets: list[objects.Detecti
 def clear_labels(mask: np.ndarray, labels: np.ndarray, drop: list[int], window_px: int) -> None:
     """Set ``mask`` to 0 (in place) where ``labels`` is one of ``drop``, window by window."""
     drop_arr = np.asarray(sorted(drop), dtype=labels.dtype)
-    for r, c, h, w in iter_windows(labels.shape, window_px):
+
+    def one(box: Box) -> None:
+        r, c, h, w = box
         sel = np.isin(labels[r:r + h, c:c + w], drop_arr)
         if sel.any():
             mask[r:r + h, c:c + w][sel] = 0
+
+    for _ in windowed.map_boxes(one, labels.shape, window_px):
         scratch.release(labels, mask)
 
 
