@@ -197,7 +197,8 @@ def test_the_decision_and_line_mask_on_window_threads_equal_one_thread(tmp_path)
     want_lines = T.line_mask(_line_levels(r), want, DecideConfig(), 0.5, window_px=32)
     with parallel.window_threads(2):
         got, thr2 = T.decide(q, params, 1.0, 0.8, window_px=32, scr=scratch.Scratch(tmp_path, 0))
-        got_lines = T.line_mask(_line_levels(r), got, DecideConfig(), 0.5, window_px=32, scr=scratch.Scratch(tmp_path, 0))
+        got_lines = T.line_mask(_line_levels(r), got, DecideConfig(), 0.5, window_px=32,
+                                scr=scratch.Scratch(tmp_path, 0))
     assert thr2 == thr and 0 < (want == 1).mean() < 1 and want_lines.any()
     np.testing.assert_array_equal(np.asarray(got), want)
     np.testing.assert_array_equal(np.asarray(got_lines), want_lines)
