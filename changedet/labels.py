@@ -113,22 +113,28 @@ def label_windowed(binary: np.ndarray, window_px: int, scr: scratch.Scratch = sc
     lut = np.zeros(total + 1, np.int32)
     lut[1:] = rank[root[1:]]
     _renumber(labels, [(box, lut[off:off + x.n + 1]) for box, x, off in zip(boxes, wins, offsets) if x is not None])
-    m = n_final  # labels 1..n_final - 1; the class holding 0 ranked last, past them
+    return labels, _stats(lut[1:], bx[1:], ar[1:], n_final, (h, w))
+
+
+def _stats(dest: np.ndarray, boxes: np.ndarray, areas: np.ndarray, m: int, shape: tuple[int, int]) -> np.ndarray:
+    """OpenCV's stats (``m`` rows, int32) of the final labels ``dest`` of the windows' regions
+    (their ``boxes``: row_min, col_min, row_max, col_max, and ``areas``)."""
+    h, w = shape
+    # labels 1..m - 1; the class holding 0 ranked last, past them
     stats = np.zeros((m, 5), np.int64)
     rmin = np.full(m, np.iinfo(np.int64).max, np.int64)
     cmin = rmin.copy()
     rmax = np.full(m, -1, np.int64)
     cmax = rmax.copy()
-    dest = lut[1:]
-    np.minimum.at(rmin, dest, bx[1:, 0])
-    np.minimum.at(cmin, dest, bx[1:, 1])
-    np.maximum.at(rmax, dest, bx[1:, 2])
-    np.maximum.at(cmax, dest, bx[1:, 3])
-    np.add.at(stats[:, 4], dest, ar[1:])
+    np.minimum.at(rmin, dest, boxes[:, 0])
+    np.minimum.at(cmin, dest, boxes[:, 1])
+    np.maximum.at(rmax, dest, boxes[:, 2])
+    np.maximum.at(cmax, dest, boxes[:, 3])
+    np.add.at(stats[:, 4], dest, areas)
     stats[1:, 0], stats[1:, 1] = cmin[1:], rmin[1:]
     stats[1:, 2], stats[1:, 3] = cmax[1:] - cmin[1:] + 1, rmax[1:] - rmin[1:] + 1
     stats[0] = (0, 0, w, h, h * w - int(stats[1:, 4].sum()))  # row 0 (background) is not OpenCV's bbox
-    return labels, stats.astype(np.int32)
+    return stats.astype(np.int32)
 
 
 #: a window of the labelling is up to this many times as wide as tall
