@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from skimage.morphology import skeletonize
 
-from . import scratch
+from . import parallel, scratch
 from .arrays import band_roles
 from .labels import label_windowed
 from .config import ObjectsConfig
@@ -159,64 +159,78 @@ def split_touching(mask: np.ndarray, gsd_m: float, params: ObjectsConfig, window
     apart, the pixels of one part touching the other (8-neighbourhood)
     leave the mask, so each part is its own region.
     """
-    from skimage.feature import peak_local_max
-    from skimage.segmentation import watershed
-
     ratio = params.split_max_neck_ratio
     out = scr.copy(mask)
     if ratio <= 0:
         return out
     min_r = max(1.5, 0.5 * params.hut_min_side_m / gsd_m)
     n, labels, stats = _label(mask, window_px, scr)
-    k8 = np.ones((3, 3), np.uint8)
-    for lab in range(1, n):
-        if lab % 64 == 0:  # a memory map keeps only the pages of the last crops
-            scratch.release(labels, out)
-        x, y, w, h, area = (int(v) for v in stats[lab])
-        if area < 8 * min_r * min_r:  # too small to hold two objects
-            continue
-        obj = np.pad(labels[y:y + h, x:x + w] == lab, 1)
-        dist = cv2.distanceTransform(obj.astype(np.uint8), cv2.DIST_L2, 5)
-        peaks = peak_local_max(dist, min_distance=max(2, int(min_r)), threshold_abs=min_r, labels=obj.astype(np.int32),
-                               exclude_border=False)
-        if len(peaks) < 2:
-            continue
-        markers = np.zeros(obj.shape, np.int32)
-        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-        parts = watershed(-dist, markers, mask=obj)
-        depth = {i + 1: float(dist[r, c]) for i, (r, c) in enumerate(peaks)}
-        parent = list(range(len(peaks) + 1))
+    # regions too small to hold two objects are left alone
+    large = [lab for lab in range(1, n) if int(stats[lab, cv2.CC_STAT_AREA]) >= 8 * min_r * min_r]
 
-        # the deepest boundary point between each pair of touching parts
-        saddle: dict[tuple[int, int], float] = {}
-        pp, dd = np.pad(parts, 1), np.pad(dist, 1)
-        hh, ww = parts.shape
-        for dr, dc in ((0, 1), (1, 0), (1, 1), (1, -1)):
-            a, b = parts, pp[1 + dr:1 + dr + hh, 1 + dc:1 + dc + ww]
-            da, db = dist, dd[1 + dr:1 + dr + hh, 1 + dc:1 + dc + ww]
-            edge = (a > 0) & (b > 0) & (a != b)
-            for pa, pb, va, vb in zip(a[edge], b[edge], da[edge], db[edge]):
-                key = (int(min(pa, pb)), int(max(pa, pb)))
-                saddle[key] = max(saddle.get(key, 0.0), float(min(va, vb)))
-        # highest passes first: a shallow peak on a ridge joins its blob before the blobs are compared
-        deepest = dict(depth)
-        for (pa, pb), sv in sorted(saddle.items(), key=lambda kv: (-kv[1], kv[0])):
-            ra, rb = _find(parent, pa), _find(parent, pb)
-            if ra != rb and sv >= ratio * min(deepest[ra], deepest[rb]):
-                lo_, hi_ = min(ra, rb), max(ra, rb)
-                parent[hi_] = lo_
-                deepest[lo_] = max(deepest[ra], deepest[rb])
-        roots = np.array([0] + [_find(parent, i) for i in range(1, len(peaks) + 1)])
-        merged = roots[parts]
-        if len(np.unique(merged[merged > 0])) < 2:
-            continue
-        cut = np.zeros(obj.shape, bool)
-        for r in np.unique(merged[merged > 0])[1:]:
-            other = cv2.dilate(((merged > 0) & (merged < r)).astype(np.uint8), k8).astype(bool)
-            cut |= (merged == r) & other
-        sub = out[y:y + h, x:x + w]
-        sub[cut[1:-1, 1:-1]] = 0
+    def one(lab: int) -> tuple[np.ndarray, np.ndarray] | None:
+        x, y, w, h = (int(v) for v in stats[lab, :4])
+        cut = _neck_cut(np.pad(labels[y:y + h, x:x + w] == lab, 1), min_r, ratio)
+        if cut is None:
+            return None
+        rows, cols = np.nonzero(cut[1:-1, 1:-1])
+        return rows + y, cols + x
+
+    # the regions on the window threads, the cuts made here (each region's own pixels)
+    for k, got in enumerate(parallel.map_windows(one, large)):
+        if got is not None:
+            out[got] = 0
+        if k % 64 == 63:  # a memory map keeps only the pages of the last crops
+            scratch.release(labels, out)
     return out
+
+
+def _neck_cut(obj: np.ndarray, min_r: float, ratio: float) -> np.ndarray | None:
+    """The pixels of one region (``obj``, bool, padded by a pixel) to cut where it narrows
+    (:func:`split_touching`); None when it stays whole."""
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
+    k8 = np.ones((3, 3), np.uint8)
+    dist = cv2.distanceTransform(obj.astype(np.uint8), cv2.DIST_L2, 5)
+    peaks = peak_local_max(dist, min_distance=max(2, int(min_r)), threshold_abs=min_r, labels=obj.astype(np.int32),
+                           exclude_border=False)
+    if len(peaks) < 2:
+        return None
+    markers = np.zeros(obj.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    parts = watershed(-dist, markers, mask=obj)
+    depth = {i + 1: float(dist[r, c]) for i, (r, c) in enumerate(peaks)}
+    parent = list(range(len(peaks) + 1))
+
+    # the deepest boundary point between each pair of touching parts
+    saddle: dict[tuple[int, int], float] = {}
+    pp, dd = np.pad(parts, 1), np.pad(dist, 1)
+    hh, ww = parts.shape
+    for dr, dc in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        a, b = parts, pp[1 + dr:1 + dr + hh, 1 + dc:1 + dc + ww]
+        da, db = dist, dd[1 + dr:1 + dr + hh, 1 + dc:1 + dc + ww]
+        edge = (a > 0) & (b > 0) & (a != b)
+        for pa, pb, va, vb in zip(a[edge], b[edge], da[edge], db[edge]):
+            key = (int(min(pa, pb)), int(max(pa, pb)))
+            saddle[key] = max(saddle.get(key, 0.0), float(min(va, vb)))
+    # highest passes first: a shallow peak on a ridge joins its blob before the blobs are compared
+    deepest = dict(depth)
+    for (pa, pb), sv in sorted(saddle.items(), key=lambda kv: (-kv[1], kv[0])):
+        ra, rb = _find(parent, pa), _find(parent, pb)
+        if ra != rb and sv >= ratio * min(deepest[ra], deepest[rb]):
+            lo_, hi_ = min(ra, rb), max(ra, rb)
+            parent[hi_] = lo_
+            deepest[lo_] = max(deepest[ra], deepest[rb])
+    roots = np.array([0] + [_find(parent, i) for i in range(1, len(peaks) + 1)])
+    merged = roots[parts]
+    if len(np.unique(merged[merged > 0])) < 2:
+        return None
+    cut = np.zeros(obj.shape, bool)
+    for r in np.unique(merged[merged > 0])[1:]:
+        other = cv2.dilate(((merged > 0) & (merged < r)).astype(np.uint8), k8).astype(bool)
+        cut |= (merged == r) & other
+    return cut
 
 
 def line_ends(obj: np.ndarray, reach_px: float) -> list[tuple[np.ndarray, np.ndarray]]:

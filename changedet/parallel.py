@@ -3,6 +3,12 @@
 numpy, OpenCV and onnxruntime release the GIL in their kernels, so threads use every core
 without copying windows between processes. Results come back in the order of the inputs
 whatever the worker count, so outputs do not depend on thread timing.
+
+The whole-scene passes of the decision stages (labelling by windows, masks by windows) take their
+thread count from :func:`window_threads`, set once around a stage, rather than through every
+function between the stage and the window loop: :func:`map_windows` is :func:`ordered_map` with it
+(one thread, i.e. a plain loop, unless set). The setting is per thread of the caller, so a pass
+called from inside a worker runs on that worker alone, never as a pool within a pool.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -80,3 +87,22 @@ def capped_library_threads(workers: int) -> Iterator[int]:
         yield per
     finally:
         cv2.setNumThreads(before)
+
+
+_WINDOW_THREADS: ContextVar[int] = ContextVar("changedet_window_threads", default=1)
+
+
+@contextmanager
+def window_threads(workers: int) -> Iterator[int]:
+    """Within this block, :func:`map_windows` (in this thread) runs on ``workers`` threads; yields it."""
+    n = max(1, int(workers))
+    token = _WINDOW_THREADS.set(n)
+    try:
+        yield n
+    finally:
+        _WINDOW_THREADS.reset(token)
+
+
+def map_windows(fn: Callable[[T], R], items: Iterable[T], ahead: int | None = None) -> Iterator[R]:
+    """:func:`ordered_map` on the threads :func:`window_threads` set (one thread outside it)."""
+    return ordered_map(fn, items, _WINDOW_THREADS.get(), ahead)

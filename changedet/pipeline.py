@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -343,17 +344,26 @@ def backed_regions(mask: np.ndarray, pq: np.ndarray, min_probability: float,
     weak = sums < min_probability * np.maximum(stats[:, cv2.CC_STAT_AREA].astype(np.int64), 1)
     weak[0] = False
     pieces = scr.zeros(mask.shape, np.uint8)
-    for (r, c, h, w), in_weak in windowed.apply(labels, weak, window_px):
+
+    def cut_weak(box: Box) -> None:
+        r, c, h, w = box
+        in_weak = weak[np.asarray(labels[r:r + h, c:c + w])]
         part = np.asarray(out[r:r + h, c:c + w])
         part[in_weak & (threshold.dequantize(np.asarray(pq[r:r + h, c:c + w])) < min_probability)] = 0
         out[r:r + h, c:c + w] = part
         pieces[r:r + h, c:c + w] = in_weak & (part == 1)
-        scratch.release(out, pq, pieces)
+
+    for _ in windowed.map_boxes(cut_weak, mask.shape, window_px):
+        scratch.release(out, pq, pieces, labels)
     kept = threshold.remove_small(pieces, min_piece_px, window_px, scr)
-    for r, c, h, w in iter_windows(mask.shape, window_px):
+
+    def drop_small(box: Box) -> None:
+        r, c, h, w = box
         drop = (np.asarray(pieces[r:r + h, c:c + w]) == 1) & (np.asarray(kept[r:r + h, c:c + w]) == 0)
         if drop.any():
             out[r:r + h, c:c + w][drop] = 0
+
+    for _ in windowed.map_boxes(drop_small, mask.shape, window_px):
         scratch.release(out, pieces, kept)
     return out
 
@@ -617,10 +627,14 @@ def refine_edges(pair: PairSource, models: _Models, cfg: Config, mask: np.ndarra
     win = cfg.processing.window_px
     cleaned = threshold.remove_small(windowed.equals(out, 1), int(np.ceil(cfg.decide.min_area_m2 / pair.gsd_m ** 2)),
                                      win, scr)
-    for r, c, h, w in iter_windows(out.shape, win):
+
+    def drop_small(box: Box) -> None:
+        r, c, h, w = box
         part = np.asarray(out[r:r + h, c:c + w])
         part[(part == 1) & (np.asarray(cleaned[r:r + h, c:c + w]) == 0)] = 0
         out[r:r + h, c:c + w] = part
+
+    for _ in windowed.map_boxes(drop_small, out.shape, win):
         scratch.release(out, cleaned)
     return out
 
@@ -703,10 +717,14 @@ def class_image(labels: np.ndarray, mask: np.ndarray, dets: list[objects.Detecti
         if d.group is not None:
             lut[list(d.group.labels)] = objects.CLASS_CODES[d.cls]
     out = scr.zeros(labels.shape, np.uint8)
-    for r, c, h, w in iter_windows(labels.shape, window_px):
+
+    def one(box: Box) -> None:
+        r, c, h, w = box
         part = lut[labels[r:r + h, c:c + w]]
         part[mask[r:r + h, c:c + w] == threshold.NODATA] = threshold.NODATA
         out[r:r + h, c:c + w] = part
+
+    for _ in windowed.map_boxes(one, labels.shape, window_px):
         scratch.release(out, labels, mask)
     return out
 
@@ -714,10 +732,14 @@ def class_image(labels: np.ndarray, mask: np.ndarray, dets: list[objects.Detecti
 def clear_labels(mask: np.ndarray, labels: np.ndarray, drop: list[int], window_px: int) -> None:
     """Set ``mask`` to 0 (in place) where ``labels`` is one of ``drop``, window by window."""
     drop_arr = np.asarray(sorted(drop), dtype=labels.dtype)
-    for r, c, h, w in iter_windows(labels.shape, window_px):
+
+    def one(box: Box) -> None:
+        r, c, h, w = box
         sel = np.isin(labels[r:r + h, c:c + w], drop_arr)
         if sel.any():
             mask[r:r + h, c:c + w][sel] = 0
+
+    for _ in windowed.map_boxes(one, labels.shape, window_px):
         scratch.release(labels, mask)
 
 
@@ -987,6 +1009,20 @@ def _detect(before: str | Path, after: str | Path, out_dir: str | Path, cfg: Con
             return _run(pair, cfg, stage, site, info_b, info_a, warns, timer, require_registration, progress)
 
 
+def _add_lines(mask: np.ndarray, lines: np.ndarray, box: Box) -> None:
+    """Mark the pixels of ``lines`` changed in one window of ``mask`` (in place)."""
+    r, c, h, w = box
+    part = np.asarray(mask[r:r + h, c:c + w])
+    part[(part == 0) & (np.asarray(lines[r:r + h, c:c + w]) == 1)] = 1
+    mask[r:r + h, c:c + w] = part
+
+
+def _hide_unobservable(mask: np.ndarray, reason: np.ndarray, box: Box) -> None:
+    """Set one window of ``mask`` to nodata where change cannot be seen (in place)."""
+    r, c, h, w = box
+    mask[r:r + h, c:c + w][np.asarray(reason[r:r + h, c:c + w]) != observability.OBSERVABLE] = threshold.NODATA
+
+
 def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: Any, info_a: Any,
          warns: list[str], timer: _Timer, require_registration: bool, progress: ProgressFn) -> RunResult:
     scr = scratch.Scratch(stage.path, int(cfg.processing.memory_budget_mb * 2**20))
@@ -1033,7 +1069,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
             classical = threshold.choose(threshold.histogram(q), cfg.decide)
             lrn, lq = run_learned(pair, models, cfg, sb, q, lq, obs, classical, progress, scr)
             scratch.trim_heap()
-    with timer("decide"):
+    with timer("decide"), parallel.window_threads(workers(cfg)):
         step = _steps(progress, "decide", 4 if lrn is None else 5)
         if lrn is not None:
             q = fuse_pass(stage.file("score.scratch.tif"), q, lrn, classical, cfg, scr)
@@ -1054,10 +1090,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         step()
         lines = threshold.line_mask(lq, mask, cfg.decide, pair.gsd_m, differencing.LINE_FLANK_PX,
                                     cfg.measure.line_length_px, cfg.processing.window_px, scr)
-        for r, c, h, w in iter_windows(mask.shape, cfg.processing.window_px):
-            part = np.asarray(mask[r:r + h, c:c + w])
-            part[(part == 0) & (np.asarray(lines[r:r + h, c:c + w]) == 1)] = 1
-            mask[r:r + h, c:c + w] = part
+        for _ in windowed.map_boxes(partial(_add_lines, mask, lines), mask.shape, cfg.processing.window_px):
             scratch.release(mask, lines)
         add_line_scores(stage.file("score.scratch.tif"), lines, lq, cfg.processing.window_px)
         del lq, lines
@@ -1068,11 +1101,10 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
                                   window_px=cfg.processing.window_px, scr=scr)
         step()
         # clean-up and edges never reach into what cannot be seen
-        for r, c, h, w in iter_windows(mask.shape, cfg.processing.window_px):
-            mask[r:r + h, c:c + w][np.asarray(obs.reason[r:r + h, c:c + w]) != observability.OBSERVABLE] = \
-                threshold.NODATA
+        for _ in windowed.map_boxes(partial(_hide_unobservable, mask, obs.reason), mask.shape,
+                                    cfg.processing.window_px):
             scratch.release(mask, obs.reason)
-    with timer("objects"):
+    with timer("objects"), parallel.window_threads(workers(cfg)):
         mask = objects.split_touching(mask, pair.gsd_m, cfg.objects, cfg.processing.window_px, scr)
         labels, comps = objects.components(mask, cfg.processing.window_px, scr)
         groups = objects.group_fragments(labels, comps, water, pair.gsd_m, cfg.objects)

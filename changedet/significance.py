@@ -38,7 +38,8 @@ import cv2
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from . import scratch, windowed
+from . import parallel, scratch, windowed
+from .arrays import Box
 from .threshold import LEVELS, NODATA
 
 #: the correlation length is searched up to this lag (pixels)
@@ -132,11 +133,7 @@ def correlation_length(q: np.ndarray, sample: np.ndarray, window_px: int = 1024)
     ``q`` and ``sample`` may be memory maps or lazy views (:class:`changedet.windowed.Where`): only
     those rows and columns are kept, read a strip at a time. ``sample`` must not hold on nodata.
     """
-    counts = np.zeros(256, np.int64)
-    for r0, r1 in windowed.strips(q.shape, window_px):
-        counts += np.bincount(np.asarray(q[r0:r1])[np.asarray(sample[r0:r1])], minlength=256)
-    scratch.release(q)
-    table = _normal_table(counts)
+    table = _normal_table(_sample_hist(q, sample, window_px)[0])
     lines = _sampled_lines(q, sample, table, window_px)
     prev_lag, prev_c = 0, 1.0
     lag = 1
@@ -159,15 +156,25 @@ def _sampled_lines(q: np.ndarray, sample: np.ndarray, table: np.ndarray,
                    window_px: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Every :data:`CORR_STRIDE`-th row, and column (transposed), of ``q``'s levels where ``sample``
     holds, :data:`_OUT` elsewhere: one byte per sampled pixel (the normal scores are looked up from
-    ``table`` when a lag is measured). ``sample`` never holds on nodata."""
-    rows, cols = [], []
-    for r0, r1 in windowed.strips(q.shape, window_px):
+    ``table`` when a lag is measured). ``sample`` never holds on nodata.
+
+    The columns are stored transposed (C order), so that a lag along a column, like one along a
+    row, reads contiguous bytes (through a transposed view, the lags of a 10980² scene took a
+    third more time).
+    """
+    h, w = q.shape
+    cols = np.empty((len(range(0, w, CORR_STRIDE)), h), np.uint8)
+
+    def one(strip: tuple[int, int]) -> np.ndarray:
+        r0, r1 = strip
         first = r0 + (-r0) % CORR_STRIDE
         part = np.where(np.asarray(sample[r0:r1]).astype(bool), np.asarray(q[r0:r1]), np.uint8(_OUT))
-        rows.append(part[first - r0::CORR_STRIDE])
-        cols.append(part[:, ::CORR_STRIDE])
         scratch.release(q)
-    return [(table, np.concatenate(rows)), (table, np.concatenate(cols).T)]
+        cols[:, r0:r1] = part[:, ::CORR_STRIDE].T
+        return part[first - r0::CORR_STRIDE]
+
+    rows = list(parallel.map_windows(one, list(windowed.strips(q.shape, window_px))))
+    return [(table, np.concatenate(rows)), (table, cols)]
 
 
 def _lag_correlation(lines: list[tuple[np.ndarray, np.ndarray]], lag: int) -> float | None:
@@ -188,34 +195,68 @@ def _lag_correlation(lines: list[tuple[np.ndarray, np.ndarray]], lag: int) -> fl
 
     wide = {id(table): table.astype(np.float64) for table, _ in lines}  # float32 -> float64 is exact
 
+    def levels(lq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The levels of the pairs of a block of lines, in row-major order: on the flat block (a
+        pair does not reach past its line's end), as 1-d selections are the fastest numpy has."""
+        rows, cols = lq.shape
+        flat = np.ascontiguousarray(lq).reshape(-1)
+        seen = flat != _OUT
+        both = np.zeros(rows * cols, bool)
+        np.logical_and(seen[:-lag], seen[lag:], out=both[:-lag])
+        both.reshape(rows, cols)[:, cols - lag:] = False
+        both = both[:-lag]
+        return flat[:-lag][both], flat[lag:][both]
+
+    def look_up(t64: np.ndarray, lev: np.ndarray) -> np.ndarray:
+        """``t64[lev]`` (float64): OpenCV's table look-up, three times numpy's on a uint8 index."""
+        if not lev.size:
+            return np.zeros(0)
+        return cv2.LUT(lev.reshape(-1, 1), t64.reshape(1, -1)).reshape(-1)
+
     def pairs(table: np.ndarray, lq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        a, b = lq[:, :-lag], lq[:, lag:]
-        both = (a != _OUT) & (b != _OUT)
+        la, lb = levels(lq)
         t64 = wide[id(table)]
-        return t64[a[both]], t64[b[both]]
+        return look_up(t64, la), look_up(t64, lb)
+
+    # each block's sums are made on the window threads and added up here, in block order, so the
+    # result does not depend on the thread count: numpy's sums are its own, and OpenBLAS's dot product
+    # splits a vector by its own thread count, not by the thread that calls it
+    def moments(blk: tuple[np.ndarray, np.ndarray]) -> tuple[int, float, float, float, float, float, float] | None:
+        table, lq = blk
+        la, lb = levels(lq)
+        if not la.size:
+            return None
+        t64 = wide[id(table)]
+        # the extremes from the levels present (exact: a minimum of the same values)
+        ta, tb = t64[np.bincount(la, minlength=256) > 0], t64[np.bincount(lb, minlength=256) > 0]
+        return (la.size, float(look_up(t64, la).sum()), float(look_up(t64, lb).sum()), float(ta.min()), float(ta.max()),
+                float(tb.min()), float(tb.max()))
 
     n, sa, sb = 0, 0.0, 0.0
     lo_a = lo_b = np.inf
     hi_a = hi_b = -np.inf
-    for blk in blocks:
-        a, b = pairs(*blk)
-        if a.size:
-            n += a.size
-            sa += float(a.sum())
-            sb += float(b.sum())
-            lo_a, hi_a = min(lo_a, float(a.min())), max(hi_a, float(a.max()))
-            lo_b, hi_b = min(lo_b, float(b.min())), max(hi_b, float(b.max()))
+    for m in parallel.map_windows(moments, blocks):
+        if m is not None:
+            n += m[0]
+            sa += m[1]
+            sb += m[2]
+            lo_a, hi_a = min(lo_a, m[3]), max(hi_a, m[4])
+            lo_b, hi_b = min(lo_b, m[5]), max(hi_b, m[6])
     if n < 100 or lo_a == hi_a or lo_b == hi_b:
         return None
     ma, mb = sa / n, sb / n
-    saa = sbb = sab = 0.0
-    for blk in blocks:
-        a, b = pairs(*blk)
+
+    def products(blk: tuple[np.ndarray, np.ndarray]) -> tuple[float, float, float]:
+        a, b = pairs(*blk)  # new arrays: centred in place
         a -= ma
         b -= mb
-        saa += float(a @ a)
-        sbb += float(b @ b)
-        sab += float(a @ b)
+        return float(a @ a), float(b @ b), float(a @ b)
+
+    saa = sbb = sab = 0.0
+    for aa, bb, ab in parallel.map_windows(products, blocks):
+        saa += aa
+        sbb += bb
+        sab += ab
     return float(np.clip(sab / np.sqrt(saa * sbb), -1.0, 1.0))
 
 
@@ -336,9 +377,15 @@ def judge_regions(mask: np.ndarray, q: np.ndarray, observable: np.ndarray, gsd_m
     n = len(stats)
     area = stats[:, cv2.CC_STAT_AREA].astype(np.int64)
     valid = scr.zeros(q.shape, np.uint8)  # observable and not nodata
-    for (r, c, h, w), part in windowed.near(windowed.equals(mask, 1), HALO_PX, window_px):
+    changed = windowed.equals(mask, 1)
+
+    def mark_valid(box: Box) -> None:
+        r, c, h, w = box
+        part = windowed.near_box(changed, HALO_PX, box)
         ok = np.asarray(observable[r:r + h, c:c + w]) & (np.asarray(q[r:r + h, c:c + w]) != NODATA)
         valid[r:r + h, c:c + w] = ok.astype(np.uint8) + (ok & ~part)  # 1 valid, 2 also far from every change
+
+    for _ in windowed.map_boxes(mark_valid, q.shape, window_px):
         scratch.release(valid, q)
     side = int(np.ceil(np.sqrt(np.clip(q.size, SIM_MIN_PX, SIM_MAX_PX))))
     sim_km2 = side * side * gsd_m * gsd_m / 1e6
@@ -367,9 +414,14 @@ def judge_regions(mask: np.ndarray, q: np.ndarray, observable: np.ndarray, gsd_m
         # the regions found significant are change: measure the null again without them
         sig = significant.astype(np.uint8)
         away = scr.zeros(q.shape, np.uint8)
-        close = windowed.near(windowed.Where(labels, lambda lab: sig[lab]), HALO_ELL * ell, window_px)
-        for (r, c, h, w), part in close:
+        found = windowed.Where(labels, lambda lab: sig[lab])
+
+        def mark_away(box: Box) -> None:
+            r, c, h, w = box
+            part = windowed.near_box(found, HALO_ELL * ell, box)
             away[r:r + h, c:c + w] = (np.asarray(valid[r:r + h, c:c + w]) > 0) & ~part
+
+        for _ in windowed.map_boxes(mark_away, q.shape, window_px):
             scratch.release(away, valid)
         sample = away
     return RegionTest(labels, nfa, area, ell, null_px, sim_km2, int(sim_mass.size), t_n / LEVELS, slope)
@@ -377,13 +429,18 @@ def judge_regions(mask: np.ndarray, q: np.ndarray, observable: np.ndarray, gsd_m
 
 def _sample_hist(q: np.ndarray, sample: np.ndarray | windowed.Where, window_px: int) -> tuple[np.ndarray, int]:
     """Counts of each level of ``q`` over ``sample`` (256), and the sample's size."""
+
+    def count(rows: tuple[int, int]) -> tuple[np.ndarray, int]:
+        ok = np.asarray(sample[rows[0]:rows[1]]).astype(bool)
+        found = np.bincount(np.asarray(q[rows[0]:rows[1]])[ok], minlength=256)
+        scratch.release(q)
+        return found, int(np.count_nonzero(ok))
+
     counts = np.zeros(256, np.int64)
     n = 0
-    for r0, r1 in windowed.strips(q.shape, window_px):
-        ok = np.asarray(sample[r0:r1]).astype(bool)
-        counts += np.bincount(np.asarray(q[r0:r1])[ok], minlength=256)
-        n += int(np.count_nonzero(ok))
-        scratch.release(q)
+    for found, k in parallel.map_windows(count, list(windowed.strips(q.shape, window_px))):
+        counts += found  # integers: the sum does not depend on the order
+        n += k
     return counts, n
 
 

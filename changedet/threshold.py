@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from . import scratch, windowed
+from .arrays import Box
 from .config import DecideConfig
 from .labels import label_windowed
 from .objects import skeleton_length_px, widest_px
@@ -148,11 +149,17 @@ def hysteresis(q: np.ndarray, thr: Threshold, window_px: int = 1024,
     n = len(stats)
     if n <= 1:
         return out
-    keep = np.zeros(n, dtype=bool)
-    for r, c, h, w in windowed.windows(q.shape, window_px):
+
+    def strong(box: Box) -> np.ndarray:
+        r, c, h, w = box
         part = np.asarray(q[r:r + h, c:c + w])
-        keep[np.asarray(labels[r:r + h, c:c + w])[(part > hi) & (part != NODATA)]] = True  # no sort needed
+        found = np.asarray(labels[r:r + h, c:c + w])[(part > hi) & (part != NODATA)]
         scratch.release(q, labels)
+        return found
+
+    keep = np.zeros(n, dtype=bool)
+    for _, found in windowed.map_boxes(strong, q.shape, window_px):
+        keep[found] = True  # no sort needed
     keep[0] = False
     return windowed.fill(out, windowed.apply(labels, keep.astype(np.uint8), window_px))
 
@@ -180,9 +187,14 @@ def fill_holes(mask: np.ndarray, max_px: int, window_px: int = 1024,
     small = (stats[:, cv2.CC_STAT_AREA] <= max_px) & ~touches
     small[0] = False
     out = scr.zeros(mask.shape, np.uint8)
-    for (r, c, hh, ww), part in windowed.apply(labels, small, window_px):
+
+    def one(box: Box) -> None:
+        r, c, hh, ww = box
+        part = small[np.asarray(labels[r:r + hh, c:c + ww])]
         out[r:r + hh, c:c + ww] = (np.asarray(mask[r:r + hh, c:c + ww]).astype(bool) | part).astype(np.uint8)
-        scratch.release(out, mask)
+
+    for _ in windowed.map_boxes(one, mask.shape, window_px):
+        scratch.release(out, mask, labels)
     return out
 
 
@@ -222,8 +234,12 @@ def decide(q: np.ndarray, params: DecideConfig, gsd_m: float,
     else:
         thr = Threshold("model", fixed, fixed, fixed * params.hysteresis_low_ratio)
     mask = cut(q, thr, params, gsd_m, window_px, scr)
-    for r, c, h, w in windowed.windows(q.shape, window_px):
+
+    def nodata(box: Box) -> None:
+        r, c, h, w = box
         mask[r:r + h, c:c + w][np.asarray(q[r:r + h, c:c + w]) == NODATA] = NODATA
+
+    for _ in windowed.map_boxes(nodata, q.shape, window_px):
         scratch.release(mask, q)
     return mask, thr
 
@@ -317,10 +333,13 @@ def _dilate_windowed(src: np.ndarray | windowed.Where, radius: int, window_px: i
     """``cv2.dilate(src, disk(radius))`` (uint8 0/1) by windows with a halo of ``radius``."""
     out = scr.zeros(src.shape, np.uint8)
     kernel = _disk(radius)
-    for box in windowed.windows(src.shape, window_px):
+
+    def one(box: Box) -> None:
         part, big = windowed.read(src, box, radius)
         r, c, h, w = box
         out[r:r + h, c:c + w] = windowed.crop(cv2.dilate(part.astype(np.uint8), kernel), big, box)
+
+    for _ in windowed.map_boxes(one, src.shape, window_px):
         scratch.release(out)
     return out
 

@@ -15,12 +15,16 @@ Each helper gives what its whole-array counterpart gives (tests/test_windowed.py
   the same number;
 - :func:`label_sums` is ``np.bincount(labels.ravel(), weights)`` for every label but the
   background, adding each region's pixels in the same (row-major) order.
+
+The windows of a pass run on the threads :func:`changedet.parallel.window_threads` sets
+(:func:`map_boxes`), results in window order; a window's result may be written into a whole-scene
+array by its worker, as no two windows share a pixel.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -28,8 +32,9 @@ import numpy as np
 from . import labels as _labels
 from .arrays import Box
 from .arrays import iter_windows as windows  # noqa: F401 - the stages' name for it
-from . import scratch
+from . import parallel, scratch
 
+T = TypeVar("T")
 #: weight of a straight step of OpenCV's 3 x 3 L2 chamfer distance (the shortest step)
 CHAMFER_STEP = 0.955
 
@@ -61,6 +66,13 @@ def strips(shape: tuple[int, int], size: int) -> Iterator[tuple[int, int]]:
         yield r, min(h, r + rows)
 
 
+def map_boxes(fn: Callable[[Box], T], shape: tuple[int, int], window_px: int) -> Iterator[tuple[Box, T]]:
+    """``(box, fn(box))`` for every window of ``shape``, in window order, computed on the window
+    threads (:func:`changedet.parallel.map_windows`)."""
+    boxes = list(windows(shape, window_px))
+    return zip(boxes, parallel.map_windows(fn, boxes))
+
+
 def read(src: Any, box: Box, halo: int = 0) -> tuple[np.ndarray, Box]:
     """A window of ``src`` grown by ``halo`` and clipped to the grid, and the clipped box."""
     r, c, h, w = box
@@ -82,15 +94,17 @@ def near(src: Any, dist: float, window_px: int) -> Iterator[tuple[Box, np.ndarra
     Equal to ``cv2.distanceTransform((src == 0).astype(np.uint8), cv2.DIST_L2, 3) <= dist`` on the
     whole grid. (bool windows)
     """
-    halo = int(np.ceil(dist / CHAMFER_STEP)) + 2
-    for box in windows(src.shape[-2:], window_px):
-        part, big = read(src, box, halo)
-        zero = (part == 0).astype(np.uint8)
-        if zero.all():
-            yield box, np.zeros(box[2:], bool)
-            continue
-        d = cv2.distanceTransform(zero, cv2.DIST_L2, 3)
-        yield box, crop(d, big, box) <= dist
+    return map_boxes(lambda box: near_box(src, dist, box), src.shape[-2:], window_px)
+
+
+def near_box(src: Any, dist: float, box: Box) -> np.ndarray:
+    """:func:`near` of one window ``box`` (bool), read with the halo the distance needs."""
+    part, big = read(src, box, int(np.ceil(dist / CHAMFER_STEP)) + 2)
+    zero = (part == 0).astype(np.uint8)
+    if zero.all():
+        return np.zeros(box[2:], bool)
+    d = cv2.distanceTransform(zero, cv2.DIST_L2, 3)
+    return crop(d, big, box) <= dist
 
 
 def label(src: Any, window_px: int, scr: scratch.Scratch, value: int | None = None,
@@ -102,11 +116,14 @@ def label(src: Any, window_px: int, scr: scratch.Scratch, value: int | None = No
 
 def apply(labels: np.ndarray, lut: np.ndarray, window_px: int) -> Iterator[tuple[Box, np.ndarray]]:
     """``lut[labels]`` window by window."""
-    for box in windows(labels.shape, window_px):
+
+    def one(box: Box) -> np.ndarray:
         r, c, h, w = box
         part = lut[np.asarray(labels[r:r + h, c:c + w])]
         scratch.release(labels)
-        yield box, part
+        return part
+
+    return map_boxes(one, labels.shape, window_px)
 
 
 def label_pixels(labels: np.ndarray, window_px: int, *others: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -142,9 +159,12 @@ def morphology(mask: Any, op: int, kernel: np.ndarray, passes: int, window_px: i
     whole-array call does, and a window's own edge never reaches its core."""
     out = scr.zeros(mask.shape[-2:], np.uint8)
     halo = passes * (max(kernel.shape) // 2)
-    for box in windows(mask.shape[-2:], window_px):
+
+    def one(box: Box) -> None:
         part, big = read(mask, box, halo)
         r, c, h, w = box
         out[r:r + h, c:c + w] = crop(cv2.morphologyEx(part.astype(np.uint8), op, kernel), big, box)
+
+    for _ in map_boxes(one, mask.shape[-2:], window_px):
         scratch.release(out)
     return out

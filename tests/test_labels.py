@@ -61,3 +61,33 @@ def test_components_by_window_into_a_memory_map_equal_whole(tmp_path):
     assert isinstance(got_labels, np.memmap)
     np.testing.assert_array_equal(got_labels, want_labels)
     assert got == want
+
+
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(1, 120), w=st.integers(1, 120), density=st.floats(0.0, 0.8), window=st.integers(2, 40),
+       connectivity=st.sampled_from([4, 8]), seed=st.integers(0, 2**32 - 1))
+def test_windows_labelled_on_threads_equal_one_thread(h, w, density, window, connectivity, seed):
+    """The windows labelled on a pool (parallel.window_threads), in any order, give the same labels."""
+    from changedet import parallel
+
+    mask = (np.random.default_rng(seed).random((h, w)) < density).astype(np.uint8)
+    want, want_stats = label_windowed(mask, window, connectivity=connectivity)
+    with parallel.window_threads(3):
+        got, got_stats = label_windowed(mask, window, connectivity=connectivity)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_stats, want_stats)
+    if connectivity == 8:
+        np.testing.assert_array_equal(got, _whole(mask)[0])
+
+
+def test_labels_on_threads_into_a_memory_map(tmp_path):
+    from changedet import parallel
+
+    rng = np.random.default_rng(11)
+    mask = cv2.dilate((rng.random((260, 330)) < 0.01).astype(np.uint8), np.ones((9, 9), np.uint8))
+    want, want_stats = _whole(mask)
+    with parallel.window_threads(2):
+        got, stats = label_windowed(mask, 32, Scratch(tmp_path, 0), value=1)
+    assert isinstance(got, np.memmap)
+    np.testing.assert_array_equal(np.asarray(got), want)
+    np.testing.assert_array_equal(stats[1:], want_stats[1:])

@@ -108,3 +108,19 @@ def test_cli_refuses_negative_workers(tmp_path):
                                    "--out", str(tmp_path / "x"), "--workers", "-1"])
     assert res.exit_code == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_window_threads_run_map_windows_on_a_pool_only_within_the_block():
+    def thread_of(_: int) -> str:
+        return threading.current_thread().name
+
+    assert set(parallel.map_windows(thread_of, range(6))) == {threading.current_thread().name}
+    with parallel.window_threads(2) as n:
+        assert n == 2
+        names = list(parallel.map_windows(thread_of, range(6)))
+        # a pass called from a worker runs on that worker: no pool within a pool
+        inner = list(parallel.map_windows(lambda _: set(parallel.map_windows(thread_of, range(4))), range(3)))
+    assert all(name.startswith("changedet") for name in names)
+    assert all(len(s) == 1 and next(iter(s)).startswith("changedet") for s in inner)
+    assert set(parallel.map_windows(thread_of, range(3))) == {threading.current_thread().name}
+    assert list(parallel.map_windows(lambda x: x * x, range(20))) == [x * x for x in range(20)]

@@ -150,3 +150,18 @@ def test_windows_and_memory_maps_decide_the_same_regions(tmp_path):
     assert scratch.is_mapped(mapped)
     np.testing.assert_array_equal(np.asarray(mapped), whole)
     assert b_mapped == b_whole and 0 < b_whole.rejected < b_whole.tested
+
+
+def test_window_threads_decide_the_same_regions_with_the_same_figures(tmp_path):
+    from changedet import parallel, scratch
+
+    q = _null_score(300, 2.0, 9)
+    q[100:130, 40:80] = LEVELS
+    mask = _threshold(q, 0.45)
+    observable = np.ones_like(q, bool)
+    one, b_one = S.keep_significant(mask, q, observable, GSD, 5.0, 0.45, _cut(0.45), window_px=32)
+    with parallel.window_threads(2):
+        two, b_two = S.keep_significant(mask, q, observable, GSD, 5.0, 0.45, _cut(0.45), window_px=32,
+                                        scr=scratch.Scratch(tmp_path, 0))
+    np.testing.assert_array_equal(np.asarray(two), one)
+    assert b_two == b_one and b_one.tested > 0  # the correlation length and the tail fit to the last bit

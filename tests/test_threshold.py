@@ -181,3 +181,24 @@ def test_line_mask_by_windows_and_memory_maps_equals_one_window(tmp_path, window
     got = T.line_mask(_line_levels(r), mask, DecideConfig(), 0.5, window_px=window, scr=scratch.Scratch(tmp_path, 0))
     assert scratch.is_mapped(got) and whole[80:83, 52:128].all() and whole[52:98, 140:142].all()
     np.testing.assert_array_equal(np.asarray(got), whole)
+
+
+def test_the_decision_and_line_mask_on_window_threads_equal_one_thread(tmp_path):
+    from changedet import parallel
+
+    rng = np.random.default_rng(5)
+    score = cv2.GaussianBlur(rng.random((260, 300)).astype(np.float32), (0, 0), 2.0)
+    q = T.quantize((score - score.min()) / (score.max() - score.min()), rng.random(score.shape) > 0.01)
+    params = DecideConfig(open_px=1, close_px=1, min_area_m2=4.0, fill_holes_m2=6.0)
+    r = np.full(q.shape, 0.5, np.float32)
+    r[80:83, 20:230] = 12.0  # a trench across many windows
+    r[30:250, 140:142] = 12.0
+    want, thr = T.decide(q, params, 1.0, 0.8, window_px=32)
+    want_lines = T.line_mask(_line_levels(r), want, DecideConfig(), 0.5, window_px=32)
+    with parallel.window_threads(2):
+        got, thr2 = T.decide(q, params, 1.0, 0.8, window_px=32, scr=scratch.Scratch(tmp_path, 0))
+        got_lines = T.line_mask(_line_levels(r), got, DecideConfig(), 0.5, window_px=32,
+                                scr=scratch.Scratch(tmp_path, 0))
+    assert thr2 == thr and 0 < (want == 1).mean() < 1 and want_lines.any()
+    np.testing.assert_array_equal(np.asarray(got), want)
+    np.testing.assert_array_equal(np.asarray(got_lines), want_lines)
