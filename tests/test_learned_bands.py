@@ -10,13 +10,7 @@ from changedet.learned import features as F
 from changedet.learned import head as H
 from changedet.learned import score as S
 
-
-def _random_head(seed: int = 0) -> H.Head:
-    rng = np.random.default_rng(seed)
-    sizes = (F.N_FEATURES, *H.LAYERS, 1)
-    ws = tuple((rng.normal(0, 0.2, (a, b))).astype(np.float32) for a, b in zip(sizes, sizes[1:]))
-    bs = tuple(np.zeros(b, np.float32) for b in sizes[1:])
-    return H.Head(np.zeros(F.N_FEATURES, np.float32), np.ones(F.N_FEATURES, np.float32), ws, bs, 0.5)
+from .test_learned import _random_head
 
 
 def _scene(seed: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -305,17 +305,26 @@ def test_fallback_split_needs_an_object_unlike_its_ring():
     assert got is not None and np.flatnonzero(got.present).tolist() == list(range(4, 9))
 
 
+def _dug(seed, n, first, empty, step, noise, side_empty, side_dug, side_noise):
+    """Contrasts (n, 3) and side distances (n,) of a structure present from date ``first``."""
+    rng = np.random.default_rng(seed)
+    con = np.array(empty) + rng.normal(0, noise, (n, 3))
+    con[first:] += np.array(step)
+    side = np.where(np.arange(n) >= first, side_dug, side_empty) + rng.normal(0, side_noise, n)
+    return rng, con, side, np.arange(n) >= first
+
+
+def _present_dates(con, side, stood):
+    got = presence.decide_states(con, np.ones(len(side), bool), stood, 1.5, side, 4.0)
+    return None if got is None else np.flatnonzero(got.present).tolist()
+
+
 def test_faint_trench_unlike_its_ring_only_since_it_was_dug():
     # a faint trench dug into a field on date 14: always a little unlike the field's sides (its
     # footprint holds some texture), more so since it was dug, but less than min_separation
-    rng = np.random.default_rng(11)
     n = 28
-    con = np.array([3.3, 0.5, -0.5]) + rng.normal(0, 0.1, (n, 3))
-    con[14:] += np.array([2.3, 0.6, -0.4])
-    side = np.where(np.arange(n) >= 14, 1.3, 0.8) + rng.normal(0, 0.05, n)
-    stood = np.arange(n) >= 14
-    got = presence.decide_states(con, np.ones(n, bool), stood, 1.5, side, 4.0)
-    assert got is not None and np.flatnonzero(got.present).tolist() == list(range(14, n))
+    rng, con, side, stood = _dug(11, n, 14, [3.3, 0.5, -0.5], [2.3, 0.6, -0.4], 0.1, 0.8, 1.3, 0.05)
+    assert _present_dates(con, side, stood) == list(range(14, n))
     # the same contrasts with the sides as like the footprint on every date: a patch of the field
     flat = 0.8 + rng.normal(0, 0.05, n)
     assert presence.decide_states(con, np.ones(n, bool), stood, 1.5, flat, 4.0) is None
@@ -325,20 +334,14 @@ def test_dates_a_trench_is_less_unlike_its_nearest_side_stay_present():
     # a trench dug on date 12: its side distance is 2-3 on most later dates but 1.3 on two (a
     # season that made the field a little like it), less than min_separation above the empty 0.6;
     # its contrast with the ring as a whole is as strong on those two dates as on the others
-    rng = np.random.default_rng(13)
     n = 28
-    con = np.array([1.5, 0.5, -0.5]) + rng.normal(0, 0.1, (n, 3))
-    con[12:] += np.array([6.0, 3.0, -2.0])
-    side = np.where(np.arange(n) >= 12, 2.4, 0.6) + rng.normal(0, 0.1, n)
+    rng, con, side, stood = _dug(13, n, 12, [1.5, 0.5, -0.5], [6.0, 3.0, -2.0], 0.1, 0.6, 2.4, 0.1)
     side[[15, 16]] = 1.3
-    stood = np.arange(n) >= 12
-    got = presence.decide_states(con, np.ones(n, bool), stood, 1.5, side, 4.0)
-    assert got is not None and np.flatnonzero(got.present).tolist() == list(range(12, n))
+    assert _present_dates(con, side, stood) == list(range(12, n))
     # a hull on a berth's dates only whose contrast norm does not split (it changes colour, not
     # strength): the side's dates stand
     con_c = np.where((np.arange(n) >= 12)[:, None], [0.0, 3.0, 0.0], [3.0, 0.0, 0.0]) + rng.normal(0, 0.1, (n, 3))
-    got = presence.decide_states(con_c, np.ones(n, bool), stood, 1.5, side, 4.0)
-    assert got is not None and np.flatnonzero(got.present).tolist() == sorted(set(range(12, n)) - {15, 16})
+    assert _present_dates(con_c, side, stood) == sorted(set(range(12, n)) - {15, 16})
 
 
 def test_a_thin_footprint_across_a_field_edge_is_oriented_by_the_clearer_cue():
@@ -346,22 +349,16 @@ def test_a_thin_footprint_across_a_field_edge_is_oriented_by_the_clearer_cue():
     # half the other, is unlike either side (4.5), the trench less so (2.3); its contrast with the
     # ring as a whole is 1.8 before and 10.6 after. Both cues split the same dates; the clearer
     # one (against its scatter) says which are the object's
-    rng = np.random.default_rng(17)
     n = 28
-    con = np.array([1.5, 0.8, -0.5]) + rng.normal(0, 0.05, (n, 3))
-    con[20:] += np.array([8.0, 5.0, -3.0])
-    side = np.where(np.arange(n) >= 20, 2.3, 4.5) + rng.normal(0, 0.2, n)
-    stood = np.arange(n) >= 20
-    got = presence.decide_states(con, np.ones(n, bool), stood, 1.5, side, 4.0)
-    assert got is not None and np.flatnonzero(got.present).tolist() == list(range(20, n))
+    rng, con, side, stood = _dug(17, n, 20, [1.5, 0.8, -0.5], [8.0, 5.0, -3.0], 0.05, 4.5, 2.3, 0.2)
+    assert _present_dates(con, side, stood) == list(range(20, n))
     # a berth: a hull unlike every side (side 4.5 on its dates) whose ring, half quay, makes the empty
     # water's contrast a little larger than the hull's: the side is the clearer cue and stands
     hull = np.arange(n) < 20
     con_b = np.array([4.0, 1.0, 0.0]) + rng.normal(0, 0.3, (n, 3))
     con_b[hull] -= np.array([1.5, 0.5, 0.0])
     side_b = np.where(hull, 4.5, 0.5) + rng.normal(0, 0.05, n)
-    got = presence.decide_states(con_b, np.ones(n, bool), hull, 1.5, side_b, 4.0)
-    assert got is not None and np.flatnonzero(got.present).tolist() == list(range(20))
+    assert _present_dates(con_b, side_b, hull) == list(range(20))
 
 
 def test_object_state_from_the_clearer_cue():
