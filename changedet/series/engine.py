@@ -107,9 +107,10 @@ def observe_pass(stack: Stack, cfg: Config, progress: ProgressFn) -> list[float]
             big = background.large_bright(ev, observability.CORE, observability.RIM,
                                           int(cfg.series.large_cloud_share * ev.size))
             around = clear[clear < i][-1:].tolist() + clear[clear > i][:1].tolist()  # nearest clear dates
-            passing = background.passing_clouds(ev, [evidence_of(k) for k in around], observability.CORE,
-                                                observability.RIM, radius_px, cfg.observe.cloud_max_rectangularity)
-            ev = background.passing_dark(ev, [evidence_of(k) for k in around], observability.DARK)
+            neighbours = [evidence_of(k) for k in around]
+            passing = background.passing_clouds(ev, neighbours, observability.CORE, observability.RIM, radius_px,
+                                                cfg.observe.cloud_max_rectangularity)
+            ev = background.passing_dark(ev, neighbours, observability.DARK)
             masks = []
             for buffer_m in (cfg.observe.buffer_m, cfg.series.footprint_buffer_m):
                 params = cfg.observe.model_copy(update={"buffer_m": buffer_m})
