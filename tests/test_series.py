@@ -361,6 +361,27 @@ def test_a_thin_footprint_across_a_field_edge_is_oriented_by_the_clearer_cue():
     assert _present_dates(con_b, side_b, hull) == list(range(20))
 
 
+def test_a_small_hull_in_a_large_hulls_footprint_stays_present_when_its_side_dips():
+    # a berth's footprint left by a large hull (contrast 28, side 8 on dates 1-5); a small hull on
+    # dates 17-22 fills part of it: its side distance is 1.3-2.8 but 1.0 on date 21, below the
+    # split, while its contrasts (every band) are those of its other dates
+    n = 30
+    rng = np.random.default_rng(23)
+    empty = np.array([-10.0, -8.5, -7.7, -9.4])
+    con = empty + rng.normal(0, 0.1, (n, 4))
+    side = 0.15 + rng.normal(0, 0.03, n)
+    con[1:6] = np.array([28.0, 27.0, 25.5, 29.0]) + rng.normal(0, 0.6, (5, 4))
+    side[1:6] = 8.5 + rng.normal(0, 0.5, 5)
+    con[17:23] = np.array([-4.5, -3.4, -3.0, -3.6]) + rng.normal(0, 0.1, (6, 4))
+    side[17:23] = [1.4, 1.6, 2.8, 1.3, 1.0, 2.6]
+    stood = np.zeros(n, bool)
+    stood[[*range(1, 6), *range(17, 23)]] = True
+    assert _present_dates(con, side, stood) == [*range(1, 6), *range(17, 23)]
+    # the same side distances with date 21's contrasts those of the empty berth: it stays absent
+    con[21] = empty + rng.normal(0, 0.1, 4)
+    assert _present_dates(con, side, stood) == [*range(1, 6), 17, 18, 19, 20, 22]
+
+
 def test_object_state_from_the_clearer_cue():
     # a hut built on date 12 at a field's edge: the empty ground there (half field, half bare) is
     # like neither side, the hut like the bare side, so the side barely tells the states apart;
@@ -465,6 +486,40 @@ def test_tracks_split_on_observed_absence_not_on_clouds():
     assert trs[0].unobserved == [3]
     assert trs[0].events == [("appeared", 1), ("departed", 5)]
     assert trs[1].events == [("appeared", 7)]
+
+
+def test_another_hull_after_a_cloudy_gap_is_another_track():
+    # one berth: a bright hull on dates 1-5, dates 6-9 under cloud, a dull hull on dates 10-13;
+    # the run of presence is unbroken (no date seen empty), but its contrasts change across the gap
+    n = 16
+    rng = np.random.default_rng(29)
+    con = np.array([-10.0, -8.5, -7.7]) + rng.normal(0, 0.1, (n, 3))
+    con[1:6] = np.array([28.0, 27.0, 25.5]) + rng.normal(0, 0.6, (5, 3))
+    con[10:14] = np.array([10.5, 10.4, 10.0]) + rng.normal(0, 0.3, (4, 3))
+    con[6:10] = np.nan
+    present = np.zeros(n, bool)
+    present[[*range(1, 6), *range(10, 14)]] = True
+    observed = np.ones(n, bool)
+    observed[6:10] = False
+
+    def handed_over(run):
+        return presence.handovers(con, run, observed, 1.5, 8.0)
+
+    trs = tracks.tracks_of(0, present, observed, splits=handed_over)
+    assert [t.present for t in trs] == [[1, 2, 3, 4, 5], [10, 11, 12, 13]]
+    assert trs[0].unobserved == [6, 7, 8, 9]
+    assert trs[1].events[0] == ("appeared", 10)
+    # the same hull on both sides of the gap (its contrast within its scatter): one track
+    con[10:14] = np.array([28.0, 27.0, 25.5]) + rng.normal(0, 0.6, (4, 3))
+    assert [t.present for t in tracks.tracks_of(0, present, observed, splits=handed_over)] == \
+        [[*range(1, 6), *range(10, 14)]]
+    # a change seen happening on observed dates (a crane run out) is an event, not a new object
+    seen = np.ones(n, bool)
+    con[6:10] = np.array([28.0, 27.0, 25.5]) + rng.normal(0, 0.6, (4, 3))
+    con[10:14] = np.array([10.5, 10.4, 10.0]) + rng.normal(0, 0.3, (4, 3))
+    assert presence.handovers(con, list(range(1, 14)), seen, 1.5, 8.0) == []
+    # fewer than four dates that can be judged: the scatter is unknown, nothing is split
+    assert presence.handovers(con, [5, 10, 11], observed, 1.5, 8.0) == []
 
 
 # --------------------------------------------------------------------------- the run

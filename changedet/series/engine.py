@@ -15,6 +15,7 @@ Passes, each streaming so that memory does not grow with the number of dates:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import replace
 from dataclasses import dataclass
@@ -515,7 +516,12 @@ def conclude(stack: Stack, cfg: Config, ev: Evidence, progress: ProgressFn) -> A
         if st is None:
             continue
         strength = np.linalg.norm(np.nan_to_num(con[g]), axis=1) * float(cd.footprint.sum())
-        for tr in tracks_of(g, st.present, st.observed):
+        # another hull moored while the berth was under cloud: judged on dates clear by the full buffer
+        judged = np.where((share[g, :, 1] >= cfg.series.min_region_observable)[:, None], con[g], np.nan)
+        handed_over = functools.partial(presence.handovers, judged, observed=st.observed,
+                                        min_separation=cfg.series.state_min_separation,
+                                        sharpness=2.0 * cfg.series.state_min_sharpness)
+        for tr in tracks_of(g, st.present, st.observed, splits=handed_over):
             if st.value is not None:  # an extension run out for a few dates (on dates clear by the full buffer)
                 sure = [t for t in tr.present if share[g, t, 1] >= cfg.series.min_region_observable]
                 changed = presence.level_changes(st.value, sure, cfg.series.state_min_separation,

@@ -329,6 +329,7 @@ def decide_states(contrasts: np.ndarray, observed: np.ndarray, stood_out: np.nda
     present = obs & (value > cut)
     if not axis:
         present = _with_contrast_level(contrasts, obs, present, side, min_separation, min_sharpness)
+        present = _with_like_dates(contrasts, obs, present, min_separation, min_sharpness)
     if not present.any() or present.sum() == obs.sum():
         return None
     if axis and side is not None and not (np.median(side[present]) >= min_separation
@@ -367,6 +368,33 @@ def _with_contrast_level(contrasts: np.ndarray, obs: np.ndarray, present: np.nda
             _separation(norm, high, present) > _separation(side, present, high):
         return high
     return present
+
+
+def _with_like_dates(contrasts: np.ndarray, obs: np.ndarray, present: np.ndarray, min_separation: float,
+                     sharpness: float) -> np.ndarray:
+    """``present`` with the absent dates whose contrasts are those of one of its dates.
+
+    A small hull in a footprint left by a larger one is unlike the nearest side of its ring by
+    little, and on one of its dates by less than the split (:func:`lowest_level`), while its
+    contrasts (every band) are those of its other dates. An absent date joins the present ones
+    when it lies outside the other empty dates' cloud (``min_separation`` and ``sharpness`` times
+    their scatter from their mean) and closer to a present date than ``1 / sharpness`` of that distance.
+    """
+    x = np.asarray(contrasts, np.float64)
+    empty = obs & ~present
+    if empty.sum() < 3 or not present.any():
+        return present
+    out = present.copy()
+    for t in np.flatnonzero(empty):
+        others = empty.copy()
+        others[t] = False  # the empty dates' cloud without the date in question
+        mean = x[others].mean(axis=0)
+        scatter = math.sqrt(float(((x[others] - mean) ** 2).sum()) / (int(others.sum()) - 1))
+        d_empty = float(np.linalg.norm(x[t] - mean))
+        d_present = float(np.linalg.norm(x[present] - x[t], axis=1).min())
+        if d_empty >= max(min_separation, sharpness * scatter) and d_present * sharpness <= d_empty:
+            out[t] = True
+    return out
 
 
 def doubt_absence(states: States, surely_seen: np.ndarray) -> States | None:
@@ -452,6 +480,40 @@ def level_changes(value: np.ndarray, run: list[int], min_separation: float, shar
         return []
     high = v > cut
     return [run[k] for k in range(1, len(run)) if high[k] != high[k - 1]]
+
+
+def handovers(contrasts: np.ndarray, run: list[int], observed: np.ndarray, min_separation: float,
+              sharpness: float) -> list[int]:
+    """Dates of a run of presence on which another object stands where one stood before the
+    unobserved dates just ahead of them: a vessel left and another moored while the berth was under
+    cloud.
+
+    The run's contrasts (``(n, bands)``, noise sigmas; NaN on dates that cannot be judged, such as
+    a footprint in a cloud's haze) before and after such a gap form two groups whose means lie at
+    least ``min_separation`` apart and ``sharpness`` times the scatter within them; the clearest
+    such gap splits the run, then each part is tried again. A hull seen on both sides of the gap
+    keeps its contrast within its scatter. The scatter needs two degrees of freedom: with fewer
+    than four dates that can be judged the run is not split.
+    """
+    x = np.asarray(contrasts, np.float64)
+    judged = [t for t in run if np.isfinite(x[t]).all()]
+    best, best_ratio = None, 1.0
+    for k in range(1, len(run)):
+        if observed[run[k - 1] + 1:run[k]].all():
+            continue  # no unobserved date between them: a change seen happening is an event, not a new object
+        a, b = x[[t for t in judged if t < run[k]]], x[[t for t in judged if t >= run[k]]]
+        if len(judged) < 4 or not (len(a) and len(b)):
+            continue
+        d = float(np.linalg.norm(a.mean(axis=0) - b.mean(axis=0)))
+        within = float(((a - a.mean(axis=0)) ** 2).sum() + ((b - b.mean(axis=0)) ** 2).sum())
+        spread = math.sqrt(within / (len(judged) - 2))
+        ratio = d / (sharpness * spread) if spread > 0 else math.inf
+        if d >= min_separation and ratio >= best_ratio:
+            best, best_ratio = k, ratio
+    if best is None:
+        return []
+    return handovers(x, run[:best], observed, min_separation, sharpness) + [run[best]] + \
+        handovers(x, run[best:], observed, min_separation, sharpness)
 
 
 def covered_dates(cands: list[Candidate], n_dates: int, max_ratio: float, min_share: float = 0.5) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,11 +67,18 @@ def unobserved_within(run: list[int], observed: np.ndarray) -> list[int]:
     return [t for t in range(run[0], end) if not observed[t]]
 
 
+def _cut(run: list[int], before: list[int]) -> list[list[int]]:
+    """``run`` cut into parts that start at its first date and at each date of ``before``."""
+    starts = [0] + [run.index(t) for t in before]
+    return [run[a:b] for a, b in zip(starts, starts[1:] + [len(run)])]
+
+
 def tracks_of(candidate: int, present: np.ndarray, observed: np.ndarray,
-              changed: list[int] = ()) -> list[Track]:
-    """The tracks of one candidate: one per run of presence (:func:`split_runs`)."""
+              changed: list[int] = (), splits: Callable[[list[int]], list[int]] = lambda run: []) -> list[Track]:
+    """The tracks of one candidate: one per run of presence (:func:`split_runs`), each run cut again
+    before the dates ``splits`` gives for it (another object in the same place)."""
     out = []
-    for run in split_runs(present, observed):
+    for run in (part for whole in split_runs(present, observed) for part in _cut(whole, splits(whole))):
         ch = [t for t in changed if run[0] < t <= run[-1]]
         out.append(Track(candidate, run, unobserved_within(run, observed), track_events(run, observed, ch)))
     return out
