@@ -440,6 +440,30 @@ def test_absence_under_haze_is_unobserved():
                                   np.array([1, 1, 0, 1], bool)) is None
 
 
+def test_a_hazy_date_that_looks_empty_is_not_present():
+    # a crane on dates 10-11 at a quay; on date 8 a cloud's haze covers the buffer (the footprint
+    # half seen): the side distance calls it present, its contrasts are those of the empty quay
+    n = 15
+    rng = np.random.default_rng(31)
+    con = np.array([12.6, 10.5, 9.6, 11.6]) + rng.normal(0, 0.1, (n, 4))
+    con[10:12] = np.array([25.9, 17.7, -3.6, 17.2]) + rng.normal(0, 0.1, (2, 4))
+    con[8] += -1.5
+    present = np.zeros(n, bool)
+    present[[8, 10, 11]] = True
+    observed = np.ones(n, bool)
+    sure = np.ones(n, bool)
+    sure[8] = False
+    st = presence.States(present, observed, 5.0, True)
+    got = presence.doubt_hazy_presence(st, con, sure, 4.0)
+    assert np.flatnonzero(got.present).tolist() == [10, 11]
+    assert not got.observed[8] and got.observed.sum() == n - 1
+    # the same date clear by the full buffer: the side's call stands
+    assert presence.doubt_hazy_presence(st, con, np.ones(n, bool), 4.0) is st
+    # a hazy date with the crane's contrasts stays present
+    con[8] = con[10] + rng.normal(0, 0.1, 4)
+    assert np.flatnonzero(presence.doubt_hazy_presence(st, con, sure, 4.0).present).tolist() == [8, 10, 11]
+
+
 def test_haze_patch_neither_swallows_nor_hides_a_hut():
     hut = np.zeros((60, 60), np.uint8)
     hut[20:26, 20:26] = 1

@@ -512,12 +512,14 @@ def conclude(stack: Stack, cfg: Config, ev: Evidence, progress: ProgressFn) -> A
                                      cfg.series.state_min_sharpness)
         # haze beyond a cloud's detected edge hides an object more often than it makes one: a date
         # counts as absent only when the footprint is clear by the full buffer, else it is unobserved
-        st = st and presence.doubt_absence(st, share[g, :, 1] >= cfg.series.min_region_observable)
+        surely_seen = share[g, :, 1] >= cfg.series.min_region_observable
+        st = st and presence.doubt_absence(st, surely_seen)
+        st = st and presence.doubt_hazy_presence(st, con[g], surely_seen, cfg.series.state_min_sharpness)
         if st is None:
             continue
         strength = np.linalg.norm(np.nan_to_num(con[g]), axis=1) * float(cd.footprint.sum())
         # another hull moored while the berth was under cloud: judged on dates clear by the full buffer
-        judged = np.where((share[g, :, 1] >= cfg.series.min_region_observable)[:, None], con[g], np.nan)
+        judged = np.where(surely_seen[:, None], con[g], np.nan)
         handed_over = functools.partial(presence.handovers, judged, observed=st.observed,
                                         min_separation=cfg.series.state_min_separation,
                                         sharpness=2.0 * cfg.series.state_min_sharpness)

@@ -406,6 +406,36 @@ def doubt_absence(states: States, surely_seen: np.ndarray) -> States | None:
     return replace(states, observed=observed)
 
 
+def doubt_hazy_presence(states: States, contrasts: np.ndarray, surely_seen: np.ndarray,
+                        sharpness: float) -> States | None:
+    """``states`` with present dates in a cloud's haze that look empty made unobserved.
+
+    On a date whose footprint is seen but its buffer is not (``surely_seen`` False), haze can lift
+    the nearest-side distance of an empty berth above the split. Such a date whose contrasts lie
+    nearer those of a date seen empty than ``1 / sharpness`` of their distance to those of any
+    other present date cannot be called present; nor, in haze, absent. None when the object is then
+    present on no observed date or on every one (as :func:`doubt_absence`).
+    """
+    x = np.asarray(contrasts, np.float64)
+    empty = states.observed & ~states.present
+    hazy = np.flatnonzero(states.present & ~surely_seen)
+    if not (empty.any() and hazy.size):
+        return states
+    present, observed = states.present.copy(), states.observed.copy()
+    for t in hazy:
+        others = states.present & surely_seen
+        others[t] = False
+        if not others.any():
+            continue
+        d_empty = float(np.linalg.norm(x[empty] - x[t], axis=1).min())
+        d_present = float(np.linalg.norm(x[others] - x[t], axis=1).min())
+        if d_empty * sharpness <= d_present:
+            present[t] = observed[t] = False
+    if not present.any() or present.sum() == observed.sum():
+        return None
+    return replace(states, present=present, observed=observed)
+
+
 def union(cands: list[Candidate]) -> Candidate:
     """One candidate of several: the union of their footprints and their regions."""
     r0 = min(c.row0 for c in cands)
