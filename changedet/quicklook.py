@@ -152,16 +152,40 @@ def _length_text(m: float) -> str:
     return f"{m / 1000:g} km" if m >= 1000 else f"{m:g} m"
 
 
-def furniture_boxes(shape: tuple[int, int], metres_per_px: float | None,
-                    north_deg: float | None) -> list[tuple[int, int, int, int]]:
-    """The boxes ``(x0, y0, x1, y1)`` that the scale bar and the north arrow cover on an ``(h, w)`` panel."""
+NORTH_BOX = 60, 62  # width, height of the north arrow's corner box
+
+
+def north_box(shape: tuple[int, int], outlines: Sequence[Outline] = ()) -> tuple[int, int, int, int]:
+    """The corner box ``(x0, y0, x1, y1)`` of an ``(h, w)`` panel for the north arrow: top right,
+    else top left, else bottom right, whichever covers the least of the detections' bounding boxes
+    (the first on a tie; the bottom left holds the scale bar)."""
+    h, w = shape
+    bw, bh = NORTH_BOX
+    corners = [(w - bw, 0, w, bh), (0, 0, bw, bh), (w - bw, h - bh, w, h)]
+
+    def covered(box: tuple[int, int, int, int]) -> int:
+        x0, y0, x1, y1 = box
+        total = 0
+        for o in outlines:
+            ox0, oy0 = o.points.min(axis=0)
+            ox1, oy1 = o.points.max(axis=0) + 1
+            total += max(0, min(x1, int(ox1)) - max(x0, int(ox0))) * max(0, min(y1, int(oy1)) - max(y0, int(oy0)))
+        return total
+
+    return min(corners, key=lambda box: (covered(box), corners.index(box)))
+
+
+def furniture_boxes(shape: tuple[int, int], metres_per_px: float | None, north_deg: float | None,
+                    outlines: Sequence[Outline] = ()) -> list[tuple[int, int, int, int]]:
+    """The boxes ``(x0, y0, x1, y1)`` that the scale bar and the north arrow (:func:`north_box`)
+    cover on an ``(h, w)`` panel."""
     h, w = shape
     boxes = []
     if metres_per_px:
         n = round_length_m(metres_per_px, w / 4) / metres_per_px
         boxes.append((0, h - 40, int(n) + 24 + 40, h))
     if north_deg is not None:
-        boxes.append((w - 60, 0, w, 62))
+        boxes.append(north_box(shape, outlines))
     return boxes
 
 
@@ -179,10 +203,12 @@ def scale_bar(panel: np.ndarray, metres_per_px: float) -> None:
     cv2.putText(panel, text, (x0, y0 - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
 
 
-def north_arrow(panel: np.ndarray, north_deg: float) -> None:
-    """Draw an arrow to true north, ``north_deg`` clockwise from the panel's up, top-right (in place)."""
+def north_arrow(panel: np.ndarray, north_deg: float, box: tuple[int, int, int, int] | None = None) -> None:
+    """Draw an arrow to true north, ``north_deg`` clockwise from the panel's up, in the corner ``box``
+    (:func:`north_box`; top right when None) (in place)."""
     h, w = panel.shape[:2]
-    cx, cy, r = w - 26, 30, 18
+    x0, y0, x1, _ = box if box is not None else north_box((h, w))
+    cx, cy, r = (x0 + 34 if x1 == w else x0 + 26), y0 + 30, 18
     cv2.circle(panel, (cx, cy), r + 6, (255, 255, 255), -1, cv2.LINE_AA)
     t = np.deg2rad(north_deg)
     ux, uy = np.sin(t), -np.cos(t)  # unit vector to north, in panel pixels (y down)
@@ -258,14 +284,15 @@ def render(before: np.ndarray, after: np.ndarray, outlines: list[Outline], count
     if hidden is not None:
         hatch(det, hidden)
         share = float(hidden.mean())
-    reserved = furniture_boxes(det.shape[:2], metres_per_px, north_deg)
+    reserved = furniture_boxes(det.shape[:2], metres_per_px, north_deg, outlines)
+    corner = north_box(det.shape[:2], outlines)
     before, after = before.copy(), after.copy()
     # furniture first: outlines and ids are drawn over it, and ids are kept off it
     for panel in (before, after, det):
         if metres_per_px:
             scale_bar(panel, metres_per_px)
         if north_deg is not None:
-            north_arrow(panel, north_deg)
+            north_arrow(panel, north_deg, corner)
     _draw(det, outlines)
     where = place_labels(outlines, det.shape[:2], reserved=reserved)
     _draw_labels(det, outlines, where)

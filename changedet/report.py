@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .quicklook import COLOURS, Outline, furniture_boxes, place_labels, round_length_m
+from .quicklook import COLOURS, Outline, furniture_boxes, north_box, place_labels, round_length_m
 
 #: chips are embedded for at most this many detections (highest confidence first) ...
 MAX_CHIPS = 400
@@ -74,7 +74,7 @@ def _svg_overlay(outlines: list[Outline], shape: tuple[int, int], metres_per_px:
                  north_deg: float | None, departed_only: bool) -> str:
     h, w = shape
     parts = [f'<svg class="ov" viewBox="0 0 {w} {h}" preserveAspectRatio="none">']
-    parts.extend(_furniture(shape, metres_per_px, north_deg))
+    parts.extend(_furniture(shape, metres_per_px, north_deg, north_box(shape, outlines)))
     for o in outlines:
         if departed_only and o.event != "departed":
             continue
@@ -83,7 +83,7 @@ def _svg_overlay(outlines: list[Outline], shape: tuple[int, int], metres_per_px:
         parts.append(f'<polygon class="det" data-id="{o.id}" points="{pts}" stroke="{_hex(o.cls)}"{dash}>'
                      f"<title>#{o.id} {html.escape(o.cls)} {html.escape(o.event)}</title></polygon>")
     shown = [o for o in outlines if o.event == "departed" or not departed_only]
-    reserved = furniture_boxes(shape, metres_per_px, north_deg)
+    reserved = furniture_boxes(shape, metres_per_px, north_deg, outlines)
     for did, (x, y) in sorted(place_labels(shown, shape, reserved=reserved).items()):
         cls = next(o.cls for o in shown if o.id == did)
         parts.append(f'<text class="lab" x="{x}" y="{y}" fill="{_hex(cls)}">{did}</text>')
@@ -96,7 +96,8 @@ def _size(rec: dict[str, Any], unit: str = "px") -> str | None:
     return f"{w} × {h} {unit}" if w is not None and h is not None else None
 
 
-def _furniture(shape: tuple[int, int], metres_per_px: float | None, north_deg: float | None) -> list[str]:
+def _furniture(shape: tuple[int, int], metres_per_px: float | None, north_deg: float | None,
+               corner: tuple[int, int, int, int]) -> list[str]:
     h, w = shape
     parts: list[str] = []
     if metres_per_px:
@@ -109,7 +110,9 @@ def _furniture(shape: tuple[int, int], metres_per_px: float | None, north_deg: f
                      f'<rect x="{10 + n / 2:.1f}" y="{y + 1}" width="{n / 2 - 1:.1f}" height="3" fill="#fff"/>'
                      f'<text x="10" y="{y - 6}">{label}</text></g>')
     if north_deg is not None:
-        parts.append(f'<g class="furn" transform="translate({w - 30} 32)"><circle r="24" fill="#fff"/>'
+        x0, y0, x1, _ = corner
+        parts.append(f'<g class="furn" transform="translate({x0 + 30 if x1 == w else x0 + 26} {y0 + 32})">'
+                     f'<circle r="24" fill="#fff"/>'
                      f'<g transform="rotate({north_deg:.2f})"><path d="M0,-6 L6,17 L0,12 L-6,17 Z" fill="#000"/>'
                      f'<text x="-4.5" y="-9" fill="#b00000">N</text></g></g>')
     return parts

@@ -66,6 +66,25 @@ def test_scale_bar_and_north_arrow_are_drawn_only_when_known():
     assert not np.array_equal(plain[titles], dressed[titles])  # the date is written in the title
 
 
+def test_north_arrow_goes_to_the_corner_with_the_fewest_detections():
+    shape = (200, 300)
+    square = np.array([[0, 0], [40, 0], [40, 40], [0, 40]], np.int32)
+    top_right = quicklook.Outline(1, "hut", "appeared", square + [250, 5])
+    top_left = quicklook.Outline(2, "hut", "appeared", square + [5, 5])
+    assert quicklook.north_box(shape) == (240, 0, 300, 62)  # nothing drawn: top right
+    assert quicklook.north_box(shape, [top_right]) == (0, 0, 60, 62)
+    assert quicklook.north_box(shape, [top_right, top_left]) == (240, 138, 300, 200)
+    assert quicklook.north_box(shape, [top_right]) in quicklook.furniture_boxes(shape, 0.5, 0.0, [top_right])
+    # drawn there on every panel, and the detection's corner is left as it was
+    panel = np.full((200, 300, 3), 128, np.uint8)
+    bare = quicklook.render(panel, panel, [top_right], {"hut": 1})
+    pic = quicklook.render(panel, panel, [top_right], {"hut": 1}, north_deg=0.0)
+    for x in (0, 300 + 6, 2 * (300 + 6)):  # before, after, detections
+        was, now = bare[28:228, x:x + 300], pic[28:228, x:x + 300]
+        assert not np.array_equal(was[0:62, 0:60], now[0:62, 0:60])
+        assert np.array_equal(was[0:62, 240:300], now[0:62, 240:300])
+
+
 @pytest.mark.parametrize("crs,transform,expected", [
     ("EPSG:4326", (0.001, 0, 30.0, 0, -0.001, 10.0), 0.0),  # geographic, north up
     ("EPSG:32637", (0.5, 0, 500000.0 - 128, 0, -0.5, 3512000.0), 0.0),  # on the central meridian
