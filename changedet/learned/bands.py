@@ -28,7 +28,7 @@ import numpy as np
 from .features import (HEAD_STRIDE, S4_HALO_PX, STRIDE, TAP_CHANNELS, encode_s4, padded_box, pair_taps_s4,
                        release_arena)
 from .head import Head
-from .score import taps_probability
+from .score import head_cells, taps_probability
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -194,9 +194,11 @@ def _by_bands(boxes: list[Box], inputs: Inputs, head: Head, map_fn: MapFn,
 def _window(band: S4Band, box: Box, head: Head, post: Callable[[np.ndarray, np.ndarray], T],
             threads: int | None, arena: bool) -> T:
     pbox = padded_box(box)
-    taps = pair_taps_s4(*band.crop(pbox), threads, arena)
     r, c, h, w = box
-    p = taps_probability(taps, head, (r - pbox[0], c - pbox[1], h, w))
+    inner = (r - pbox[0], c - pbox[1], h, w)
+    cells = head_cells(inner, (pbox[2] // HEAD_STRIDE, pbox[3] // HEAD_STRIDE))
+    taps = pair_taps_s4(*band.crop(pbox), threads, arena, cells)
+    p = taps_probability(taps, head, inner)
     v = band.valid_of(box)
     p[~v] = 0.0
     return post(p, v)
