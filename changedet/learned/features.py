@@ -309,11 +309,13 @@ class FirstLayer:
         (up to float64 rounding in the product of the stride-4 taps).
         """
         c1 = self.shape[1] if c1 is None else c1
-        out = np.empty(((r1 - r0) * (c1 - c0), self.bias.size), np.float64)
-        out[...] = self.bias
         if self.fine is not None and self.w_fine is not None:
             c = self.fine.shape[0]
-            out += self.fine[:, r0:r1, c0:c1].reshape(c, -1).T.astype(np.float64) @ self.w_fine
+            out = self.fine[:, r0:r1, c0:c1].reshape(c, -1).T.astype(np.float64) @ self.w_fine
+            out += self.bias  # the product plus the bias: the same sum as the bias plus the product
+        else:
+            out = np.empty(((r1 - r0) * (c1 - c0), self.bias.size), np.float64)
+            out[...] = self.bias
         for proj, factor in self.coarse:
             th, tw, k = proj.shape
             s0, s1 = max(0, r0 // factor - 1), min(th, (r1 - 1) // factor + 2)
