@@ -113,7 +113,7 @@ def encoder_input(img: np.ndarray, valid: np.ndarray, stretch: Stretch) -> np.nd
     lo = np.asarray(stretch.lo, np.float32)[:, None, None]
     hi = np.asarray(stretch.hi, np.float32)[:, None, None]
     # in place, the same float32 operations in the same order: one buffer instead of six
-    x = img[idx].astype(np.float32)
+    x = img[idx].astype(np.float32, copy=False)  # indexing by a list already made a new array
     x -= lo
     x /= hi - lo
     np.clip(x, 0.0, 1.0, out=x)
