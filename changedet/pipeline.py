@@ -230,12 +230,13 @@ def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch:
     def pool(fn: Callable[[Any], Any], items: list[Any]) -> Iterator[Any]:
         return parallel.ordered_map(fn, items, n)
 
-    results = lbands.window_probabilities(boxes, inputs, head, pool, threshold.quantize, threads)
-    for i, (box, out) in enumerate(results):
-        r, c, h, w = box
-        pq[r:r + h, c:c + w] = out
-        scratch.release(pq)
-        progress("learned", i + 1, len(boxes))
+    with parallel.capped_blas_threads(n):  # the head's products, from every worker at once
+        results = lbands.window_probabilities(boxes, inputs, head, pool, threshold.quantize, threads)
+        for i, (box, out) in enumerate(results):
+            r, c, h, w = box
+            pq[r:r + h, c:c + w] = out
+            scratch.release(pq)
+            progress("learned", i + 1, len(boxes))
     return pq
 
 

@@ -128,6 +128,39 @@ def test_workers_give_the_same_numbers():
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(serial, pooled))
 
 
+def test_a_window_is_two_jobs_after_its_tiles():
+    band = B.S4Band(-192, 1024, 2, 1408)
+    band.move_to(-192, 1408)
+    boxes = [(0, 0, 1024, 1024), (0, 1024, 640, 640)]
+    jobs = B._band_jobs(band, boxes, set(), 0, 256)
+    kinds = [k for k, _, _ in jobs]
+    assert kinds.count("before") == kinds.count("window") == 2 and kinds.count("tile") == 12
+    for i, (kind, box, needs) in enumerate(jobs):
+        if kind == "before":
+            assert jobs[i + 1] == ("window", box, needs), "the after date's job right behind"
+            made = {b for k, b, _ in jobs[:i] if k == "tile"}
+            assert needs and set(needs) <= made, "every tile it reads made before"
+
+
+def test_a_failing_encoder_is_raised_not_waited_for(monkeypatch):
+    from changedet import parallel
+
+    h, w, window = 256, 256, 128
+    xb, xa, valid = _scene(3, h, w)
+    boxes = [(r, c, window, window) for r in range(0, h, window) for c in range(0, w, window)]
+    calls = []
+
+    def failing(f4, threads=None, arena=False):  # type: ignore[no-untyped-def]
+        calls.append(f4.shape)
+        raise MemoryError("no room for the second part")
+
+    monkeypatch.setattr(B, "encode_from_s4", failing)
+    with pytest.raises(MemoryError, match="no room"):
+        list(B.window_probabilities(boxes, _reader(xb, xa, valid, []), _random_head(),
+                                    lambda fn, items: parallel.ordered_map(fn, items, 2), lambda p, v: p))
+    assert calls
+
+
 def test_shipped_parts_are_the_split_of_the_shipped_encoder(tmp_path):
     pytest.importorskip("onnx")
     import hashlib

@@ -124,3 +124,20 @@ def test_window_threads_run_map_windows_on_a_pool_only_within_the_block():
     assert all(len(s) == 1 and next(iter(s)).startswith("changedet") for s in inner)
     assert set(parallel.map_windows(thread_of, range(3))) == {threading.current_thread().name}
     assert list(parallel.map_windows(lambda x: x * x, range(20))) == [x * x for x in range(20)]
+
+
+def test_blas_runs_one_thread_per_worker_within_the_cap_and_is_restored_after():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import numpy as np  # noqa: F401 - loads numpy's BLAS, so that there is one to cap
+
+    def blas_threads() -> list[int]:
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    if not before:
+        pytest.skip("no BLAS library that threadpoolctl can see")
+    with parallel.capped_blas_threads(parallel.cpu_count() * 2) as per:
+        assert per == 1 and blas_threads() == [1] * len(before)
+    assert blas_threads() == before
+    with parallel.capped_blas_threads(1) as per:  # one worker: BLAS keeps every core
+        assert per == parallel.cpu_count() and blas_threads() == before

@@ -25,10 +25,10 @@ from typing import TypeVar
 
 import numpy as np
 
-from .features import (HEAD_STRIDE, S4_HALO_PX, STRIDE, TAP_CHANNELS, encode_s4, padded_box, pair_taps_s4,
-                       release_arena)
+from .features import (HEAD_STRIDE, S4_HALO_PX, STRIDE, TAP_CHANNELS, encode_from_s4, encode_s4, padded_box,
+                       release_arena, taps_of)
 from .head import Head
-from .score import taps_probability
+from .score import head_cells, taps_probability
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -140,7 +140,8 @@ def window_probabilities(boxes: list[Box], inputs: Inputs, head: Head, map_fn: M
     The windows come strip by strip (:data:`BAND_PX` columns), each strip row by row, left to
     right: a fixed order whatever ``map_fn``. Per row of a strip, the band's tiles and the windows
     go to ``map_fn`` as one list, each window after the tiles it needs (it waits for them), so the
-    workers are not held back by a whole row of tiles. Memory: a band of ``f4`` (12 bytes a pixel
+    workers are not held back by a whole row of tiles; a window is two jobs, the encoder's second
+    part on each date (:func:`_band_jobs`). Memory: a band of ``f4`` (12 bytes a pixel
     of a strip's read boxes' rows, about 0.11 GB for 1024 px windows) and a tile's or a window's
     encoder per worker; with ``arena`` (:func:`~changedet.learned.features.encode_s4`) that
     memory is kept until the last window, then given back.
@@ -172,7 +173,8 @@ def _by_bands(boxes: list[Box], inputs: Inputs, head: Head, map_fn: MapFn,
         old_end = band.row0 + band.rows
         kept = band.move_to(pr, ph)
         jobs = _band_jobs(band, row, kept, old_end, tile_rows)
-        ready = {job: threading.Event() for job in jobs if job[0] == "tile"}
+        ready = {job: threading.Event() for job in jobs if job[0] in ("tile", "before")}
+        befores: dict[Box, tuple[np.ndarray, ...]] = {}
 
         def run(job: tuple[str, Box, tuple[Box, ...]]) -> T | None:
             kind, box, needs = job
@@ -184,19 +186,32 @@ def _by_bands(boxes: list[Box], inputs: Inputs, head: Head, map_fn: MapFn,
                 return None
             for dep in needs:
                 ready[("tile", dep, ())].wait()
-            return _window(band, box, head, post, threads, arena)
+            if kind == "before":
+                try:
+                    befores[box] = encode_from_s4(band.crop(padded_box(box))[0], threads, arena)
+                finally:  # as a tile: its failure is raised before its window's
+                    ready[job].set()
+                return None
+            fa = encode_from_s4(band.crop(padded_box(box))[1], threads, arena)
+            ready[("before", box, needs)].wait()
+            if box not in befores:
+                raise RuntimeError(f"the before date's encoder failed on window {box}")
+            return _window(band, box, befores.pop(box), fa, head, post)
 
         for job, out in zip(jobs, map_fn(run, jobs)):
             if job[0] == "window":
                 yield job[1], out  # type: ignore[misc]
 
 
-def _window(band: S4Band, box: Box, head: Head, post: Callable[[np.ndarray, np.ndarray], T],
-            threads: int | None, arena: bool) -> T:
+def _window(band: S4Band, box: Box, fb: tuple[np.ndarray, ...], fa: tuple[np.ndarray, ...], head: Head,
+            post: Callable[[np.ndarray, np.ndarray], T]) -> T:
+    """The head on a window from both dates' taps of its read box (:func:`encode_from_s4`)."""
     pbox = padded_box(box)
-    taps = pair_taps_s4(*band.crop(pbox), threads, arena)
     r, c, h, w = box
-    p = taps_probability(taps, head, (r - pbox[0], c - pbox[1], h, w))
+    inner = (r - pbox[0], c - pbox[1], h, w)
+    cells = head_cells(inner, (pbox[2] // HEAD_STRIDE, pbox[3] // HEAD_STRIDE))
+    taps = taps_of(fb, fa, cells)
+    p = taps_probability(taps, head, inner)
     v = band.valid_of(box)
     p[~v] = 0.0
     return post(p, v)
@@ -215,7 +230,10 @@ Job = tuple[str, Box, tuple[Box, ...]]
 def _band_jobs(band: S4Band, boxes: list[Box], kept: set[int], old_end: int, tile_rows: int) -> list[Job]:
     """The band's work in order: ``("tile", box, ())`` for the tiles it still has to make (every row
     of a new tile, the rows from ``old_end`` on of a kept one; at most ``tile_rows`` rows each), and
-    ``("window", box, tiles)`` for each window, after the tiles it needs."""
+    for each window, after the tiles it needs, ``("before", box, tiles)`` (the encoder's second part
+    on the before date) then ``("window", box, tiles)`` (on the after date, then the head): two jobs
+    that two workers run at once, so that the last window of a row holds one worker for half as long
+    while the other waits for the next row."""
     end = band.row0 + band.rows
     tiles: dict[int, list[Box]] = {}
     windows = []
@@ -238,5 +256,5 @@ def _band_jobs(band: S4Band, boxes: list[Box], kept: set[int], old_end: int, til
         for k in range(made + 1, last + 1):
             jobs += [("tile", t, ()) for t in tiles.get(k, [])]
         made = max(made, last)
-        jobs.append(("window", box, deps))
+        jobs += [("before", box, deps), ("window", box, deps)]
     return jobs

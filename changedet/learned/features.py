@@ -113,7 +113,7 @@ def encoder_input(img: np.ndarray, valid: np.ndarray, stretch: Stretch) -> np.nd
     lo = np.asarray(stretch.lo, np.float32)[:, None, None]
     hi = np.asarray(stretch.hi, np.float32)[:, None, None]
     # in place, the same float32 operations in the same order: one buffer instead of six
-    x = img[idx].astype(np.float32)
+    x = img[idx].astype(np.float32, copy=False)  # indexing by a list already made a new array
     x -= lo
     x /= hi - lo
     np.clip(x, 0.0, 1.0, out=x)
@@ -232,7 +232,17 @@ class PairTaps:
     difference and the mean at the tap's own stride, and the factor up to the head's grid."""
 
     parts: tuple[tuple[np.ndarray, int], ...]  # ((c, h_tap, w_tap) float32, factor), in feature order
-    shape: tuple[int, int]  # the head's grid (h/4, w/4)
+    shape: tuple[int, int]  # the head's grid (h/4, w/4), or of the block of it these taps hold
+    origin: tuple[int, int] = (0, 0)  # the read box's head-grid cell at this grid's (0, 0) (:meth:`around`)
+
+    def around(self, cells: tuple[int, int, int, int]) -> PairTaps:
+        """The taps the head needs for the block ``cells`` (row0, col0, row1, col1 of the read box's
+        head grid): views of each tap's rows and columns that :meth:`FirstLayer.rows` reads for any
+        rows of the block (one coarsest cell more on each side), with :attr:`origin` set. The head
+        gives the same numbers on them as on the whole (:meth:`~changedet.learned.head.Head.predict_taps`)."""
+        factors = [f for _, f in self.parts]
+        maps, shape, origin = _around([p for p, _ in self.parts], factors, self.shape, self.origin, cells)
+        return PairTaps(tuple(zip(maps, factors)), shape, origin)
 
     def rows(self, r0: int, r1: int) -> np.ndarray:
         """Rows ``r0:r1`` of the head's features, (N_FEATURES, r1 - r0, w) float32: the same numbers
@@ -299,11 +309,13 @@ class FirstLayer:
         (up to float64 rounding in the product of the stride-4 taps).
         """
         c1 = self.shape[1] if c1 is None else c1
-        out = np.empty(((r1 - r0) * (c1 - c0), self.bias.size), np.float64)
-        out[...] = self.bias
         if self.fine is not None and self.w_fine is not None:
             c = self.fine.shape[0]
-            out += self.fine[:, r0:r1, c0:c1].reshape(c, -1).T.astype(np.float64) @ self.w_fine
+            out = self.fine[:, r0:r1, c0:c1].reshape(c, -1).T.astype(np.float64) @ self.w_fine
+            out += self.bias  # the product plus the bias: the same sum as the bias plus the product
+        else:
+            out = np.empty(((r1 - r0) * (c1 - c0), self.bias.size), np.float64)
+            out[...] = self.bias
         for proj, factor in self.coarse:
             th, tw, k = proj.shape
             s0, s1 = max(0, r0 // factor - 1), min(th, (r1 - 1) // factor + 2)
@@ -314,24 +326,54 @@ class FirstLayer:
         return out
 
 
-def pair_taps(xb: np.ndarray, xa: np.ndarray, threads: int | None = None) -> PairTaps:
+def pair_taps(xb: np.ndarray, xa: np.ndarray, threads: int | None = None,
+              cells: tuple[int, int, int, int] | None = None) -> PairTaps:
     """The encoder's taps of both dates for :meth:`PairTaps.rows` (about 7 MB at a 1408² read box,
-    where the upsampled features are 174 MB)."""
-    return taps_of(encode(xb, threads), encode(xa, threads))
+    where the upsampled features are 174 MB); with ``cells``, around that block (:func:`taps_of`)."""
+    return taps_of(encode(xb, threads), encode(xa, threads), cells)
 
 
-def pair_taps_s4(f4b: np.ndarray, f4a: np.ndarray, threads: int | None = None, arena: bool = False) -> PairTaps:
+def pair_taps_s4(f4b: np.ndarray, f4a: np.ndarray, threads: int | None = None, arena: bool = False,
+                 cells: tuple[int, int, int, int] | None = None) -> PairTaps:
     """:func:`pair_taps` from both dates' stride-4 taps of the read box (:func:`encode_s4`)."""
-    return taps_of(encode_from_s4(f4b, threads, arena), encode_from_s4(f4a, threads, arena))
+    return taps_of(encode_from_s4(f4b, threads, arena), encode_from_s4(f4a, threads, arena), cells)
 
 
-def taps_of(fb: tuple[np.ndarray, ...], fa: tuple[np.ndarray, ...]) -> PairTaps:
-    """The head's view of both dates' taps (:func:`encode`): per tap, the difference and the mean."""
+def taps_of(fb: tuple[np.ndarray, ...], fa: tuple[np.ndarray, ...],
+            cells: tuple[int, int, int, int] | None = None) -> PairTaps:
+    """The head's view of both dates' taps (:func:`encode`): per tap, the difference and the mean;
+    with ``cells``, only around that block of the head's grid (:meth:`PairTaps.around`)."""
+    factors = [stride // HEAD_STRIDE for stride in (4, 8, 16)][:len(fb)]
+    shape, origin = fb[0].shape[1:], (0, 0)  # the stride-4 tap is on the head's grid
+    if cells is not None:
+        (fb_crop, shape, origin), (fa_crop, _, _) = (_around(list(f), factors, shape, (0, 0), cells)
+                                                      for f in (fb, fa))
+        fb, fa = tuple(fb_crop), tuple(fa_crop)
     parts = []
-    for tb, ta, stride in zip(fb, fa, (4, 8, 16)):
-        up = stride // HEAD_STRIDE
+    for tb, ta, up in zip(fb, fa, factors):
         parts += [(np.abs(ta - tb), up), (0.5 * (ta + tb), up)]
-    return PairTaps(tuple(parts), fb[0].shape[1:])  # the stride-4 tap is on the head's grid
+    return PairTaps(tuple(parts), shape, origin)
+
+
+def _around(maps: list[np.ndarray], factors: list[int], shape: tuple[int, int], origin: tuple[int, int],
+            cells: tuple[int, int, int, int]) -> tuple[tuple, tuple[int, int], tuple[int, int]]:
+    """Views of ``maps`` (each (c, h / factor, w / factor) on a head grid of ``shape`` starting at
+    ``origin``) around the block ``cells`` of the read box's head grid: (maps, shape, origin).
+
+    The block is grown to whole cells of the coarsest map and by one of them on each side (what
+    bilinear upsampling reads), so that every map starts on one of its own cells and a row of the
+    block reads the same map rows, relative to the crop, as it does in the whole.
+    """
+    big = max(factors)
+    lo, hi = [], []
+    for i in range(2):
+        start, stop = cells[i] - origin[i], cells[i + 2] - origin[i]
+        if not 0 <= start < stop <= shape[i]:
+            raise ValueError(f"cells {cells} are not within the taps' grid at {origin} of {shape}")
+        lo.append(max(0, start // big - 1) * big)
+        hi.append(min(shape[i], ((stop - 1) // big + 2) * big))
+    out = [m[:, lo[0] // f:-(-hi[0] // f), lo[1] // f:-(-hi[1] // f)] for m, f in zip(maps, factors)]
+    return tuple(out), (hi[0] - lo[0], hi[1] - lo[1]), (origin[0] + lo[0], origin[1] + lo[1])
 
 
 def pair_features(xb: np.ndarray, xa: np.ndarray, threads: int | None = None) -> np.ndarray:

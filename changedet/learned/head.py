@@ -80,8 +80,9 @@ class Head:
                      band_px: int = 16384) -> np.ndarray:
         """:meth:`predict` on the encoder's taps of a read box, float64 on the head's grid.
 
-        ``cells`` (row0, col0, row1, col1) limits it to a block of the grid (default: all of it),
-        e.g. a window without its halo. The first layer runs on each tap at its own stride
+        ``cells`` (row0, col0, row1, col1 of the read box's grid) limits it to a block of the grid
+        (default: all the taps hold), e.g. a window without its halo; taps made around it
+        (:meth:`PairTaps.around`) give the same numbers and spare the rest of the read box. The first layer runs on each tap at its own stride
         (:meth:`PairTaps.first_layer`), the rest per cell, in bands of whole rows of about
         ``band_px`` cells (bounded memory). The numbers equal :meth:`predict` on the features, and
         those of any other block, up to float64 rounding (BLAS sums one row in another order than
@@ -90,7 +91,9 @@ class Head:
         mean, scale = self.mean.astype(np.float64), self.scale.astype(np.float64)
         w0 = self.weights[0].astype(np.float64)
         first = taps.first_layer(scale[:, None] * w0, self.biases[0].astype(np.float64) - (mean * scale) @ w0)
-        g0, k0, g1, k1 = cells or (0, 0, *taps.shape)
+        o0, o1 = taps.origin
+        g0, k0, g1, k1 = cells or (o0, o1, o0 + taps.shape[0], o1 + taps.shape[1])
+        g0, k0, g1, k1 = g0 - o0, k0 - o1, g1 - o0, k1 - o1
         w = k1 - k0
         out = np.empty((g1 - g0, w), np.float64)
         step = max(1, band_px // max(1, w))

@@ -52,7 +52,7 @@ def window_probability(xb: np.ndarray, xa: np.ndarray, valid: np.ndarray, head: 
     numbers are those of the whole read box (:func:`probability`) cropped.
     """
     _check_inner(inner)
-    taps = pair_taps(xb, xa, threads)
+    taps = pair_taps(xb, xa, threads, head_cells(inner, (xb.shape[1] // HEAD_STRIDE, xb.shape[2] // HEAD_STRIDE)))
     del xb, xa
     r, c, h, w = inner
     p = taps_probability(taps, head, inner)
@@ -72,12 +72,21 @@ def taps_probability(taps: PairTaps, head: Head, inner: tuple[int, int, int, int
     the head on that crop's cells only, validity not applied (:func:`window_probability`)."""
     _check_inner(inner)
     r, c, h, w = inner
-    gh, gw = taps.shape
-    g0, k0 = max(0, r // HEAD_STRIDE - 1), max(0, c // HEAD_STRIDE - 1)
-    g1, k1 = min(gh, -(-(r + h) // HEAD_STRIDE) + 1), min(gw, -(-(c + w) // HEAD_STRIDE) + 1)
-    p = upsample(head.predict_taps(taps, (g0, k0, g1, k1)).astype(np.float32))
-    dr, dc = r - g0 * HEAD_STRIDE, c - k0 * HEAD_STRIDE
+    o0, o1 = taps.origin
+    cells = head_cells(inner, (o0 + taps.shape[0], o1 + taps.shape[1]))
+    p = upsample(head.predict_taps(taps.around(cells), cells).astype(np.float32))
+    dr, dc = r - cells[0] * HEAD_STRIDE, c - cells[1] * HEAD_STRIDE
     return p[dr:dr + h, dc:dc + w]
+
+
+def head_cells(inner: tuple[int, int, int, int], grid: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The block (row0, col0, row1, col1) of a read box's head grid (``grid`` cells) that the crop
+    ``inner`` (row, col, h, w in pixels) needs: its cells and one more on each side, what bilinear
+    upsampling reads."""
+    r, c, h, w = inner
+    gh, gw = grid
+    return (max(0, r // HEAD_STRIDE - 1), max(0, c // HEAD_STRIDE - 1),
+            min(gh, -(-(r + h) // HEAD_STRIDE) + 1), min(gw, -(-(c + w) // HEAD_STRIDE) + 1))
 
 
 def pad_to_box(arr: np.ndarray, shape: tuple[int, int], fill: float | bool = 0) -> np.ndarray:
