@@ -43,6 +43,7 @@ from .config import Config
 from .errors import InputError, OutputError, RegistrationError
 from .io import (
     BandWriter,
+    as_input,
     Box,
     block_cache,
     OutputStage,
@@ -96,14 +97,26 @@ class RunResult:
 
 
 class _Timer:
+    """Wall seconds (``timings``) and the process's CPU seconds, every thread's (``cpu``), by stage."""
+
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         yield
-        self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 3)
+        self.add(name, time.perf_counter() - t0, time.process_time() - c0)
+
+    def record(self) -> dict[str, float]:
+        """The run record's ``timings_s``: each stage's wall seconds, then as ``<stage>_cpu`` its CPU seconds
+        (``measure_cpu`` / ``measure`` = 2 is two busy cores)."""
+        return {**self.timings, **{f"{k}_cpu": v for k, v in self.cpu.items()}}
+
+    def add(self, name: str, wall_s: float, cpu_s: float) -> None:
+        self.timings[name] = round(self.timings.get(name, 0.0) + wall_s, 3)
+        self.cpu[name] = round(self.cpu.get(name, 0.0) + cpu_s, 3)
 
 
 def workers(cfg: Config) -> int:
@@ -465,8 +478,9 @@ def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
     finally:
         writer.close()
     scratch.trim_heap()  # the cache's blocks, let go, go back to the system
-    return _Scores(q, lq, objects.keep_large_water(water, cfg.objects, pair.gsd_m, cfg.processing.window_px, scr),
-                   ev_b, ev_a)
+    with parallel.window_threads(workers(cfg)):
+        water = objects.keep_large_water(water, cfg.objects, pair.gsd_m, cfg.processing.window_px, scr)
+    return _Scores(q, lq, water, ev_b, ev_a)
 
 
 def csmask_bands(pair: PairSource, before: str | Path, after: str | Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -593,6 +607,17 @@ def add_line_scores(score_path: Path, lines: np.ndarray, lq: np.ndarray, window_
 # --------------------------------------------------------------------------- objects
 
 
+def reading_order(corners: Sequence[tuple[int, int]], strip_px: int) -> list[int]:
+    """Indexes of crops with top-left ``corners`` (row, col) in reading order of strips of ``strip_px``
+    rows: by strip, then by column, then as given.
+
+    Crops read in this order walk the inputs' tiles along a strip, so GDAL decodes each tile about
+    once; in the regions' label order (by first row), consecutive crops jump across the whole width,
+    and at 10980² the block cache lost a tile before the next crop of it came.
+    """
+    return sorted(range(len(corners)), key=lambda i: (corners[i][0] // max(1, strip_px), corners[i][1], i))
+
+
 def refine_edges(pair: PairSource, models: _Models, cfg: Config, mask: np.ndarray,
                  progress: ProgressFn, scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
     """The mask with each region's outline trimmed to the object's half-coverage edge (uint8, new array).
@@ -618,7 +643,10 @@ def refine_edges(pair: PairSource, models: _Models, cfg: Config, mask: np.ndarra
         rows, cols = np.nonzero(drop)
         return rows + box[0], cols + box[1]
 
-    for i, (rows, cols) in enumerate(parallel.ordered_map(one, comps, workers(cfg))):
+    # in the order of the inputs' tiles: the crops of neighbouring regions share the blocks GDAL
+    # decoded (the regions' cuts commute: each only clears its own pixels)
+    ordered = [comps[i] for i in reading_order([(c.row_min, c.col_min) for c in comps], cfg.processing.window_px)]
+    for i, (rows, cols) in enumerate(parallel.ordered_map(one, ordered, workers(cfg))):
         out[rows, cols] = 0
         if i % 64 == 63:  # memory maps keep only the pages of the last crops
             scratch.release(labels, out)
@@ -677,13 +705,15 @@ def describe_objects(pair: PairSource, models: _Models, cfg: Config, labels: np.
         return objects.Detection(id=0, cls=cls, event=objects.event_of(ctx), confidence=conf,
                                  shape=shape, context=ctx, bbox_px=grp.bbox_px, group=grp)
 
-    dets = []
-    for i, det in enumerate(parallel.ordered_map(one, groups, workers(cfg))):
-        dets.append(replace(det, id=len(dets) + 1))
+    # described in the order of the inputs' tiles (crops of neighbours share decoded blocks), kept in the groups' order
+    order = reading_order([(g.bbox_px[1], g.bbox_px[0]) for g in groups], cfg.processing.window_px)
+    found: list[objects.Detection | None] = [None] * len(groups)
+    for i, (k, det) in enumerate(zip(order, parallel.ordered_map(one, [groups[k] for k in order], workers(cfg)))):
+        found[k] = det
         if i % 64 == 63:  # memory maps keep only the pages of the last crops
             scratch.release(labels, water, q)
         progress("objects", i + 1, len(groups))
-    return dets, notes
+    return [replace(det, id=k + 1) for k, det in enumerate(found) if det is not None], notes
 
 
 def _object_crop(labels: np.ndarray, det: objects.Detection) -> np.ndarray:
@@ -991,7 +1021,8 @@ def _detect(before: str | Path, after: str | Path, out_dir: str | Path, cfg: Con
         raise OutputError("--out is empty; give the output folder")
     out_dir = Path(out_dir)
     site = site or out_dir.name
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
+
     def check_size(height: int, width: int) -> None:
         resources.check_grid(before, height, width, cfg.limits, cfg.model.enabled, workers=workers(cfg),
                              out_dir=out_dir)
@@ -999,14 +1030,17 @@ def _detect(before: str | Path, after: str | Path, out_dir: str | Path, cfg: Con
     sweep_dead_scratch()
     before_in, after_in = stac.resolve_input(before, assets), stac.resolve_input(after, assets)
     decimate_px = (cfg.registration.coarse_max_px, cfg.processing.quicklook_max_px)
-    with open_pair(before_in, after_in, gsd_m or cfg.gsd_m, check_size, decimate_px) as pair:
-        info_b = raster_info(pair.before, before_in, pair.datetimes[0])
-        info_a = raster_info(pair.after, after_in, pair.datetimes[1])
-        timer.timings["load"] = round(time.perf_counter() - t0, 3)
+    with open_pair(before_in, after_in, gsd_m or cfg.gsd_m, check_size, decimate_px, workers(cfg)) as pair:
+        # the inputs' hashes (for the record) are made on threads of their own while the run goes on
+        hashes = tuple(stac.input_sha256_later(as_input(x).open_path) for x in (before_in, after_in))
+        info_b = raster_info(pair.before, before_in, pair.datetimes[0], sha256=None)
+        info_a = raster_info(pair.after, after_in, pair.datetimes[1], sha256=None)
+        timer.add("load", time.perf_counter() - t0, time.process_time() - c0)
         stage = OutputStage(out_dir, CONTRACT_FILES)
         warns = list(pair.warnings)
         with stage:
-            return _run(pair, cfg, stage, site, info_b, info_a, warns, timer, require_registration, progress)
+            return _run(pair, cfg, stage, site, info_b, info_a, warns, timer, require_registration, progress,
+                        hashes)
 
 
 def _add_lines(mask: np.ndarray, lines: np.ndarray, box: Box) -> None:
@@ -1024,7 +1058,8 @@ def _hide_unobservable(mask: np.ndarray, reason: np.ndarray, box: Box) -> None:
 
 
 def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: Any, info_a: Any,
-         warns: list[str], timer: _Timer, require_registration: bool, progress: ProgressFn) -> RunResult:
+         warns: list[str], timer: _Timer, require_registration: bool, progress: ProgressFn,
+         hashes: tuple[Callable[[], str | None], ...] = ()) -> RunResult:
     scr = scratch.Scratch(stage.path, int(cfg.processing.memory_budget_mb * 2**20))
     csm_bands = None  # checked first: a missing extra or unfit bands must not cost a registration
     if cfg.observe.enabled and cfg.observe.cloud_model == "csmask":
@@ -1057,7 +1092,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         step()
     with timer("measure"):
         sc = score_pass(pair, models, cfg, stage.file("score.scratch.tif"), progress, scr=scr)
-    with timer("observe"):
+    with timer("observe"), parallel.window_threads(workers(cfg)):
         given = csmask_pass(pair, used, cfg, csm_bands) if csm_bands is not None else None
         obs = observe(pair, cfg, sc, stage.file("score.scratch.tif"), None, given, scr)
         q, lq, water = sc.q, sc.lq, sc.water
@@ -1144,6 +1179,8 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
             for box in windowed.windows(mask.shape, cfg.processing.window_px)))
         panels = quicklook_panels(pair, models, cfg, dets, labels, seen)
         del seen
+        if hashes:  # the inputs' hashes, made meanwhile
+            info_b, info_a = (replace(info, sha256=h()) for info, h in zip((info_b, info_a), hashes))
         dates = (input_label(info_b.to_json()), input_label(info_a.to_json()))
         # encoded here and written by Python: a failed write is then an OSError with its cause,
         # not libpng's "Write Error" on stderr
@@ -1160,7 +1197,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         stage.file("report.html").write_text(
             report.render_html(summary, panels.before, panels.after, panels.outlines, panels.metres_per_px,
                                panels.north_deg), encoding="utf-8")
-    summary["timings_s"] = timer.timings
+    summary["timings_s"] = timer.record()
     summary["run"] = {"workers": workers(cfg), "cores": parallel.cpu_count(),
                       "scratch_peak_mb": round(scr.peak_mapped_bytes / 2**20, 1)}
     # the STAC Item describes every other file; the record (with its hash) is written after it
