@@ -188,7 +188,7 @@ def raster_info(ds: Any, path: str | Path | Input, when: str | None | bool = Fal
     """Describe an opened input for the run record (SHA-256 None for inputs that cannot be streamed).
 
     ``when`` is its acquisition time when already known (:attr:`PairSource.datetimes`), else read from ``ds``;
-    ``sha256`` its hash when already known (:func:`~changedet.stac.input_sha256_later`), else computed here.
+    ``sha256`` its hash when already known (made meanwhile, :class:`~changedet.parallel.Later`), else computed here.
     """
     inp = as_input(path)
     res = (float(abs(ds.transform.a)), float(abs(ds.transform.e))) if is_georeferenced(ds) else (1.0, 1.0)
@@ -1049,6 +1049,7 @@ class OutputStage:
             raise write_error(target, write_fault(target) or errno.EACCES)
         self._anchor = anchor
         self.path: Path | None = None
+        self._pending: list[parallel.Later[Any]] = []
         sweep_dead_staging(anchor)
 
     def __enter__(self) -> OutputStage:
@@ -1074,6 +1075,13 @@ class OutputStage:
     def file(self, name: str) -> Path:
         assert self.path is not None
         return self.path / name
+
+    def later(self, fn: Callable[..., Any], *args: Any) -> parallel.Later[Any]:
+        """``fn(*args)`` on a thread of its own (writing files of the stage while the run goes on);
+        call the result to wait for it. The stage is never removed while such work still runs."""
+        task = parallel.Later(fn, *args, name="changedet-write")
+        self._pending.append(task)
+        return task
 
     def commit(self, names: list[str]) -> None:
         """Move the finished files ``names`` into the output folder, in order.
@@ -1105,6 +1113,8 @@ class OutputStage:
             self.path = None
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        for task in self._pending:  # nothing writes into the folder while it is removed
+            task.wait()
         err = None
         if exc is not None and self.path is not None:
             err = as_write_error(exc, self.path, self.out_dir)  # asked before the staged files are freed

@@ -1031,8 +1031,10 @@ def _detect(before: str | Path, after: str | Path, out_dir: str | Path, cfg: Con
     before_in, after_in = stac.resolve_input(before, assets), stac.resolve_input(after, assets)
     decimate_px = (cfg.registration.coarse_max_px, cfg.processing.quicklook_max_px)
     with open_pair(before_in, after_in, gsd_m or cfg.gsd_m, check_size, decimate_px, workers(cfg)) as pair:
-        # the inputs' hashes (for the record) are made on threads of their own while the run goes on
-        hashes = tuple(stac.input_sha256_later(as_input(x).open_path) for x in (before_in, after_in))
+        # the inputs' hashes (for the record) are made on threads of their own while the run goes on: hashlib
+        # lets go of the GIL, and two 10980² inputs (1.5 GB) took 5.7 s of one core at the load
+        hashes = tuple(parallel.Later(stac.input_sha256, as_input(x).open_path, name="changedet-sha256")
+                       for x in (before_in, after_in))
         info_b = raster_info(pair.before, before_in, pair.datetimes[0], sha256=None)
         info_a = raster_info(pair.after, after_in, pair.datetimes[1], sha256=None)
         timer.add("load", time.perf_counter() - t0, time.process_time() - c0)
@@ -1041,6 +1043,12 @@ def _detect(before: str | Path, after: str | Path, out_dir: str | Path, cfg: Con
         with stage:
             return _run(pair, cfg, stage, site, info_b, info_a, warns, timer, require_registration, progress,
                         hashes)
+
+
+def _score_cog(scratch_tif: Path, dst: Path) -> None:
+    """``change_score.tif``: the float score raster described and copied to a COG."""
+    describe_band(scratch_tif, categories.SCORE_DESCRIPTION, categories.SCORE_TAGS)
+    to_cog(scratch_tif, dst, "average", "FLOATING_POINT")
 
 
 def _add_lines(mask: np.ndarray, lines: np.ndarray, box: Box) -> None:
@@ -1139,6 +1147,8 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         for _ in windowed.map_boxes(partial(_hide_unobservable, mask, obs.reason), mask.shape,
                                     cfg.processing.window_px):
             scratch.release(mask, obs.reason)
+    # the score raster is final: its COG is made (mostly on one core: the overviews) while the objects are
+    score_cog = stage.later(_score_cog, stage.file("score.scratch.tif"), stage.file("change_score.tif"))
     with timer("objects"), parallel.window_threads(workers(cfg)):
         mask = objects.split_touching(mask, pair.gsd_m, cfg.objects, cfg.processing.window_px, scr)
         labels, comps = objects.components(mask, cfg.processing.window_px, scr)
@@ -1162,8 +1172,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         step()
         write_categorical_cog(stage.file("change_class.tif"), classes, categories.CLASS_LEGEND, crs, tr)
         step()
-        describe_band(stage.file("score.scratch.tif"), categories.SCORE_DESCRIPTION, categories.SCORE_TAGS)
-        to_cog(stage.file("score.scratch.tif"), stage.file("change_score.tif"), "average", "FLOATING_POINT")
+        score_cog()
         step()
         write_json(stage.file("detections.geojson"), vector.feature_collection(feats, pair.georeferenced), compact=True)
         names = [n for n in OUTPUT_FILES if n not in ("summary.json", "item.json")]

@@ -14,10 +14,9 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,35 +92,6 @@ def input_sha256(path: str, chunk: int = 1 << 20) -> str | None:
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot be read ({_reason(exc)}); check the path or URL") from None
     return digest.hexdigest()
-
-
-def input_sha256_later(path: str) -> Callable[[], str | None]:
-    """:func:`input_sha256` of ``path`` on a thread of its own, started now; the function returned
-    waits for it and gives the hash (or raises its error).
-
-    A run hashes its inputs while it works on them: hashlib lets go of the GIL, and the hash of two
-    10980² inputs (1.5 GB) took 5.7 s of one core at the load. The thread is a daemon: a run that
-    stops on an error does not wait for the hash of an input it no longer needs.
-    """
-    got: list[str | None] = []
-    err: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            got.append(input_sha256(path))
-        except BaseException as exc:  # handed to the caller at its turn
-            err.append(exc)
-
-    thread = threading.Thread(target=run, name="changedet-sha256", daemon=True)
-    thread.start()
-
-    def result() -> str | None:
-        thread.join()
-        if err:
-            raise err[0]
-        return got[0]
-
-    return result
 
 
 def _reason(exc: BaseException) -> str:
