@@ -468,8 +468,9 @@ def _shrink(data: np.ndarray, valid: np.ndarray, shape: tuple[int, int]) -> tupl
     vf = valid.astype(np.float32)
     cover = cv2.resize(vf, (w, h), interpolation=cv2.INTER_AREA)
     out = np.empty((data.shape[0], h, w), dtype=np.float32)
+    everywhere = bool(valid.all())  # x * 1 is x: the product is only needed where some pixel is invalid
     for k in range(data.shape[0]):
-        out[k] = cv2.resize(data[k] * vf, (w, h), interpolation=cv2.INTER_AREA)
+        out[k] = cv2.resize(data[k] if everywhere else data[k] * vf, (w, h), interpolation=cv2.INTER_AREA)
     ok = cover >= 0.5
     out = np.where(ok, out / np.maximum(cover, np.float32(1e-6)), np.float32(0)).astype(np.float32)
     return out, ok

@@ -124,3 +124,23 @@ def test_window_threads_run_map_windows_on_a_pool_only_within_the_block():
     assert all(len(s) == 1 and next(iter(s)).startswith("changedet") for s in inner)
     assert set(parallel.map_windows(thread_of, range(3))) == {threading.current_thread().name}
     assert list(parallel.map_windows(lambda x: x * x, range(20))) == [x * x for x in range(20)]
+
+
+def test_later_gives_its_result_or_its_error_when_called():
+    ran_on: list[str] = []
+
+    def work(x: int) -> int:
+        ran_on.append(threading.current_thread().name)
+        return x * 2
+
+    task = parallel.Later(work, 21, name="changedet-test")
+    assert task() == 42
+    assert ran_on == ["changedet-test"]  # on a thread of its own
+
+    def fails() -> None:
+        raise ValueError("no hash")
+
+    failed = parallel.Later(fails)
+    failed.wait()  # waiting alone does not raise
+    with pytest.raises(ValueError, match="no hash"):
+        failed()
