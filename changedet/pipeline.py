@@ -133,7 +133,7 @@ Chip = tuple[np.ndarray, np.ndarray, np.ndarray]
 def read_chips(pair: PairSource, reg: registration.Registration, cfg: Config) -> list[Chip]:
     """(before, registered after, valid) at full resolution on the registration's chip grid."""
     boxes = registration.chip_boxes(pair.shape, cfg.registration.chip_px, cfg.registration.grid)
-    return [read_registered(pair, reg, box) for box in boxes]
+    return list(parallel.map_windows(partial(read_registered, pair, reg), boxes))
 
 
 def sample_pair(chips: list[Chip], max_px: int = 250_000) -> tuple[np.ndarray, np.ndarray]:
@@ -1072,7 +1072,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
     csm_bands = None  # checked first: a missing extra or unfit bands must not cost a registration
     if cfg.observe.enabled and cfg.observe.cloud_model == "csmask":
         csm_bands = csmask_bands(pair, info_b.path, info_a.path)
-    with timer("register"):
+    with timer("register"), parallel.window_threads(workers(cfg)):
         reg = estimate_registration(pair, cfg.registration, progress, cfg.observe)
         warns.extend(reg.warnings)
         applied = reg.method == "none" or reg.confidence >= cfg.registration.min_confidence
@@ -1083,7 +1083,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
                 raise RegistrationError(f"{info_a.path}: {msg}")
             warns.append(msg)
         used = reg if applied else replace(reg, matrix=registration.translation(0, 0), field=None)
-    with timer("normalize"):
+    with timer("normalize"), parallel.window_threads(workers(cfg)):
         step = _steps(progress, "normalize", 4)
         chips = read_chips(pair, used, cfg)
         step()
@@ -1165,14 +1165,11 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         classes = class_image(labels, mask, dets, len(comps), cfg.processing.window_px, scr)
     with timer("write"):
         step = _steps(progress, "write", 6)
-        feats, records = detection_features(pair, dets, labels)
         crs, tr = pair.crs, pair.transform
-        step()
-        write_categorical_cog(stage.file("change_mask.tif"), mask, categories.MASK_LEGEND, crs, tr)
-        step()
-        write_categorical_cog(stage.file("change_class.tif"), classes, categories.CLASS_LEGEND, crs, tr)
-        step()
-        score_cog()
+        # the categorical COGs are made on threads of their own while the vectors and the quick-look are
+        cogs = [stage.later(write_categorical_cog, stage.file(name), arr, legend, crs, tr) for name, arr, legend in
+                (("change_mask.tif", mask, categories.MASK_LEGEND), ("change_class.tif", classes, categories.CLASS_LEGEND))]
+        feats, records = detection_features(pair, dets, labels)
         step()
         write_json(stage.file("detections.geojson"), vector.feature_collection(feats, pair.georeferenced), compact=True)
         names = [n for n in OUTPUT_FILES if n not in ("summary.json", "item.json")]
@@ -1196,6 +1193,9 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         step()
         stage.file("quicklook.png").write_bytes(quicklook.encode_png(render_quicklook(panels, site, dates)))
         step()
+        for task in (*cogs, score_cog):
+            task()
+            step()
     summary = _summary(site, info_b, info_a, pair, replace(models, reg=reg), cfg, thr, mask,
                        records, warns, timer.timings, applied, obs)
     summary["false_alarm_budget"] = {**budget.to_json(), "expected_false_detections": round(
