@@ -8,7 +8,8 @@ one row per size and worker count:
 - ``detect_s``: ``changedet detect --workers N`` wall time, in a subprocess; ``ratio`` = detect / read;
 - ``cpu%``: that subprocess's CPU time (user + system) over its wall time (200 % = two busy cores);
 - ``rss_mb``: its peak resident memory (``wait4`` rusage of that child);
-- the stage timings of its ``summary.json``;
+- the stage timings of its ``summary.json``: wall seconds and the share of the cores each stage kept
+  busy (its CPU seconds over its wall seconds; 200 % = two busy cores);
 - ``naive_s`` / ``naive_mb``: a whole-array scikit-image pipeline (phase correlation, shift,
   histogram matching, CVA, SSIM, Otsu, opening, labelling) in a subprocess, where its estimated
   memory fits in what the machine has available (otherwise ``-``).
@@ -163,6 +164,13 @@ def identical(tmp: Path, size: int, workers: list[int]) -> bool | None:
                for w in workers[1:] for n in names if (first / n).exists())
 
 
+def _stage(timings: dict[str, float], name: str) -> str:
+    """A stage's wall seconds and, where the run recorded its CPU seconds, how busy the cores were:
+    ``measure 51.6/190%`` (200 % = two busy cores)."""
+    wall, cpu = timings[name], timings.get(f"{name}_cpu")
+    return f"{name} {wall:.1f}" + ("" if cpu is None else f"/{100 * cpu / max(wall, 1e-9):.0f}%")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="2745,5490,10980", help="tile sides, comma-separated")
@@ -188,7 +196,7 @@ def main() -> None:
             rows = measure(size, workers, Path(t), not args.no_naive, args.keep)
             for row in rows:
                 fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-                stages = " ".join(f"{k} {row['stages'][k]:.1f}" for k in STAGES if k in row["stages"])
+                stages = " ".join(_stage(row["stages"], k) for k in STAGES if k in row["stages"])
                 print(f"{row['size']:>6} {row['workers']:>3} {row['read_s']:>7.2f} {row['detect_s']:>9.2f} "
                       f"{row['ratio']:>6.1f} {row['cpu_pct']:>5.0f} {row['rss_mb']:>7.0f} "
                       f"{fmt(row['naive_s'], '>8.2f')} {fmt(row['naive_mb'], '>8.0f')} "

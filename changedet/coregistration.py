@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import observability
+from . import observability, parallel
 from . import registration as R
 from .arrays import band_roles, luminance
 from .config import ObserveConfig, RegisterConfig
@@ -101,33 +101,39 @@ def measure_chips(pair: PairSource, matrix: np.ndarray, boxes: list[Box], params
     """
     sat_level_b = saturation_level(pair.before, pair.before_bands)
     sat_level_a = saturation_level(pair.after, pair.after_bands)
-    ps, ds, cs, infos = [], [], [], []
-    for i, box in enumerate(boxes):
-        progress(stage, i + 1, len(boxes))
+    lin = matrix[:, :2] if trust_model else np.eye(2)
+
+    def one(box: Box) -> tuple[np.ndarray, np.ndarray, float, np.ndarray] | None:
         r0, c0, h, w = box
         centre = np.array([c0 + (w - 1) / 2.0, r0 + (h - 1) / 2.0])
         pred = matrix @ np.append(centre, 1.0) - centre
         ox, oy = (int(v) for v in np.round(pred))
         b, vb = pair.read_before(box)
-        lin = matrix[:, :2] if trust_model else np.eye(2)
         a, va = _read_after_chip(pair, box, (ox, oy), lin)
         lb, la = luminance(b), luminance(a)
         if not (R.chip_is_usable(lb, vb, params.min_chip_std) and R.chip_is_usable(la, va, params.min_chip_std)):
-            continue
+            return None
         if sat_level_b is not None or sat_level_a is not None:
             sat_b = (b >= sat_level_b).any(axis=0) if sat_level_b is not None else np.zeros_like(vb)
             sat_a = (a >= sat_level_a).any(axis=0) if sat_level_a is not None else np.zeros_like(va)
             if not R.chip_is_clear(sat_b | sat_a):
-                continue
+                return None
             # clipped pixels (bright roofs, cloud cores) are left out, each image its own: one
             # mask shared by both would be a pattern at zero shift that phase correlation locks onto
             vb, va = vb & ~sat_b, va & ~sat_a
         init = tuple(np.linalg.solve(lin, pred - (ox, oy))) if trust_model else None
         dx, dy, score = R.measure_residual(lb, la, vb, va, params.upsample, init, refine=refine)
-        ps.append(centre)
-        ds.append(np.array([ox, oy]) + lin @ (dx, dy))
-        cs.append(score)
-        infos.append(R.shift_information(lb, vb))
+        return centre, np.array([ox, oy]) + lin @ (dx, dy), score, R.shift_information(lb, vb)
+
+    ps, ds, cs, infos = [], [], [], []
+    # the chips on the window threads (:func:`changedet.parallel.window_threads`), taken in order
+    for i, got in enumerate(parallel.map_windows(one, boxes)):
+        progress(stage, i + 1, len(boxes))
+        if got is not None:
+            ps.append(got[0])
+            ds.append(got[1])
+            cs.append(got[2])
+            infos.append(got[3])
     return (np.array(ps, float).reshape(-1, 2), np.array(ds, float).reshape(-1, 2), np.array(cs, float),
             np.array(infos, float).reshape(-1, 2, 2))
 

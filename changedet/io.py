@@ -37,7 +37,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from . import categories
+from . import categories, parallel
 from .arrays import Box, iter_windows
 from .errors import ChangedetError, InputError, NoOverlapError, OutputError, OutputWriteError
 from .stac import Input, acquisition_datetime, input_sha256, is_remote
@@ -183,16 +183,18 @@ def as_input(path: str | Path | Input) -> Input:
     return path if isinstance(path, Input) else Input(str(path), str(path))
 
 
-def raster_info(ds: Any, path: str | Path | Input, when: str | None | bool = False) -> RasterInfo:
+def raster_info(ds: Any, path: str | Path | Input, when: str | None | bool = False,
+                sha256: str | None | bool = False) -> RasterInfo:
     """Describe an opened input for the run record (SHA-256 None for inputs that cannot be streamed).
 
-    ``when`` is its acquisition time when already known (:attr:`PairSource.datetimes`), else read from ``ds``.
+    ``when`` is its acquisition time when already known (:attr:`PairSource.datetimes`), else read from ``ds``;
+    ``sha256`` its hash when already known (made meanwhile, :class:`~changedet.parallel.Later`), else computed here.
     """
     inp = as_input(path)
     res = (float(abs(ds.transform.a)), float(abs(ds.transform.e))) if is_georeferenced(ds) else (1.0, 1.0)
     return RasterInfo(
         path=inp.name,
-        sha256=input_sha256(inp.open_path),
+        sha256=input_sha256(inp.open_path) if sha256 is False else sha256,  # type: ignore[arg-type]
         crs=ds.crs.to_string() if ds.crs else None,
         width=ds.width,
         height=ds.height,
@@ -240,8 +242,11 @@ class PairSource:
     paths: tuple[str, str] = ("before", "after")  # the files as the user named them, for messages
     datetimes: tuple[str | None, str | None] = (None, None)  # acquisition times, read from the files as opened
     _closers: list[Any] = field(default_factory=list)
-    # rasterio dataset handles are not thread-safe: worker threads read through this lock
-    _lock: Any = field(default_factory=threading.Lock, repr=False)
+    # rasterio dataset handles are not thread-safe: worker threads read each input through its own
+    # lock (``after`` may be a warped view of its file, never of ``before``'s), so a read of one
+    # input overlaps a read of the other
+    _before_lock: Any = field(default_factory=threading.Lock, repr=False)
+    _after_lock: Any = field(default_factory=threading.Lock, repr=False)
     # decimated reads made ahead (:meth:`decimate`), by (which, max_px), each handed out once
     _decimated: dict[tuple[str, int], Decimation] = field(default_factory=dict, repr=False)
 
@@ -282,12 +287,12 @@ class PairSource:
 
     def read_before(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
         """Read a box of ``before``: (bands, h, w) float32 and a (h, w) bool validity mask."""
-        with self._lock:
+        with self._before_lock:
             return _read_box(self.before, self.before_bands, box, self.grid_window, self.paths[0])
 
     def read_after(self, box: Box) -> tuple[np.ndarray, np.ndarray]:
         """Read a box of ``after`` on the grid, before image-based registration."""
-        with self._lock:
+        with self._after_lock:
             return _read_box(self.after, self.after_bands, box, self.grid_window, self.paths[1])
 
     def read_decimated(self, which: str, max_px: int) -> Decimation:
@@ -463,8 +468,9 @@ def _shrink(data: np.ndarray, valid: np.ndarray, shape: tuple[int, int]) -> tupl
     vf = valid.astype(np.float32)
     cover = cv2.resize(vf, (w, h), interpolation=cv2.INTER_AREA)
     out = np.empty((data.shape[0], h, w), dtype=np.float32)
+    everywhere = bool(valid.all())  # x * 1 is x: the product is only needed where some pixel is invalid
     for k in range(data.shape[0]):
-        out[k] = cv2.resize(data[k] * vf, (w, h), interpolation=cv2.INTER_AREA)
+        out[k] = cv2.resize(data[k] if everywhere else data[k] * vf, (w, h), interpolation=cv2.INTER_AREA)
     ok = cover >= 0.5
     out = np.where(ok, out / np.maximum(cover, np.float32(1e-6)), np.float32(0)).astype(np.float32)
     return out, ok
@@ -491,16 +497,20 @@ def _all_valid(ds: Any) -> bool:
 
 def _read_box(ds: Any, bands: list[int], box: Box, grid: Window, path: str) -> tuple[np.ndarray, np.ndarray]:
     row0, col0, h, w = box
-    data = np.zeros((len(bands), h, w), dtype=np.float32)
-    valid = np.zeros((h, w), dtype=bool)
     r_lo, c_lo = max(row0, 0), max(col0, 0)
     r_hi, c_hi = min(row0 + h, int(grid.height)), min(col0 + w, int(grid.width))
+    inside = (r_hi - r_lo, c_hi - c_lo) == (h, w)
+    data = (np.empty if inside else np.zeros)((len(bands), h, w), dtype=np.float32)
+    valid = np.zeros((h, w), dtype=bool)
     if r_hi <= r_lo or c_hi <= c_lo:
         return data, valid
     win = Window(grid.col_off + c_lo, grid.row_off + r_lo, c_hi - c_lo, r_hi - r_lo)
     sub = (slice(r_lo - row0, r_hi - row0), slice(c_lo - col0, c_hi - col0))
     with reading(path, ds, win):
-        data[(slice(None),) + sub] = ds.read(bands, window=win, out_dtype="float32")
+        if inside:  # GDAL converts straight into the result: no copy
+            ds.read(bands, window=win, out=data)
+        else:
+            data[(slice(None),) + sub] = ds.read(bands, window=win, out_dtype="float32")
         if _all_valid(ds):  # what dataset_mask gives then, without asking it: it costs as much as
             valid[sub] = True  # the read, and broke the block cache's reuse of the read's blocks
         else:
@@ -537,7 +547,7 @@ def _overlap_window(before: Any, after: Any, georef: bool) -> Window:
 
 def open_pair(before_path: str | Path | Input, after_path: str | Path | Input, gsd_m: float | None = None,
               check_size: Callable[[int, int], None] | None = None,
-              decimate_px: tuple[int, ...] = (512,)) -> PairSource:
+              decimate_px: tuple[int, ...] = (512,), threads: int = 2) -> PairSource:
     """Open both inputs, validate them and put ``after`` on ``before``'s grid.
 
     Parameters
@@ -551,6 +561,7 @@ def open_pair(before_path: str | Path | Input, after_path: str | Path | Input, g
     decimate_px : long sides of the decimated reads made ahead, in one pass over each image
         (:meth:`PairSource.decimate`), for the later stages (the coarse registration, the
         quick-look); the smallest also checks that each image shows something.
+    threads : the two images are read (and decimated) at once on this many threads (1: in turn).
     """
     before_in, after_in = as_input(before_path), as_input(after_path)
     before_path, after_path = before_in.name, after_in.name
@@ -628,9 +639,10 @@ def open_pair(before_path: str | Path | Input, after_path: str | Path | Input, g
         # one pass over each image gives the decimated reads of the later stages and the check that
         # it shows something; only an image that looks empty there gets the exact check
         sizes = tuple(decimate_px) or (512,)
-        for which, ds, bands, path in (("before", before, b_bands, before_path),
-                                       ("after", after_src, a_bands, after_path)):
-            data, valid, _ = pair.decimate(which, sizes)[min(sizes)]
+        inputs = (("before", before, b_bands, before_path), ("after", after_src, a_bands, after_path))
+        made = parallel.ordered_map(lambda which: pair.decimate(which, sizes)[min(sizes)],
+                                    [which for which, *_ in inputs], min(2, threads))
+        for (which, ds, bands, path), (data, valid, _) in zip(inputs, made):
             if not shows_something(data, valid):
                 check_observable(ds, bands, path, grid)
         return pair
@@ -1038,6 +1050,7 @@ class OutputStage:
             raise write_error(target, write_fault(target) or errno.EACCES)
         self._anchor = anchor
         self.path: Path | None = None
+        self._pending: list[parallel.Later[Any]] = []
         sweep_dead_staging(anchor)
 
     def __enter__(self) -> OutputStage:
@@ -1063,6 +1076,13 @@ class OutputStage:
     def file(self, name: str) -> Path:
         assert self.path is not None
         return self.path / name
+
+    def later(self, fn: Callable[..., Any], *args: Any) -> parallel.Later[Any]:
+        """``fn(*args)`` on a thread of its own (writing files of the stage while the run goes on);
+        call the result to wait for it. The stage is never removed while such work still runs."""
+        task = parallel.Later(fn, *args, name="changedet-write")
+        self._pending.append(task)
+        return task
 
     def commit(self, names: list[str]) -> None:
         """Move the finished files ``names`` into the output folder, in order.
@@ -1094,6 +1114,8 @@ class OutputStage:
             self.path = None
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        for task in self._pending:  # nothing writes into the folder while it is removed
+            task.wait()
         err = None
         if exc is not None and self.path is not None:
             err = as_write_error(exc, self.path, self.out_dir)  # asked before the staged files are freed

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from skimage.morphology import skeletonize
 
-from . import parallel, scratch
+from . import parallel, scratch, windowed
 from .arrays import band_roles
 from .labels import label_windowed
 from .config import ObjectsConfig
@@ -869,10 +869,4 @@ def keep_large_water(water: np.ndarray, params: ObjectsConfig, gsd_m: float, win
     labels, stats = label_windowed(water, window_px, scr)
     keep = stats[:, cv2.CC_STAT_AREA] >= max(min_px, 1)
     keep[0] = False
-    out = scr.zeros(water.shape, np.uint8)
-    lut = keep.astype(np.uint8)
-    for r in range(0, water.shape[0], window_px):
-        for c in range(0, water.shape[1], window_px):
-            out[r:r + window_px, c:c + window_px] = lut[np.asarray(labels[r:r + window_px, c:c + window_px])]
-            scratch.release(out, labels)
-    return out
+    return windowed.fill(scr.zeros(water.shape, np.uint8), windowed.apply(labels, keep.astype(np.uint8), window_px))

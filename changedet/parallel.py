@@ -14,12 +14,13 @@ called from inside a worker runs on that worker alone, never as a pool within a 
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -126,3 +127,34 @@ def window_threads(workers: int) -> Iterator[int]:
 def map_windows(fn: Callable[[T], R], items: Iterable[T], ahead: int | None = None) -> Iterator[R]:
     """:func:`ordered_map` on the threads :func:`window_threads` set (one thread outside it)."""
     return ordered_map(fn, items, _WINDOW_THREADS.get(), ahead)
+
+
+class Later(Generic[R]):
+    """``fn(*args)`` on a thread of its own, started at once: work that overlaps the run's next stages
+    (hashing the inputs, encoding a finished raster). Calling the object waits for it and returns its
+    result, or raises its exception; :meth:`wait` only waits.
+
+    The thread is a daemon: a process that stops on an error does not wait for work it no longer
+    needs. Whoever owns what the work writes waits for it before removing it.
+    """
+
+    def __init__(self, fn: Callable[..., R], *args: Any, name: str = "changedet-later") -> None:
+        self._result: R | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[..., R], args: tuple[Any, ...]) -> None:
+        try:
+            self._result = fn(*args)
+        except BaseException as exc:  # handed to the caller at its turn
+            self._error = exc
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def __call__(self) -> R:
+        self.wait()
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]

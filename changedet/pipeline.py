@@ -43,6 +43,7 @@ from .config import Config
 from .errors import InputError, OutputError, RegistrationError
 from .io import (
     BandWriter,
+    as_input,
     Box,
     block_cache,
     OutputStage,
@@ -96,14 +97,26 @@ class RunResult:
 
 
 class _Timer:
+    """Wall seconds (``timings``) and the process's CPU seconds, every thread's (``cpu``), by stage."""
+
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         yield
-        self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 3)
+        self.add(name, time.perf_counter() - t0, time.process_time() - c0)
+
+    def record(self) -> dict[str, float]:
+        """The run record's ``timings_s``: each stage's wall seconds, then as ``<stage>_cpu`` its CPU seconds
+        (``measure_cpu`` / ``measure`` = 2 is two busy cores)."""
+        return {**self.timings, **{f"{k}_cpu": v for k, v in self.cpu.items()}}
+
+    def add(self, name: str, wall_s: float, cpu_s: float) -> None:
+        self.timings[name] = round(self.timings.get(name, 0.0) + wall_s, 3)
+        self.cpu[name] = round(self.cpu.get(name, 0.0) + cpu_s, 3)
 
 
 def workers(cfg: Config) -> int:
@@ -120,7 +133,7 @@ Chip = tuple[np.ndarray, np.ndarray, np.ndarray]
 def read_chips(pair: PairSource, reg: registration.Registration, cfg: Config) -> list[Chip]:
     """(before, registered after, valid) at full resolution on the registration's chip grid."""
     boxes = registration.chip_boxes(pair.shape, cfg.registration.chip_px, cfg.registration.grid)
-    return [read_registered(pair, reg, box) for box in boxes]
+    return list(parallel.map_windows(partial(read_registered, pair, reg), boxes))
 
 
 def sample_pair(chips: list[Chip], max_px: int = 250_000) -> tuple[np.ndarray, np.ndarray]:
@@ -466,8 +479,9 @@ def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
     finally:
         writer.close()
     scratch.trim_heap()  # the cache's blocks, let go, go back to the system
-    return _Scores(q, lq, objects.keep_large_water(water, cfg.objects, pair.gsd_m, cfg.processing.window_px, scr),
-                   ev_b, ev_a)
+    with parallel.window_threads(workers(cfg)):
+        water = objects.keep_large_water(water, cfg.objects, pair.gsd_m, cfg.processing.window_px, scr)
+    return _Scores(q, lq, water, ev_b, ev_a)
 
 
 def csmask_bands(pair: PairSource, before: str | Path, after: str | Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -594,6 +608,18 @@ def add_line_scores(score_path: Path, lines: np.ndarray, lq: np.ndarray, window_
 # --------------------------------------------------------------------------- objects
 
 
+def reading_order(corners: Sequence[tuple[int, int]], strip_px: int) -> list[int]:
+    """Indexes of crops with top-left ``corners`` (row, col) in reading order of strips of ``strip_px``
+    rows: by strip, then by column, then as given.
+
+    Crops read in this order walk the inputs' tiles along a strip, so a tile that several regions
+    share is decoded about once; in the regions' label order (by first row), consecutive crops jump
+    across the whole width, and a row of 512² tiles of two 10980² 4-band uint16 inputs (88 MB) does
+    not fit GDAL's 64 MB block cache.
+    """
+    return sorted(range(len(corners)), key=lambda i: (corners[i][0] // max(1, strip_px), corners[i][1], i))
+
+
 def refine_edges(pair: PairSource, models: _Models, cfg: Config, mask: np.ndarray,
                  progress: ProgressFn, scr: scratch.Scratch = scratch.IN_MEMORY) -> np.ndarray:
     """The mask with each region's outline trimmed to the object's half-coverage edge (uint8, new array).
@@ -619,7 +645,10 @@ def refine_edges(pair: PairSource, models: _Models, cfg: Config, mask: np.ndarra
         rows, cols = np.nonzero(drop)
         return rows + box[0], cols + box[1]
 
-    for i, (rows, cols) in enumerate(parallel.ordered_map(one, comps, workers(cfg))):
+    # in the order of the inputs' tiles: the crops of neighbouring regions share the blocks GDAL
+    # decoded (the regions' cuts commute: each only clears its own pixels)
+    ordered = [comps[i] for i in reading_order([(c.row_min, c.col_min) for c in comps], cfg.processing.window_px)]
+    for i, (rows, cols) in enumerate(parallel.ordered_map(one, ordered, workers(cfg))):
         out[rows, cols] = 0
         if i % 64 == 63:  # memory maps keep only the pages of the last crops
             scratch.release(labels, out)
@@ -678,13 +707,15 @@ def describe_objects(pair: PairSource, models: _Models, cfg: Config, labels: np.
         return objects.Detection(id=0, cls=cls, event=objects.event_of(ctx), confidence=conf,
                                  shape=shape, context=ctx, bbox_px=grp.bbox_px, group=grp)
 
-    dets = []
-    for i, det in enumerate(parallel.ordered_map(one, groups, workers(cfg))):
-        dets.append(replace(det, id=len(dets) + 1))
+    # described in the order of the inputs' tiles (crops of neighbours share decoded blocks), kept in the groups' order
+    order = reading_order([(g.bbox_px[1], g.bbox_px[0]) for g in groups], cfg.processing.window_px)
+    found: list[objects.Detection | None] = [None] * len(groups)
+    for i, (k, det) in enumerate(zip(order, parallel.ordered_map(one, [groups[k] for k in order], workers(cfg)))):
+        found[k] = det
         if i % 64 == 63:  # memory maps keep only the pages of the last crops
             scratch.release(labels, water, q)
         progress("objects", i + 1, len(groups))
-    return dets, notes
+    return [replace(det, id=k + 1) for k, det in enumerate(found) if det is not None], notes
 
 
 def _object_crop(labels: np.ndarray, det: objects.Detection) -> np.ndarray:
@@ -992,7 +1023,8 @@ def _detect(before: str | Path, after: str | Path, out_dir: str | Path, cfg: Con
         raise OutputError("--out is empty; give the output folder")
     out_dir = Path(out_dir)
     site = site or out_dir.name
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
+
     def check_size(height: int, width: int) -> None:
         resources.check_grid(before, height, width, cfg.limits, cfg.model.enabled, workers=workers(cfg),
                              out_dir=out_dir)
@@ -1000,14 +1032,25 @@ def _detect(before: str | Path, after: str | Path, out_dir: str | Path, cfg: Con
     sweep_dead_scratch()
     before_in, after_in = stac.resolve_input(before, assets), stac.resolve_input(after, assets)
     decimate_px = (cfg.registration.coarse_max_px, cfg.processing.quicklook_max_px)
-    with open_pair(before_in, after_in, gsd_m or cfg.gsd_m, check_size, decimate_px) as pair:
-        info_b = raster_info(pair.before, before_in, pair.datetimes[0])
-        info_a = raster_info(pair.after, after_in, pair.datetimes[1])
-        timer.timings["load"] = round(time.perf_counter() - t0, 3)
+    with open_pair(before_in, after_in, gsd_m or cfg.gsd_m, check_size, decimate_px, workers(cfg)) as pair:
+        # the inputs' hashes (for the record) are made on threads of their own while the run goes on: hashlib
+        # lets go of the GIL, and a 10980² 4-band uint16 input (0.77 GB) took about 2.8 s of one core at the load
+        hashes = tuple(parallel.Later(stac.input_sha256, as_input(x).open_path, name="changedet-sha256")
+                       for x in (before_in, after_in))
+        info_b = raster_info(pair.before, before_in, pair.datetimes[0], sha256=None)
+        info_a = raster_info(pair.after, after_in, pair.datetimes[1], sha256=None)
+        timer.add("load", time.perf_counter() - t0, time.process_time() - c0)
         stage = OutputStage(out_dir, CONTRACT_FILES)
         warns = list(pair.warnings)
         with stage:
-            return _run(pair, cfg, stage, site, info_b, info_a, warns, timer, require_registration, progress)
+            return _run(pair, cfg, stage, site, info_b, info_a, warns, timer, require_registration, progress,
+                        hashes)
+
+
+def _score_cog(scratch_tif: Path, dst: Path) -> None:
+    """``change_score.tif``: the float score raster described and copied to a COG."""
+    describe_band(scratch_tif, categories.SCORE_DESCRIPTION, categories.SCORE_TAGS)
+    to_cog(scratch_tif, dst, "average", "FLOATING_POINT")
 
 
 def _add_lines(mask: np.ndarray, lines: np.ndarray, box: Box) -> None:
@@ -1025,12 +1068,13 @@ def _hide_unobservable(mask: np.ndarray, reason: np.ndarray, box: Box) -> None:
 
 
 def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: Any, info_a: Any,
-         warns: list[str], timer: _Timer, require_registration: bool, progress: ProgressFn) -> RunResult:
+         warns: list[str], timer: _Timer, require_registration: bool, progress: ProgressFn,
+         hashes: tuple[Callable[[], str | None], ...] = ()) -> RunResult:
     scr = scratch.Scratch(stage.path, int(cfg.processing.memory_budget_mb * 2**20))
     csm_bands = None  # checked first: a missing extra or unfit bands must not cost a registration
     if cfg.observe.enabled and cfg.observe.cloud_model == "csmask":
         csm_bands = csmask_bands(pair, info_b.path, info_a.path)
-    with timer("register"):
+    with timer("register"), parallel.window_threads(workers(cfg)):
         reg = estimate_registration(pair, cfg.registration, progress, cfg.observe)
         warns.extend(reg.warnings)
         applied = reg.method == "none" or reg.confidence >= cfg.registration.min_confidence
@@ -1041,7 +1085,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
                 raise RegistrationError(f"{info_a.path}: {msg}")
             warns.append(msg)
         used = reg if applied else replace(reg, matrix=registration.translation(0, 0), field=None)
-    with timer("normalize"):
+    with timer("normalize"), parallel.window_threads(workers(cfg)):
         step = _steps(progress, "normalize", 4)
         chips = read_chips(pair, used, cfg)
         step()
@@ -1058,7 +1102,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         step()
     with timer("measure"):
         sc = score_pass(pair, models, cfg, stage.file("score.scratch.tif"), progress, scr=scr)
-    with timer("observe"):
+    with timer("observe"), parallel.window_threads(workers(cfg)):
         given = csmask_pass(pair, used, cfg, csm_bands) if csm_bands is not None else None
         obs = observe(pair, cfg, sc, stage.file("score.scratch.tif"), None, given, scr)
         q, lq, water = sc.q, sc.lq, sc.water
@@ -1105,6 +1149,8 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         for _ in windowed.map_boxes(partial(_hide_unobservable, mask, obs.reason), mask.shape,
                                     cfg.processing.window_px):
             scratch.release(mask, obs.reason)
+    # the score raster is final: its COG is made (mostly on one core: the overviews) while the objects are
+    score_cog = stage.later(_score_cog, stage.file("score.scratch.tif"), stage.file("change_score.tif"))
     with timer("objects"), parallel.window_threads(workers(cfg)):
         mask = objects.split_touching(mask, pair.gsd_m, cfg.objects, cfg.processing.window_px, scr)
         labels, comps = objects.components(mask, cfg.processing.window_px, scr)
@@ -1121,15 +1167,11 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         classes = class_image(labels, mask, dets, len(comps), cfg.processing.window_px, scr)
     with timer("write"):
         step = _steps(progress, "write", 6)
-        feats, records = detection_features(pair, dets, labels)
         crs, tr = pair.crs, pair.transform
-        step()
-        write_categorical_cog(stage.file("change_mask.tif"), mask, categories.MASK_LEGEND, crs, tr)
-        step()
-        write_categorical_cog(stage.file("change_class.tif"), classes, categories.CLASS_LEGEND, crs, tr)
-        step()
-        describe_band(stage.file("score.scratch.tif"), categories.SCORE_DESCRIPTION, categories.SCORE_TAGS)
-        to_cog(stage.file("score.scratch.tif"), stage.file("change_score.tif"), "average", "FLOATING_POINT")
+        # the categorical COGs are made on threads of their own while the vectors and the quick-look are
+        cogs = [stage.later(write_categorical_cog, stage.file(name), arr, legend, crs, tr) for name, arr, legend in
+                (("change_mask.tif", mask, categories.MASK_LEGEND), ("change_class.tif", classes, categories.CLASS_LEGEND))]
+        feats, records = detection_features(pair, dets, labels)
         step()
         write_json(stage.file("detections.geojson"), vector.feature_collection(feats, pair.georeferenced), compact=True)
         names = [n for n in OUTPUT_FILES if n not in ("summary.json", "item.json")]
@@ -1145,12 +1187,17 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
             for box in windowed.windows(mask.shape, cfg.processing.window_px)))
         panels = quicklook_panels(pair, models, cfg, dets, labels, seen)
         del seen
+        if hashes:  # the inputs' hashes, made meanwhile
+            info_b, info_a = (replace(info, sha256=h()) for info, h in zip((info_b, info_a), hashes))
         dates = (input_label(info_b.to_json()), input_label(info_a.to_json()))
         # encoded here and written by Python: a failed write is then an OSError with its cause,
         # not libpng's "Write Error" on stderr
         step()
         stage.file("quicklook.png").write_bytes(quicklook.encode_png(render_quicklook(panels, site, dates)))
         step()
+        for task in (*cogs, score_cog):
+            task()
+            step()
     summary = _summary(site, info_b, info_a, pair, replace(models, reg=reg), cfg, thr, mask,
                        records, warns, timer.timings, applied, obs)
     summary["false_alarm_budget"] = {**budget.to_json(), "expected_false_detections": round(
@@ -1161,7 +1208,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         stage.file("report.html").write_text(
             report.render_html(summary, panels.before, panels.after, panels.outlines, panels.metres_per_px,
                                panels.north_deg), encoding="utf-8")
-    summary["timings_s"] = timer.timings
+    summary["timings_s"] = timer.record()
     summary["run"] = {"workers": workers(cfg), "cores": parallel.cpu_count(),
                       "scratch_peak_mb": round(scr.peak_mapped_bytes / 2**20, 1)}
     # the STAC Item describes every other file; the record (with its hash) is written after it

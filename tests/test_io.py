@@ -9,6 +9,8 @@ from hypothesis.extra.numpy import arrays
 from changedet.errors import InputError, NoOverlapError, OutputError
 from changedet.io import OutputStage, gsd_from_grid, iter_windows, open_pair, write_band
 
+from .conftest import SAMPLE_TILES
+
 
 def write(path, data, transform=Affine(0.5, 0, 500000, 0, -0.5, 4000000), crs="EPSG:32637", **kw):
     data = np.asarray(data)
@@ -111,6 +113,29 @@ def test_output_stage_leaves_nothing_on_failure(tmp_path):
         stage.commit(["x.txt"])
     assert (out / "x.txt").read_text() == "done"
     assert [p.name for p in tmp_path.iterdir()] == ["deep"]
+
+
+def test_output_stage_waits_for_its_later_work_before_removing_itself(tmp_path):
+    seen: list[bool] = []
+    with pytest.raises(RuntimeError):
+        with OutputStage(tmp_path / "out") as stage:
+            task = stage.later(stage.file("late.txt").write_text, "written meanwhile")
+            wait = task.wait
+            task.wait = lambda: (seen.append(stage.path.is_dir()), wait())  # type: ignore[method-assign]
+            raise RuntimeError("boom")
+    assert seen == [True]  # waited for while the stage was still there
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_both_inputs_decimated_at_once_equal_one_after_the_other():
+    site = SAMPLE_TILES / "port"
+    made = []
+    for threads in (1, 2):
+        with open_pair(site / "before.tif", site / "after.tif", decimate_px=(64, 200), threads=threads) as pair:
+            made.append([pair.read_decimated(which, px) for which in ("before", "after") for px in (64, 200)])
+    for (d1, v1, f1), (d2, v2, f2) in zip(*made):
+        assert d1.tobytes() == d2.tobytes() and v1.tobytes() == v2.tobytes() and f1 == f2
+    assert max(made[1][0][0].shape[1:]) <= 64 < max(made[1][1][0].shape[1:]) <= 200
 
 
 def test_output_under_a_file_is_refused(tmp_path):

@@ -141,3 +141,23 @@ def test_blas_runs_one_thread_per_worker_within_the_cap_and_is_restored_after():
     assert blas_threads() == before
     with parallel.capped_blas_threads(1) as per:  # one worker: BLAS keeps every core
         assert per == parallel.cpu_count() and blas_threads() == before
+
+
+def test_later_gives_its_result_or_its_error_when_called():
+    ran_on: list[str] = []
+
+    def work(x: int) -> int:
+        ran_on.append(threading.current_thread().name)
+        return x * 2
+
+    task = parallel.Later(work, 21, name="changedet-test")
+    assert task() == 42
+    assert ran_on == ["changedet-test"]  # on a thread of its own
+
+    def fails() -> None:
+        raise ValueError("no hash")
+
+    failed = parallel.Later(fails)
+    failed.wait()  # waiting alone does not raise
+    with pytest.raises(ValueError, match="no hash"):
+        failed()

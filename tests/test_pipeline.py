@@ -291,3 +291,20 @@ def test_memory_maps_give_byte_identical_outputs(sample_runs, site, tmp_path):
     assert mapped.summary["detections"] == shipped["detections"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [site], "no scratch left beside the output"
     assert not any(p.name.endswith(".scratch.bin") for p in mapped.out_dir.iterdir())
+
+
+def test_crops_are_read_by_strips_then_columns():
+    from changedet.pipeline import reading_order
+
+    corners = [(700, 5), (10, 900), (600, 3), (20, 40), (10, 900)]
+    assert reading_order(corners, 512) == [3, 1, 4, 2, 0]  # ties keep their order
+    assert reading_order([], 512) == []
+
+
+@pytest.mark.parametrize("site", ["camp"])
+def test_timings_give_each_stage_its_cpu_seconds(sample_runs, site):
+    timings = json.loads((sample_runs[site] / "summary.json").read_text())["timings_s"]
+    stages = [k for k in timings if not k.endswith("_cpu")]
+    assert {"load", "measure", "decide", "write"} <= set(stages)
+    assert sorted(f"{k}_cpu" for k in stages) == sorted(k for k in timings if k.endswith("_cpu"))
+    assert timings["measure_cpu"] > 0
