@@ -385,7 +385,9 @@ def test_width_of_a_rotated_rectangle_is_unbiased(length, width, angle):
     s = O.measure_shape(m, (0, 0), gsd_m=1.0)
     assert s.width_m == pytest.approx(width, abs=1.0)  # the extent of centres + 1 px is ~1 px too wide at 45 deg
     assert s.length_m == pytest.approx(length, abs=1.5)
-    assert s.rectangularity > 0.8
+    # pixels on its outline are in or out whole: a staircase edge loses up to half a pixel along
+    # each side (10 x 5.25 px at 81.5 deg fills 52 of its 6 x 11 px rectangle: 0.79)
+    assert s.rectangularity > 1.0 - (length + width) / (length * width)
 
 
 def _line(m, pts, thickness=4):
