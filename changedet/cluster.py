@@ -114,7 +114,10 @@ def connect(scheduler: str | None, workers: int) -> Any:
         t0 = time.perf_counter()
         # dask's nanny sets MALLOC_TRIM_THRESHOLD_ in its workers; any value turns off glibc's dynamic mmap
         # threshold, and every large array is then mapped and faulted in afresh: a site ran 1.5x slower
+        # a worker holds one site at a time (dask's default queues a second on it): the next site goes to
+        # the first worker free, and the largest sites go first (run_sites)
         with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                              "distributed.scheduler.worker-saturation": 1.0,
                               "distributed.worker.multiprocessing-method": method,
                               "temporary-directory": str(scratch.path)}):
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
@@ -217,6 +220,20 @@ def _site_task(site: Site, out: Path, cfg: Config) -> dict[str, Any]:
     return run_site(site, out, cfg, None)
 
 
+def input_bytes(site: Site) -> int:
+    """The size of a site's two input files, a guess of its work; 0 for a remote input or a missing file."""
+    from .stac import is_remote
+
+    total = 0
+    for path in (site.before, site.after):
+        if not is_remote(path):
+            try:
+                total += os.path.getsize(path)
+            except OSError:
+                pass  # the site fails on its worker, with the message a serial batch gives
+    return total
+
+
 def run_sites(client: Any, sites: list[Site], out_dir: Path, configs: dict[str, Config],
               site_callback: Callable[[str, dict[str, Any]], None] | None = None,
               counts: CountsFn | None = None) -> list[dict[str, Any]]:
@@ -229,8 +246,11 @@ def run_sites(client: Any, sites: list[Site], out_dir: Path, configs: dict[str, 
 
     t0 = time.perf_counter()
     run = uuid.uuid4().hex[:12]  # keys unique to this batch: a shared scheduler would merge equal keys of two batches
-    futures = {client.submit(_site_task, s, out_dir / s.name, configs[s.name], key=f"changedet-{s.name}-{run}",
-                             pure=False): s for s in sites}
+    # the largest first (dask runs higher priorities first): a long site left for the end keeps one worker
+    # busy while the others idle. The keys make one task group: dask queues a group of more tasks than
+    # twice the threads on the scheduler and hands them out as workers free up (connect: one at a time)
+    futures = {client.submit(_site_task, s, out_dir / s.name, configs[s.name], pure=False, priority=input_bytes(s),
+                             key=(f"changedet-batch-{run}", s.name)): s for s in sites}
     slots = max(1, sum(client.nthreads().values()))
     records: dict[str, dict[str, Any]] = {}
     done = failed = 0

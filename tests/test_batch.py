@@ -290,3 +290,47 @@ def test_batch_starts_the_fork_server_first_for_a_local_cluster_only(tmp_path, m
     res = CliRunner().invoke(app, ["-q", "batch", str(tmp_path / "sites.yaml"), "--out", str(tmp_path / "r"), *args])
     assert res.exit_code == 0, res.output
     assert calls == (["prestart", "run_batch"] if started else ["run_batch"])
+
+
+def test_sites_go_to_the_cluster_largest_first_as_one_task_group_and_come_back_in_manifest_order(tmp_path,
+                                                                                                monkeypatch):
+    import distributed
+    from dask.utils import key_split
+
+    from changedet import cluster
+    from changedet.config import Config
+
+    for name, size in (("a", 10), ("b", 300), ("c", 20)):
+        (tmp_path / f"{name}.tif").write_bytes(b"x" * size)
+    sites = [batch.Site("small", str(tmp_path / "a.tif"), str(tmp_path / "a.tif")),
+             batch.Site("large", str(tmp_path / "b.tif"), str(tmp_path / "c.tif")),
+             batch.Site("remote", "https://example.com/x.tif", str(tmp_path / "missing.tif"))]
+
+    class Done:
+        def __init__(self, name):
+            self.name = name
+
+        def result(self):
+            return {"name": self.name, "status": "ok", "error": None, "seconds": 1.0}
+
+        def cancel(self):
+            pass
+
+    class Client:
+        loop = None
+        submitted = []
+
+        def submit(self, fn, site, out, cfg, **kw):
+            self.submitted.append((site.name, kw))
+            return Done(site.name)
+
+        def nthreads(self):
+            return {"w1": 1, "w2": 1}
+
+    monkeypatch.setattr(distributed, "as_completed", lambda futures, loop=None: reversed(futures))
+    records = cluster.run_sites(Client(), sites, tmp_path / "runs", {s.name: Config() for s in sites})
+    assert [r["name"] for r in records] == ["small", "large", "remote"]
+    priority = {name: kw["priority"] for name, kw in Client.submitted}
+    assert priority == {"small": 20, "large": 320, "remote": 0}
+    assert len({key_split(kw["key"]) for _, kw in Client.submitted}) == 1
+    assert len({kw["key"] for _, kw in Client.submitted}) == 3
