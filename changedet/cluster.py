@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -45,6 +46,9 @@ WORKER_PRELOAD = ("distributed", "changedet.batch", "changedet.cluster", "change
                   "pystac.extensions.projection", "skimage.feature", "skimage.measure._find_contours",
                   "skimage.segmentation._watershed")
 
+#: the start of the name of multiprocessing's temporary folder (``multiprocessing.util.get_temp_dir``)
+MP_TEMP_PREFIX = "pymp-"
+
 #: ``(done, failed, running, total)`` after every finished site
 CountsFn = Callable[[int, int, int, int], None]
 
@@ -70,6 +74,22 @@ def prestart() -> bool:
     with _environ(SINGLE_THREAD_ENV):  # the libraries read their thread counts when the server imports them
         forkserver.ensure_running()  # no-op when it runs already
     return True
+
+
+def _mark_server_folder() -> None:
+    """Mark multiprocessing's temporary folder (the fork server's socket) with this process as its owner.
+
+    ``multiprocessing`` removes it at exit; a batch killed with ``kill -9`` cannot, and the next local
+    cluster removes it then (:func:`connect`), as it does dask's scratch. Folders of that name without
+    changedet's owner record belong to other programs and are left alone.
+    """
+    from multiprocessing import util
+
+    from .io import OWNER_FILE, mark_owner
+
+    folder = Path(util.get_temp_dir())
+    if folder.name.startswith(MP_TEMP_PREFIX) and not (folder / OWNER_FILE).exists():
+        mark_owner(folder)
 
 
 @contextmanager
@@ -103,19 +123,22 @@ def connect(scheduler: str | None, workers: int) -> Any:
         return _client_at(scheduler, Client)
     import dask
 
-    from .io import _ScratchDir, sweep_dead_scratch
+    from .io import _ScratchDir, sweep_dead_runs, sweep_dead_scratch
 
     # dask's scratch (lock files, spilled data) in a folder of this run, marked with its owner: removed
     # when the cluster closes, and a killed batch's is swept by the next run (nothing left in TMPDIR)
     sweep_dead_scratch()
+    sweep_dead_runs(Path(tempfile.gettempdir()), lambda name: name.startswith(MP_TEMP_PREFIX))
     scratch = _ScratchDir()
     try:
         method = "forkserver" if prestart() else "spawn"
+        if method == "forkserver":
+            _mark_server_folder()
         t0 = time.perf_counter()
         # dask's nanny sets MALLOC_TRIM_THRESHOLD_ in its workers; any value turns off glibc's dynamic mmap
-        # threshold, and every large array is then mapped and faulted in afresh: a site ran 1.5x slower
-        # a worker holds one site at a time (dask's default queues a second on it): the next site goes to
-        # the first worker free, and the largest sites go first (run_sites)
+        # threshold, and every large array is then mapped and faulted in afresh: a site ran 1.5x slower.
+        # A worker holds one site at a time (dask's default sends it a second to queue): the next site goes
+        # to the first worker free, the largest first (run_sites)
         with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
                               "distributed.scheduler.worker-saturation": 1.0,
                               "distributed.worker.multiprocessing-method": method,
