@@ -255,14 +255,13 @@ def test_prestart_gives_the_fork_server_one_thread_per_library_and_leaves_this_p
     assert os.environ["OMP_NUM_THREADS"] == "7" and "CHANGEDET_THREADS" not in os.environ
 
 
-def test_a_local_clusters_workers_start_with_the_site_modules_imported(tmp_path, monkeypatch):
+def test_a_local_clusters_workers_start_with_the_site_modules_imported():
     import multiprocessing
 
     from changedet import cluster
 
     if "forkserver" not in multiprocessing.get_all_start_methods():
         pytest.skip("no fork server on this platform")
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
     client = cluster.connect(None, 1)
     try:
         def fresh_worker():
