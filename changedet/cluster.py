@@ -62,11 +62,13 @@ def prestart() -> bool:
     process's own work (its imports, the manifest) runs beside it. :func:`connect` calls it too.
     The server stays for the life of this process (Python's ``multiprocessing``), for the next cluster.
 
-    Returns False where there is no fork server (Windows): the workers are then spawned.
+    Returns False off Linux: the workers are then spawned (Windows has no fork server, and on macOS
+    a child forked after numpy loaded Apple's Accelerate may hang).
     """
     import multiprocessing
+    import sys
 
-    if "forkserver" not in multiprocessing.get_all_start_methods():
+    if not sys.platform.startswith("linux") or "forkserver" not in multiprocessing.get_all_start_methods():
         return False
     from multiprocessing import forkserver
 

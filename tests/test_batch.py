@@ -1,5 +1,6 @@
 import json
 import os
+import sys
 
 import pytest
 
@@ -242,8 +243,8 @@ def test_prestart_gives_the_fork_server_one_thread_per_library_and_leaves_this_p
 
     from changedet import cluster
 
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        pytest.skip("no fork server on this platform")
+    if not sys.platform.startswith("linux") or "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("the workers fork from a fork server on Linux only")
     seen = {}
     monkeypatch.setattr(forkserver, "set_forkserver_preload", lambda names: seen.update(preload=list(names)))
     monkeypatch.setattr(forkserver, "ensure_running", lambda: seen.update(env=dict(os.environ)))
@@ -260,8 +261,8 @@ def test_a_local_clusters_workers_start_with_the_site_modules_imported():
 
     from changedet import cluster
 
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        pytest.skip("no fork server on this platform")
+    if not sys.platform.startswith("linux") or "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("the workers fork from a fork server on Linux only")
     client = cluster.connect(None, 1)
     try:
         def fresh_worker():
