@@ -547,10 +547,14 @@ def batch(
 
     Example: changedet batch sites.yaml --out runs/ --workers 4
     """
-    from .batch import run_batch
-    from .config import _read_yaml
-
     with _errors():
+        if workers > 1 and scheduler is None:
+            from .cluster import prestart
+
+            prestart()  # the workers' imports (~2 s of a core) beside this process's own, from here on
+        from .batch import run_batch
+        from .config import _read_yaml
+
         out_dir = _out_path(out, "the batch's output folder")
         base = _read_yaml(config) if config else {}
 

@@ -6,6 +6,9 @@ serial batch's. A site's outputs do not depend on where it ran: the site runs th
 :func:`~changedet.pipeline.detect_pair`, with its library threads capped at one (results do not depend
 on the thread count) so that N sites on N cores do not oversubscribe them.
 
+A local cluster's workers fork from a fork server that imported what a site needs while the batch
+read its manifest (:func:`prestart`): they start warm, and the imports are paid once, not per worker.
+
 ``distributed`` is imported here only, when a batch asks for more than one worker or a scheduler.
 """
 
@@ -13,8 +16,11 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +30,8 @@ if TYPE_CHECKING:
     from .batch import Site
     from .config import Config
 
+log = logging.getLogger(__name__)
+
 #: seconds to reach a scheduler before giving up: a wrong address fails at once, not after dask's 30 s
 CONNECT_TIMEOUT_S = 3
 #: environment of a local cluster's workers: one thread for every library a site uses
@@ -31,9 +39,74 @@ SINGLE_THREAD_ENV = {"CHANGEDET_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS
                      "MKL_NUM_THREADS": "1", "GDAL_NUM_THREADS": "1"}
 #: a local cluster's dask scratch folder (workers' and scheduler's), by id of the cluster: removed when it closes
 _SCRATCH: dict[int, Any] = {}
+#: what a site imports, imported once by the fork server the local workers fork from (about 2 s of a core);
+#: a name this version of a library lacks is skipped. onnxruntime is not here: importing it starts a
+#: thread, and a process with threads must not fork (it imports in 0.05 s)
+WORKER_PRELOAD = ("distributed", "changedet.batch", "changedet.cluster", "changedet.series", "pyproj", "shapely",
+                  "pystac.extensions.projection", "skimage.feature", "skimage.measure._find_contours",
+                  "skimage.segmentation._watershed")
+
+#: the start of the name of multiprocessing's temporary folder (``multiprocessing.util.get_temp_dir``)
+MP_TEMP_PREFIX = "pymp-"
 
 #: ``(done, failed, running, total)`` after every finished site
 CountsFn = Callable[[int, int, int, int], None]
+
+
+def prestart() -> bool:
+    """Start the fork server a local cluster's workers fork from, with :data:`WORKER_PRELOAD` imported in it.
+
+    Spawned workers would each import what a site needs (about 2 s of a core each, then the first
+    site's own imports); forked from this server they start with it done, once for all of them. The
+    server imports in the background: call this as soon as a local cluster is wanted, and this
+    process's own work (its imports, the manifest) runs beside it. :func:`connect` calls it too.
+    The server stays for the life of this process (Python's ``multiprocessing``), for the next cluster.
+
+    Returns False off Linux: the workers are then spawned (Windows has no fork server, and on macOS
+    a child forked after numpy loaded Apple's Accelerate may hang).
+    """
+    import multiprocessing
+    import sys
+
+    if not sys.platform.startswith("linux") or "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    from multiprocessing import forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(WORKER_PRELOAD))
+    with _environ(SINGLE_THREAD_ENV):  # the libraries read their thread counts when the server imports them
+        forkserver.ensure_running()  # no-op when it runs already
+    return True
+
+
+def _mark_server_folder() -> None:
+    """Mark multiprocessing's temporary folder (the fork server's socket) with this process as its owner.
+
+    ``multiprocessing`` removes it at exit; a batch killed with ``kill -9`` cannot, and the next local
+    cluster removes it then (:func:`connect`), as it does dask's scratch. Folders of that name without
+    changedet's owner record belong to other programs and are left alone.
+    """
+    from multiprocessing import util
+
+    from .io import OWNER_FILE, mark_owner
+
+    folder = Path(util.get_temp_dir())
+    if folder.name.startswith(MP_TEMP_PREFIX) and not (folder / OWNER_FILE).exists():
+        mark_owner(folder)
+
+
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set inside the block, as it was after it."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def connect(scheduler: str | None, workers: int) -> Any:
@@ -52,16 +125,25 @@ def connect(scheduler: str | None, workers: int) -> Any:
         return _client_at(scheduler, Client)
     import dask
 
-    from .io import _ScratchDir, sweep_dead_scratch
+    from .io import _ScratchDir, sweep_dead_runs, sweep_dead_scratch
 
     # dask's scratch (lock files, spilled data) in a folder of this run, marked with its owner: removed
     # when the cluster closes, and a killed batch's is swept by the next run (nothing left in TMPDIR)
     sweep_dead_scratch()
+    sweep_dead_runs(Path(tempfile.gettempdir()), lambda name: name.startswith(MP_TEMP_PREFIX))
     scratch = _ScratchDir()
     try:
+        method = "forkserver" if prestart() else "spawn"
+        if method == "forkserver":
+            _mark_server_folder()
+        t0 = time.perf_counter()
         # dask's nanny sets MALLOC_TRIM_THRESHOLD_ in its workers; any value turns off glibc's dynamic mmap
-        # threshold, and every large array is then mapped and faulted in afresh: a site ran 1.5x slower
+        # threshold, and every large array is then mapped and faulted in afresh: a site ran 1.5x slower.
+        # A worker holds one site at a time (dask's default sends it a second to queue): the next site goes
+        # to the first worker free, the largest first (run_sites)
         with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                              "distributed.scheduler.worker-saturation": 1.0,
+                              "distributed.worker.multiprocessing-method": method,
                               "temporary-directory": str(scratch.path)}):
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                    scheduler_kwargs={"dashboard": False}, silence_logs=logging.ERROR,
@@ -70,6 +152,7 @@ def connect(scheduler: str | None, workers: int) -> Any:
         scratch.close()
         raise
     _SCRATCH[id(cluster)] = scratch
+    log.info("local cluster of %d workers up in %.2f s", workers, time.perf_counter() - t0)
     return Client(cluster, set_as_default=False)
 
 
@@ -140,6 +223,7 @@ def _well_formed(address: str) -> bool:
 
 def close(client: Any) -> None:
     """Close ``client`` and the local cluster it started (an existing cluster is left running)."""
+    t0 = time.perf_counter()
     cluster = client.cluster
     client.close()
     if cluster is not None:
@@ -147,6 +231,7 @@ def close(client: Any) -> None:
         scratch = _SCRATCH.pop(id(cluster), None)
         if scratch is not None:
             scratch.close()
+    log.info("cluster closed in %.2f s", time.perf_counter() - t0)
 
 
 def _site_task(site: Site, out: Path, cfg: Config) -> dict[str, Any]:
@@ -160,6 +245,20 @@ def _site_task(site: Site, out: Path, cfg: Config) -> dict[str, Any]:
     return run_site(site, out, cfg, None)
 
 
+def input_bytes(site: Site) -> int:
+    """The size of a site's two input files, a guess of its work; 0 for a remote input or a missing file."""
+    from .stac import is_remote
+
+    total = 0
+    for path in (site.before, site.after):
+        if not is_remote(path):
+            try:
+                total += os.path.getsize(path)
+            except OSError:
+                pass  # the site fails on its worker, with the message a serial batch gives
+    return total
+
+
 def run_sites(client: Any, sites: list[Site], out_dir: Path, configs: dict[str, Config],
               site_callback: Callable[[str, dict[str, Any]], None] | None = None,
               counts: CountsFn | None = None) -> list[dict[str, Any]]:
@@ -170,9 +269,13 @@ def run_sites(client: Any, sites: list[Site], out_dir: Path, configs: dict[str, 
     """
     from distributed import as_completed
 
+    t0 = time.perf_counter()
     run = uuid.uuid4().hex[:12]  # keys unique to this batch: a shared scheduler would merge equal keys of two batches
-    futures = {client.submit(_site_task, s, out_dir / s.name, configs[s.name], key=f"changedet-{s.name}-{run}",
-                             pure=False): s for s in sites}
+    # the largest first (dask runs higher priorities first): a long site left for the end keeps one worker
+    # busy while the others idle. The keys make one task group: dask queues a group of more tasks than
+    # twice the threads on the scheduler and hands them out as workers free up (connect: one at a time)
+    futures = {client.submit(_site_task, s, out_dir / s.name, configs[s.name], pure=False, priority=input_bytes(s),
+                             key=(f"changedet-batch-{run}", s.name)): s for s in sites}
     slots = max(1, sum(client.nthreads().values()))
     records: dict[str, dict[str, Any]] = {}
     done = failed = 0
@@ -192,6 +295,8 @@ def run_sites(client: Any, sites: list[Site], out_dir: Path, configs: dict[str, 
                        "out_dir": str(out_dir / site.name), "n_detections": None, "changed_area_m2": None,
                        "seconds": None}
             records[site.name] = rec
+            log.info("site %s: %s in %s s, done %.2f s after the first was sent", site.name, rec["status"],
+                     rec["seconds"], time.perf_counter() - t0)
             done += 1
             failed += rec["status"] in ("failed", "error")
             if site_callback:

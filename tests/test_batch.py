@@ -1,4 +1,6 @@
 import json
+import os
+import sys
 
 import pytest
 
@@ -220,3 +222,115 @@ def test_workers_with_scheduler_or_below_one_is_a_usage_error(parallel_manifest,
     proc = cli("batch", parallel_manifest, "--out", tmp_path / "r", "--workers", "0", tmpdir=tmp_path / "tmp")
     assert_one_line_error(proc, "--workers")
     assert not (tmp_path / "r").exists()
+
+
+# ---- the local cluster's workers fork warm from a fork server (issue 15)
+
+def test_every_changedet_module_the_workers_preload_exists():
+    import importlib
+
+    from changedet.cluster import WORKER_PRELOAD
+
+    # the fork server skips a name it cannot import: a misspelt one would go unnoticed
+    for name in WORKER_PRELOAD:
+        importlib.import_module(name)
+    assert "changedet.batch" in WORKER_PRELOAD and "onnxruntime" not in WORKER_PRELOAD  # no threads in the server
+
+
+def test_prestart_gives_the_fork_server_one_thread_per_library_and_leaves_this_process_as_it_was(monkeypatch):
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    from changedet import cluster
+
+    if not sys.platform.startswith("linux") or "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("the workers fork from a fork server on Linux only")
+    seen = {}
+    monkeypatch.setattr(forkserver, "set_forkserver_preload", lambda names: seen.update(preload=list(names)))
+    monkeypatch.setattr(forkserver, "ensure_running", lambda: seen.update(env=dict(os.environ)))
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.delenv("CHANGEDET_THREADS", raising=False)
+    assert cluster.prestart()
+    assert seen["preload"] == list(cluster.WORKER_PRELOAD)
+    assert {k: seen["env"].get(k) for k in cluster.SINGLE_THREAD_ENV} == cluster.SINGLE_THREAD_ENV
+    assert os.environ["OMP_NUM_THREADS"] == "7" and "CHANGEDET_THREADS" not in os.environ
+
+
+def test_a_local_clusters_workers_start_with_the_site_modules_imported():
+    import multiprocessing
+
+    from changedet import cluster
+
+    if not sys.platform.startswith("linux") or "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("the workers fork from a fork server on Linux only")
+    client = cluster.connect(None, 1)
+    try:
+        def fresh_worker():
+            import sys
+
+            return "changedet.batch" in sys.modules, os.environ.get("OPENBLAS_NUM_THREADS")
+
+        assert client.submit(fresh_worker, pure=False).result() == (True, "1")
+    finally:
+        cluster.close(client)
+
+
+@pytest.mark.parametrize("args,started", [(("--workers", "2"), True), ((), False),
+                                          (("--scheduler", "tcp://127.0.0.1:8786"), False)])
+def test_batch_starts_the_fork_server_first_for_a_local_cluster_only(tmp_path, monkeypatch, args, started):
+    from typer.testing import CliRunner
+
+    from changedet import cluster
+    from changedet.cli import app
+
+    calls = []
+    monkeypatch.setattr(cluster, "prestart", lambda: calls.append("prestart"))
+    monkeypatch.setattr(batch, "run_batch", lambda *a, **k: calls.append("run_batch") or
+                        {"n_ok": 0, "n_skipped": 0, "n_failed": 0})
+    res = CliRunner().invoke(app, ["-q", "batch", str(tmp_path / "sites.yaml"), "--out", str(tmp_path / "r"), *args])
+    assert res.exit_code == 0, res.output
+    assert calls == (["prestart", "run_batch"] if started else ["run_batch"])
+
+
+def test_sites_go_to_the_cluster_largest_first_as_one_task_group_and_come_back_in_manifest_order(tmp_path,
+                                                                                                monkeypatch):
+    import distributed
+    from dask.utils import key_split
+
+    from changedet import cluster
+    from changedet.config import Config
+
+    for name, size in (("a", 10), ("b", 300), ("c", 20)):
+        (tmp_path / f"{name}.tif").write_bytes(b"x" * size)
+    sites = [batch.Site("small", str(tmp_path / "a.tif"), str(tmp_path / "a.tif")),
+             batch.Site("large", str(tmp_path / "b.tif"), str(tmp_path / "c.tif")),
+             batch.Site("remote", "https://example.com/x.tif", str(tmp_path / "missing.tif"))]
+
+    class Done:
+        def __init__(self, name):
+            self.name = name
+
+        def result(self):
+            return {"name": self.name, "status": "ok", "error": None, "seconds": 1.0}
+
+        def cancel(self):
+            pass
+
+    class Client:
+        loop = None
+        submitted = []
+
+        def submit(self, fn, site, out, cfg, **kw):
+            self.submitted.append((site.name, kw))
+            return Done(site.name)
+
+        def nthreads(self):
+            return {"w1": 1, "w2": 1}
+
+    monkeypatch.setattr(distributed, "as_completed", lambda futures, loop=None: reversed(futures))
+    records = cluster.run_sites(Client(), sites, tmp_path / "runs", {s.name: Config() for s in sites})
+    assert [r["name"] for r in records] == ["small", "large", "remote"]
+    priority = {name: kw["priority"] for name, kw in Client.submitted}
+    assert priority == {"small": 20, "large": 320, "remote": 0}
+    assert len({key_split(kw["key"]) for _, kw in Client.submitted}) == 1
+    assert len({kw["key"] for _, kw in Client.submitted}) == 3

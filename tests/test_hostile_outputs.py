@@ -480,3 +480,4 @@ def test_batch_stopped_then_rerun_equals_an_uninterrupted_batch(tmp_path, scenes
     assert all(f"{s}: skipped" in proc.stdout for s in done)  # resumed: what was complete is not run again
     assert _folder(runs) == uninterrupted
     assert_nothing_left(tmp, runs)
+    assert list(tmp.glob("pymp-*")) == []  # the killed batch's fork server folder went with the rerun
