@@ -62,8 +62,10 @@ def prestart() -> bool:
     process's own work (its imports, the manifest) runs beside it. :func:`connect` calls it too.
     The server stays for the life of this process (Python's ``multiprocessing``), for the next cluster.
 
-    Returns False off Linux: the workers are then spawned (Windows has no fork server, and on macOS
-    a child forked after numpy loaded Apple's Accelerate may hang).
+    Returns False off Linux, or when the server cannot start (its socket lives in TMPDIR, and a
+    TMPDIR longer than about 75 characters makes the path too long for a Unix socket): the workers
+    are then spawned (Windows has no fork server, and on macOS a child forked after numpy loaded
+    Apple's Accelerate may hang).
     """
     import multiprocessing
     import sys
@@ -73,8 +75,13 @@ def prestart() -> bool:
     from multiprocessing import forkserver
 
     multiprocessing.get_context("forkserver").set_forkserver_preload(list(WORKER_PRELOAD))
-    with _environ(SINGLE_THREAD_ENV):  # the libraries read their thread counts when the server imports them
-        forkserver.ensure_running()  # no-op when it runs already
+    try:
+        with _environ(SINGLE_THREAD_ENV):  # the libraries read their thread counts when the server imports them
+            forkserver.ensure_running()  # no-op when it runs already
+    except OSError as exc:  # its socket's path in TMPDIR is longer than AF_UNIX allows (108 bytes)
+        log.info("no fork server (%s): the workers are spawned", exc)
+        _mark_server_folder()  # the folder made for the socket goes like a killed batch's
+        return False
     return True
 
 

@@ -256,6 +256,22 @@ def test_prestart_gives_the_fork_server_one_thread_per_library_and_leaves_this_p
     assert os.environ["OMP_NUM_THREADS"] == "7" and "CHANGEDET_THREADS" not in os.environ
 
 
+def test_a_tmpdir_too_long_for_the_fork_servers_socket_falls_back_to_spawned_workers(tmp_path):
+    import multiprocessing
+    import subprocess
+
+    if not sys.platform.startswith("linux") or "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("the workers fork from a fork server on Linux only")
+    long_tmp = tmp_path / ("t" * max(1, 100 - len(str(tmp_path))))  # a Unix socket's path holds 108 bytes
+    long_tmp.mkdir()
+    code = "from changedet import cluster; print(cluster.prestart())"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "TMPDIR": str(long_tmp)}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+    assert list(long_tmp.iterdir()) == []  # the socket's folder went at exit
+
+
 def test_a_local_clusters_workers_start_with_the_site_modules_imported():
     import multiprocessing
 
