@@ -1149,7 +1149,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
         for _ in windowed.map_boxes(partial(_hide_unobservable, mask, obs.reason), mask.shape,
                                     cfg.processing.window_px):
             scratch.release(mask, obs.reason)
-    # the score raster is final: its COG is made (mostly on one core: the overviews) while the objects are
+    # the score raster is final: its COG is made (mostly on one core: the overviews) while the objects are described
     score_cog = stage.later(_score_cog, stage.file("score.scratch.tif"), stage.file("change_score.tif"))
     with timer("objects"), parallel.window_threads(workers(cfg)):
         mask = objects.split_touching(mask, pair.gsd_m, cfg.objects, cfg.processing.window_px, scr)
@@ -1168,7 +1168,7 @@ def _run(pair: PairSource, cfg: Config, stage: OutputStage, site: str, info_b: A
     with timer("write"):
         step = _steps(progress, "write", 6)
         crs, tr = pair.crs, pair.transform
-        # the categorical COGs are made on threads of their own while the vectors and the quick-look are
+        # the categorical COGs are made on threads of their own while the vectors and the quick-look are written
         cogs = [stage.later(write_categorical_cog, stage.file(name), arr, legend, crs, tr) for name, arr, legend in
                 (("change_mask.tif", mask, categories.MASK_LEGEND), ("change_class.tif", classes, categories.CLASS_LEGEND))]
         feats, records = detection_features(pair, dets, labels)
