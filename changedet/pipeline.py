@@ -18,7 +18,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -243,8 +243,11 @@ def learned_pass(pair: PairSource, models: _Models, head: learned.Head, stretch:
     def pool(fn: Callable[[Any], Any], items: list[Any]) -> Iterator[Any]:
         return parallel.ordered_map(fn, items, n)
 
-    with parallel.capped_blas_threads(n):  # the head's products, from every worker at once
-        results = lbands.window_probabilities(boxes, inputs, head, pool, threshold.quantize, threads)
+    # the head's products run from every worker at once; the workers are done (the windows' generator
+    # closed, its pool shut down) before BLAS gets its threads back, also when the run stops midway:
+    # resizing OpenBLAS's pool while a product runs crashes the process
+    with parallel.capped_blas_threads(n), \
+            closing(lbands.window_probabilities(boxes, inputs, head, pool, threshold.quantize, threads)) as results:
         for i, (box, out) in enumerate(results):
             r, c, h, w = box
             pq[r:r + h, c:c + w] = out
