@@ -640,8 +640,10 @@ def open_pair(before_path: str | Path | Input, after_path: str | Path | Input, g
         # it shows something; only an image that looks empty there gets the exact check
         sizes = tuple(decimate_px) or (512,)
         inputs = (("before", before, b_bands, before_path), ("after", after_src, a_bands, after_path))
-        made = parallel.ordered_map(lambda which: pair.decimate(which, sizes)[min(sizes)],
-                                    [which for which, *_ in inputs], min(2, threads))
+        # both reads are done before any check can raise: a read still running when the handler
+        # below closes its image would crash the process
+        made = list(parallel.ordered_map(lambda which: pair.decimate(which, sizes)[min(sizes)],
+                                         [which for which, *_ in inputs], min(2, threads)))
         for (which, ds, bands, path), (data, valid, _) in zip(inputs, made):
             if not shows_something(data, valid):
                 check_observable(ds, bands, path, grid)

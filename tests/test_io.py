@@ -1,3 +1,5 @@
+import threading
+
 import numpy as np
 import pytest
 import rasterio
@@ -136,6 +138,37 @@ def test_both_inputs_decimated_at_once_equal_one_after_the_other():
     for (d1, v1, f1), (d2, v2, f2) in zip(*made):
         assert d1.tobytes() == d2.tobytes() and v1.tobytes() == v2.tobytes() and f1 == f2
     assert max(made[1][0][0].shape[1:]) <= 64 < max(made[1][1][0].shape[1:]) <= 200
+
+
+def test_an_image_with_nothing_to_see_is_refused_after_the_other_images_read_ends(tmp_path, monkeypatch):
+    # regression: before's check raised while after's read still ran on its thread, and the images
+    # were closed under it (a segfault, seen as a crashed test worker in CI)
+    from changedet import io
+
+    bad = write(tmp_path / "bad.tif", np.full((4, 64, 64), 812, np.uint16))
+    good = write(tmp_path / "good.tif", np.random.default_rng(0).integers(0, 4000, (4, 64, 64), dtype=np.uint16))
+    before_read, after_read = threading.Event(), threading.Event()
+    decimate, check = io.PairSource.decimate, io.check_observable
+    checked_while_reading: list[bool] = []
+
+    def ordered_decimate(self, which, sizes):
+        if which == "after":  # starts once before's read is done, and takes a while (read 20 times)
+            before_read.wait(timeout=30)
+            for _ in range(19):
+                decimate(self, which, sizes)
+        out = decimate(self, which, sizes)
+        (before_read if which == "before" else after_read).set()
+        return out
+
+    def recording_check(*args, **kwargs):
+        checked_while_reading.append(not after_read.is_set())
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(io.PairSource, "decimate", ordered_decimate)
+    monkeypatch.setattr(io, "check_observable", recording_check)
+    with pytest.raises(InputError, match="bad.tif.*nothing observable"):
+        open_pair(bad, good, threads=2)
+    assert checked_while_reading == [False]
 
 
 def test_output_under_a_file_is_refused(tmp_path):
