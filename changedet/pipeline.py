@@ -467,8 +467,9 @@ def score_pass(pair: PairSource, models: _Models, cfg: Config, score_path: Path,
     writer = BandWriter(score_path, shape, "float32", float("nan"), pair.crs, pair.transform)
     try:
         # each block of the inputs decoded once, though the halo reads it for two rows of windows
-        with block_cache(pair, cfg.processing.window_px + 2 * halo):
-            results = parallel.ordered_map(one, boxes, workers(cfg))
+        # the windows' pool is shut down before the cache is let go, also when the run stops midway
+        with block_cache(pair, cfg.processing.window_px + 2 * halo), \
+                closing(parallel.ordered_map(one, boxes, workers(cfg))) as results:
             for i, (box, (s, ln, v, w, eb, ea)) in enumerate(zip(boxes, results)):
                 r, c, h, wd = box
                 writer.write(box, np.where(v, s, np.float32(np.nan)).astype(np.float32))
