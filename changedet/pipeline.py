@@ -330,8 +330,8 @@ def refined_probability(q: np.ndarray, pq: np.ndarray, box: Box, radius: int, ep
     m = guided.halo(radius)
     r0, c0 = max(0, r - m), max(0, c - m)
     r1, c1 = min(q.shape[0], r + h + m), min(q.shape[1], c + w + m)
-    out = guided.guided_filter(threshold.dequantize(q[r0:r1, c0:c1]), threshold.dequantize(pq[r0:r1, c0:c1]),
-                               radius, eps)
+    guide, p = (np.where(x == threshold.NODATA, 0, x) for x in (q[r0:r1, c0:c1], pq[r0:r1, c0:c1]))
+    out = guided.guided_filter(guide, p, radius, eps, threshold.LEVELS)
     return out[r - r0:r - r0 + h, c - c0:c - c0 + w].astype(np.float32)
 
 

@@ -32,19 +32,44 @@ def test_windowed_refinement_equals_whole(h, w, window, radius, seed):
 
 
 def test_a_flat_guide_only_smooths_and_an_edge_is_followed():
-    p = np.zeros((40, 40))
-    p[:, 16:] = 1.0
-    blurred = guided.box_mean(p, 3)  # what a stride-4 grid gives: a ramp across the edge
-    flat = guided.guided_filter(np.zeros_like(p), blurred, 3, 1e-3)
-    np.testing.assert_allclose(flat, guided.box_mean(guided.box_mean(blurred, 3), 3), atol=1e-12)
+    levels = threshold.LEVELS
+    p = np.zeros((40, 40), np.int64)
+    p[:, 16:] = levels
+    blurred = np.rint(guided.box_sum(p, 3) / 49).astype(np.int64)  # what a stride-4 grid gives: a ramp across the edge
+    flat = guided.guided_filter(np.zeros_like(p), blurred, 3, 1e-3, levels)
+    np.testing.assert_allclose(flat, guided.box_sum(guided.box_sum(blurred, 3), 3) / (49 * 49 * levels), atol=1e-9)
     edge = np.zeros_like(p)
-    edge[:, 20:] = 1.0  # the real edge, 4 px right of the probability's
-    out = guided.guided_filter(edge, blurred, 3, 1e-3)
+    edge[:, 20:] = levels  # the real edge, 4 px right of the probability's
+    out = guided.guided_filter(edge, blurred, 3, 1e-3, levels)
+    ramp = blurred / levels
     # the steepest step of the result is at the guide's edge, and left of it the probability drops
     assert (np.diff(out, axis=1).argmax(axis=1) == 19).all()
-    assert np.diff(out, axis=1)[:, 19].min() > np.diff(blurred, axis=1).max()  # steeper than any input step
-    assert (out[:, 17] < blurred[:, 17]).all()
+    assert np.diff(out, axis=1)[:, 19].min() > np.diff(ramp, axis=1).max()  # steeper than any input step
+    assert (out[:, 17] < ramp[:, 17]).all()
     assert ((out >= 0) & (out <= 1)).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(2, 60), w=st.integers(2, 60), radius=st.integers(0, 16), seed=st.integers(0, 10_000))
+def test_box_sums_are_exact_and_the_filter_stays_in_range(h, w, radius, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, threshold.LEVELS + 1, (h, w))
+    k = 2 * radius + 1
+    pad = np.pad(x, radius, mode="reflect")
+    direct = np.array([[pad[i:i + k, j:j + k].sum() for j in range(w)] for i in range(h)], np.float64)
+    assert np.array_equal(guided.box_sum(x, radius), direct)
+    # the fitted coefficients are largest where the guide is flat but for one level (worst case of
+    # the fixed point): cut with its halo anywhere, the filter gives the same numbers as the whole
+    g = np.full((h, w), int(rng.integers(0, threshold.LEVELS)))
+    g[rng.integers(0, h), rng.integers(0, w)] += 1
+    out = guided.guided_filter(g, x, radius, 1e-12, threshold.LEVELS)
+    m = guided.halo(radius)
+    r, c = int(rng.integers(0, h)), int(rng.integers(0, w))
+    r0, c0 = max(0, r - m), max(0, c - m)
+    part = guided.guided_filter(g[r0:r + m + 1, c0:c + m + 1], x[r0:r + m + 1, c0:c + m + 1], radius, 1e-12,
+                                threshold.LEVELS)
+    assert part[r - r0, c - c0] == out[r, c]
+    assert out.shape == (h, w) and ((out >= 0) & (out <= 1)).all()
 
 
 def test_radius_zero_means_no_refinement():
