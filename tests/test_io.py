@@ -171,6 +171,42 @@ def test_an_image_with_nothing_to_see_is_refused_after_the_other_images_read_end
     assert checked_while_reading == [False]
 
 
+@settings(max_examples=30, deadline=None)
+@given(h=st.integers(1, 300), w=st.integers(1, 3000), seed=st.integers(0, 10_000), case=st.sampled_from(
+    ["nodata", "constant", "one_pixel_differs"]))
+def test_the_exact_check_reads_by_strips_and_finds_one_pixel(h, w, seed, case):
+    # the check of an image whose decimated read looks empty: strips of bounded rows (memory flat in
+    # the image's size), and exact: one valid pixel that differs anywhere is something to see
+    from changedet import io
+
+    rng = np.random.default_rng(seed)
+    data = np.full((4, h, w), 812, np.float32)
+    valid = np.zeros((h, w), bool) if case == "nodata" else rng.random((h, w)) < 0.3
+    valid.flat[rng.integers(0, h * w)] = case != "nodata"
+    if case == "one_pixel_differs":
+        r, c = np.argwhere(valid)[rng.integers(0, valid.sum())]
+        data[2, r, c] = 813
+    heights = []
+
+    def read(box):
+        r0, c0, bh, bw = box
+        heights.append(bh)
+        assert (c0, bw) == (0, w) and 0 <= r0 and r0 + bh <= h
+        return data[:, r0:r0 + bh].copy(), valid[r0:r0 + bh].copy()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(io, "_DECIMATE_STRIP_BYTES", 4 * 4 * w * 7)  # 7 rows a strip at this width
+        if case == "one_pixel_differs":
+            io.check_observable(read, (h, w), 4, "x.tif")
+            assert sum(heights) == min(h, (r // 7 + 1) * 7)  # no strip read past the one that shows it
+        else:
+            why = "every pixel is nodata" if case == "nodata" else r"every pixel is \(812, 812, 812, 812\)"
+            with pytest.raises(InputError, match=r"x\.tif: nothing observable in it: " + why):
+                io.check_observable(read, (h, w), 4, "x.tif")
+            assert sum(heights) == h
+    assert max(heights) <= 7
+
+
 def test_output_under_a_file_is_refused(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
