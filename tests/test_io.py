@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -183,7 +183,9 @@ def test_the_exact_check_reads_by_strips_and_finds_one_pixel(h, w, seed, case):
     data = np.full((4, h, w), 812, np.float32)
     valid = np.zeros((h, w), bool) if case == "nodata" else rng.random((h, w)) < 0.3
     valid.flat[rng.integers(0, h * w)] = case != "nodata"
-    if case == "one_pixel_differs":
+    if case == "one_pixel_differs":  # a valid pixel unlike the others (at least one more is valid)
+        assume(h * w >= 2)
+        valid.flat[(int(np.flatnonzero(valid)[0]) + 1 + int(rng.integers(0, h * w - 1))) % (h * w)] = True
         r, c = np.argwhere(valid)[rng.integers(0, valid.sum())]
         data[2, r, c] = 813
     heights = []
@@ -198,7 +200,10 @@ def test_the_exact_check_reads_by_strips_and_finds_one_pixel(h, w, seed, case):
         mp.setattr(io, "_DECIMATE_STRIP_BYTES", 4 * 4 * w * 7)  # 7 rows a strip at this width
         if case == "one_pixel_differs":
             io.check_observable(read, (h, w), 4, "x.tif")
-            assert sum(heights) == min(h, (r // 7 + 1) * 7)  # no strip read past the one that shows it
+            others = valid.copy()
+            others[r, c] = False
+            shown = max(r, np.argwhere(others)[0][0]) // 7  # the first strip by which two values were read
+            assert sum(heights) == min(h, (shown + 1) * 7)  # no strip read past it
         else:
             why = "every pixel is nodata" if case == "nodata" else r"every pixel is \(812, 812, 812, 812\)"
             with pytest.raises(InputError, match=r"x\.tif: nothing observable in it: " + why):
