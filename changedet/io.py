@@ -639,12 +639,12 @@ def open_pair(before_path: str | Path | Input, after_path: str | Path | Input, g
         # one pass over each image gives the decimated reads of the later stages and the check that
         # it shows something; only an image that looks empty there gets the exact check
         sizes = tuple(decimate_px) or (512,)
-        inputs = (("before", before, b_bands, before_path), ("after", after_src, a_bands, after_path))
+        inputs = (("before", b_bands, before_path), ("after", a_bands, after_path))
         # both reads are done before any check can raise: a read still running when the handler
         # below closes its image would crash the process
         made = list(parallel.ordered_map(lambda which: pair.decimate(which, sizes)[min(sizes)],
                                          [which for which, *_ in inputs], min(2, threads)))
-        for (which, _, bands, path), (data, valid, _) in zip(inputs, made):
+        for (which, bands, path), (data, valid, _) in zip(inputs, made):
             if not shows_something(data, valid):
                 check_observable(pair.read_before if which == "before" else pair.read_after, pair.shape,
                                  len(bands), path)
@@ -700,11 +700,8 @@ def check_observable(read: Callable[[Box], tuple[np.ndarray, np.ndarray]], shape
     (:func:`strip_rows`, memory flat whatever its size), and the check ends at the first strip that
     shows two values. An exact check, where a decimated read only shows cells at least half valid.
 
-    Notes
-    -----
-    It used to be one read decimated by GDAL's ``average``: through the warped view that takes an
-    undeclared fill as nodata, GDAL held a large part of the image for it (1.1 GB for a 40000 x 3000
-    image, 3.8 GB for a 40000² one).
+    Not one read decimated by GDAL's ``average``: through the warped view that takes an undeclared
+    fill as nodata, GDAL held much of the image for it (3.8 GB for a 40000² image).
     """
     h, w = shape
     rows = strip_rows(w, n_bands)
