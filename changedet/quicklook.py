@@ -153,50 +153,71 @@ def _length_text(m: float) -> str:
 
 
 NORTH_BOX = 60, 62  # width, height of the north arrow's corner box
+SCALE_BOX_H = 40  # height of the scale bar's box
+Box = tuple[int, int, int, int]
 
 
-def north_box(shape: tuple[int, int], outlines: Sequence[Outline] = ()) -> tuple[int, int, int, int]:
+def _covered(box: Box, outlines: Sequence[Outline]) -> int:
+    """Pixels of ``box`` (x0, y0, x1, y1) under the detections' bounding boxes, summed over detections."""
+    x0, y0, x1, y1 = box
+    total = 0
+    for o in outlines:
+        ox0, oy0 = o.points.min(axis=0)
+        ox1, oy1 = o.points.max(axis=0) + 1
+        total += max(0, min(x1, int(ox1)) - max(x0, int(ox0))) * max(0, min(y1, int(oy1)) - max(y0, int(oy0)))
+    return total
+
+
+def _least_covered(corners: list[Box], outlines: Sequence[Outline]) -> Box:
+    return min(corners, key=lambda box: (_covered(box, outlines), corners.index(box)))
+
+
+def scale_length_px(shape: tuple[int, int], metres_per_px: float) -> tuple[float, int]:
+    """The scale bar's round length in metres (at most a quarter of the panel's width) and in pixels."""
+    length_m = round_length_m(metres_per_px, shape[1] / 4)
+    return length_m, max(1, int(round(length_m / metres_per_px)))
+
+
+def scale_box(shape: tuple[int, int], metres_per_px: float, outlines: Sequence[Outline] = ()) -> Box:
+    """The box ``(x0, y0, x1, y1)`` of an ``(h, w)`` panel for the scale bar: bottom left, else bottom
+    right, whichever covers less of the detections' bounding boxes (bottom left on a tie)."""
+    h, w = shape
+    bw = min(w, scale_length_px(shape, metres_per_px)[1] + 64)
+    return _least_covered([(0, h - SCALE_BOX_H, bw, h), (w - bw, h - SCALE_BOX_H, w, h)], outlines)
+
+
+def north_box(shape: tuple[int, int], outlines: Sequence[Outline] = (), scale: Box | None = None) -> Box:
     """The corner box ``(x0, y0, x1, y1)`` of an ``(h, w)`` panel for the north arrow: top right,
-    else top left, else bottom right, whichever covers the least of the detections' bounding boxes
-    (the first on a tie; the bottom left holds the scale bar)."""
+    else top left, else the bottom corner the scale bar's box ``scale`` (:func:`scale_box`) leaves
+    free (bottom right without one), whichever covers the least of the detections' bounding boxes
+    (the first on a tie)."""
     h, w = shape
     bw, bh = NORTH_BOX
-    corners = [(w - bw, 0, w, bh), (0, 0, bw, bh), (w - bw, h - bh, w, h)]
-
-    def covered(box: tuple[int, int, int, int]) -> int:
-        x0, y0, x1, y1 = box
-        total = 0
-        for o in outlines:
-            ox0, oy0 = o.points.min(axis=0)
-            ox1, oy1 = o.points.max(axis=0) + 1
-            total += max(0, min(x1, int(ox1)) - max(x0, int(ox0))) * max(0, min(y1, int(oy1)) - max(y0, int(oy0)))
-        return total
-
-    return min(corners, key=lambda box: (covered(box), corners.index(box)))
+    bottom = (0, h - bh, bw, h) if scale is not None and scale[0] > 0 else (w - bw, h - bh, w, h)
+    return _least_covered([(w - bw, 0, w, bh), (0, 0, bw, bh), bottom], outlines)
 
 
 def furniture_boxes(shape: tuple[int, int], metres_per_px: float | None, north_deg: float | None,
-                    outlines: Sequence[Outline] = ()) -> list[tuple[int, int, int, int]]:
-    """The boxes ``(x0, y0, x1, y1)`` that the scale bar and the north arrow (:func:`north_box`)
-    cover on an ``(h, w)`` panel."""
-    h, w = shape
+                    outlines: Sequence[Outline] = ()) -> list[Box]:
+    """The boxes ``(x0, y0, x1, y1)`` that the scale bar (:func:`scale_box`) and the north arrow
+    (:func:`north_box`) cover on an ``(h, w)`` panel."""
     boxes = []
-    if metres_per_px:
-        n = round_length_m(metres_per_px, w / 4) / metres_per_px
-        boxes.append((0, h - 40, int(n) + 24 + 40, h))
+    scale = scale_box(shape, metres_per_px, outlines) if metres_per_px else None
+    if scale is not None:
+        boxes.append(scale)
     if north_deg is not None:
-        boxes.append(north_box(shape, outlines))
+        boxes.append(north_box(shape, outlines, scale))
     return boxes
 
 
-def scale_bar(panel: np.ndarray, metres_per_px: float) -> None:
-    """Draw a round-length scale bar in the bottom-left corner of ``panel`` (in place)."""
+def scale_bar(panel: np.ndarray, metres_per_px: float, box: Box | None = None) -> None:
+    """Draw a round-length scale bar in ``box`` (:func:`scale_box`; bottom left when None) of ``panel`` (in place)."""
     h, w = panel.shape[:2]
-    length_m = round_length_m(metres_per_px, w / 4)
-    n = max(1, int(round(length_m / metres_per_px)))
-    x0, y0 = 10, h - 12
+    length_m, n = scale_length_px((h, w), metres_per_px)
     text = _length_text(length_m)
     (tw, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
+    right = box is not None and box[0] > 0
+    x0, y0 = (w - 10 - max(n, tw) if right else 10), h - 12
     cv2.rectangle(panel, (x0 - 6, y0 - 24), (x0 + max(n, tw) + 6, y0 + 7), (255, 255, 255), -1)
     cv2.rectangle(panel, (x0, y0 - 3), (x0 + n, y0 + 3), (0, 0, 0), -1)
     cv2.rectangle(panel, (x0 + n // 2, y0 - 2), (x0 + n - 1, y0 + 2), (255, 255, 255), -1)
@@ -285,12 +306,14 @@ def render(before: np.ndarray, after: np.ndarray, outlines: list[Outline], count
         hatch(det, hidden)
         share = float(hidden.mean())
     reserved = furniture_boxes(det.shape[:2], metres_per_px, north_deg, outlines)
-    corner = north_box(det.shape[:2], outlines)
+    bar = scale_box(det.shape[:2], metres_per_px, outlines) if metres_per_px else None
+    corner = north_box(det.shape[:2], outlines, bar)
     before, after = before.copy(), after.copy()
-    # furniture first: outlines and ids are drawn over it, and ids are kept off it
+    # furniture first, in the corners with the fewest detections: outlines and ids are drawn over it,
+    # and ids are kept off it
     for panel in (before, after, det):
         if metres_per_px:
-            scale_bar(panel, metres_per_px)
+            scale_bar(panel, metres_per_px, bar)
         if north_deg is not None:
             north_arrow(panel, north_deg, corner)
     _draw(det, outlines)

@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .quicklook import COLOURS, Outline, furniture_boxes, north_box, place_labels, round_length_m
+from .quicklook import COLOURS, Outline, furniture_boxes, north_box, place_labels, scale_box, scale_length_px
 
 #: chips are embedded for at most this many detections (highest confidence first) ...
 MAX_CHIPS = 400
@@ -74,7 +74,8 @@ def _svg_overlay(outlines: list[Outline], shape: tuple[int, int], metres_per_px:
                  north_deg: float | None, departed_only: bool) -> str:
     h, w = shape
     parts = [f'<svg class="ov" viewBox="0 0 {w} {h}" preserveAspectRatio="none">']
-    parts.extend(_furniture(shape, metres_per_px, north_deg, north_box(shape, outlines)))
+    bar = scale_box(shape, metres_per_px, outlines) if metres_per_px else None
+    parts.extend(_furniture(shape, metres_per_px, north_deg, bar, north_box(shape, outlines, bar)))
     for o in outlines:
         if departed_only and o.event != "departed":
             continue
@@ -97,18 +98,20 @@ def _size(rec: dict[str, Any], unit: str = "px") -> str | None:
 
 
 def _furniture(shape: tuple[int, int], metres_per_px: float | None, north_deg: float | None,
-               corner: tuple[int, int, int, int]) -> list[str]:
+               bar: tuple[int, int, int, int] | None, corner: tuple[int, int, int, int]) -> list[str]:
     h, w = shape
     parts: list[str] = []
     if metres_per_px:
-        length_m = round_length_m(metres_per_px, w / 4)
+        length_m, _ = scale_length_px(shape, metres_per_px)
         n = length_m / metres_per_px
         label = f"{length_m / 1000:g} km" if length_m >= 1000 else f"{length_m:g} m"
         y = h - 14
-        parts.append(f'<g class="furn"><rect x="4" y="{y - 22}" width="{max(n, 40) + 12:.1f}" height="32" fill="#fff"/>'
-                     f'<rect x="10" y="{y}" width="{n:.1f}" height="5" fill="#000"/>'
-                     f'<rect x="{10 + n / 2:.1f}" y="{y + 1}" width="{n / 2 - 1:.1f}" height="3" fill="#fff"/>'
-                     f'<text x="10" y="{y - 6}">{label}</text></g>')
+        width = max(n, 40) + 12
+        x = w - 4 - width if bar is not None and bar[0] > 0 else 4  # the bottom corner scale_box chose
+        parts.append(f'<g class="furn"><rect x="{x:.1f}" y="{y - 22}" width="{width:.1f}" height="32" fill="#fff"/>'
+                     f'<rect x="{x + 6:.1f}" y="{y}" width="{n:.1f}" height="5" fill="#000"/>'
+                     f'<rect x="{x + 6 + n / 2:.1f}" y="{y + 1}" width="{n / 2 - 1:.1f}" height="3" fill="#fff"/>'
+                     f'<text x="{x + 6:.1f}" y="{y - 6}">{label}</text></g>')
     if north_deg is not None:
         x0, y0, x1, _ = corner
         parts.append(f'<g class="furn" transform="translate({x0 + 30 if x1 == w else x0 + 26} {y0 + 32})">'

@@ -140,3 +140,26 @@ def test_hidden_mask_shrunk_by_strips_equals_whole(monkeypatch):
     assert np.array_equal(pipeline._shrink_by_strips(mask, (20, 15)), whole)
     assert np.array_equal(pipeline._shrink_by_strips(mask, (400, 300)),
                           cv2.resize(mask, (300, 400), interpolation=cv2.INTER_AREA))
+
+
+def test_scale_bar_goes_to_the_bottom_corner_with_fewer_detections():
+    shape = (200, 300)
+    square = np.array([[0, 0], [40, 0], [40, 40], [0, 40]], np.int32)
+    bottom_left = quicklook.Outline(1, "hut", "appeared", square + [5, 155])
+    assert quicklook.scale_box(shape, 0.5) == (0, 160, 104, 200)  # nothing drawn: bottom left, 20 m = 40 px
+    bar = quicklook.scale_box(shape, 0.5, [bottom_left])
+    assert bar == (196, 160, 300, 200)
+    # the north arrow keeps to the corners the bar left: with the top ones taken, the bottom left
+    top_right = quicklook.Outline(2, "hut", "appeared", square + [250, 5])
+    top_left = quicklook.Outline(3, "hut", "appeared", square + [5, 5])
+    assert quicklook.north_box(shape, [top_right, top_left], bar) == (0, 138, 60, 200)
+    assert quicklook.north_box(shape, [top_right, top_left]) == (240, 138, 300, 200)
+    assert quicklook.furniture_boxes(shape, 0.5, 0.0, [bottom_left]) == [bar, (240, 0, 300, 62)]
+    # drawn there on every panel; the detection's corner is left as it was
+    panel = np.full((200, 300, 3), 128, np.uint8)
+    bare = quicklook.render(panel, panel, [bottom_left], {"hut": 1})
+    pic = quicklook.render(panel, panel, [bottom_left], {"hut": 1}, metres_per_px=0.5)
+    for x in (0, 300 + 6, 2 * (300 + 6)):  # before, after, detections
+        was, now = bare[28:228, x:x + 300], pic[28:228, x:x + 300]
+        assert np.array_equal(was[160:200, 0:104], now[160:200, 0:104])
+        assert (now[160:200, 196:300] == 0).any() and (now[160:200, 196:300] == 255).any()

@@ -118,3 +118,14 @@ def test_report_of_a_run_renders_in_a_headless_browser(small_scene, tmp_path):
     # the two panels sit side by side in the top half: both are far from the page's plain background
     top = picture[100:600].astype(float)
     assert top[:, 50:650].std() > 10 and top[:, 750:1350].std() > 10
+
+
+def test_report_overlay_puts_the_scale_bar_where_the_quick_look_does():
+    from changedet.quicklook import Outline
+    from changedet.report import _svg_overlay
+
+    square = np.array([[0, 0], [40, 0], [40, 40], [0, 40]], np.int32)
+    free = _svg_overlay([], (200, 300), 0.5, None, False)
+    moved = _svg_overlay([Outline(1, "hut", "appeared", square + [5, 155])], (200, 300), 0.5, None, False)
+    assert '<g class="furn"><rect x="4.0"' in free  # bottom left
+    assert '<g class="furn"><rect x="244.0"' in moved  # bottom right: 300 - 4 - (40 + 12), 20 m = 40 px
