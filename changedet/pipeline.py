@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -71,6 +72,8 @@ OUTPUT_FILES = ["change_mask.tif", "change_mask.tif.aux.xml", "change_class.tif"
 #: every file a run may write into its output folder (tie points only when asked and found, the
 #: extra vector file only with output.vector_format)
 CONTRACT_FILES = (*OUTPUT_FILES, "tiepoints.geojson", "detections.gpkg", "detections.fgb")
+#: bytes the inputs' hashes read at a time: a failed run stops them within one such read
+HASH_CHUNK = 1 << 20
 
 #: progress(stage, done, total)
 ProgressFn = Callable[[str, int, int], None]
@@ -1039,16 +1042,21 @@ def _detect(before: str | Path, after: str | Path, out_dir: str | Path, cfg: Con
     with open_pair(before_in, after_in, gsd_m or cfg.gsd_m, check_size, decimate_px, workers(cfg)) as pair:
         # the inputs' hashes (for the record) are made on threads of their own while the run goes on: hashlib
         # lets go of the GIL, and a 10980² 4-band uint16 input (0.77 GB) took about 2.8 s of one core at the load
-        hashes = tuple(parallel.Later(stac.input_sha256, as_input(x).open_path, name="changedet-sha256")
-                       for x in (before_in, after_in))
-        info_b = raster_info(pair.before, before_in, pair.datetimes[0], sha256=None)
-        info_a = raster_info(pair.after, after_in, pair.datetimes[1], sha256=None)
-        timer.add("load", time.perf_counter() - t0, time.process_time() - c0)
-        stage = OutputStage(out_dir, CONTRACT_FILES)
-        warns = list(pair.warnings)
-        with stage:
-            return _run(pair, cfg, stage, site, info_b, info_a, warns, timer, require_registration, progress,
-                        hashes)
+        # a run that fails stops them at their next chunk (a batch's failed sites would leave them reading)
+        stop = threading.Event()
+        hashes = tuple(parallel.Later(stac.input_sha256, as_input(x).open_path, HASH_CHUNK, stop,
+                                      name="changedet-sha256") for x in (before_in, after_in))
+        try:
+            info_b = raster_info(pair.before, before_in, pair.datetimes[0], sha256=None)
+            info_a = raster_info(pair.after, after_in, pair.datetimes[1], sha256=None)
+            timer.add("load", time.perf_counter() - t0, time.process_time() - c0)
+            stage = OutputStage(out_dir, CONTRACT_FILES)
+            warns = list(pair.warnings)
+            with stage:
+                return _run(pair, cfg, stage, site, info_b, info_a, warns, timer, require_registration, progress,
+                            hashes)
+        finally:
+            stop.set()  # after a complete run the hashes are made already (the record waited for them)
 
 
 def _score_cog(scratch_tif: Path, dst: Path) -> None:

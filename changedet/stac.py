@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
@@ -79,8 +80,12 @@ def _http_url(path: str) -> str | None:
     return url if url.lower().startswith(("http://", "https://")) else None
 
 
-def input_sha256(path: str, chunk: int = 1 << 20) -> str | None:
-    """Hex SHA-256 of an input's bytes: a local file, or an http(s) URL streamed; None for others."""
+def input_sha256(path: str, chunk: int = 1 << 20, stop: threading.Event | None = None) -> str | None:
+    """Hex SHA-256 of an input's bytes: a local file, or an http(s) URL streamed; None for others.
+
+    ``stop``, once set, ends the reading at the next chunk and gives None (a run that failed no
+    longer needs the hash, and a large input or a slow URL would otherwise be read to its end).
+    """
     url = _http_url(path)
     if url is None and is_remote(path) or path.lstrip().startswith("<"):
         return None
@@ -88,6 +93,8 @@ def input_sha256(path: str, chunk: int = 1 << 20) -> str | None:
     try:
         with (urllib.request.urlopen(url, timeout=60) if url else open(path, "rb")) as fh:  # noqa: S310
             while block := fh.read(chunk):
+                if stop is not None and stop.is_set():
+                    return None
                 digest.update(block)
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot be read ({_reason(exc)}); check the path or URL") from None

@@ -308,3 +308,39 @@ def test_timings_give_each_stage_its_cpu_seconds(sample_runs, site):
     assert {"load", "measure", "decide", "write"} <= set(stages)
     assert sorted(f"{k}_cpu" for k in stages) == sorted(k for k in timings if k.endswith("_cpu"))
     assert timings["measure_cpu"] > 0
+
+
+def test_a_failed_run_stops_hashing_its_inputs(small_scene, tmp_path, monkeypatch):
+    import hashlib
+    import threading
+
+    from changedet import pipeline, stac
+    from changedet.errors import RegistrationError
+
+    started, stops, real_hash = threading.Semaphore(0), [], stac.input_sha256
+
+    def slow_hash(path, chunk=1 << 20, stop=None):  # reads on until the run lets it go
+        stops.append(stop)
+        started.release()
+        stop.wait()
+        return real_hash(path, chunk, stop)
+
+    def failing_run(*args, **kwargs):
+        for _ in range(2):
+            assert started.acquire(timeout=60)  # both hashes are under way
+        raise RegistrationError("before.tif: cannot be registered")
+
+    monkeypatch.setattr(pipeline.stac, "input_sha256", slow_hash)
+    monkeypatch.setattr(pipeline, "_run", failing_run)
+    with pytest.raises(RegistrationError):
+        detect_pair(small_scene / "before.tif", small_scene / "after.tif", tmp_path / "out")
+    assert len(stops) == 2 and all(s is not None and s.is_set() for s in stops)
+    for t in [t for t in threading.enumerate() if t.name == "changedet-sha256"]:
+        t.join(timeout=30)
+        assert not t.is_alive()
+    # and a stopped hash gives None without reading to the end
+    done = threading.Event()
+    done.set()
+    assert real_hash(str(small_scene / "before.tif"), 1024, done) is None
+    assert real_hash(str(small_scene / "before.tif"), 1024) == \
+        hashlib.sha256((small_scene / "before.tif").read_bytes()).hexdigest()
