@@ -160,6 +160,7 @@ def _check_parallel(out, serial, proc):
 def test_scheduler_runs_the_sites_on_an_existing_cluster_as_serially(parallel_manifest, serial_batch, tmp_path,
                                                                      monkeypatch):
     import cv2
+    import dask
     from distributed import LocalCluster
 
     from tests.subproc import cli
@@ -168,8 +169,10 @@ def test_scheduler_runs_the_sites_on_an_existing_cluster_as_serially(parallel_ma
     threads = cv2.getNumThreads()
     out = tmp_path / "runs"
     try:
-        with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
-                          dashboard_address=None, scheduler_kwargs={"dashboard": False}) as cluster:
+        # dask's scratch in the test's folder, not a dask-scratch-space left in TMPDIR
+        with dask.config.set({"temporary-directory": str(tmp_path / "dask")}), \
+                LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
+                             dashboard_address=None, scheduler_kwargs={"dashboard": False}) as cluster:
             proc = cli("-q", "batch", parallel_manifest, "--out", out, "--scheduler", cluster.scheduler_address,
                        tmpdir=tmp_path / "tmp")
             _check_parallel(out, serial_batch, proc)
