@@ -253,8 +253,10 @@ def test_head_on_the_taps_equals_the_head_on_the_features():
 
 def test_head_on_the_taps_around_a_block_equals_the_head_on_the_whole_taps():
     # the taps around a block (one coarsest cell more on each side, each tap cut on its own grid)
-    # give the head the same rows to upsample: the same bytes as the whole taps, and nothing of
-    # the whole is needed outside them
+    # give the head the same rows to upsample: the numbers of the whole taps, and nothing of the
+    # whole is needed outside them. Up to the last bits of float64: the first layer's products have
+    # as many rows as the taps, and BLAS may sum a row differently in a matrix of another height
+    # (OpenBLAS 0.3.31 on AMD EPYC: 4e-16 at 6 % of the cells of the first block)
     rng = np.random.default_rng(6)
     taps = _random_taps(rng, 96, 112)
     hd = _random_head(7)
@@ -263,14 +265,15 @@ def test_head_on_the_taps_around_a_block_equals_the_head_on_the_whole_taps():
         sub = taps.around(cells)
         assert sub.shape[0] < 96 or cells[0] < 8 or cells[2] > 88
         on_whole = hd.predict_taps(taps, cells)
-        assert hd.predict_taps(sub, cells).tobytes() == on_whole.tobytes()
+        assert np.abs(hd.predict_taps(sub, cells) - on_whole).max() < 1e-12
         assert sub.around(cells).shape == sub.shape and sub.around(cells).origin == sub.origin
     with pytest.raises(ValueError, match="not within"):
         taps.around((40, 3, 97, 4))
     fb = tuple(rng.standard_normal((c, 96 // f, 112 // f)).astype(np.float32) for c, f in zip(F.TAP_CHANNELS, (1, 2, 4)))
     fa = tuple(rng.standard_normal(t.shape).astype(np.float32) for t in fb)
     cells = (47, 47, 73, 90)
-    assert hd.predict_taps(F.taps_of(fb, fa, cells), cells).tobytes() == hd.predict_taps(F.taps_of(fb, fa), cells).tobytes()
+    cut, whole = hd.predict_taps(F.taps_of(fb, fa, cells), cells), hd.predict_taps(F.taps_of(fb, fa), cells)
+    assert np.abs(cut - whole).max() < 1e-12
 
 
 def test_window_probability_is_the_crop_of_the_read_box():

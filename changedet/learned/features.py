@@ -239,7 +239,8 @@ class PairTaps:
         """The taps the head needs for the block ``cells`` (row0, col0, row1, col1 of the read box's
         head grid): views of each tap's rows and columns that :meth:`FirstLayer.rows` reads for any
         rows of the block (one coarsest cell more on each side), with :attr:`origin` set. The head
-        gives the same numbers on them as on the whole (:meth:`~changedet.learned.head.Head.predict_taps`)."""
+        gives the same numbers on them as on the whole (:meth:`~changedet.learned.head.Head.predict_taps`),
+        up to the last bits of float64 (BLAS may sum a row differently in a shorter product)."""
         factors = [f for _, f in self.parts]
         maps, shape, origin = _around([p for p, _ in self.parts], factors, self.shape, self.origin, cells)
         return PairTaps(tuple(zip(maps, factors)), shape, origin)
