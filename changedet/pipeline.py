@@ -72,8 +72,6 @@ OUTPUT_FILES = ["change_mask.tif", "change_mask.tif.aux.xml", "change_class.tif"
 #: every file a run may write into its output folder (tie points only when asked and found, the
 #: extra vector file only with output.vector_format)
 CONTRACT_FILES = (*OUTPUT_FILES, "tiepoints.geojson", "detections.gpkg", "detections.fgb")
-#: bytes the inputs' hashes read at a time: a failed run stops them within one such read
-HASH_CHUNK = 1 << 20
 
 #: progress(stage, done, total)
 ProgressFn = Callable[[str, int, int], None]
@@ -1044,7 +1042,7 @@ def _detect(before: str | Path, after: str | Path, out_dir: str | Path, cfg: Con
         # lets go of the GIL, and a 10980² 4-band uint16 input (0.77 GB) took about 2.8 s of one core at the load
         # a run that fails stops them at their next chunk (a batch's failed sites would leave them reading)
         stop = threading.Event()
-        hashes = tuple(parallel.Later(stac.input_sha256, as_input(x).open_path, HASH_CHUNK, stop,
+        hashes = tuple(parallel.Later(partial(stac.input_sha256, stop=stop), as_input(x).open_path,
                                       name="changedet-sha256") for x in (before_in, after_in))
         try:
             info_b = raster_info(pair.before, before_in, pair.datetimes[0], sha256=None)

@@ -193,21 +193,27 @@ def north_box(shape: tuple[int, int], outlines: Sequence[Outline] = (), scale: B
     (the first on a tie)."""
     h, w = shape
     bw, bh = NORTH_BOX
-    bottom = (0, h - bh, bw, h) if scale is not None and scale[0] > 0 else (w - bw, h - bh, w, h)
+    bottom = (0, h - bh, bw, h) if at_right(scale) else (w - bw, h - bh, w, h)
     return _least_covered([(w - bw, 0, w, bh), (0, 0, bw, bh), bottom], outlines)
+
+
+def furniture(shape: tuple[int, int], metres_per_px: float | None, north_deg: float | None,
+              outlines: Sequence[Outline] = ()) -> tuple[Box | None, Box | None]:
+    """The boxes ``(x0, y0, x1, y1)`` of the scale bar (:func:`scale_box`; None without
+    ``metres_per_px``) and of the north arrow (:func:`north_box`; None without ``north_deg``)."""
+    bar = scale_box(shape, metres_per_px, outlines) if metres_per_px else None
+    return bar, (north_box(shape, outlines, bar) if north_deg is not None else None)
 
 
 def furniture_boxes(shape: tuple[int, int], metres_per_px: float | None, north_deg: float | None,
                     outlines: Sequence[Outline] = ()) -> list[Box]:
-    """The boxes ``(x0, y0, x1, y1)`` that the scale bar (:func:`scale_box`) and the north arrow
-    (:func:`north_box`) cover on an ``(h, w)`` panel."""
-    boxes = []
-    scale = scale_box(shape, metres_per_px, outlines) if metres_per_px else None
-    if scale is not None:
-        boxes.append(scale)
-    if north_deg is not None:
-        boxes.append(north_box(shape, outlines, scale))
-    return boxes
+    """The boxes that the scale bar and the north arrow (:func:`furniture`) cover on an ``(h, w)`` panel."""
+    return [b for b in furniture(shape, metres_per_px, north_deg, outlines) if b is not None]
+
+
+def at_right(box: Box | None) -> bool:
+    """True when a bottom corner box (:func:`scale_box`) is the bottom right one."""
+    return box is not None and box[0] > 0
 
 
 def scale_bar(panel: np.ndarray, metres_per_px: float, box: Box | None = None) -> None:
@@ -216,8 +222,7 @@ def scale_bar(panel: np.ndarray, metres_per_px: float, box: Box | None = None) -
     length_m, n = scale_length_px((h, w), metres_per_px)
     text = _length_text(length_m)
     (tw, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
-    right = box is not None and box[0] > 0
-    x0, y0 = (w - 10 - max(n, tw) if right else 10), h - 12
+    x0, y0 = (w - 10 - max(n, tw) if at_right(box) else 10), h - 12
     cv2.rectangle(panel, (x0 - 6, y0 - 24), (x0 + max(n, tw) + 6, y0 + 7), (255, 255, 255), -1)
     cv2.rectangle(panel, (x0, y0 - 3), (x0 + n, y0 + 3), (0, 0, 0), -1)
     cv2.rectangle(panel, (x0 + n // 2, y0 - 2), (x0 + n - 1, y0 + 2), (255, 255, 255), -1)
@@ -305,9 +310,8 @@ def render(before: np.ndarray, after: np.ndarray, outlines: list[Outline], count
     if hidden is not None:
         hatch(det, hidden)
         share = float(hidden.mean())
-    reserved = furniture_boxes(det.shape[:2], metres_per_px, north_deg, outlines)
-    bar = scale_box(det.shape[:2], metres_per_px, outlines) if metres_per_px else None
-    corner = north_box(det.shape[:2], outlines, bar)
+    bar, corner = furniture(det.shape[:2], metres_per_px, north_deg, outlines)
+    reserved = [b for b in (bar, corner) if b is not None]
     before, after = before.copy(), after.copy()
     # furniture first, in the corners with the fewest detections: outlines and ids are drawn over it,
     # and ids are kept off it

@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .quicklook import COLOURS, Outline, furniture_boxes, north_box, place_labels, scale_box, scale_length_px
+from .quicklook import COLOURS, Outline, at_right, furniture, place_labels, scale_length_px
 
 #: chips are embedded for at most this many detections (highest confidence first) ...
 MAX_CHIPS = 400
@@ -74,8 +74,8 @@ def _svg_overlay(outlines: list[Outline], shape: tuple[int, int], metres_per_px:
                  north_deg: float | None, departed_only: bool) -> str:
     h, w = shape
     parts = [f'<svg class="ov" viewBox="0 0 {w} {h}" preserveAspectRatio="none">']
-    bar = scale_box(shape, metres_per_px, outlines) if metres_per_px else None
-    parts.extend(_furniture(shape, metres_per_px, north_deg, bar, north_box(shape, outlines, bar)))
+    bar, corner = furniture(shape, metres_per_px, north_deg, outlines)
+    parts.extend(_furniture(shape, metres_per_px, north_deg, bar, corner))
     for o in outlines:
         if departed_only and o.event != "departed":
             continue
@@ -84,7 +84,7 @@ def _svg_overlay(outlines: list[Outline], shape: tuple[int, int], metres_per_px:
         parts.append(f'<polygon class="det" data-id="{o.id}" points="{pts}" stroke="{_hex(o.cls)}"{dash}>'
                      f"<title>#{o.id} {html.escape(o.cls)} {html.escape(o.event)}</title></polygon>")
     shown = [o for o in outlines if o.event == "departed" or not departed_only]
-    reserved = furniture_boxes(shape, metres_per_px, north_deg, outlines)
+    reserved = [b for b in (bar, corner) if b is not None]
     for did, (x, y) in sorted(place_labels(shown, shape, reserved=reserved).items()):
         cls = next(o.cls for o in shown if o.id == did)
         parts.append(f'<text class="lab" x="{x}" y="{y}" fill="{_hex(cls)}">{did}</text>')
@@ -98,7 +98,7 @@ def _size(rec: dict[str, Any], unit: str = "px") -> str | None:
 
 
 def _furniture(shape: tuple[int, int], metres_per_px: float | None, north_deg: float | None,
-               bar: tuple[int, int, int, int] | None, corner: tuple[int, int, int, int]) -> list[str]:
+               bar: tuple[int, int, int, int] | None, corner: tuple[int, int, int, int] | None) -> list[str]:
     h, w = shape
     parts: list[str] = []
     if metres_per_px:
@@ -107,12 +107,12 @@ def _furniture(shape: tuple[int, int], metres_per_px: float | None, north_deg: f
         label = f"{length_m / 1000:g} km" if length_m >= 1000 else f"{length_m:g} m"
         y = h - 14
         width = max(n, 40) + 12
-        x = w - 4 - width if bar is not None and bar[0] > 0 else 4  # the bottom corner scale_box chose
+        x = w - 4 - width if at_right(bar) else 4  # the bottom corner scale_box chose
         parts.append(f'<g class="furn"><rect x="{x:.1f}" y="{y - 22}" width="{width:.1f}" height="32" fill="#fff"/>'
                      f'<rect x="{x + 6:.1f}" y="{y}" width="{n:.1f}" height="5" fill="#000"/>'
                      f'<rect x="{x + 6 + n / 2:.1f}" y="{y + 1}" width="{n / 2 - 1:.1f}" height="3" fill="#fff"/>'
                      f'<text x="{x + 6:.1f}" y="{y - 6}">{label}</text></g>')
-    if north_deg is not None:
+    if north_deg is not None and corner is not None:
         x0, y0, x1, _ = corner
         parts.append(f'<g class="furn" transform="translate({x0 + 30 if x1 == w else x0 + 26} {y0 + 32})">'
                      f'<circle r="24" fill="#fff"/>'
